@@ -1,2 +1,5 @@
-//! Tessera's engine: the Raft consensus core every range runs, and (as they
-//! land) the ranges, the multi-raft store, the embedded `Db` and the node binary.
+//! Tessera's engine: the Raft consensus core every range runs, its
+//! deterministic simulator, and (as they land) the ranges, the multi-raft
+//! store, the embedded `Db` and the node binary.
+
+pub mod raft;

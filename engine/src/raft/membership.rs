@@ -1,0 +1,286 @@
+//! Membership changes by joint consensus, learners, and leadership transfer.
+//!
+//! A change enters a joint configuration (decisions need a majority of the old
+//! voters AND of the new); once that entry is in force, the leader proposes an
+//! empty change that leaves it. A change takes effect when its entry is
+//! committed; only one may be pending at a time, and a new leader accepts one
+//! only after it committed an entry of its own term.
+
+use super::message::MessageBody;
+use super::node::{ProposeError, Raft, RequestError};
+use super::progress::Progress;
+use super::types::{
+    ConfChange, ConfChangeStep, ConfState, EntryPayload, Index, NO_NODE, NodeId, Term,
+};
+
+impl Raft {
+    /// Proposes a membership change (a non-empty list of steps).
+    pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<(Term, Index), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if cc.is_leave_joint() {
+            return Err(ProposeError::InvalidConfChange(
+                "empty change (leaving joint is automatic)",
+            ));
+        }
+        if self.log.term(self.log.committed) != Some(self.term)
+            || self.pending_conf_index > self.conf_through
+            || self.conf.is_joint()
+        {
+            return Err(ProposeError::ConfChangePending);
+        }
+        enter_joint(&self.conf, &cc)?;
+        let at = self.propose_payload(EntryPayload::ConfChange(cc))?;
+        self.pending_conf_index = at.1;
+        Ok(at)
+    }
+
+    /// Puts in force every configuration change committed so far.
+    pub(super) fn advance_conf(&mut self) {
+        let upto = self.log.committed;
+        while self.conf_through < upto {
+            let index = self.conf_through + 1;
+            self.conf_through = index;
+            let Some(entry) = self.log.entry(index) else {
+                continue;
+            };
+            let EntryPayload::ConfChange(cc) = &entry.payload else {
+                continue;
+            };
+            let next = if cc.is_leave_joint() {
+                leave_joint(&self.conf)
+            } else {
+                match enter_joint(&self.conf, cc) {
+                    Ok(c) => c,
+                    Err(_) => {
+                        // The leader validated it against this same configuration.
+                        debug_assert!(
+                            false,
+                            "committed conf change {cc:?} invalid for {:?}",
+                            self.conf
+                        );
+                        continue;
+                    }
+                }
+            };
+            self.apply_conf(index, next);
+        }
+        // Auto-leave: once the joint configuration is in force, the leader
+        // proposes to leave it.
+        if self.is_leader() && self.conf.is_joint() && self.conf_through >= self.pending_conf_index
+        {
+            if let Ok((_, index)) =
+                self.propose_payload(EntryPayload::ConfChange(ConfChange::leave_joint()))
+            {
+                self.pending_conf_index = index;
+            }
+        }
+    }
+
+    fn apply_conf(&mut self, index: Index, conf: ConfState) {
+        self.conf = conf.clone();
+        self.conf_history.push((index, conf));
+        if !self.is_leader() {
+            return;
+        }
+        let members = self.conf.members();
+        self.progress.retain(|id, _| members.contains(id));
+        let next = self.log.last_index() + 1;
+        for id in members {
+            if id != self.id {
+                self.progress
+                    .entry(id)
+                    .or_insert_with(|| Progress::new(next));
+            }
+        }
+        self.broadcast_pending = true;
+        // A leader that is no longer a voter steps down; the rest elect.
+        if !self.conf.is_voter(self.id) {
+            self.become_follower(self.term, NO_NODE);
+        }
+    }
+
+    /// The configuration in force at `index` (for a snapshot taken there).
+    pub(super) fn conf_at(&self, index: Index) -> ConfState {
+        self.conf_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or_else(|| self.conf_base.clone(), |(_, c)| c.clone())
+    }
+
+    /// Forgets configuration history at or below a new snapshot.
+    pub(super) fn compact_conf_history(&mut self, index: Index) {
+        self.conf_base = self.conf_at(index);
+        self.conf_history.retain(|(i, _)| *i > index);
+    }
+
+    /// Hands leadership to `to` once its log is caught up.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), RequestError> {
+        if !self.is_leader() {
+            return Err(RequestError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if to == self.id {
+            return Ok(());
+        }
+        if !self.conf.is_voter(to) {
+            return Err(RequestError::NotAVoter(to));
+        }
+        self.lead_transferee = to;
+        // It has one election timeout to finish; the leader's timer restarts.
+        self.election_elapsed = 0;
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|p| p.matched == self.log.last_index());
+        if caught_up {
+            self.send_timeout_now(to);
+        } else {
+            self.send_appends(to, true);
+        }
+        Ok(())
+    }
+
+    pub(super) fn send_timeout_now(&mut self, to: NodeId) {
+        // The target will campaign past the followers' vote refusal, so our
+        // lease cannot be trusted again in this term.
+        self.lease_revoked = true;
+        self.send(to, MessageBody::TimeoutNow);
+    }
+}
+
+/// The joint configuration a change enters, or why it is invalid.
+pub fn enter_joint(conf: &ConfState, cc: &ConfChange) -> Result<ConfState, ProposeError> {
+    if conf.is_joint() {
+        return Err(ProposeError::ConfChangePending);
+    }
+    let mut next = conf.clone();
+    next.voters_outgoing = conf.voters.clone();
+    for step in &cc.changes {
+        match *step {
+            ConfChangeStep::AddVoter(id) => {
+                if id == NO_NODE {
+                    return Err(ProposeError::InvalidConfChange("node id 0"));
+                }
+                next.voters.insert(id);
+                next.learners.remove(&id);
+                next.learners_next.remove(&id);
+            }
+            ConfChangeStep::AddLearner(id) => {
+                if id == NO_NODE {
+                    return Err(ProposeError::InvalidConfChange("node id 0"));
+                }
+                next.voters.remove(&id);
+                if next.voters_outgoing.contains(&id) {
+                    // Still an outgoing voter: becomes a learner on leaving.
+                    next.learners_next.insert(id);
+                } else {
+                    next.learners.insert(id);
+                }
+            }
+            ConfChangeStep::Remove(id) => {
+                next.voters.remove(&id);
+                next.learners.remove(&id);
+                next.learners_next.remove(&id);
+            }
+        }
+    }
+    if next.voters.is_empty() {
+        return Err(ProposeError::InvalidConfChange("no voters would remain"));
+    }
+    if next.voters == next.voters_outgoing
+        && next.learners == conf.learners
+        && next.learners_next.is_empty()
+    {
+        return Err(ProposeError::InvalidConfChange("changes nothing"));
+    }
+    Ok(next)
+}
+
+/// The configuration after leaving a joint one.
+pub fn leave_joint(conf: &ConfState) -> ConfState {
+    let mut next = conf.clone();
+    next.voters_outgoing.clear();
+    let promoted: Vec<NodeId> = next.learners_next.iter().copied().collect();
+    next.learners.extend(promoted);
+    next.learners_next.clear();
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(s: &std::collections::BTreeSet<NodeId>) -> Vec<NodeId> {
+        s.iter().copied().collect()
+    }
+
+    #[test]
+    fn enter_and_leave_joint() {
+        let c = ConfState::with_voters([1, 2, 3]);
+        let cc = ConfChange {
+            changes: vec![ConfChangeStep::AddVoter(4), ConfChangeStep::Remove(1)],
+        };
+        let j = enter_joint(&c, &cc).unwrap();
+        assert_eq!(ids(&j.voters), vec![2, 3, 4]);
+        assert_eq!(ids(&j.voters_outgoing), vec![1, 2, 3]);
+        assert!(j.is_joint());
+        let l = leave_joint(&j);
+        assert_eq!(ids(&l.voters), vec![2, 3, 4]);
+        assert!(!l.is_joint());
+    }
+
+    #[test]
+    fn demoting_a_voter_goes_through_learners_next() {
+        let c = ConfState::with_voters([1, 2, 3]);
+        let j = enter_joint(
+            &c,
+            &ConfChange {
+                changes: vec![ConfChangeStep::AddLearner(3)],
+            },
+        )
+        .unwrap();
+        assert_eq!(ids(&j.learners_next), vec![3]);
+        assert!(j.is_voter(3), "still an outgoing voter while joint");
+        let l = leave_joint(&j);
+        assert_eq!(ids(&l.learners), vec![3]);
+        assert!(!l.is_voter(3));
+    }
+
+    #[test]
+    fn invalid_changes_are_refused() {
+        let c = ConfState::with_voters([1]);
+        assert!(
+            enter_joint(
+                &c,
+                &ConfChange {
+                    changes: vec![ConfChangeStep::Remove(1)]
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            enter_joint(
+                &c,
+                &ConfChange {
+                    changes: vec![ConfChangeStep::AddVoter(1)]
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            enter_joint(
+                &c,
+                &ConfChange {
+                    changes: vec![ConfChangeStep::AddVoter(0)]
+                }
+            )
+            .is_err()
+        );
+    }
+}

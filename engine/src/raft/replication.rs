@@ -1,0 +1,296 @@
+//! Log replication: appends with flow control, the follower's consistency
+//! check, commit by (joint) majority of durable copies, and heartbeats.
+
+use super::message::MessageBody;
+use super::node::Raft;
+use super::progress::ProgressState;
+use super::quorum::joint_index;
+use super::types::{Entry, EntryPayload, Index, NodeId, Term};
+
+impl Raft {
+    /// Sends what each follower is missing, as far as its window allows.
+    pub(super) fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in peers {
+            self.send_appends(to, true);
+        }
+    }
+
+    /// Fills `to`'s window. With `even_if_empty`, a follower with nothing
+    /// missing still gets an empty append (it carries the commit index).
+    pub(super) fn send_appends(&mut self, to: NodeId, even_if_empty: bool) {
+        let mut first = true;
+        while self.send_one_append(to, first && even_if_empty) {
+            first = false;
+        }
+    }
+
+    /// Sends one append (or starts a snapshot). Returns whether another could
+    /// follow right away (Replicate state with room in the window).
+    fn send_one_append(&mut self, to: NodeId, even_if_empty: bool) -> bool {
+        let (msgs_max, bytes_max) = (self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
+        let Some(pr) = self.progress.get(&to) else {
+            return false;
+        };
+        if pr.paused(msgs_max, bytes_max) {
+            return false;
+        }
+        let next = pr.next;
+        let prev_index = next - 1;
+        let Some(prev_term) = self.log.term(prev_index) else {
+            // The follower needs entries we compacted: send the snapshot.
+            self.start_snapshot_transfer(to);
+            return false;
+        };
+        let entries = self
+            .log
+            .slice(next, self.log.last_index() + 1, self.cfg.append_bytes_max);
+        if entries.is_empty() && !even_if_empty && pr.state == ProgressState::Replicate {
+            return false;
+        }
+        let last = entries.last().map_or(prev_index, |e| e.index);
+        let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        let has_entries = !entries.is_empty();
+        let commit = self.log.committed;
+        let pr = self.progress.get_mut(&to).expect("checked above");
+        if has_entries || pr.state == ProgressState::Probe {
+            pr.sent_entries(last, bytes);
+        }
+        let more =
+            has_entries && pr.state == ProgressState::Replicate && last < self.log.last_index();
+        self.send(
+            to,
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            },
+        );
+        more
+    }
+
+    pub(super) fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        leader_commit: Index,
+    ) {
+        if prev_index < self.log.committed {
+            // Everything up to our commit index matches the leader already.
+            let index = self.log.committed;
+            self.ack_append(from, index);
+            return;
+        }
+        if self.log.match_term(prev_index, prev_term) {
+            let last_new = self.log.append_after(prev_index, entries);
+            // Only what this message vouches for may be committed: entries
+            // beyond it could still be from a deposed leader.
+            self.log.commit_to(leader_commit.min(last_new));
+            self.ack_append(from, last_new);
+        } else {
+            let (hint_index, hint_term) = self.log.find_conflict_by_term(prev_index, prev_term);
+            self.send_after_persist(
+                from,
+                MessageBody::AppendResponse {
+                    reject: true,
+                    index: prev_index,
+                    hint_index,
+                    hint_term,
+                },
+            );
+        }
+    }
+
+    /// A follower acknowledges entries only once they are durable.
+    fn ack_append(&mut self, to: NodeId, index: Index) {
+        let body = MessageBody::AppendResponse {
+            reject: false,
+            index,
+            hint_index: 0,
+            hint_term: 0,
+        };
+        #[cfg(feature = "bug-injection")]
+        if self.cfg.bugs.ack_before_persist {
+            self.send(to, body);
+            return;
+        }
+        self.send_after_persist(to, body);
+    }
+
+    pub(super) fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        reject: bool,
+        index: Index,
+        hint_index: Index,
+        hint_term: Term,
+    ) {
+        if !self.is_leader() {
+            return;
+        }
+        let last_index = self.log.last_index();
+        // The follower's hint names its own log; find where ours could match:
+        // our last entry at or below hint_index whose term is at most hint_term.
+        let probe_from = if reject && hint_term > 0 {
+            self.log.find_conflict_by_term(hint_index, hint_term).0
+        } else {
+            hint_index
+        };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if reject {
+            if index == 0 && hint_index == 0 && hint_term == 0 {
+                // A refusal from a newer term was handled by the term check.
+                return;
+            }
+            if pr.reject(index, probe_from) {
+                self.send_appends(from, true);
+            }
+            return;
+        }
+        let was_paused = pr.paused(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
+        let advanced = pr.ack(index);
+        match pr.state {
+            ProgressState::Probe if pr.matched == index => pr.become_replicate(),
+            ProgressState::Snapshot { index: snap } if pr.matched >= snap => pr.become_probe(),
+            _ => {}
+        }
+        let matched = pr.matched;
+        if advanced && self.maybe_commit() {
+            // Tell everyone the new commit index.
+            self.broadcast_append();
+        } else if advanced || was_paused {
+            self.send_appends(from, false);
+        }
+        if from == self.lead_transferee && matched == last_index {
+            self.send_timeout_now(from);
+        }
+    }
+
+    /// Advances the commit index to what a (joint) majority holds durably,
+    /// counting only an entry of the current term (an earlier term's entry
+    /// commits with it, never by counting: Raft's Figure 8).
+    pub(super) fn maybe_commit(&mut self) -> bool {
+        let (me, stable) = (self.id, self.log.stable);
+        let progress = &self.progress;
+        let acked = |id: NodeId| {
+            if id == me {
+                stable
+            } else {
+                progress.get(&id).map_or(0, |p| p.matched)
+            }
+        };
+        let index = joint_index(&self.conf.voters, &self.conf.voters_outgoing, acked);
+        if index <= self.log.committed || index == Index::MAX {
+            return false;
+        }
+        let current_term = self.log.term(index) == Some(self.term);
+        #[cfg(feature = "bug-injection")]
+        let current_term = current_term || self.cfg.bugs.commit_earlier_term;
+        if !current_term {
+            return false;
+        }
+        let old = self.log.committed;
+        let first_of_term = self.log.term(old) != Some(self.term);
+        self.log.commit_to(index);
+        let released: u64 = (old + 1..=index)
+            .filter_map(|i| self.log.entry(i))
+            .filter(|e| matches!(e.payload, EntryPayload::Normal(_)) && e.term == self.term)
+            .map(Entry::size_bytes)
+            .sum();
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(released);
+        self.advance_conf();
+        if first_of_term {
+            self.release_reads_after_first_commit();
+        }
+        true
+    }
+
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let peers: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .map(|(&id, p)| (id, p.matched))
+            .collect();
+        for (to, matched) in peers {
+            // Never tell a follower to commit past what it is known to hold.
+            let commit = self.log.committed.min(matched);
+            self.send(
+                to,
+                MessageBody::Heartbeat {
+                    commit,
+                    read_seq: self.read_seq,
+                    sent_tick: self.ticks,
+                },
+            );
+        }
+    }
+
+    pub(super) fn handle_heartbeat(
+        &mut self,
+        from: NodeId,
+        commit: Index,
+        read_seq: u64,
+        sent_tick: u64,
+    ) {
+        if commit > self.log.committed && commit <= self.log.last_index() {
+            self.log.commit_to(commit);
+        }
+        self.send(
+            from,
+            MessageBody::HeartbeatResponse {
+                read_seq,
+                sent_tick,
+            },
+        );
+    }
+
+    pub(super) fn handle_heartbeat_response(
+        &mut self,
+        from: NodeId,
+        read_seq: u64,
+        sent_tick: u64,
+    ) {
+        if !self.is_leader() {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        pr.read_seq_acked = pr.read_seq_acked.max(read_seq);
+        pr.heartbeat_tick_acked = pr.heartbeat_tick_acked.max(sent_tick);
+        let mut resend = false;
+        match pr.state {
+            // A lost probe is retried at heartbeat pace.
+            ProgressState::Probe => {
+                pr.probe_sent = false;
+                resend = pr.matched < last_index;
+            }
+            // A window that stopped draining lost messages: probe again.
+            ProgressState::Replicate if pr.inflights.count() > 0 => {
+                if pr.matched == pr.matched_at_heartbeat {
+                    pr.stalled_heartbeats += 1;
+                    if pr.stalled_heartbeats >= 2 {
+                        pr.become_probe();
+                        resend = true;
+                    }
+                } else {
+                    pr.stalled_heartbeats = 0;
+                }
+                pr.matched_at_heartbeat = pr.matched;
+            }
+            _ => {}
+        }
+        if resend {
+            self.send_appends(from, true);
+        }
+        self.confirm_reads();
+    }
+}

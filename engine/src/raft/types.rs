@@ -1,0 +1,150 @@
+//! The plain data the core works with: identifiers, log entries, persistent
+//! state, snapshots and configurations.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+
+/// A node of the cluster. `0` is never a valid node id (it means "none").
+pub type NodeId = u64;
+/// A Raft term: the logical clock of leadership.
+pub type Term = u64;
+/// A position in the replicated log. Index 0 is the empty prefix before the first entry.
+pub type Index = u64;
+
+/// Node id meaning "nobody" (no leader known, no vote cast).
+pub const NO_NODE: NodeId = 0;
+
+/// What an entry carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryPayload {
+    /// Appended by every new leader so that it commits an entry of its own term
+    /// before it serves reads or accepts configuration changes.
+    Empty,
+    /// An application command, opaque to the core.
+    Normal(Bytes),
+    /// A membership change; it takes effect when it is committed.
+    ConfChange(ConfChange),
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub index: Index,
+    pub term: Term,
+    pub payload: EntryPayload,
+}
+
+impl Entry {
+    /// Bytes this entry counts for in flow control and the uncommitted-bytes cap.
+    /// A small constant covers the header so that empty entries are not free.
+    pub fn size_bytes(&self) -> u64 {
+        const HEADER_BYTES: u64 = 24;
+        HEADER_BYTES
+            + match &self.payload {
+                EntryPayload::Empty => 0,
+                EntryPayload::Normal(data) => data.len() as u64,
+                EntryPayload::ConfChange(cc) => 16 * cc.changes.len() as u64,
+            }
+    }
+}
+
+/// The state that must be durable before the node answers anyone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: Term,
+    /// Who this node voted for in `term` ([`NO_NODE`] if nobody).
+    pub vote: NodeId,
+    pub commit: Index,
+}
+
+/// The members of a group. Outside a joint configuration `voters_outgoing` is
+/// empty; inside one, a decision needs a majority of `voters` AND of
+/// `voters_outgoing`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfState {
+    pub voters: BTreeSet<NodeId>,
+    pub voters_outgoing: BTreeSet<NodeId>,
+    /// Receive the log but do not vote.
+    pub learners: BTreeSet<NodeId>,
+    /// Voters of the outgoing configuration that become learners when the joint
+    /// configuration is left (a node cannot be a voter and a learner at once).
+    pub learners_next: BTreeSet<NodeId>,
+}
+
+impl ConfState {
+    /// A plain configuration of voters.
+    pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
+        ConfState {
+            voters: voters.into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// Every node that gets the log: voters of both halves and learners.
+    pub fn members(&self) -> BTreeSet<NodeId> {
+        let mut all = self.voters.clone();
+        all.extend(&self.voters_outgoing);
+        all.extend(&self.learners);
+        all.extend(&self.learners_next);
+        all
+    }
+
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.voters_outgoing.contains(&id)
+    }
+}
+
+/// One step of a membership change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfChangeStep {
+    AddVoter(NodeId),
+    AddLearner(NodeId),
+    Remove(NodeId),
+}
+
+/// A membership change. A non-empty list of steps enters a joint configuration
+/// (old and new voters must both agree); the leader leaves it automatically
+/// with an empty change once the entering entry is committed. An empty list is
+/// that "leave joint" change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfChange {
+    pub changes: Vec<ConfChangeStep>,
+}
+
+impl ConfChange {
+    pub fn leave_joint() -> Self {
+        ConfChange { changes: vec![] }
+    }
+    pub fn is_leave_joint(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// Where a snapshot sits in the log, and the configuration at that point.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub index: Index,
+    pub term: Term,
+    pub conf_state: ConfState,
+}
+
+/// A state machine snapshot: opaque bytes made by the host, plus its position.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub data: Bytes,
+}
+
+/// Role of a node in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
