@@ -1,0 +1,88 @@
+//! Building the quinn endpoint: TLS configs from the node identity, QUIC
+//! transport parameters from [`TransportConfig`], the UDP socket, and a
+//! stateless-reset key derived from the node's private key.
+//!
+//! Why a derived reset key: when a node restarts with the same identity, a
+//! peer still holding the old connection gets a *valid* stateless reset the
+//! next time it sends (keep-alives guarantee that within a second), instead of
+//! waiting for the idle timeout. That is what lets a restarted node reconnect
+//! quickly even when the old connection wins the duplicate tie-break.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{EndpointConfig, IdleTimeout, MtuDiscoveryConfig, VarInt};
+
+use crate::certs::NodeIdentity;
+use crate::error::TransportError;
+use crate::{TransportConfig, tls};
+
+const RESET_KEY_LABEL: &[u8] = b"tessera/1 stateless reset key";
+
+fn config_error(what: &str, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Config(format!("{what}: {e}"))
+}
+
+fn transport_config(config: &TransportConfig) -> Result<quinn::TransportConfig, TransportError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(config.incoming_bidi_streams_max));
+    // Each side opens one long-lived messages stream per connection; a few
+    // more allow for re-opening after a stream-level protocol error.
+    t.max_concurrent_uni_streams(VarInt::from_u32(4));
+    t.stream_receive_window(VarInt::from_u32(config.stream_receive_window_bytes));
+    t.receive_window(VarInt::from_u32(config.connection_receive_window_bytes));
+    t.send_window(config.send_window_bytes);
+    t.max_idle_timeout(Some(IdleTimeout::try_from(config.idle_timeout).map_err(|e| config_error("idle_timeout", e))?));
+    t.keep_alive_interval(Some(config.keep_alive_interval));
+    let mut mtu = MtuDiscoveryConfig::default();
+    mtu.upper_bound(config.mtu_upper_bound_bytes);
+    t.mtu_discovery_config(Some(mtu));
+    Ok(t)
+}
+
+/// Client and server configs for `identity`, sharing one transport config.
+pub(crate) fn quic_configs(
+    identity: &NodeIdentity,
+    config: &TransportConfig,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+    let transport = Arc::new(transport_config(config)?);
+    let server_crypto = QuicServerConfig::try_from(tls::server_config(identity)?)
+        .map_err(|e| config_error("QUIC server TLS", e))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport.clone());
+    let client_crypto = QuicClientConfig::try_from(tls::client_config(identity)?)
+        .map_err(|e| config_error("QUIC client TLS", e))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport);
+    Ok((server, client))
+}
+
+fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> Result<std::net::UdpSocket, TransportError> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Larger kernel buffers absorb bursts (GSO batches, many peers at once);
+    // the kernel caps them at its own maximum, which is fine.
+    let _ = socket.set_send_buffer_size(buffer_bytes);
+    let _ = socket.set_recv_buffer_size(buffer_bytes);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Binds a quinn endpoint that accepts peers (server) and dials them (client).
+pub(crate) fn bind(
+    addr: SocketAddr,
+    identity: &NodeIdentity,
+    config: &TransportConfig,
+) -> Result<(quinn::Endpoint, quinn::ClientConfig), TransportError> {
+    let (server, client) = quic_configs(identity, config)?;
+    let seed = ring::digest::digest(&ring::digest::SHA256, &[RESET_KEY_LABEL, identity.private_key_bytes()].concat());
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_ref());
+    let mut endpoint_config = EndpointConfig::new(Arc::new(reset_key));
+    endpoint_config
+        .max_udp_payload_size(config.mtu_upper_bound_bytes.max(1472))
+        .map_err(|e| config_error("mtu_upper_bound_bytes", e))?;
+    let socket = udp_socket(addr, config.socket_buffer_bytes)?;
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))?;
+    Ok((endpoint, client))
+}
