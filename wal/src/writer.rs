@@ -1,0 +1,672 @@
+//! The writer thread: drains the request queue, packs everything waiting into one
+//! write per segment touched, makes it durable once, updates the index, then
+//! completes every waiter. It is the only code that mutates segments and index.
+//! After each batch it reclaims disk: deletes or recycles segments at the front
+//! that hold no live record, and rewrites forward the live state of the groups
+//! that pin the oldest segment when the disk bound is exceeded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use crate::GroupId;
+use crate::batch::{LogBatch, Op};
+use crate::error::{Result, WalError};
+use crate::format::{Kind, NewRecord, PartBuilder, SEGMENT_HEADER_BYTES};
+use crate::index::{GroupState, Loc};
+use crate::payload::{encode_compaction, encode_entries, encode_hard_state};
+use crate::segment::{SegmentFile, activate, delete, recycle};
+use crate::state::{Applied, Counters, Shared};
+use crate::ticket::Completion;
+
+pub(crate) enum Msg {
+    Write {
+        batch: LogBatch,
+        done: Arc<Completion>,
+    },
+    /// Reclaim now; `rewrite_all` rolls to a fresh segment and rewrites every
+    /// group there, so that every older segment can go.
+    Reclaim {
+        rewrite_all: bool,
+        done: Arc<Completion>,
+    },
+}
+
+/// A request inside one writer batch.
+struct Request {
+    ops: Vec<Op>,
+    /// Internal rewrite records (no validation, Relocate kind for entries).
+    internal: bool,
+    done: Option<Arc<Completion>>,
+}
+
+/// Log bounds of a group as seen by validation (index + earlier requests of the
+/// same batch).
+#[derive(Debug, Clone, Copy, Default)]
+struct Bounds {
+    compact: Option<u64>,
+    last_entry: Option<u64>,
+}
+
+impl Bounds {
+    fn of(st: Option<&GroupState>) -> Bounds {
+        match st {
+            Some(s) => Bounds {
+                compact: s.compaction.map(|c| c.index),
+                last_entry: s.last_entry(),
+            },
+            None => Bounds::default(),
+        }
+    }
+
+    fn check(&mut self, group: GroupId, op: &Op) -> Result<()> {
+        match op {
+            Op::Entries { entries, .. } => {
+                let (Some(f), Some(l)) = (entries.first(), entries.last()) else {
+                    return Err(WalError::InvalidAppend {
+                        group,
+                        detail: "no entries".into(),
+                    });
+                };
+                if let Some(c) = self.compact
+                    && f.index <= c
+                {
+                    return Err(WalError::InvalidAppend {
+                        group,
+                        detail: format!(
+                            "first index {} is at or below compaction point {c}",
+                            f.index
+                        ),
+                    });
+                }
+                let last = match (self.last_entry, self.compact) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(last) = last
+                    && f.index > last + 1
+                {
+                    return Err(WalError::InvalidAppend {
+                        group,
+                        detail: format!("first index {} leaves a gap after {last}", f.index),
+                    });
+                }
+                self.last_entry = Some(l.index);
+            }
+            Op::Compact { point, .. } => {
+                if let Some(c) = self.compact
+                    && point.index < c
+                {
+                    return Err(WalError::StaleCompaction {
+                        group,
+                        index: point.index,
+                        current: c,
+                    });
+                }
+                self.compact = Some(point.index);
+                if self.last_entry.is_some_and(|l| l <= point.index) {
+                    self.last_entry = None;
+                }
+            }
+            Op::HardState { .. } => {}
+            Op::Remove { .. } => *self = Bounds::default(),
+        }
+        Ok(())
+    }
+}
+
+fn op_group(op: &Op) -> GroupId {
+    match op {
+        Op::Entries { group, .. }
+        | Op::HardState { group, .. }
+        | Op::Compact { group, .. }
+        | Op::Remove { group } => *group,
+    }
+}
+
+enum EncodeError {
+    Invalid(WalError),
+    DoesNotFit,
+}
+
+pub(crate) struct Writer {
+    pub shared: Arc<Shared>,
+    pub rx: Receiver<Msg>,
+    pub active: Arc<SegmentFile>,
+    pub tail: usize,
+    pub next_seq: u64,
+    pub next_batch_id: u64,
+    pub scratch: Vec<u8>,
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        let max = self.shared.config.batch_bytes_max;
+        while let Ok(first) = self.rx.recv() {
+            let mut msgs = vec![first];
+            let mut bytes = 0usize;
+            while bytes < max {
+                match self.rx.try_recv() {
+                    Ok(m) => {
+                        if let Msg::Write { batch, .. } = &m {
+                            bytes += batch.approx_bytes();
+                        }
+                        msgs.push(m);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.handle(msgs);
+        }
+    }
+
+    fn poisoned(&self) -> Option<WalError> {
+        self.shared.poison.get().map(|c| WalError::Poisoned {
+            cause: Box::new(c.clone()),
+        })
+    }
+
+    fn poison(&self, e: &WalError) {
+        let _ = self.shared.poison.set(e.clone());
+    }
+
+    fn handle(&mut self, msgs: Vec<Msg>) {
+        let mut writes = Vec::new();
+        let mut reclaims = Vec::new();
+        for m in msgs {
+            match m {
+                Msg::Write { batch, done } => writes.push(Request {
+                    ops: batch.ops,
+                    internal: false,
+                    done: Some(done),
+                }),
+                Msg::Reclaim { rewrite_all, done } => reclaims.push((rewrite_all, done)),
+            }
+        }
+        if let Some(p) = self.poisoned() {
+            for r in writes {
+                if let Some(d) = r.done {
+                    d.complete(Err(p.clone()));
+                }
+            }
+            for (_, d) in reclaims {
+                d.complete(Err(p.clone()));
+            }
+            return;
+        }
+        let wrote = !writes.is_empty();
+        if wrote {
+            Counters::add(&self.shared.counters.requests, writes.len() as u64);
+            self.write_batch(writes);
+        }
+        for (all, done) in reclaims {
+            let r = self.reclaim(all);
+            if let Err(e) = &r {
+                self.poison(e);
+            }
+            done.complete(r);
+        }
+        if wrote && self.shared.poison.get().is_none() {
+            if let Err(e) = self.reclaim(false) {
+                self.poison(&e);
+            }
+        }
+    }
+
+    /// Writes the requests, syncs, applies them to the index, completes them.
+    fn write_batch(&mut self, reqs: Vec<Request>) {
+        match self.write_batch_inner(&reqs) {
+            Ok(outcomes) => {
+                for (r, o) in reqs.into_iter().zip(outcomes) {
+                    if let Some(d) = r.done {
+                        d.complete(o);
+                    }
+                }
+            }
+            Err(e) => {
+                // Nothing of this batch is known durable: fail every waiter, and
+                // stop for good (a failed write or sync is never retried).
+                self.poison(&e);
+                for r in reqs {
+                    if let Some(d) = r.done {
+                        d.complete(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_batch_inner(&mut self, reqs: &[Request]) -> Result<Vec<Result<()>>> {
+        let seg_len = self.active.len();
+        let mut outcomes: Vec<Result<()>> = Vec::with_capacity(reqs.len());
+        let mut applied: Vec<Applied> = Vec::new();
+        let mut overlay: HashMap<GroupId, Bounds> = HashMap::new();
+        let mut part = PartBuilder::new(
+            self.active.seq,
+            self.next_batch_id,
+            std::mem::take(&mut self.scratch),
+        );
+        let mut part_start = self.tail;
+        // Segments written in this batch and not yet synced: (segment, from, to).
+        let mut dirty: Vec<(Arc<SegmentFile>, usize, usize)> = Vec::new();
+        for req in reqs {
+            loop {
+                let r = self.encode_request(req, &mut part, part_start, &mut overlay, seg_len);
+                match r {
+                    Ok(a) => {
+                        applied.extend(a);
+                        outcomes.push(Ok(()));
+                        break;
+                    }
+                    Err(EncodeError::Invalid(e)) => {
+                        outcomes.push(Err(e));
+                        break;
+                    }
+                    Err(EncodeError::DoesNotFit)
+                        if !part.is_empty() || part_start > SEGMENT_HEADER_BYTES =>
+                    {
+                        // Close this segment's part, make it durable before the
+                        // next segment exists (so a segment that is not the last
+                        // is never torn), and roll.
+                        if !part.is_empty() {
+                            self.flush_part(&mut part, part_start)?;
+                            dirty.push((self.active.clone(), part_start, self.tail));
+                        }
+                        self.sync_dirty(&mut dirty)?;
+                        self.roll()?;
+                        part = PartBuilder::new(
+                            self.active.seq,
+                            self.next_batch_id,
+                            std::mem::take(&mut part.buf),
+                        );
+                        part_start = self.tail;
+                    }
+                    Err(EncodeError::DoesNotFit) => {
+                        let bytes = req.ops.iter().map(op_bytes).sum::<usize>() as u64;
+                        outcomes.push(Err(WalError::RequestTooLarge {
+                            bytes,
+                            segment_bytes: seg_len as u64,
+                        }));
+                        break;
+                    }
+                }
+            }
+        }
+        if !part.is_empty() {
+            self.flush_part(&mut part, part_start)?;
+            dirty.push((self.active.clone(), part_start, self.tail));
+        }
+        self.scratch = std::mem::take(&mut part.buf);
+        self.sync_dirty(&mut dirty)?;
+        if !applied.is_empty() {
+            let mut t = self.shared.tables.write();
+            for a in &applied {
+                a.apply(&mut t.index);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn sync_dirty(&mut self, dirty: &mut Vec<(Arc<SegmentFile>, usize, usize)>) -> Result<()> {
+        let shared = self.shared.clone();
+        let cfg = &shared.config;
+        for (seg, from, to) in dirty.drain(..) {
+            if cfg.sync && to > from {
+                seg.sync(from, to - from, cfg.sync_method)?;
+                Counters::add(&self.shared.counters.syncs, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals and writes the part at `start` of the active segment.
+    fn flush_part(&mut self, part: &mut PartBuilder, start: usize) -> Result<()> {
+        debug_assert!(!part.is_empty());
+        part.finish();
+        assert!(
+            start + part.buf.len() <= self.active.len(),
+            "part overflows segment"
+        );
+        self.active
+            .write(start, &part.buf, self.shared.config.sync_method)?;
+        self.tail = start + part.buf.len();
+        self.next_batch_id += 1;
+        Counters::add(&self.shared.counters.batches, 1);
+        Counters::add(&self.shared.counters.bytes_written, part.buf.len() as u64);
+        part.buf.clear();
+        part.starts.clear();
+        part.batch_id = self.next_batch_id;
+        Ok(())
+    }
+
+    /// Encodes one request atomically into `part`, or leaves `part` unchanged.
+    fn encode_request(
+        &self,
+        req: &Request,
+        part: &mut PartBuilder,
+        part_start: usize,
+        overlay: &mut HashMap<GroupId, Bounds>,
+        seg_len: usize,
+    ) -> std::result::Result<Vec<Applied>, EncodeError> {
+        let mark = part.mark();
+        let mut local: HashMap<GroupId, Bounds> = HashMap::new();
+        let mut applied = Vec::with_capacity(req.ops.len());
+        let seq = part.segment_seq;
+        for op in &req.ops {
+            let group = op_group(op);
+            if !req.internal {
+                let b = match local.get_mut(&group) {
+                    Some(b) => b,
+                    None => {
+                        let b = match overlay.get(&group) {
+                            Some(b) => *b,
+                            None => Bounds::of(self.shared.tables.read().index.group(group)),
+                        };
+                        local.entry(group).or_insert(b)
+                    }
+                };
+                if let Err(e) = b.check(group, op) {
+                    part.truncate(mark);
+                    return Err(EncodeError::Invalid(e));
+                }
+            }
+            let start = part.buf.len();
+            let res = match op {
+                Op::Entries { group, entries } => {
+                    let kind = if req.internal {
+                        Kind::Relocate
+                    } else {
+                        Kind::Entries
+                    };
+                    let first = entries.first().map_or(0, |e| e.index);
+                    let count = entries.len() as u32;
+                    let rec = NewRecord {
+                        kind,
+                        group: *group,
+                        first_index: first,
+                        entry_count: count,
+                    };
+                    part.push(rec, |b| encode_entries(b, entries))
+                        .map(|()| (kind, first, count))
+                }
+                Op::HardState { group, hard_state } => {
+                    let rec = NewRecord {
+                        kind: Kind::HardState,
+                        group: *group,
+                        first_index: 0,
+                        entry_count: 0,
+                    };
+                    part.push(rec, |b| encode_hard_state(b, hard_state))
+                        .map(|()| (Kind::HardState, 0, 0))
+                }
+                Op::Compact { group, point } => {
+                    let rec = NewRecord {
+                        kind: Kind::Compaction,
+                        group: *group,
+                        first_index: point.index,
+                        entry_count: 0,
+                    };
+                    part.push(rec, |b| encode_compaction(b, point))
+                        .map(|()| (Kind::Compaction, 0, 0))
+                }
+                Op::Remove { group } => {
+                    let rec = NewRecord {
+                        kind: Kind::RemoveGroup,
+                        group: *group,
+                        first_index: 0,
+                        entry_count: 0,
+                    };
+                    part.push::<rkyv::rancor::Error>(rec, Ok)
+                        .map(|()| (Kind::RemoveGroup, 0, 0))
+                }
+            };
+            let (kind, first, count) = match res {
+                Ok(x) => x,
+                Err(e) => {
+                    part.truncate(mark);
+                    return Err(EncodeError::Invalid(WalError::InvalidAppend {
+                        group,
+                        detail: format!("cannot encode: {e}"),
+                    }));
+                }
+            };
+            if part_start + part.buf.len() > seg_len {
+                part.truncate(mark);
+                return Err(EncodeError::DoesNotFit);
+            }
+            let loc = Loc {
+                seg: seq,
+                off: (part_start + start) as u32,
+                len: (part.buf.len() - start) as u32,
+            };
+            applied.push(match op {
+                Op::Entries { .. } if kind == Kind::Relocate => Applied::Relocate {
+                    group,
+                    first,
+                    count,
+                    loc,
+                },
+                Op::Entries { .. } => Applied::Entries {
+                    group,
+                    first,
+                    count,
+                    loc,
+                },
+                Op::HardState { hard_state, .. } => Applied::HardState {
+                    group,
+                    hard_state: *hard_state,
+                    loc,
+                },
+                Op::Compact { point, .. } => Applied::Compact {
+                    group,
+                    index: point.index,
+                    term: point.term,
+                    loc,
+                },
+                Op::Remove { .. } => Applied::Remove { group },
+            });
+        }
+        overlay.extend(local);
+        Ok(applied)
+    }
+
+    /// Starts the next segment.
+    fn roll(&mut self) -> Result<()> {
+        let sh = &self.shared;
+        let free = sh.pool.take(&sh.dir, sh.config.segment_bytes)?;
+        let seg = activate(
+            &sh.dir,
+            free,
+            self.next_seq,
+            self.tail as u64,
+            self.next_batch_id,
+        )?;
+        let seg = Arc::new(seg);
+        self.next_seq += 1;
+        self.active = seg.clone();
+        self.tail = SEGMENT_HEADER_BYTES;
+        sh.tables.write().segments.insert(seg.seq, seg);
+        Ok(())
+    }
+
+    /// Deletes or recycles segments at the front that hold no live record. Only
+    /// the front: replay then always sees a suffix of the history.
+    fn purge(&mut self) -> Result<()> {
+        let sh = self.shared.clone();
+        loop {
+            let seg = {
+                let mut t = sh.tables.write();
+                let Some((&seq, _)) = t.segments.first_key_value() else {
+                    break;
+                };
+                if seq == self.active.seq || t.index.refs_of(seq) > 0 {
+                    break;
+                }
+                t.index.forget_segment(seq);
+                t.segments.remove(&seq)
+            };
+            let Some(seg) = seg else { break };
+            let path = seg.path.clone();
+            let room = sh.pool.inner.lock().files.len() < sh.config.recycle_segments_max;
+            match Arc::try_unwrap(seg) {
+                Ok(s) if room && s.len() as u64 == sh.config.segment_bytes => {
+                    let id = sh.pool.next_id();
+                    let f = recycle(&sh.dir, s, id)?;
+                    sh.pool.inner.lock().files.push(f);
+                    Counters::add(&sh.counters.segments_recycled, 1);
+                }
+                // Readers still hold it (or no room): unlink; their maps stay valid.
+                _ => {
+                    delete(&sh.dir, &path)?;
+                    Counters::add(&sh.counters.segments_deleted, 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Purges, then rewrites forward while the disk bound is exceeded.
+    fn reclaim(&mut self, rewrite_all: bool) -> Result<()> {
+        self.purge()?;
+        if rewrite_all {
+            if self.tail > SEGMENT_HEADER_BYTES {
+                self.sync_active()?;
+                self.roll()?;
+            }
+            let active = self.active.seq;
+            let groups: Vec<GroupId> = {
+                let t = self.shared.tables.read();
+                t.index
+                    .groups
+                    .iter()
+                    .filter(|(_, s)| s.min_segment().is_some_and(|m| m < active))
+                    .map(|(g, _)| *g)
+                    .collect()
+            };
+            self.rewrite(&groups)?;
+            return self.purge();
+        }
+        let shared = self.shared.clone();
+        let cfg = &shared.config;
+        loop {
+            let (disk, live, oldest) = {
+                let t = self.shared.tables.read();
+                let disk = t.segments.values().map(|s| s.len() as u64).sum::<u64>();
+                let oldest = t.segments.keys().next().copied();
+                (disk, t.index.live_bytes, oldest)
+            };
+            let threshold =
+                (cfg.garbage_ratio * live).max(cfg.disk_floor_segments * cfg.segment_bytes);
+            let Some(oldest) = oldest else { return Ok(()) };
+            if disk <= threshold || oldest == self.active.seq {
+                return Ok(());
+            }
+            let groups: Vec<GroupId> = {
+                let t = self.shared.tables.read();
+                t.index
+                    .groups
+                    .iter()
+                    .filter(|(_, s)| s.min_segment() == Some(oldest))
+                    .map(|(g, _)| *g)
+                    .collect()
+            };
+            self.rewrite(&groups)?;
+            self.purge()?;
+            let still = self.shared.tables.read().segments.contains_key(&oldest);
+            if still {
+                // Nothing more can be freed now (e.g. the rewrite landed in it).
+                return Ok(());
+            }
+        }
+    }
+
+    fn sync_active(&mut self) -> Result<()> {
+        let cfg = &self.shared.config;
+        if cfg.sync {
+            self.active.sync(
+                SEGMENT_HEADER_BYTES,
+                self.tail - SEGMENT_HEADER_BYTES,
+                cfg.sync_method,
+            )?;
+            Counters::add(&self.shared.counters.syncs, 1);
+        }
+        Ok(())
+    }
+
+    /// Rewrites the whole live state of `groups` into the active segment(s).
+    /// Every record written is idempotent (compaction point, hard state, and
+    /// Relocate records that move entries without truncating), so any prefix of
+    /// the rewrite that survives a crash leaves a correct log.
+    fn rewrite(&mut self, groups: &[GroupId]) -> Result<()> {
+        let chunk_max = self.shared.config.rewrite_bytes();
+        let mut reqs = Vec::new();
+        for &g in groups {
+            let (hs, last_entry, first_entry) = {
+                let t = self.shared.tables.read();
+                let Some(st) = t.index.group(g) else { continue };
+                (
+                    st.hard_state.map(|(h, _)| h),
+                    st.last_entry(),
+                    st.runs.front().map(|r| r.first),
+                )
+            };
+            let mut ops = Vec::new();
+            if let Some(cp) = self.shared.read_compaction(g)? {
+                ops.push(Op::Compact {
+                    group: g,
+                    point: cp,
+                });
+            }
+            if let Some(h) = hs {
+                ops.push(Op::HardState {
+                    group: g,
+                    hard_state: h,
+                });
+            }
+            if !ops.is_empty() {
+                reqs.push(Request {
+                    ops,
+                    internal: true,
+                    done: None,
+                });
+            }
+            if let (Some(lo), Some(last)) = (first_entry, last_entry) {
+                let mut next = lo;
+                while next <= last {
+                    let es = self.shared.read_entries(g, next, last + 1, chunk_max)?;
+                    let Some(end) = es.last().map(|e| e.index) else {
+                        break;
+                    };
+                    next = end + 1;
+                    let bytes: usize = es.iter().map(|e| e.data.len()).sum();
+                    Counters::add(&self.shared.counters.bytes_rewritten, bytes as u64);
+                    reqs.push(Request {
+                        ops: vec![Op::Entries {
+                            group: g,
+                            entries: es,
+                        }],
+                        internal: true,
+                        done: None,
+                    });
+                }
+            }
+        }
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        let outcomes = self.write_batch_inner(&reqs)?;
+        for o in outcomes {
+            o?;
+        }
+        Ok(())
+    }
+}
+
+fn op_bytes(op: &Op) -> usize {
+    match op {
+        Op::Entries { entries, .. } => entries.iter().map(|e| e.data.len() + 32).sum(),
+        Op::Compact { point, .. } => point.meta.len() + 32,
+        _ => 32,
+    }
+}
