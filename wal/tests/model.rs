@@ -1,0 +1,264 @@
+//! Model test: random appends (with overwrites), hard states, compactions,
+//! snapshot installs, removals, forced rewrites and reopenings, checked after
+//! every step against a plain in-memory model. Small segments make rolling,
+//! purging, recycling and rewriting forward happen all the time.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use tessera_wal::{CompactionPoint, Config, Entry, HardState, LogBatch, Wal};
+
+const GROUPS: u64 = 5;
+const SEGMENT_BYTES: u64 = 16 << 10;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Append { group: u64, back: u64, n: u64, size: usize, term: u64 },
+    Burst { n: u64, size: usize },
+    Hard { group: u64, term: u64, commit: u64 },
+    Compact { group: u64, keep: u64 },
+    Snapshot { group: u64, ahead: u64 },
+    Remove { group: u64 },
+    Reclaim { all: bool },
+    Reopen,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (0..GROUPS, 0u64..4, 1u64..6, 0usize..400, 1u64..4)
+            .prop_map(|(group, back, n, size, term)| Step::Append { group, back, n, size, term }),
+        2 => (1u64..5, 0usize..300).prop_map(|(n, size)| Step::Burst { n, size }),
+        2 => (0..GROUPS, 1u64..9, 0u64..50).prop_map(|(group, term, commit)| Step::Hard { group, term, commit }),
+        2 => (0..GROUPS, 0u64..4).prop_map(|(group, keep)| Step::Compact { group, keep }),
+        1 => (0..GROUPS, 1u64..4).prop_map(|(group, ahead)| Step::Snapshot { group, ahead }),
+        1 => (0..GROUPS).prop_map(|group| Step::Remove { group }),
+        1 => any::<bool>().prop_map(|all| Step::Reclaim { all }),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+#[derive(Debug, Default, Clone)]
+struct GroupModel {
+    entries: BTreeMap<u64, (u64, Vec<u8>)>,
+    hard: Option<HardState>,
+    compact: Option<(u64, u64, Vec<u8>)>,
+}
+
+impl GroupModel {
+    fn last(&self) -> Option<u64> {
+        let e = self.entries.keys().next_back().copied();
+        let c = self.compact.as_ref().map(|c| c.0);
+        match (e, c) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    fn first(&self) -> Option<u64> {
+        match &self.compact {
+            Some(c) => Some(c.0 + 1),
+            None => self.entries.keys().next().copied(),
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.hard.is_none() && self.compact.is_none()
+    }
+}
+
+fn data(group: u64, index: u64, term: u64, size: usize) -> Vec<u8> {
+    (0..size).map(|i| (group * 31 + index * 7 + term * 3 + i as u64) as u8).collect()
+}
+
+fn config() -> Config {
+    Config {
+        segment_bytes: SEGMENT_BYTES,
+        sync: false,
+        prepare_ahead: false,
+        disk_floor_segments: 2,
+        recycle_segments_max: 2,
+        rewrite_record_bytes_max: 2048,
+        ..Config::default()
+    }
+}
+
+/// Builds the batch for an append and applies it to the model.
+fn append(m: &mut GroupModel, group: u64, back: u64, n: u64, size: usize, term: u64) -> LogBatch {
+    let mut f = m.last().map_or(1, |l| (l + 1).saturating_sub(back).max(1));
+    if let Some(c) = &m.compact {
+        f = f.max(c.0 + 1);
+    }
+    let es: Vec<Entry> = (f..f + n).map(|i| Entry::new(i, term, data(group, i, term, size))).collect();
+    m.entries.retain(|&i, _| i < f);
+    for e in &es {
+        m.entries.insert(e.index, (e.term, e.data.to_vec()));
+    }
+    let mut b = LogBatch::new();
+    b.add_entries(group, es).expect("contiguous");
+    b
+}
+
+fn check(wal: &Wal, model: &BTreeMap<u64, GroupModel>) {
+    let live: Vec<u64> = model.iter().filter(|(_, m)| !m.is_empty()).map(|(g, _)| *g).collect();
+    assert_eq!(wal.groups(), live);
+    for (&g, m) in model {
+        assert_eq!(wal.first_index(g), m.first(), "first index of {g}");
+        assert_eq!(wal.last_index(g), m.last(), "last index of {g}");
+        assert_eq!(wal.hard_state(g), m.hard, "hard state of {g}");
+        let cp = wal.compaction_point(g).expect("read compaction");
+        assert_eq!(cp.map(|c| (c.index, c.term, c.meta.to_vec())), m.compact, "compaction of {g}");
+        if let (Some(f), Some(l)) = (m.first(), m.last())
+            && l >= f
+        {
+            let es = wal.entries(g, f, l + 1, usize::MAX).expect("read");
+            assert_eq!(es.len() as u64, l + 1 - f);
+            for e in es {
+                let (t, d) = &m.entries[&e.index];
+                assert_eq!((e.term, &e.data[..]), (*t, &d[..]), "entry {g}/{}", e.index);
+            }
+            // A small budget still returns at least one entry, in order.
+            let es = wal.entries(g, f, l + 1, 1).expect("read");
+            assert!(!es.is_empty() && es[0].index == f);
+        }
+    }
+    let s = wal.stats();
+    let bound = (2 * s.live_bytes).max(2 * SEGMENT_BYTES) + 3 * SEGMENT_BYTES;
+    assert!(s.disk_bytes <= bound, "disk {} over bound {bound} ({s:?})", s.disk_bytes);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn wal_matches_model(steps in proptest::collection::vec(step(), 1..80)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = Wal::open(dir.path(), config()).expect("open");
+        let mut model: BTreeMap<u64, GroupModel> = (0..GROUPS).map(|g| (g, GroupModel::default())).collect();
+        for s in steps {
+            match s {
+                Step::Append { group, back, n, size, term } => {
+                    let m = model.get_mut(&group).expect("group");
+                    let b = append(m, group, back, n, size, term);
+                    wal.write(b).expect("append");
+                }
+                Step::Burst { n, size } => {
+                    let tickets: Vec<_> = (0..n.min(GROUPS)).map(|g| {
+                        let m = model.get_mut(&g).expect("group");
+                        wal.submit(append(m, g, 0, 1, size, 1))
+                    }).collect();
+                    for t in tickets { t.wait().expect("burst"); }
+                }
+                Step::Hard { group, term, commit } => {
+                    let hs = HardState { term, vote: group, commit };
+                    let mut b = LogBatch::new();
+                    b.set_hard_state(group, hs);
+                    wal.write(b).expect("hard state");
+                    model.get_mut(&group).expect("group").hard = Some(hs);
+                }
+                Step::Compact { group, keep } => {
+                    let m = model.get_mut(&group).expect("group");
+                    let Some(l) = m.entries.keys().next_back().copied() else { continue };
+                    let to = l.saturating_sub(keep);
+                    if to == 0 || m.compact.as_ref().is_some_and(|c| c.0 > to) { continue; }
+                    let term = m.entries.get(&to).map_or(0, |e| e.0);
+                    let meta = data(group, to, term, 9);
+                    let mut b = LogBatch::new();
+                    b.compact(group, CompactionPoint { index: to, term, meta: meta.clone().into() });
+                    wal.write(b).expect("compact");
+                    m.entries.retain(|&i, _| i > to);
+                    m.compact = Some((to, term, meta));
+                }
+                Step::Snapshot { group, ahead } => {
+                    let m = model.get_mut(&group).expect("group");
+                    let to = m.last().unwrap_or(0) + ahead;
+                    let mut b = LogBatch::new();
+                    b.compact(group, CompactionPoint { index: to, term: 9, meta: vec![1, 2, 3].into() });
+                    wal.write(b).expect("snapshot");
+                    m.entries.clear();
+                    m.compact = Some((to, 9, vec![1, 2, 3]));
+                }
+                Step::Remove { group } => {
+                    let mut b = LogBatch::new();
+                    b.remove_group(group);
+                    wal.write(b).expect("remove");
+                    model.insert(group, GroupModel::default());
+                }
+                Step::Reclaim { all } => wal.reclaim(all).wait().expect("reclaim"),
+                Step::Reopen => {
+                    wal.close().expect("close");
+                    let (w, report) = Wal::open(dir.path(), config()).expect("reopen");
+                    prop_assert!(report.torn_tail.is_none(), "{report:?}");
+                    wal = w;
+                }
+            }
+            check(&wal, &model);
+        }
+        wal.close().expect("close");
+        let (wal, _) = Wal::open(dir.path(), config()).expect("reopen");
+        check(&wal, &model);
+    }
+}
+
+#[test]
+fn invalid_appends_are_refused_and_do_not_poison() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), config()).expect("open");
+    let mut b = LogBatch::new();
+    b.add_entries(1, vec![Entry::new(1, 1, &b"a"[..])]).expect("ok");
+    wal.write(b).expect("first");
+    let mut b = LogBatch::new();
+    b.add_entries(1, vec![Entry::new(5, 1, &b"gap"[..])]).expect("ok");
+    assert!(matches!(wal.write(b), Err(tessera_wal::WalError::InvalidAppend { .. })));
+    let mut b = LogBatch::new();
+    b.compact(1, CompactionPoint { index: 1, term: 1, meta: Default::default() });
+    wal.write(b).expect("compact");
+    let mut b = LogBatch::new();
+    b.compact(1, CompactionPoint { index: 0, term: 1, meta: Default::default() });
+    assert!(matches!(wal.write(b), Err(tessera_wal::WalError::StaleCompaction { .. })));
+    let mut b = LogBatch::new();
+    b.add_entries(1, vec![Entry::new(1, 1, &b"compacted"[..])]).expect("ok");
+    assert!(wal.write(b).is_err());
+    assert!(LogBatch::new().add_entries(1, vec![Entry::new(1, 1, &b""[..]), Entry::new(3, 1, &b""[..])]).is_err());
+    let mut b = LogBatch::new();
+    b.add_entries(1, vec![Entry::new(2, 1, vec![0u8; 64 << 10])]).expect("ok");
+    assert!(matches!(wal.write(b), Err(tessera_wal::WalError::RequestTooLarge { .. })));
+    assert!(wal.poisoned().is_none());
+    assert!(matches!(wal.entries(1, 1, 2, 10), Err(tessera_wal::WalError::Compacted { .. })));
+    assert!(matches!(wal.entries(1, 2, 3, 10), Err(tessera_wal::WalError::Unavailable { .. })));
+    assert!(matches!(wal.entries(9, 1, 2, 10), Err(tessera_wal::WalError::UnknownGroup(9))));
+}
+
+#[test]
+fn a_slow_group_is_rewritten_forward_and_disk_stays_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), config()).expect("open");
+    let mut model: BTreeMap<u64, GroupModel> =
+        (0..GROUPS).map(|g| (g, GroupModel::default())).collect();
+    // Group 0 writes a little once and never compacts: it pins the first segment.
+    let b = append(model.get_mut(&0).expect("g"), 0, 0, 3, 100, 1);
+    wal.write(b).expect("slow");
+    for round in 0..400u64 {
+        let g = 1 + round % (GROUPS - 1);
+        let m = model.get_mut(&g).expect("g");
+        wal.write(append(m, g, 0, 2, 300, 1)).expect("append");
+        if let Some(l) = m.entries.keys().next_back().copied()
+            && l > 4
+        {
+            let mut b = LogBatch::new();
+            let to = l - 2;
+            let term = m.entries[&to].0;
+            b.compact(g, CompactionPoint { index: to, term, meta: Default::default() });
+            wal.write(b).expect("compact");
+            m.entries.retain(|&i, _| i > to);
+            m.compact = Some((to, term, Vec::new()));
+        }
+        check(&wal, &model);
+    }
+    let s = wal.stats();
+    eprintln!("{s:?}");
+    assert!(s.bytes_rewritten > 0, "{s:?}");
+    assert!(s.segments_deleted + s.segments_recycled > 10, "{s:?}");
+    assert!(s.segments <= 6, "{s:?}");
+    wal.close().expect("close");
+    let (wal, r) = Wal::open(dir.path(), config()).expect("reopen");
+    assert!(r.torn_tail.is_none());
+    check(&wal, &model);
+}
