@@ -3,3 +3,4 @@
 //! store, the embedded `Db` and the node binary.
 
 pub mod raft;
+pub mod sim;

@@ -38,6 +38,14 @@ impl Raft {
         Ok(at)
     }
 
+    /// Advances the commit index (follower paths; the leader counts in
+    /// `maybe_commit`) and puts committed configuration changes in force.
+    pub(super) fn commit_to(&mut self, index: Index) {
+        if self.log.commit_to(index) {
+            self.advance_conf();
+        }
+    }
+
     /// Puts in force every configuration change committed so far.
     pub(super) fn advance_conf(&mut self) {
         let upto = self.log.committed;
@@ -158,6 +166,11 @@ impl Raft {
 pub fn enter_joint(conf: &ConfState, cc: &ConfChange) -> Result<ConfState, ProposeError> {
     if conf.is_joint() {
         return Err(ProposeError::ConfChangePending);
+    }
+    if conf.voters.is_empty() {
+        // Joint consensus needs an outgoing majority; a group starts from a
+        // snapshot that names its voters, never from an empty configuration.
+        return Err(ProposeError::InvalidConfChange("no current voters"));
     }
     let mut next = conf.clone();
     next.voters_outgoing = conf.voters.clone();

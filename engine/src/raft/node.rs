@@ -34,18 +34,35 @@ pub struct InitialState {
 }
 
 impl InitialState {
-    /// A brand-new group with these voters.
+    /// The first replicas of a brand-new group. They start from the same
+    /// snapshot at index 1 (term 1) whose configuration names the voters, so
+    /// the configuration is never replayed from an empty one: a replica
+    /// added later has an empty log, matches nothing, and gets a snapshot
+    /// (with the configuration in it) before any entry.
     pub fn new_group(voters: impl IntoIterator<Item = NodeId>) -> Self {
         InitialState {
+            hard_state: HardState {
+                term: 1,
+                vote: NO_NODE,
+                commit: 1,
+            },
             snapshot: Snapshot {
                 meta: SnapshotMeta {
+                    index: 1,
+                    term: 1,
                     conf_state: ConfState::with_voters(voters),
-                    ..Default::default()
                 },
                 data: Bytes::new(),
             },
-            ..Default::default()
+            entries: Vec::new(),
+            applied: 1,
         }
+    }
+
+    /// A replica being added to an existing group: it knows nothing and
+    /// waits for the leader's snapshot.
+    pub fn joining() -> Self {
+        InitialState::default()
     }
 }
 

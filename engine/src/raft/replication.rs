@@ -88,7 +88,7 @@ impl Raft {
             let last_new = self.log.append_after(prev_index, entries);
             // Only what this message vouches for may be committed: entries
             // beyond it could still be from a deposed leader.
-            self.log.commit_to(leader_commit.min(last_new));
+            self.commit_to(leader_commit.min(last_new));
             self.ack_append(from, last_new);
         } else {
             let (hint_index, hint_term) = self.log.find_conflict_by_term(prev_index, prev_term);
@@ -239,7 +239,7 @@ impl Raft {
         sent_tick: u64,
     ) {
         if commit > self.log.committed && commit <= self.log.last_index() {
-            self.log.commit_to(commit);
+            self.commit_to(commit);
         }
         self.send(
             from,

@@ -124,14 +124,18 @@ impl Raft {
         done: bool,
     ) {
         let index = meta.index;
-        if index <= self.log.committed {
-            // We have all of it already; tell the leader where we are.
-            let committed = self.log.committed;
+        if index <= self.log.committed || self.log.match_term(index, meta.term) {
+            // Our log already holds the snapshot's last entry (a late or
+            // duplicated chunk): installing it would discard entries past it
+            // that we may have acknowledged. Fast-forward the commit instead.
+            self.commit_to(index.max(self.log.committed));
+            self.incoming_snapshot = None;
+            let ack = self.log.committed;
             self.send_after_persist(
                 from,
                 MessageBody::AppendResponse {
                     reject: false,
-                    index: committed,
+                    index: ack,
                     hint_index: 0,
                     hint_term: 0,
                 },
@@ -219,9 +223,11 @@ impl Raft {
             return;
         }
         if received > pr.snapshot_acked {
-            pr.snapshot_acked = received;
             pr.snapshot_idle_ticks = 0;
         }
+        // The follower's count is the truth, even when it went down (it
+        // restarted or dropped its partial copy): the next resend starts there.
+        pr.snapshot_acked = received;
         self.send_snapshot_chunks(from);
     }
 }
