@@ -116,7 +116,9 @@ impl Config {
             ));
         }
         if self.rewrite_record_bytes_max == 0 {
-            return Err(WalError::InvalidConfig("rewrite_record_bytes_max must be > 0".into()));
+            return Err(WalError::InvalidConfig(
+                "rewrite_record_bytes_max must be > 0".into(),
+            ));
         }
         Ok(())
     }
@@ -124,6 +126,7 @@ impl Config {
     /// Largest rewrite record actually used: small enough that a rewritten
     /// record always fits in an empty segment.
     pub(crate) fn rewrite_bytes(&self) -> usize {
-        self.rewrite_record_bytes_max.min((self.segment_bytes / 4) as usize)
+        self.rewrite_record_bytes_max
+            .min((self.segment_bytes / 4) as usize)
     }
 }

@@ -56,7 +56,7 @@ impl Kind {
 pub struct RecordHeader {
     /// Bytes of the payload (padding excluded).
     pub payload_len: u32,
-    /// CRC32C of the payload.
+    /// CRC32C of the payload and its zero padding.
     pub payload_crc: u32,
     /// Record kind.
     pub kind: Kind,
@@ -176,7 +176,7 @@ pub fn decode_record(
         .checked_add(h.payload_len as usize)
         .filter(|&e| pos.checked_add(h.extent()).is_some_and(|x| x <= seg.len()) && e <= seg.len())
         .ok_or(DecodeError::PayloadOutOfBounds { len: h.payload_len })?;
-    if crc32c::crc32c(&seg[start..end]) != h.payload_crc {
+    if crc32c::crc32c(&seg[start..pos + h.extent()]) != h.payload_crc {
         return Err(DecodeError::PayloadCrc);
     }
     Ok((h, start..end))
@@ -316,9 +316,11 @@ impl PartBuilder {
             }
         };
         let payload_len = self.buf.len() - start - RECORD_HEADER_BYTES;
-        let payload_crc = crc32c::crc32c(&self.buf[start + RECORD_HEADER_BYTES..]);
         let padded = record_extent(payload_len);
         self.buf.resize(start + padded, 0);
+        // The CRC covers the padding too, so that no byte of a record can flip
+        // unnoticed.
+        let payload_crc = crc32c::crc32c(&self.buf[start + RECORD_HEADER_BYTES..]);
         let h = &mut self.buf[start..start + RECORD_HEADER_BYTES];
         h[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
         h[8..12].copy_from_slice(&payload_crc.to_le_bytes());
@@ -374,7 +376,7 @@ mod tests {
             decode_record(&seg, pos, 8),
             Err(DecodeError::SeqMismatch { .. })
         ));
-        for byte in pos..pos + RECORD_HEADER_BYTES + 13 {
+        for byte in pos..pos + RECORD_HEADER_BYTES + 16 {
             for bit in 0..8 {
                 let mut s = seg.clone();
                 s[byte] ^= 1 << bit;

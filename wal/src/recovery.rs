@@ -229,13 +229,17 @@ impl Replay {
             if self.repaired
                 && let Applied::Entries { group, first, .. }
                 | Applied::Relocate { group, first, .. } = a
-                && let Some(last) = self.tables.index.group(group).and_then(|s| s.last_entry())
+                && let Some(st) = self.tables.index.group(group)
+                && let (Some(last), Some(oldest)) =
+                    (st.last_entry(), st.runs.front().map(|r| r.first))
                 && first > last + 1
             {
+                // The log cannot hold a hole: the entries before the gap are
+                // dropped too, and reported with it.
                 self.report.lost.push(LostRange {
                     group,
-                    entries: Some((last + 1, first - 1)),
-                    detail: "gap after a damaged region",
+                    entries: Some((oldest, first - 1)),
+                    detail: "gap after a damaged region (older entries dropped with it)",
                 });
             }
             a.apply(&mut self.tables.index);

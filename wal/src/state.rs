@@ -154,6 +154,8 @@ pub(crate) struct Shared {
     pub poison: OnceLock<WalError>,
     pub counters: Counters,
     pub pool: Pool,
+    /// Test hook: the next sync fails as if the disk had reported EIO.
+    pub fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 /// A record's payload kept alive by its segment: lets `Bytes` point into a map.

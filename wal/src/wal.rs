@@ -114,6 +114,7 @@ impl Wal {
             poison: OnceLock::new(),
             counters: Default::default(),
             pool,
+            fail_next_sync: Default::default(),
         });
         let (active, tail, next_seq) = match rec.active {
             Some((seg, tail)) => (seg, tail, rec.next_seq),
@@ -316,6 +317,12 @@ impl Wal {
             .keys()
             .map(|&s| (s, t.index.refs_of(s)))
             .collect()
+    }
+
+    /// Test hook: makes the next sync fail with EIO, as a dying disk would.
+    #[doc(hidden)]
+    pub fn inject_sync_failure(&self) {
+        self.shared.fail_next_sync.store(true, Ordering::Relaxed);
     }
 
     /// The directory.

@@ -313,6 +313,16 @@ impl Writer {
         let cfg = &shared.config;
         for (seg, from, to) in dirty.drain(..) {
             if cfg.sync && to > from {
+                if shared
+                    .fail_next_sync
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    return Err(WalError::io(
+                        "fdatasync",
+                        &seg.path,
+                        std::io::Error::from_raw_os_error(libc::EIO),
+                    ));
+                }
                 seg.sync(from, to - from, cfg.sync_method)?;
                 Counters::add(&self.shared.counters.syncs, 1);
             }

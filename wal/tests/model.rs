@@ -13,13 +13,36 @@ const SEGMENT_BYTES: u64 = 16 << 10;
 
 #[derive(Debug, Clone)]
 enum Step {
-    Append { group: u64, back: u64, n: u64, size: usize, term: u64 },
-    Burst { n: u64, size: usize },
-    Hard { group: u64, term: u64, commit: u64 },
-    Compact { group: u64, keep: u64 },
-    Snapshot { group: u64, ahead: u64 },
-    Remove { group: u64 },
-    Reclaim { all: bool },
+    Append {
+        group: u64,
+        back: u64,
+        n: u64,
+        size: usize,
+        term: u64,
+    },
+    Burst {
+        n: u64,
+        size: usize,
+    },
+    Hard {
+        group: u64,
+        term: u64,
+        commit: u64,
+    },
+    Compact {
+        group: u64,
+        keep: u64,
+    },
+    Snapshot {
+        group: u64,
+        ahead: u64,
+    },
+    Remove {
+        group: u64,
+    },
+    Reclaim {
+        all: bool,
+    },
     Reopen,
 }
 
@@ -65,7 +88,9 @@ impl GroupModel {
 }
 
 fn data(group: u64, index: u64, term: u64, size: usize) -> Vec<u8> {
-    (0..size).map(|i| (group * 31 + index * 7 + term * 3 + i as u64) as u8).collect()
+    (0..size)
+        .map(|i| (group * 31 + index * 7 + term * 3 + i as u64) as u8)
+        .collect()
 }
 
 fn config() -> Config {
@@ -86,7 +111,9 @@ fn append(m: &mut GroupModel, group: u64, back: u64, n: u64, size: usize, term: 
     if let Some(c) = &m.compact {
         f = f.max(c.0 + 1);
     }
-    let es: Vec<Entry> = (f..f + n).map(|i| Entry::new(i, term, data(group, i, term, size))).collect();
+    let es: Vec<Entry> = (f..f + n)
+        .map(|i| Entry::new(i, term, data(group, i, term, size)))
+        .collect();
     m.entries.retain(|&i, _| i < f);
     for e in &es {
         m.entries.insert(e.index, (e.term, e.data.to_vec()));
@@ -97,14 +124,22 @@ fn append(m: &mut GroupModel, group: u64, back: u64, n: u64, size: usize, term: 
 }
 
 fn check(wal: &Wal, model: &BTreeMap<u64, GroupModel>) {
-    let live: Vec<u64> = model.iter().filter(|(_, m)| !m.is_empty()).map(|(g, _)| *g).collect();
+    let live: Vec<u64> = model
+        .iter()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(g, _)| *g)
+        .collect();
     assert_eq!(wal.groups(), live);
     for (&g, m) in model {
         assert_eq!(wal.first_index(g), m.first(), "first index of {g}");
         assert_eq!(wal.last_index(g), m.last(), "last index of {g}");
         assert_eq!(wal.hard_state(g), m.hard, "hard state of {g}");
         let cp = wal.compaction_point(g).expect("read compaction");
-        assert_eq!(cp.map(|c| (c.index, c.term, c.meta.to_vec())), m.compact, "compaction of {g}");
+        assert_eq!(
+            cp.map(|c| (c.index, c.term, c.meta.to_vec())),
+            m.compact,
+            "compaction of {g}"
+        );
         if let (Some(f), Some(l)) = (m.first(), m.last())
             && l >= f
         {
@@ -121,7 +156,11 @@ fn check(wal: &Wal, model: &BTreeMap<u64, GroupModel>) {
     }
     let s = wal.stats();
     let bound = (2 * s.live_bytes).max(2 * SEGMENT_BYTES) + 3 * SEGMENT_BYTES;
-    assert!(s.disk_bytes <= bound, "disk {} over bound {bound} ({s:?})", s.disk_bytes);
+    assert!(
+        s.disk_bytes <= bound,
+        "disk {} over bound {bound} ({s:?})",
+        s.disk_bytes
+    );
 }
 
 proptest! {
@@ -202,28 +241,71 @@ fn invalid_appends_are_refused_and_do_not_poison() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (wal, _) = Wal::open(dir.path(), config()).expect("open");
     let mut b = LogBatch::new();
-    b.add_entries(1, vec![Entry::new(1, 1, &b"a"[..])]).expect("ok");
+    b.add_entries(1, vec![Entry::new(1, 1, &b"a"[..])])
+        .expect("ok");
     wal.write(b).expect("first");
     let mut b = LogBatch::new();
-    b.add_entries(1, vec![Entry::new(5, 1, &b"gap"[..])]).expect("ok");
-    assert!(matches!(wal.write(b), Err(tessera_wal::WalError::InvalidAppend { .. })));
+    b.add_entries(1, vec![Entry::new(5, 1, &b"gap"[..])])
+        .expect("ok");
+    assert!(matches!(
+        wal.write(b),
+        Err(tessera_wal::WalError::InvalidAppend { .. })
+    ));
     let mut b = LogBatch::new();
-    b.compact(1, CompactionPoint { index: 1, term: 1, meta: Default::default() });
+    b.compact(
+        1,
+        CompactionPoint {
+            index: 1,
+            term: 1,
+            meta: Default::default(),
+        },
+    );
     wal.write(b).expect("compact");
     let mut b = LogBatch::new();
-    b.compact(1, CompactionPoint { index: 0, term: 1, meta: Default::default() });
-    assert!(matches!(wal.write(b), Err(tessera_wal::WalError::StaleCompaction { .. })));
+    b.compact(
+        1,
+        CompactionPoint {
+            index: 0,
+            term: 1,
+            meta: Default::default(),
+        },
+    );
+    assert!(matches!(
+        wal.write(b),
+        Err(tessera_wal::WalError::StaleCompaction { .. })
+    ));
     let mut b = LogBatch::new();
-    b.add_entries(1, vec![Entry::new(1, 1, &b"compacted"[..])]).expect("ok");
+    b.add_entries(1, vec![Entry::new(1, 1, &b"compacted"[..])])
+        .expect("ok");
     assert!(wal.write(b).is_err());
-    assert!(LogBatch::new().add_entries(1, vec![Entry::new(1, 1, &b""[..]), Entry::new(3, 1, &b""[..])]).is_err());
+    assert!(
+        LogBatch::new()
+            .add_entries(
+                1,
+                vec![Entry::new(1, 1, &b""[..]), Entry::new(3, 1, &b""[..])]
+            )
+            .is_err()
+    );
     let mut b = LogBatch::new();
-    b.add_entries(1, vec![Entry::new(2, 1, vec![0u8; 64 << 10])]).expect("ok");
-    assert!(matches!(wal.write(b), Err(tessera_wal::WalError::RequestTooLarge { .. })));
+    b.add_entries(1, vec![Entry::new(2, 1, vec![0u8; 64 << 10])])
+        .expect("ok");
+    assert!(matches!(
+        wal.write(b),
+        Err(tessera_wal::WalError::RequestTooLarge { .. })
+    ));
     assert!(wal.poisoned().is_none());
-    assert!(matches!(wal.entries(1, 1, 2, 10), Err(tessera_wal::WalError::Compacted { .. })));
-    assert!(matches!(wal.entries(1, 2, 3, 10), Err(tessera_wal::WalError::Unavailable { .. })));
-    assert!(matches!(wal.entries(9, 1, 2, 10), Err(tessera_wal::WalError::UnknownGroup(9))));
+    assert!(matches!(
+        wal.entries(1, 1, 2, 10),
+        Err(tessera_wal::WalError::Compacted { .. })
+    ));
+    assert!(matches!(
+        wal.entries(1, 2, 3, 10),
+        Err(tessera_wal::WalError::Unavailable { .. })
+    ));
+    assert!(matches!(
+        wal.entries(9, 1, 2, 10),
+        Err(tessera_wal::WalError::UnknownGroup(9))
+    ));
 }
 
 #[test]
@@ -245,7 +327,14 @@ fn a_slow_group_is_rewritten_forward_and_disk_stays_bounded() {
             let mut b = LogBatch::new();
             let to = l - 2;
             let term = m.entries[&to].0;
-            b.compact(g, CompactionPoint { index: to, term, meta: Default::default() });
+            b.compact(
+                g,
+                CompactionPoint {
+                    index: to,
+                    term,
+                    meta: Default::default(),
+                },
+            );
             wal.write(b).expect("compact");
             m.entries.retain(|&i, _| i > to);
             m.compact = Some((to, term, Vec::new()));

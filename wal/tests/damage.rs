@@ -1,0 +1,442 @@
+//! Recovery on damaged images: the last batch torn at every byte offset, random
+//! bit flips, a zeroed page, a recycled segment with stale records, a missing
+//! segment, a failed sync. Damage is never served as data: it is either a torn
+//! tail that was never acknowledged, or an error naming the file and offset, or
+//! (repair mode) a reported loss.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tessera_wal::{
+    CompactionPoint, Config, Entry, HardState, LogBatch, RecoveryMode, Wal, WalError,
+};
+
+const SEG: u64 = 64 << 10;
+
+fn config() -> Config {
+    Config {
+        segment_bytes: SEG,
+        sync: false,
+        prepare_ahead: false,
+        ..Config::default()
+    }
+}
+
+type Files = BTreeMap<String, Vec<u8>>;
+/// group -> index -> (term, data)
+type Model = BTreeMap<u64, BTreeMap<u64, (u64, Vec<u8>)>>;
+
+fn snapshot(dir: &Path) -> Files {
+    let mut out = Files::new();
+    for e in std::fs::read_dir(dir).expect("read dir") {
+        let e = e.expect("entry");
+        let name = e.file_name().into_string().expect("utf8");
+        if name.ends_with(".wal") {
+            out.insert(name, std::fs::read(e.path()).expect("read"));
+        }
+    }
+    out
+}
+
+fn materialize(files: &Files) -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    for (n, b) in files {
+        std::fs::write(d.path().join(n), b).expect("write");
+    }
+    d
+}
+
+fn data(g: u64, i: u64) -> Vec<u8> {
+    (0..(20 + (g * 13 + i * 7) % 90))
+        .map(|k| (g + i * 3 + k) as u8)
+        .collect()
+}
+
+/// Appends `n` entries to each group in one batch, plus a hard state.
+fn batch(model: &mut Model, groups: std::ops::Range<u64>, n: u64) -> LogBatch {
+    let mut b = LogBatch::new();
+    for g in groups {
+        let m = model.entry(g).or_default();
+        let f = m.keys().next_back().map_or(1, |l| l + 1);
+        let es: Vec<Entry> = (f..f + n).map(|i| Entry::new(i, 1, data(g, i))).collect();
+        for e in &es {
+            m.insert(e.index, (1, e.data.to_vec()));
+        }
+        b.add_entries(g, es).expect("contiguous");
+        b.set_hard_state(
+            g,
+            HardState {
+                term: 1,
+                vote: 1,
+                commit: f,
+            },
+        );
+    }
+    b
+}
+
+fn check_exact(wal: &Wal, model: &Model) {
+    for (&g, m) in model {
+        let (Some(&f), Some(&l)) = (m.keys().next(), m.keys().next_back()) else {
+            continue;
+        };
+        assert_eq!(wal.last_index(g), Some(l), "group {g}");
+        let es = wal.entries(g, f, l + 1, usize::MAX).expect("read");
+        for e in es {
+            assert_eq!((e.term, e.data.to_vec()), m[&e.index], "{g}/{}", e.index);
+        }
+    }
+}
+
+/// Every entry the WAL serves is correct (it may serve fewer).
+fn check_no_wrong_data(wal: &Wal, model: &Model) {
+    for g in wal.groups() {
+        let (Some(f), Some(l)) = (wal.first_index(g), wal.last_index(g)) else {
+            continue;
+        };
+        let es = wal.entries(g, f, l + 1, usize::MAX).expect("read");
+        for e in es {
+            assert_eq!(
+                Some(&(e.term, e.data.to_vec())),
+                model.get(&g).and_then(|m| m.get(&e.index))
+            );
+        }
+    }
+}
+
+/// An image of 30 batches, then the last batch written separately. Returns
+/// (before, after, model before, model after, segment name).
+fn build() -> (Files, Files, Model, Model, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut model = Model::new();
+    {
+        let (wal, _) = Wal::open(dir.path(), config()).expect("open");
+        for i in 0..30 {
+            wal.write(batch(&mut model, (i % 4)..(i % 4 + 3), 2))
+                .expect("write");
+        }
+        wal.close().expect("close");
+    }
+    let before = snapshot(dir.path());
+    let model_before = model.clone();
+    {
+        let (wal, _) = Wal::open(dir.path(), config()).expect("open");
+        wal.write(batch(&mut model, 0..3, 3)).expect("last");
+        wal.close().expect("close");
+    }
+    let after = snapshot(dir.path());
+    let seg = after.keys().next_back().expect("a segment").clone();
+    (before, after, model_before, model, seg)
+}
+
+fn changed_range(a: &[u8], b: &[u8]) -> (usize, usize) {
+    let start = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .expect("last batch changed bytes");
+    let end = a.len()
+        - a.iter()
+            .rev()
+            .zip(b.iter().rev())
+            .position(|(x, y)| x != y)
+            .expect("c");
+    (start, end)
+}
+
+#[test]
+fn last_batch_torn_at_every_byte_offset_is_a_torn_tail() {
+    let (before, after, model_before, model_after, seg) = build();
+    assert_eq!(before.len(), 1, "one segment");
+    let (start, end) = changed_range(&before[&seg], &after[&seg]);
+    assert!(
+        end - start > 400,
+        "the last batch has several records ({})",
+        end - start
+    );
+    let mut rng = 0x9E3779B97F4A7C15u64;
+    for cut in start..=end {
+        for garbage in [false, true] {
+            if garbage && cut % 7 != 0 {
+                continue;
+            }
+            let mut img = after.clone();
+            let s = img.get_mut(&seg).expect("seg");
+            for b in &mut s[cut..end] {
+                *b = if garbage {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng as u8
+                } else {
+                    0
+                };
+            }
+            let d = materialize(&img);
+            let (wal, report) = Wal::open(d.path(), config())
+                .unwrap_or_else(|e| panic!("cut at {cut} (garbage {garbage}): {e}"));
+            if cut == end {
+                check_exact(&wal, &model_after);
+                assert!(report.torn_tail.is_none());
+                continue;
+            }
+            check_exact(&wal, &model_before);
+            if !garbage && cut >= start + 56 {
+                assert!(report.torn_tail.is_some(), "cut {cut}: {report:?}");
+            }
+            // The torn bytes are gone for good: write again, reopen, all clean.
+            let mut m = model_before.clone();
+            wal.write(batch(&mut m, 5..6, 1))
+                .expect("write after torn tail");
+            wal.close().expect("close");
+            let (wal, report) = Wal::open(d.path(), config()).expect("reopen");
+            assert!(report.torn_tail.is_none(), "cut {cut}: {report:?}");
+            check_exact(&wal, &m);
+        }
+    }
+}
+
+#[test]
+fn bit_flips_are_always_detected() {
+    let (_, after, _, model, seg) = build();
+    let (last_start, end) = {
+        let (b, a, ..) = build();
+        changed_range(&b[&seg], &a[&seg])
+    };
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    let mut corruption = 0;
+    let mut torn = 0;
+    for _ in 0..400 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let pos = (rng % end as u64) as usize;
+        let bit = (rng >> 40) % 8;
+        let mut img = after.clone();
+        img.get_mut(&seg).expect("seg")[pos] ^= 1 << bit;
+        let d = materialize(&img);
+        match Wal::open(d.path(), config()) {
+            Err(WalError::Corruption { path, offset, .. }) => {
+                corruption += 1;
+                assert!(path.ends_with(&seg));
+                assert!(
+                    offset as usize <= pos.max(64),
+                    "offset {offset} after flip {pos}"
+                );
+            }
+            Ok((wal, report)) => {
+                // Only the unacknowledged-looking last record can be cut as a
+                // torn tail, and it is reported; nothing wrong is served.
+                assert!(
+                    pos >= last_start,
+                    "flip at {pos} (before the last batch) undetected"
+                );
+                assert!(report.torn_tail.is_some(), "flip at {pos} not reported");
+                torn += 1;
+                check_no_wrong_data(&wal, &model);
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(corruption > 300, "{corruption} corruptions, {torn} torn");
+}
+
+#[test]
+fn zeroed_page_is_corruption_and_repair_reports_what_was_lost() {
+    let (_, after, _, model, seg) = build();
+    let mut img = after.clone();
+    img.get_mut(&seg).expect("seg")[4096..8192].fill(0);
+    let d = materialize(&img);
+    match Wal::open(d.path(), config()) {
+        Err(WalError::Corruption {
+            path,
+            offset,
+            groups,
+            ..
+        }) => {
+            assert!(path.ends_with(&seg));
+            assert!((4096 - 1024..8192).contains(&offset), "offset {offset}");
+            assert!(!groups.is_empty());
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    let repair = Config {
+        recovery_mode: RecoveryMode::Repair,
+        ..config()
+    };
+    let (wal, report) = Wal::open(d.path(), repair).expect("repair");
+    assert_eq!(report.damaged.len(), 1, "{report:?}");
+    check_no_wrong_data(&wal, &model);
+    // Everything missing is reported lost.
+    for (&g, m) in &model {
+        for &i in m.keys() {
+            let have = wal.entries(g, i, i + 1, 0).is_ok_and(|e| e.len() == 1);
+            let reported = report
+                .lost
+                .iter()
+                .any(|l| l.group == g && l.entries.is_some_and(|(a, b)| a <= i && i <= b))
+                || report
+                    .lost
+                    .iter()
+                    .any(|l| l.group == g && l.entries.is_none());
+            let beyond = wal.last_index(g).is_none_or(|l| i > l);
+            assert!(
+                have || reported || beyond && report.lost.iter().any(|l| l.group == g),
+                "{g}/{i} lost silently: {report:?}"
+            );
+        }
+    }
+    wal.close().expect("close");
+    // Repair rewrote the survivors elsewhere: a strict open is clean now.
+    let (wal, report) = Wal::open(d.path(), config()).expect("strict after repair");
+    assert!(report.damaged.is_empty() && report.torn_tail.is_none());
+    check_no_wrong_data(&wal, &model);
+}
+
+#[test]
+fn recycled_segment_with_stale_records_is_not_read_as_new() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = Config {
+        segment_bytes: 16 << 10,
+        disk_floor_segments: 2,
+        ..config()
+    };
+    let mut model = Model::new();
+    {
+        let (wal, _) = Wal::open(dir.path(), cfg.clone()).expect("open");
+        for _ in 0..200u64 {
+            wal.write(batch(&mut model, 0..2, 2)).expect("write");
+            // Keep only a few entries per group live.
+            for g in 0..2u64 {
+                let m = model.get_mut(&g).expect("g");
+                let l = *m.keys().next_back().expect("l");
+                if l > 3 {
+                    let mut b = LogBatch::new();
+                    b.compact(
+                        g,
+                        CompactionPoint {
+                            index: l - 3,
+                            term: 1,
+                            meta: Default::default(),
+                        },
+                    );
+                    wal.write(b).expect("compact");
+                    m.retain(|&i, _| i > l - 3);
+                }
+            }
+        }
+        let s = wal.stats();
+        assert!(s.segments_recycled >= 3, "{s:?}");
+        wal.close().expect("close");
+    }
+    // The active segment is a recycled file: its bytes past the tail are stale
+    // records of an older segment, which carry the older sequence number.
+    let (wal, report) = Wal::open(dir.path(), cfg.clone()).expect("reopen");
+    assert!(report.torn_tail.is_none(), "{report:?}");
+    check_exact(&wal, &model);
+    // Plant a whole stale segment image right after the tail of the active one:
+    // still ignored.
+    let files = snapshot(dir.path());
+    let mut segs: Vec<&String> = files.keys().filter(|n| !n.starts_with("free")).collect();
+    segs.sort();
+    let active = segs.last().expect("active").to_string();
+    wal.close().expect("close");
+    let stale = files
+        .iter()
+        .find(|(n, b)| **n != active && b.len() == files[&active].len())
+        .map(|(_, b)| b.clone())
+        .expect("another segment file");
+    let mut img = files[&active].clone();
+    let seq: u64 = active.trim_end_matches(".wal").parse().expect("seq");
+    let mut tail = 64;
+    while let Ok((h, _)) = tessera_wal::format::decode_record(&img, tail, seq) {
+        tail += h.extent();
+    }
+    img[tail..].copy_from_slice(&stale[tail..]);
+    let mut all = files.clone();
+    all.insert(active.clone(), img);
+    let d = materialize(&all);
+    let (wal, report) = Wal::open(d.path(), cfg).expect("stale records are ignored");
+    assert!(report.damaged.is_empty());
+    check_exact(&wal, &model);
+}
+
+#[test]
+fn missing_segment_and_damaged_end_of_full_segment_are_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = Config {
+        segment_bytes: 16 << 10,
+        ..config()
+    };
+    let mut model = Model::new();
+    {
+        let (wal, _) = Wal::open(dir.path(), cfg.clone()).expect("open");
+        for _ in 0..60 {
+            wal.write(batch(&mut model, 0..3, 2)).expect("write");
+        }
+        wal.close().expect("close");
+    }
+    let files = snapshot(dir.path());
+    let segs: Vec<String> = files
+        .keys()
+        .filter(|n| !n.starts_with("free"))
+        .cloned()
+        .collect();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let mut missing = files.clone();
+    missing.remove(&segs[1]);
+    let d = materialize(&missing);
+    assert!(matches!(
+        Wal::open(d.path(), cfg.clone()),
+        Err(WalError::Corruption { .. })
+    ));
+    // Zero the last records of the first (full) segment: the next segment's
+    // header says where it ended, so this is not mistaken for unused space.
+    let mut cut = files.clone();
+    let s = cut.get_mut(&segs[0]).expect("seg");
+    let last = s.iter().rposition(|&b| b != 0).expect("data");
+    s[last.saturating_sub(100)..=last].fill(0);
+    let d = materialize(&cut);
+    assert!(matches!(
+        Wal::open(d.path(), cfg.clone()),
+        Err(WalError::Corruption { .. })
+    ));
+    let d = materialize(&files);
+    let (wal, _) = Wal::open(d.path(), cfg).expect("intact");
+    check_exact(&wal, &model);
+}
+
+#[test]
+fn failed_sync_poisons_and_is_reported_to_every_waiter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = Config {
+        sync: true,
+        ..config()
+    };
+    let mut model = Model::new();
+    let (wal, _) = Wal::open(dir.path(), cfg.clone()).expect("open");
+    wal.write(batch(&mut model, 0..2, 1)).expect("ok");
+    let acked = model.clone();
+    wal.inject_sync_failure();
+    let tickets: Vec<_> = (0..4)
+        .map(|g| wal.submit(batch(&mut model, g..g + 1, 1)))
+        .collect();
+    let results: Vec<_> = tickets.iter().map(|t| t.wait()).collect();
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(WalError::Io { .. }))),
+        "{results:?}"
+    );
+    assert!(results.iter().all(|r| r.is_err() || r.is_ok()));
+    assert!(wal.poisoned().is_some());
+    let r = wal.write(batch(&mut model, 0..1, 1));
+    assert!(matches!(r, Err(WalError::Poisoned { .. })), "{r:?}");
+    check_exact(&wal, &acked);
+    assert!(wal.close().is_err());
+    let (wal, _) = Wal::open(dir.path(), cfg).expect("reopen");
+    check_no_wrong_data(&wal, &model);
+    for (&g, m) in &acked {
+        assert!(wal.last_index(g) >= m.keys().next_back().copied());
+    }
+}
