@@ -21,7 +21,7 @@ use crate::recovery::{RecoveryReport, recover};
 use crate::segment::{activate, prepare_free_file, sync_dir};
 use crate::state::{Pool, Shared, Tables};
 use crate::ticket::Ticket;
-use crate::writer::{Msg, Writer};
+use crate::writer::{Msg, Writer, complete_loop};
 
 /// Counters and sizes, for metrics and benchmarks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,6 +60,7 @@ pub struct Wal {
     shared: Arc<Shared>,
     tx: Option<Sender<Msg>>,
     writer: Option<JoinHandle<()>>,
+    completer: Option<JoinHandle<()>>,
     preparer: Option<JoinHandle<()>>,
     _lock: File,
 }
@@ -126,7 +127,13 @@ impl Wal {
             }
         };
         let (tx, rx) = crossbeam_channel::bounded(config.queue_depth_max);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let completer = std::thread::Builder::new()
+            .name("tessera-wal-complete".into())
+            .spawn(move || complete_loop(done_rx))
+            .map_err(|e| WalError::io("spawn completer", &dir, e))?;
         let writer = Writer {
+            done_tx,
             shared: shared.clone(),
             rx,
             active,
@@ -154,6 +161,7 @@ impl Wal {
             shared,
             tx: Some(tx),
             writer: Some(writer),
+            completer: Some(completer),
             preparer,
             _lock: lock,
         };
@@ -345,6 +353,10 @@ impl Wal {
         drop(self.tx.take());
         if let Some(w) = self.writer.take() {
             let _ = w.join();
+        }
+        // The writer dropped its sender: the completer drains and exits.
+        if let Some(c) = self.completer.take() {
+            let _ = c.join();
         }
         {
             let mut p = self.shared.pool.inner.lock();

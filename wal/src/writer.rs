@@ -138,6 +138,20 @@ pub(crate) struct Writer {
     pub next_seq: u64,
     pub next_batch_id: u64,
     pub scratch: Vec<u8>,
+    /// To the completer thread: tickets of durable batches, to wake.
+    pub done_tx: crossbeam_channel::Sender<Completions>,
+}
+
+/// Tickets to resolve, with their outcomes.
+pub(crate) type Completions = Vec<(Arc<Completion>, Result<()>)>;
+
+/// The completer thread: wakes the waiters of durable batches.
+pub(crate) fn complete_loop(rx: Receiver<Completions>) {
+    while let Ok(batch) = rx.recv() {
+        for (d, o) in batch {
+            d.complete(o);
+        }
+    }
 }
 
 impl Writer {
@@ -218,8 +232,15 @@ impl Writer {
     fn write_batch(&mut self, reqs: Vec<Request>) {
         match self.write_batch_inner(&reqs) {
             Ok(outcomes) => {
-                for (r, o) in reqs.into_iter().zip(outcomes) {
-                    if let Some(d) = r.done {
+                // Waking dozens of waiters costs a syscall each: the completer
+                // thread does it while this thread starts the next write.
+                let done: Vec<_> = reqs
+                    .into_iter()
+                    .zip(outcomes)
+                    .filter_map(|(r, o)| r.done.map(|d| (d, o)))
+                    .collect();
+                if let Err(crossbeam_channel::SendError(done)) = self.done_tx.send(done) {
+                    for (d, o) in done {
                         d.complete(o);
                     }
                 }
