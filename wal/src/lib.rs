@@ -96,4 +96,30 @@ pub mod fuzzing {
         }
         n
     }
+
+    /// Wraps `payload` in a record with valid checksums and the given header
+    /// fields, then decodes and validates it like recovery does: reaches the
+    /// payload (rkyv) validation that random bytes rarely get past the CRCs to.
+    /// Never panics. Returns whether the record was accepted.
+    pub fn decode_payload(kind: u8, first_index: u64, entry_count: u32, payload: &[u8]) -> bool {
+        use crate::format::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, record_extent};
+        let seq = 1u64;
+        let ext = record_extent(payload.len());
+        let mut img = vec![0u8; SEGMENT_HEADER_BYTES + ext];
+        let r = &mut img[SEGMENT_HEADER_BYTES..];
+        r[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload.len()].copy_from_slice(payload);
+        let payload_crc = crc32c::crc32c(&r[RECORD_HEADER_BYTES..]);
+        r[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        r[8..12].copy_from_slice(&payload_crc.to_le_bytes());
+        r[12] = kind;
+        r[13] = crate::format::FLAG_BATCH_END;
+        r[16..20].copy_from_slice(&entry_count.to_le_bytes());
+        r[24..32].copy_from_slice(&7u64.to_le_bytes());
+        r[32..40].copy_from_slice(&seq.to_le_bytes());
+        r[40..48].copy_from_slice(&1u64.to_le_bytes());
+        r[48..56].copy_from_slice(&first_index.to_le_bytes());
+        let crc = crc32c::crc32c(&r[4..RECORD_HEADER_BYTES]);
+        r[0..4].copy_from_slice(&crc.to_le_bytes());
+        crate::recovery::parse_record(&img, SEGMENT_HEADER_BYTES, seq).is_ok()
+    }
 }
