@@ -3,10 +3,16 @@
 //! `TESSERA_SIM_SEEDS=n` sets how many seeds run (default 500);
 //! `TESSERA_SIM_SEED=n` replays one seed and prints its report.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tessera_engine::sim::{self, SimFailure, SimOptions};
+
+/// Prints past the test harness's capture, so the summary shows in CI logs.
+fn say(line: String) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
@@ -21,7 +27,9 @@ fn env_u64(name: &str) -> Option<u64> {
 fn sim() {
     if let Some(seed) = env_u64("TESSERA_SIM_SEED") {
         match sim::run(SimOptions::new(seed)) {
-            Ok(report) => println!("sim: seed {seed} passed: {report:?}\nsim: 1 seeds passed"),
+            Ok(report) => say(format!(
+                "sim: seed {seed} passed: {report:?}\nsim: 1 seeds passed"
+            )),
             Err(f) => panic!("{f}"),
         }
         return;
@@ -65,9 +73,9 @@ fn sim() {
         panic!("{f}");
     }
     let t = totals.lock().unwrap();
-    println!(
+    say(format!(
         "sim: totals over {seeds} seeds: {} client ops completed, {} crashes, {} leaders elected, {} snapshots installed",
         t.0, t.1, t.2, t.3
-    );
-    println!("sim: {seeds} seeds passed");
+    ));
+    say(format!("sim: {seeds} seeds passed"));
 }

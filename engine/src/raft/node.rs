@@ -35,21 +35,21 @@ pub struct InitialState {
 
 impl InitialState {
     /// The first replicas of a brand-new group. They start from the same
-    /// snapshot at index 1 (term 1) whose configuration names the voters, so
+    /// snapshot at index 1 (term 0) whose configuration names the voters, so
     /// the configuration is never replayed from an empty one: a replica
     /// added later has an empty log, matches nothing, and gets a snapshot
     /// (with the configuration in it) before any entry.
     pub fn new_group(voters: impl IntoIterator<Item = NodeId>) -> Self {
         InitialState {
             hard_state: HardState {
-                term: 1,
+                term: 0,
                 vote: NO_NODE,
                 commit: 1,
             },
             snapshot: Snapshot {
                 meta: SnapshotMeta {
                     index: 1,
-                    term: 1,
+                    term: 0,
                     conf_state: ConfState::with_voters(voters),
                 },
                 data: Bytes::new(),
@@ -193,7 +193,9 @@ impl Raft {
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_timeout: 0,
-            just_started: true,
+            // Only a node that may have answered some leader's heartbeats (term
+            // above 0) can be part of a lease it must honour after restarting.
+            just_started: hs.term > 0,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             lead_transferee: NO_NODE,

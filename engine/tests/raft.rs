@@ -1,0 +1,551 @@
+//! Named scenarios of the Raft core, driven by hand: the walkthroughs of the
+//! seed documents, and one test per feature the simulator exercises at random.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use tessera_engine::raft::{
+    ConfChange, ConfChangeStep, Config, Entry, EntryPayload, InitialState, Message, NodeId,
+    ProposeError, Raft, ReadMode, ReadState, Role,
+};
+
+/// A few replicas with instant, reliable disks and a hand-driven network.
+struct Net {
+    nodes: BTreeMap<NodeId, Raft>,
+    queue: Vec<Message>,
+    applied: BTreeMap<NodeId, Vec<Entry>>,
+    reads: BTreeMap<NodeId, Vec<ReadState>>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Messages sent, by kind.
+    sent: BTreeMap<&'static str, usize>,
+}
+
+fn config(id: NodeId) -> Config {
+    let mut c = Config::new(id);
+    c.election_ticks = 10;
+    c.heartbeat_ticks = 1;
+    c
+}
+
+impl Net {
+    fn new(n: u64) -> Net {
+        Net::with(n, |_| {})
+    }
+
+    fn with(n: u64, tweak: impl Fn(&mut Config)) -> Net {
+        let mut net = Net {
+            nodes: BTreeMap::new(),
+            queue: vec![],
+            applied: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            sent: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            let mut cfg = config(id);
+            tweak(&mut cfg);
+            let raft = Raft::new(cfg, InitialState::new_group(1..=n), id * 7919).unwrap();
+            net.nodes.insert(id, raft);
+            net.drain(id);
+        }
+        net
+    }
+
+    fn add_node(&mut self, id: NodeId) {
+        let raft = Raft::new(config(id), InitialState::joining(), id).unwrap();
+        self.nodes.insert(id, raft);
+    }
+
+    fn raft(&mut self, id: NodeId) -> &mut Raft {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    /// Acts on every ready of `id`: persist at once, queue messages, apply.
+    fn drain(&mut self, id: NodeId) {
+        while self.nodes[&id].has_ready() {
+            let raft = self.nodes.get_mut(&id).unwrap();
+            let rd = raft.ready();
+            let point = rd.persist_point();
+            for m in rd.messages.iter().chain(&rd.persisted_messages) {
+                *self.sent.entry(m.kind()).or_default() += 1;
+            }
+            self.queue.extend(rd.messages);
+            if let Some((index, term)) = point {
+                raft.on_persisted(index, term);
+            }
+            self.queue.extend(rd.persisted_messages);
+            self.applied
+                .entry(id)
+                .or_default()
+                .extend(rd.committed_entries);
+            self.reads.entry(id).or_default().extend(rd.read_states);
+        }
+    }
+
+    /// Delivers messages until the network is quiet.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            if self.queue.is_empty() {
+                return;
+            }
+            for m in std::mem::take(&mut self.queue) {
+                let to = m.to;
+                if self.cut.contains(&(m.from, to)) || !self.nodes.contains_key(&to) {
+                    continue;
+                }
+                self.raft(to).step(m);
+                self.drain(to);
+            }
+        }
+        panic!("network never went quiet");
+    }
+
+    fn tick(&mut self, id: NodeId) {
+        self.raft(id).tick();
+        self.drain(id);
+    }
+
+    /// Ticks everyone once and delivers.
+    fn tick_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.tick(id);
+        }
+        self.settle();
+    }
+
+    /// Ticks `id` alone until it starts campaigning, then lets it run.
+    fn elect(&mut self, id: NodeId) {
+        for _ in 0..100 {
+            if self.nodes[&id].role() != Role::Follower {
+                break;
+            }
+            self.tick(id);
+        }
+        self.settle();
+        assert_eq!(
+            self.nodes[&id].role(),
+            Role::Leader,
+            "node {id} should have won"
+        );
+    }
+
+    fn isolate(&mut self, id: NodeId) {
+        for &other in self.nodes.keys() {
+            if other != id {
+                self.cut.insert((id, other));
+                self.cut.insert((other, id));
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    fn leaders(&self) -> Vec<NodeId> {
+        self.nodes
+            .values()
+            .filter(|r| r.is_leader())
+            .map(Raft::id)
+            .collect()
+    }
+
+    fn applied_data(&self, id: NodeId) -> Vec<Bytes> {
+        self.applied
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Normal(d) => Some(d.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn log_terms(&self, id: NodeId) -> Vec<(u64, u64)> {
+        let r = &self.nodes[&id];
+        (r.first_index()..=r.last_index())
+            .map(|i| (i, r.log_term(i).unwrap()))
+            .collect()
+    }
+}
+
+// ----- The seed documents' walkthroughs -----
+
+#[test]
+fn three_nodes_elect_node1_in_term_1_and_replicate_set_key1() {
+    let mut net = Net::new(3);
+    for id in 1..=3 {
+        assert_eq!(net.nodes[&id].role(), Role::Follower);
+        assert_eq!(net.nodes[&id].term(), 0);
+    }
+    net.elect(1);
+    assert_eq!(net.nodes[&1].term(), 1);
+    for id in 2..=3 {
+        assert_eq!(net.nodes[&id].term(), 1);
+        assert_eq!(
+            net.nodes[&id].hard_state().vote,
+            1,
+            "node {id} voted for node1"
+        );
+        assert_eq!(net.nodes[&id].leader(), 1);
+    }
+    let (term, index) = net
+        .raft(1)
+        .propose(Bytes::from_static(b"SET key1 valueA"))
+        .unwrap();
+    assert_eq!(term, 1);
+    net.drain(1);
+    net.settle();
+    // A heartbeat carries the new commit index to the followers.
+    net.tick_all();
+    for id in 1..=3 {
+        assert_eq!(net.nodes[&id].log_term(index), Some(1));
+        assert!(
+            net.nodes[&id].commit_index() >= index,
+            "node {id} committed"
+        );
+        assert_eq!(
+            net.applied_data(id),
+            vec![Bytes::from_static(b"SET key1 valueA")],
+            "node {id} applied"
+        );
+    }
+}
+
+#[test]
+fn a_diverged_follower_is_repaired_and_a_stale_leader_steps_down() {
+    // Without check-quorum node 3 votes as soon as node 2 asks (it would
+    // otherwise wait out node 1's lease, which only ticking everyone shows).
+    let mut net = Net::with(3, |c| c.check_quorum = false);
+    net.elect(1);
+    net.raft(1).propose(Bytes::from_static(b"a")).unwrap();
+    net.drain(1);
+    net.settle();
+    net.tick_all();
+    // Node 1 is cut off and keeps appending entries nobody will get.
+    net.isolate(1);
+    for x in [&b"x1"[..], b"x2"] {
+        net.raft(1).propose(Bytes::copy_from_slice(x)).unwrap();
+        net.drain(1);
+    }
+    net.queue.clear();
+    // The others elect node 2 in term 2, which commits its own entries.
+    net.elect(2);
+    assert_eq!(net.nodes[&2].term(), 2);
+    assert_eq!(net.leaders(), vec![1, 2], "node 1 does not know yet");
+    net.raft(2).propose(Bytes::from_static(b"y1")).unwrap();
+    net.drain(2);
+    net.settle();
+    net.tick_all();
+    // Heal: node 1 sees term 2, steps down, and its log is repaired.
+    net.heal();
+    for _ in 0..3 {
+        net.tick(2);
+        net.settle();
+    }
+    assert_eq!(net.nodes[&1].role(), Role::Follower);
+    assert_eq!(net.nodes[&1].term(), 2);
+    assert_eq!(net.nodes[&1].leader(), 2);
+    assert_eq!(
+        net.log_terms(1),
+        net.log_terms(2),
+        "node 1's conflicting suffix was replaced"
+    );
+    assert_eq!(
+        net.applied_data(1),
+        vec![Bytes::from_static(b"a"), Bytes::from_static(b"y1")]
+    );
+    assert_eq!(net.leaders(), vec![2]);
+}
+
+#[test]
+fn a_split_vote_resolves_through_randomized_timeouts() {
+    let mut net = Net::with(3, |c| c.pre_vote = false);
+    net.isolate(3);
+    // Nodes 1 and 2 campaign in the same term before hearing each other.
+    for id in [1, 2] {
+        while net.nodes[&id].role() != Role::Candidate {
+            net.tick(id);
+        }
+    }
+    assert_eq!(net.nodes[&1].term(), net.nodes[&2].term());
+    let split_term = net.nodes[&1].term();
+    net.settle();
+    assert!(
+        net.leaders().is_empty(),
+        "each voted for itself: nobody wins term {split_term}"
+    );
+    // Their next timeouts differ, so one asks first and wins.
+    for _ in 0..100 {
+        if !net.leaders().is_empty() {
+            break;
+        }
+        net.tick_all();
+    }
+    let leaders = net.leaders();
+    assert_eq!(leaders.len(), 1);
+    assert!(net.nodes[&leaders[0]].term() > split_term);
+}
+
+// ----- Features, one scenario each -----
+
+#[test]
+fn followers_refuse_proposals_with_a_leader_hint() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    assert_eq!(
+        net.raft(2).propose(Bytes::new()),
+        Err(ProposeError::NotLeader { leader: 1 })
+    );
+}
+
+#[test]
+fn proposals_are_batched_into_one_append_per_follower() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    for i in 0..10u8 {
+        net.raft(1).propose(Bytes::from(vec![i])).unwrap();
+    }
+    net.drain(1);
+    let appends: Vec<&Message> = net.queue.iter().filter(|m| m.kind() == "Append").collect();
+    assert_eq!(
+        appends.len(),
+        2,
+        "one append per follower for the whole step"
+    );
+    assert!(appends.iter().all(|m| m.payload_bytes() > 0));
+}
+
+#[test]
+fn a_slow_follower_gets_a_bounded_window_and_proposers_get_pushed_back() {
+    let mut net = Net::with(3, |c| {
+        c.inflight_msgs_max = 4;
+        c.inflight_bytes_max = 1 << 20;
+        c.append_bytes_max = 1024;
+        c.uncommitted_bytes_max = 64 << 10;
+    });
+    net.elect(1);
+    net.isolate(3);
+    let mut busy = 0;
+    for _ in 0..200 {
+        match net.raft(1).propose(Bytes::from(vec![0u8; 1000])) {
+            Ok(_) => {}
+            Err(ProposeError::Busy) => busy += 1,
+            Err(e) => panic!("{e}"),
+        }
+        net.drain(1);
+        net.settle();
+    }
+    let p = net.nodes[&1].progress(3).unwrap();
+    assert!(
+        p.inflights.count() <= 4,
+        "at most 4 appends in flight to the cut-off follower"
+    );
+    // Node 2 keeps up, so commits flow and the cap never bites here...
+    assert_eq!(busy, 0);
+    // ...until node 2 is cut off too: nothing commits, proposers are refused.
+    net.isolate(2);
+    for _ in 0..200 {
+        if let Err(ProposeError::Busy) = net.raft(1).propose(Bytes::from(vec![0u8; 1000])) {
+            busy += 1;
+        }
+        net.drain(1);
+    }
+    assert!(busy > 100, "uncommitted bytes are capped ({busy} refusals)");
+    assert!(net.nodes[&1].uncommitted_bytes() <= 64 << 10);
+}
+
+#[test]
+fn read_index_needs_a_quorum_round_and_lease_reads_do_not() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.tick_all();
+    // ReadIndex: no answer while the followers are unreachable.
+    net.isolate(1);
+    net.raft(1).read_index(7, ReadMode::ReadIndex).unwrap();
+    net.drain(1);
+    net.settle();
+    assert!(net.reads.get(&1).is_none_or(|r| r.is_empty()));
+    net.heal();
+    net.tick(1);
+    net.settle();
+    let commit = net.nodes[&1].commit_index();
+    assert_eq!(
+        net.reads[&1],
+        vec![ReadState {
+            ctx: 7,
+            index: commit
+        }]
+    );
+    // Lease: answered at once while the lease from the last heartbeats holds.
+    net.tick_all();
+    assert!(net.nodes[&1].lease_valid());
+    net.raft(1).read_index(8, ReadMode::Lease).unwrap();
+    net.drain(1);
+    assert_eq!(
+        net.reads[&1].last(),
+        Some(&ReadState {
+            ctx: 8,
+            index: commit
+        })
+    );
+    // Cut off long enough, the lease lapses before anyone else could lead.
+    net.isolate(1);
+    for _ in 0..8 {
+        net.tick(1);
+    }
+    assert!(!net.nodes[&1].lease_valid());
+}
+
+#[test]
+fn a_new_leader_serves_reads_only_after_committing_in_its_term() {
+    let mut net = Net::with(3, |c| c.check_quorum = false);
+    net.elect(1);
+    // Node 2 wins term 2 but hears nothing back after that: its no-op
+    // stays uncommitted.
+    net.isolate(1);
+    net.elect(2);
+    net.cut.insert((3, 2));
+    net.raft(2).propose(Bytes::from_static(b"z")).unwrap();
+    net.drain(2);
+    net.settle();
+    net.raft(2).read_index(1, ReadMode::ReadIndex).unwrap();
+    net.drain(2);
+    net.settle();
+    assert!(
+        net.reads.get(&2).is_none_or(|r| r.is_empty()),
+        "no read before the term's first commit"
+    );
+    net.heal();
+    for _ in 0..3 {
+        net.tick(2);
+        net.settle();
+    }
+    let r = net.reads[&2].clone();
+    assert_eq!(r.len(), 1);
+    // The read waits for the first entry of term 2, and covers the write before it.
+    assert_eq!(net.nodes[&2].log_term(r[0].index), Some(2));
+    let z_index = net.nodes[&2].last_index();
+    assert!(r[0].index >= z_index - 1);
+}
+
+#[test]
+fn check_quorum_makes_a_cut_off_leader_step_down() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.isolate(1);
+    for _ in 0..25 {
+        net.tick(1);
+    }
+    assert_eq!(net.nodes[&1].role(), Role::Follower);
+}
+
+#[test]
+fn pre_vote_keeps_a_returning_node_from_deposing_the_leader() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.isolate(3);
+    for _ in 0..100 {
+        net.tick_all();
+    }
+    assert_eq!(
+        net.nodes[&3].term(),
+        1,
+        "pre-vote: node 3 never raised its term"
+    );
+    net.heal();
+    for _ in 0..5 {
+        net.tick_all();
+    }
+    assert_eq!(net.leaders(), vec![1]);
+    assert_eq!(net.nodes[&1].term(), 1);
+}
+
+#[test]
+fn leadership_transfer_hands_over_to_the_target() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.raft(1).transfer_leader(3).unwrap();
+    net.drain(1);
+    net.settle();
+    assert_eq!(net.leaders(), vec![3]);
+    assert_eq!(net.nodes[&3].term(), 2);
+    assert!(
+        net.raft(1).transfer_leader(9).is_err(),
+        "only the leader, to a voter"
+    );
+}
+
+#[test]
+fn joint_consensus_adds_a_voter_and_a_learner_that_never_votes() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.add_node(4);
+    net.add_node(5);
+    let add = |s| ConfChange { changes: vec![s] };
+    net.raft(1)
+        .propose_conf_change(add(ConfChangeStep::AddVoter(4)))
+        .unwrap();
+    assert_eq!(
+        net.raft(1)
+            .propose_conf_change(add(ConfChangeStep::AddLearner(5))),
+        Err(ProposeError::ConfChangePending),
+        "one change at a time"
+    );
+    net.drain(1);
+    net.settle();
+    for _ in 0..5 {
+        net.tick_all();
+    }
+    let conf = net.nodes[&1].conf_state().clone();
+    assert!(!conf.is_joint(), "the leader left the joint configuration");
+    assert_eq!(conf.voters, [1, 2, 3, 4].into());
+    net.raft(1)
+        .propose_conf_change(add(ConfChangeStep::AddLearner(5)))
+        .unwrap();
+    net.drain(1);
+    net.settle();
+    for _ in 0..5 {
+        net.tick_all();
+    }
+    assert_eq!(net.nodes[&5].conf_state().learners, [5].into());
+    assert_eq!(
+        net.nodes[&5].commit_index(),
+        net.nodes[&1].commit_index(),
+        "the learner has the log"
+    );
+    // The learner never campaigns, even with nobody leading.
+    net.isolate(1);
+    for _ in 0..60 {
+        net.tick(5);
+    }
+    assert_eq!(net.nodes[&5].role(), Role::Follower);
+    assert_eq!(net.nodes[&5].term(), 1);
+}
+
+#[test]
+fn a_follower_behind_a_compaction_gets_the_snapshot_in_chunks() {
+    let mut net = Net::with(3, |c| c.snapshot_chunk_bytes = 16);
+    net.elect(1);
+    net.isolate(3);
+    for i in 0..20u8 {
+        net.raft(1).propose(Bytes::from(vec![i; 8])).unwrap();
+        net.drain(1);
+        net.settle();
+    }
+    net.tick_all();
+    let applied = net.nodes[&1].delivered_index();
+    net.raft(1)
+        .snapshot_taken(applied, Bytes::from(vec![42u8; 100]));
+    net.heal();
+    for _ in 0..20 {
+        net.tick(1);
+        net.settle();
+    }
+    let chunks = net.sent.get("Snapshot").copied().unwrap_or(0);
+    assert!(chunks >= 7, "100 bytes in 16-byte chunks: {chunks}");
+    assert_eq!(net.nodes[&3].snapshot().data, Bytes::from(vec![42u8; 100]));
+    assert_eq!(net.nodes[&3].commit_index(), net.nodes[&1].commit_index());
+}
