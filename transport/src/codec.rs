@@ -155,7 +155,8 @@ pub fn decode_frame(archive: &Bytes) -> Result<Frame, CodecError> {
     if archive.is_empty() {
         return Err(CodecError::Empty);
     }
-    let archived = rkyv::access::<ArchivedFrame, rancor::Error>(archive)
+    // BoxedError keeps the reason (rancor::Error drops it in release builds).
+    let archived = rkyv::access::<ArchivedFrame, rancor::BoxedError>(archive)
         .map_err(|e| CodecError::Invalid(e.to_string()))?;
     // Validation proved every byte vector lies inside `archive`, which is what
     // `slice_ref` requires.

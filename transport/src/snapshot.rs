@@ -66,7 +66,9 @@ impl SnapshotSender {
         self.chunk_bytes_max
     }
 
-    /// Sends one chunk; waits while the receiver is behind.
+    /// Sends one chunk; waits while the receiver is behind. Not cancel-safe:
+    /// dropping this future midway leaves a partial frame, so a transfer whose
+    /// `send_chunk` was cancelled must be aborted.
     pub async fn send_chunk(&mut self, chunk: Bytes) -> Result<(), TransportError> {
         if chunk.len() > self.chunk_bytes_max {
             return Err(TransportError::MessageTooLarge { len: chunk.len(), max: self.chunk_bytes_max });

@@ -133,13 +133,23 @@ impl QuicTransport {
         self.shared.peers.lock().get(&peer).is_some_and(|p| p.live().is_some())
     }
 
-    /// Closes every connection, stops every task, and waits (briefly) until
-    /// peers have been told, so the address can be bound again.
-    pub async fn shutdown(&self) {
+    /// Closes every connection, stops every task, and waits (bounded by the
+    /// idle timeout) until peers have been told and the tasks have ended, so
+    /// the address can be bound again.
+    pub async fn shutdown(self) {
         self.close();
-        let idle = self.shared.endpoint.wait_idle();
+        let shared = self.shared.clone();
+        drop(self);
+        let settle = async {
+            shared.endpoint.wait_idle().await;
+            // Tasks hold the shared state (and with it the socket) until they
+            // notice the shutdown; they do so at their next await point.
+            while Arc::strong_count(&shared) > 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
         // Peers that do not answer the close must not hold up shutdown.
-        let _ = tokio::time::timeout(self.shared.config.idle_timeout, idle).await;
+        let _ = tokio::time::timeout(shared.config.idle_timeout, settle).await;
     }
 
     fn close(&self) {

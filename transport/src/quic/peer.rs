@@ -7,6 +7,11 @@
 //! wins. A new connection from the *same* dialer as the current one replaces
 //! it (the dialer only redials when it believes the old one is dead, e.g.
 //! after a restart).
+//!
+//! The losing connection is not closed at once: the other side may not have
+//! reached the same verdict yet and may still be writing to it. It leaves the
+//! slot (nothing new is sent on it), keeps serving inbound streams, and is
+//! closed after [`DUPLICATE_GRACE`], so frames already in flight are delivered.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,6 +29,9 @@ use crate::metrics::Metrics;
 
 /// Application close code: this connection lost the duplicate tie-break.
 pub(crate) const CLOSE_DUPLICATE: u32 = 1;
+/// How long a connection that lost the tie-break keeps delivering what was
+/// already sent on it before it is closed.
+pub(crate) const DUPLICATE_GRACE: Duration = Duration::from_secs(1);
 /// Stream priorities (higher goes first): Raft messages (heartbeats) must
 /// never wait behind snapshot bytes already queued in quinn's send buffer.
 pub(crate) const PRIORITY_MESSAGES: i32 = 10;
@@ -124,7 +132,7 @@ impl Peer {
     }
 }
 
-/// Puts `conn` (dialed by `dialer`) into `peer`'s slot, or closes it if the
+/// Puts `conn` (dialed by `dialer`) into `peer`'s slot, or retires it if the
 /// connection already there wins the tie-break. Returns whether it was kept.
 pub(crate) fn install(shared: &Arc<Shared>, peer: &Arc<Peer>, conn: quinn::Connection, dialer: NodeId) -> bool {
     assert!(dialer == shared.id || dialer == peer.id, "a connection is dialed by one of its two ends");
@@ -142,13 +150,15 @@ pub(crate) fn install(shared: &Arc<Shared>, peer: &Arc<Peer>, conn: quinn::Conne
         *slot = Some(Live { conn: conn.clone(), dialer, since: Instant::now() });
     });
     let kept = loser.as_ref().is_none_or(|l| l.stable_id() != conn.stable_id());
+    // Every connection is served while it is open, winner or not.
+    tokio::spawn(inbound::drive_connection(shared.clone(), peer.clone(), conn));
     if let Some(loser) = loser {
         Metrics::add(&shared.metrics.connections_replaced, 1);
-        tracing::debug!(peer = %peer.id, "closing duplicate connection");
-        loser.close(quinn::VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
-    }
-    if kept {
-        tokio::spawn(inbound::drive_connection(shared.clone(), peer.clone(), conn));
+        tracing::debug!(peer = %peer.id, "retiring duplicate connection");
+        tokio::spawn(async move {
+            tokio::time::sleep(DUPLICATE_GRACE).await;
+            loser.close(quinn::VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
+        });
     }
     kept
 }
