@@ -351,3 +351,55 @@ fn a_slow_group_is_rewritten_forward_and_disk_stays_bounded() {
     assert!(r.torn_tail.is_none());
     check(&wal, &model);
 }
+
+/// A minimal executor: tickets are plain futures, no runtime needed.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn tickets_can_be_awaited_and_msync_mode_round_trips() {
+    for method in [
+        tessera_wal::SyncMethod::Msync,
+        tessera_wal::SyncMethod::WriteFdatasync,
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = Config {
+            sync: true,
+            sync_method: method,
+            ..config()
+        };
+        let (wal, _) = Wal::open(dir.path(), cfg.clone()).expect("open");
+        let mut model = GroupModel::default();
+        for _ in 0..20 {
+            let tickets: Vec<_> = (0..3)
+                .map(|_| wal.submit(append(&mut model, 1, 0, 2, 700, 1)))
+                .collect();
+            for t in tickets {
+                block_on(t).expect("durable");
+            }
+        }
+        wal.close().expect("close");
+        let (wal, report) = Wal::open(dir.path(), cfg).expect("reopen");
+        assert!(report.torn_tail.is_none());
+        let mut m = BTreeMap::new();
+        m.insert(1, model);
+        check(&wal, &m);
+    }
+}
