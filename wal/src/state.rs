@@ -156,6 +156,8 @@ pub(crate) struct Shared {
     pub pool: Pool,
     /// Test hook: the next sync fails as if the disk had reported EIO.
     pub fail_next_sync: std::sync::atomic::AtomicBool,
+    /// Test hook: the next write fails with this errno (0: none).
+    pub fail_next_write: std::sync::atomic::AtomicI32,
 }
 
 /// A record's payload kept alive by its segment: lets `Bytes` point into a map.

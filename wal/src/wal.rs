@@ -116,6 +116,7 @@ impl Wal {
             counters: Default::default(),
             pool,
             fail_next_sync: Default::default(),
+            fail_next_write: Default::default(),
         });
         let (active, tail, next_seq) = match rec.active {
             Some((seg, tail)) => (seg, tail, rec.next_seq),
@@ -331,6 +332,12 @@ impl Wal {
     #[doc(hidden)]
     pub fn inject_sync_failure(&self) {
         self.shared.fail_next_sync.store(true, Ordering::Relaxed);
+    }
+
+    /// Test hook: makes the next segment write fail with `errno` (e.g. ENOSPC).
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self, errno: i32) {
+        self.shared.fail_next_write.store(errno, Ordering::Relaxed);
     }
 
     /// The directory.

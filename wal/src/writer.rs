@@ -369,6 +369,14 @@ impl Writer {
             start + part.buf.len() <= self.active.len(),
             "part overflows segment"
         );
+        let errno = self
+            .shared
+            .fail_next_write
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        if errno != 0 {
+            let e = std::io::Error::from_raw_os_error(errno);
+            return Err(WalError::io("pwrite", &self.active.path, e));
+        }
         self.active
             .write(start, &part.buf, self.shared.config.sync_method)?;
         self.tail = start + part.buf.len();

@@ -440,3 +440,21 @@ fn failed_sync_poisons_and_is_reported_to_every_waiter() {
         assert!(wal.last_index(g) >= m.keys().next_back().copied());
     }
 }
+
+#[test]
+fn full_disk_is_reported_as_such_and_poisons() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut model = Model::new();
+    let (wal, _) = Wal::open(dir.path(), config()).expect("open");
+    wal.write(batch(&mut model, 0..2, 1)).expect("ok");
+    let acked = model.clone();
+    wal.inject_write_failure(28); // ENOSPC on Linux
+    let r = wal.write(batch(&mut model, 0..1, 1));
+    assert!(matches!(r, Err(WalError::DiskFull { .. })), "{r:?}");
+    let r = wal.write(batch(&mut model, 0..1, 1));
+    assert!(matches!(r, Err(WalError::Poisoned { .. })), "{r:?}");
+    check_exact(&wal, &acked);
+    drop(wal);
+    let (wal, _) = Wal::open(dir.path(), config()).expect("reopen");
+    check_exact(&wal, &acked);
+}
