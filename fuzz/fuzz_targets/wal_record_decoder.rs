@@ -10,7 +10,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     if mode % 2 == 0 {
         let (seq, image) = match rest.split_first_chunk::<8>() {
             Some((s, img)) => (u64::from_le_bytes(*s) % 4, img),
