@@ -57,8 +57,16 @@ pub(crate) fn incoming_channels(config: &crate::TransportConfig) -> (Sinks, Inco
     let (snapshots_tx, snapshots) = mpsc::channel(config.incoming_snapshots_max);
     let (calls_tx, calls) = mpsc::channel(config.incoming_calls_max);
     (
-        Sinks { batches: batches_tx, snapshots: snapshots_tx, calls: calls_tx },
-        Incoming { batches, snapshots, calls },
+        Sinks {
+            batches: batches_tx,
+            snapshots: snapshots_tx,
+            calls: calls_tx,
+        },
+        Incoming {
+            batches,
+            snapshots,
+            calls,
+        },
     )
 }
 
@@ -76,7 +84,11 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 
     /// Opens a snapshot transfer to `to` on its own stream; `header` is handed
     /// to the receiver before any chunk. Chunks are sent with backpressure.
-    fn open_snapshot(&self, to: NodeId, header: Bytes) -> BoxFuture<'_, Result<SnapshotSender, TransportError>>;
+    fn open_snapshot(
+        &self,
+        to: NodeId,
+        header: Bytes,
+    ) -> BoxFuture<'_, Result<SnapshotSender, TransportError>>;
 
     /// Sends `request` to `to` and waits for its response (bounded by the
     /// configured call timeout).

@@ -20,7 +20,14 @@ pub struct IncomingCall {
 impl IncomingCall {
     pub(crate) fn new(from: NodeId, request: Bytes) -> (IncomingCall, oneshot::Receiver<Bytes>) {
         let (reply, rx) = oneshot::channel();
-        (IncomingCall { from, request, reply }, rx)
+        (
+            IncomingCall {
+                from,
+                request,
+                reply,
+            },
+            rx,
+        )
     }
 
     /// Sends the response. If the caller has gone (timed out, disconnected) the
@@ -34,7 +41,10 @@ impl IncomingCall {
 /// Registers `handler` for incoming calls: every call is answered by
 /// `handler(from, request)` on its own task, so a slow call does not hold up
 /// the others. Returns the task draining `calls`.
-pub fn spawn_call_handler<F, Fut>(mut calls: mpsc::Receiver<IncomingCall>, handler: F) -> JoinHandle<()>
+pub fn spawn_call_handler<F, Fut>(
+    mut calls: mpsc::Receiver<IncomingCall>,
+    handler: F,
+) -> JoinHandle<()>
 where
     F: Fn(NodeId, Bytes) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Bytes> + Send + 'static,

@@ -10,8 +10,8 @@
 use std::fmt;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -37,7 +37,9 @@ pub struct ClusterCa {
 impl fmt::Debug for ClusterCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
-        f.debug_struct("ClusterCa").field("cert_bytes", &self.cert.len()).finish_non_exhaustive()
+        f.debug_struct("ClusterCa")
+            .field("cert_bytes", &self.cert.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,16 +97,26 @@ impl ClusterCa {
     /// A certificate for `node` with explicit validity and names. The identity
     /// claims to be `node` whatever the names say (tests use that to present a
     /// certificate for another node).
-    pub fn issue_with(&self, node: NodeId, options: CertOptions) -> Result<NodeIdentity, CertError> {
+    pub fn issue_with(
+        &self,
+        node: NodeId,
+        options: CertOptions,
+    ) -> Result<NodeIdentity, CertError> {
         let names = options.names.unwrap_or_else(|| vec![node.cert_name()]);
         let mut params = CertificateParams::new(names.clone())?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        dn.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         // One certificate serves both ends: a node dials (client) and accepts (server).
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         params.not_before = options.not_before;
         params.not_after = options.not_after;
@@ -124,7 +136,10 @@ impl ClusterCa {
 /// bootstraps a cluster.
 pub fn bootstrap_cluster(nodes: &[NodeId]) -> Result<(ClusterCa, Vec<NodeIdentity>), CertError> {
     let ca = ClusterCa::generate()?;
-    let identities = nodes.iter().map(|&n| ca.issue(n)).collect::<Result<Vec<_>, _>>()?;
+    let identities = nodes
+        .iter()
+        .map(|&n| ca.issue(n))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((ca, identities))
 }
 
@@ -139,7 +154,9 @@ pub struct NodeIdentity {
 
 impl fmt::Debug for NodeIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NodeIdentity").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("NodeIdentity")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,7 +184,10 @@ impl NodeIdentity {
     /// outsider without the cluster CA could present. Peers must refuse it.
     pub fn self_signed(node: NodeId) -> Result<NodeIdentity, CertError> {
         let mut params = CertificateParams::new(vec![node.cert_name()])?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?.der().clone();
         Ok(NodeIdentity {
@@ -180,21 +200,35 @@ impl NodeIdentity {
 
     /// Loads an identity from PEM (certificate chain, PKCS#8 key, CA).
     pub fn from_pem(node: NodeId, pem: &IdentityPem) -> Result<NodeIdentity, CertError> {
-        let bad = |what: &str, e: rustls::pki_types::pem::Error| CertError::Pem(format!("{what}: {e}"));
+        let bad =
+            |what: &str, e: rustls::pki_types::pem::Error| CertError::Pem(format!("{what}: {e}"));
         let cert_chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad("certificate", e))?;
         if cert_chain.is_empty() {
-            return Err(CertError::Pem("no certificate in the certificate file".into()));
+            return Err(CertError::Pem(
+                "no certificate in the certificate file".into(),
+            ));
         }
-        let key = PrivatePkcs8KeyDer::from_pem_slice(pem.key.as_bytes()).map_err(|e| bad("key", e))?;
-        let ca = CertificateDer::from_pem_slice(pem.ca.as_bytes()).map_err(|e| bad("CA certificate", e))?;
-        Ok(NodeIdentity { node, cert_chain, key, ca })
+        let key =
+            PrivatePkcs8KeyDer::from_pem_slice(pem.key.as_bytes()).map_err(|e| bad("key", e))?;
+        let ca = CertificateDer::from_pem_slice(pem.ca.as_bytes())
+            .map_err(|e| bad("CA certificate", e))?;
+        Ok(NodeIdentity {
+            node,
+            cert_chain,
+            key,
+            ca,
+        })
     }
 
     pub fn to_pem(&self) -> IdentityPem {
         IdentityPem {
-            cert: self.cert_chain.iter().map(|c| pem_encode("CERTIFICATE", c)).collect(),
+            cert: self
+                .cert_chain
+                .iter()
+                .map(|c| pem_encode("CERTIFICATE", c))
+                .collect(),
             key: pem_encode("PRIVATE KEY", self.key.secret_pkcs8_der()),
             ca: pem_encode("CERTIFICATE", &self.ca),
         }
@@ -239,7 +273,11 @@ fn base64_encode(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -107,7 +107,10 @@ impl Frame {
 /// A conservative bound on the encoded size (prefix included) of a `Messages`
 /// frame holding messages whose payloads sum to `payload_bytes`.
 pub fn messages_frame_bound(message_count: usize, payload_bytes: usize) -> usize {
-    LENGTH_PREFIX_BYTES + FRAME_OVERHEAD_BYTES + payload_bytes + message_count * MESSAGE_OVERHEAD_BYTES
+    LENGTH_PREFIX_BYTES
+        + FRAME_OVERHEAD_BYTES
+        + payload_bytes
+        + message_count * MESSAGE_OVERHEAD_BYTES
 }
 
 /// Appends `frame` to `out` as length prefix + archive.
@@ -120,7 +123,10 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> Result<(), CodecError> 
     let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(frame, buf)
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     let len = buf.len() - start - LENGTH_PREFIX_BYTES;
-    let len_u32 = u32::try_from(len).map_err(|_| CodecError::Oversized { len, max: u32::MAX as usize })?;
+    let len_u32 = u32::try_from(len).map_err(|_| CodecError::Oversized {
+        len,
+        max: u32::MAX as usize,
+    })?;
     buf[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&len_u32.to_le_bytes());
     *out = buf;
     Ok(())
@@ -144,7 +150,10 @@ pub fn parse_length_prefix(
         return Err(CodecError::Empty);
     }
     if len > max_frame_bytes {
-        return Err(CodecError::Oversized { len, max: max_frame_bytes });
+        return Err(CodecError::Oversized {
+            len,
+            max: max_frame_bytes,
+        });
     }
     Ok(len)
 }
@@ -182,14 +191,20 @@ pub fn decode_frames(buf: &Bytes, max_frame_bytes: usize) -> Result<Vec<Frame>, 
     while at < buf.len() {
         let remaining = buf.len() - at;
         if remaining < LENGTH_PREFIX_BYTES {
-            return Err(CodecError::Truncated { expected: LENGTH_PREFIX_BYTES, got: remaining });
+            return Err(CodecError::Truncated {
+                expected: LENGTH_PREFIX_BYTES,
+                got: remaining,
+            });
         }
         let mut prefix = [0; LENGTH_PREFIX_BYTES];
         prefix.copy_from_slice(&buf[at..at + LENGTH_PREFIX_BYTES]);
         let len = parse_length_prefix(prefix, max_frame_bytes)?;
         at += LENGTH_PREFIX_BYTES;
         if buf.len() - at < len {
-            return Err(CodecError::Truncated { expected: len, got: buf.len() - at });
+            return Err(CodecError::Truncated {
+                expected: len,
+                got: buf.len() - at,
+            });
         }
         frames.push(decode_frame(&buf.slice(at..at + len))?);
         at += len;
@@ -259,16 +274,22 @@ mod tests {
 
     #[test]
     fn decoded_payloads_borrow_the_frame_buffer() {
-        let encoded = encode_frame_to_bytes(&Frame::Messages(vec![Bytes::from_static(b"hello")])).unwrap();
+        let encoded =
+            encode_frame_to_bytes(&Frame::Messages(vec![Bytes::from_static(b"hello")])).unwrap();
         let archive = encoded.slice(LENGTH_PREFIX_BYTES..);
-        let Frame::Messages(messages) = decode_frame(&archive).unwrap() else { panic!("kind") };
+        let Frame::Messages(messages) = decode_frame(&archive).unwrap() else {
+            panic!("kind")
+        };
         let inside = archive.as_ptr_range().contains(&messages[0].as_ptr());
         assert!(inside, "payload was copied instead of sliced");
     }
 
     #[test]
     fn oversized_and_empty_prefixes_are_refused() {
-        assert_eq!(parse_length_prefix(0u32.to_le_bytes(), 10), Err(CodecError::Empty));
+        assert_eq!(
+            parse_length_prefix(0u32.to_le_bytes(), 10),
+            Err(CodecError::Empty)
+        );
         assert_eq!(
             parse_length_prefix(11u32.to_le_bytes(), 10),
             Err(CodecError::Oversized { len: 11, max: 10 })
@@ -279,7 +300,10 @@ mod tests {
     #[test]
     fn garbage_archive_is_invalid() {
         let garbage = Bytes::from_static(&[0xff; 32]);
-        assert!(matches!(decode_frame(&garbage), Err(CodecError::Invalid(_))));
+        assert!(matches!(
+            decode_frame(&garbage),
+            Err(CodecError::Invalid(_))
+        ));
     }
 
     #[test]

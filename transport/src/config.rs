@@ -91,7 +91,10 @@ impl TransportConfig {
         if self.queue_messages_max == 0 || self.queue_bytes_max == 0 {
             return fail("queues must hold at least one message");
         }
-        if self.incoming_batches_max == 0 || self.incoming_snapshots_max == 0 || self.incoming_calls_max == 0 {
+        if self.incoming_batches_max == 0
+            || self.incoming_snapshots_max == 0
+            || self.incoming_calls_max == 0
+        {
             return fail("incoming channel capacities must be positive");
         }
         if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
@@ -100,8 +103,12 @@ impl TransportConfig {
         if self.keep_alive_interval >= self.idle_timeout {
             return fail("keep_alive_interval must be shorter than idle_timeout");
         }
-        if u64::from(self.stream_receive_window_bytes) > u64::from(self.connection_receive_window_bytes) {
-            return fail("stream_receive_window_bytes must not exceed connection_receive_window_bytes");
+        if u64::from(self.stream_receive_window_bytes)
+            > u64::from(self.connection_receive_window_bytes)
+        {
+            return fail(
+                "stream_receive_window_bytes must not exceed connection_receive_window_bytes",
+            );
         }
         if self.mtu_upper_bound_bytes < 1200 {
             return fail("mtu_upper_bound_bytes must be at least 1200 (QUIC's minimum)");
@@ -122,9 +129,15 @@ mod tests {
     #[test]
     fn default_is_valid_and_bad_relations_are_caught() {
         TransportConfig::default().validate().unwrap();
-        let c = TransportConfig { batch_bytes_max: 16 << 20, ..Default::default() };
+        let c = TransportConfig {
+            batch_bytes_max: 16 << 20,
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
-        let c = TransportConfig { keep_alive_interval: Duration::from_secs(60), ..Default::default() };
+        let c = TransportConfig {
+            keep_alive_interval: Duration::from_secs(60),
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
     }
 }

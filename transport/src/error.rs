@@ -19,7 +19,10 @@ pub enum CodecError {
     #[error("unsupported stream header: version {version}, kind {kind}")]
     BadStreamHeader { version: u8, kind: u8 },
     #[error("unexpected frame {got} on a {stream} stream")]
-    UnexpectedFrame { got: &'static str, stream: &'static str },
+    UnexpectedFrame {
+        got: &'static str,
+        stream: &'static str,
+    },
     #[error("frame could not be encoded: {0}")]
     Encode(String),
 }

@@ -21,7 +21,10 @@ pub enum ReadError {
 
 /// Fills `buf` completely. Returns how many bytes were read if the stream ended
 /// first (0 means it ended exactly where the caller started).
-async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<Result<(), usize>> {
+async fn fill<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<Result<(), usize>> {
     let mut got = 0;
     while got < buf.len() {
         let n = r.read(&mut buf[got..]).await?;
@@ -34,12 +37,18 @@ async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Resul
 }
 
 /// Reads the stream header. `Ok(None)` if the stream ended before any byte.
-pub async fn read_stream_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<StreamKind>, ReadError> {
+pub async fn read_stream_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<StreamKind>, ReadError> {
     let mut header = [0; STREAM_HEADER_BYTES];
     match fill(r, &mut header).await? {
         Ok(()) => Ok(Some(codec::parse_stream_header(header)?)),
         Err(0) => Ok(None),
-        Err(got) => Err(CodecError::Truncated { expected: STREAM_HEADER_BYTES, got }.into()),
+        Err(got) => Err(CodecError::Truncated {
+            expected: STREAM_HEADER_BYTES,
+            got,
+        }
+        .into()),
     }
 }
 
@@ -53,7 +62,13 @@ pub async fn read_frame_bytes<R: AsyncRead + Unpin>(
     match fill(r, &mut prefix).await? {
         Ok(()) => {}
         Err(0) => return Ok(None),
-        Err(got) => return Err(CodecError::Truncated { expected: LENGTH_PREFIX_BYTES, got }.into()),
+        Err(got) => {
+            return Err(CodecError::Truncated {
+                expected: LENGTH_PREFIX_BYTES,
+                got,
+            }
+            .into());
+        }
     }
     let len = codec::parse_length_prefix(prefix, max_frame_bytes)?;
     let mut archive = vec![0; len];
@@ -64,7 +79,10 @@ pub async fn read_frame_bytes<R: AsyncRead + Unpin>(
 }
 
 /// Reads and validates one frame. `Ok(None)` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_frame_bytes: usize) -> Result<Option<Frame>, ReadError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_frame_bytes: usize,
+) -> Result<Option<Frame>, ReadError> {
     match read_frame_bytes(r, max_frame_bytes).await? {
         Some(archive) => Ok(Some(codec::decode_frame(&archive)?)),
         None => Ok(None),
@@ -81,9 +99,18 @@ mod tests {
         codec::encode_frame(&Frame::Request(Bytes::from_static(b"ping")), &mut wire).unwrap();
         codec::encode_frame(&Frame::SnapshotEnd, &mut wire).unwrap();
         let mut r = &wire[..];
-        assert_eq!(read_stream_header(&mut r).await.unwrap(), Some(StreamKind::Call));
-        assert_eq!(read_frame(&mut r, 1024).await.unwrap(), Some(Frame::Request(Bytes::from_static(b"ping"))));
-        assert_eq!(read_frame(&mut r, 1024).await.unwrap(), Some(Frame::SnapshotEnd));
+        assert_eq!(
+            read_stream_header(&mut r).await.unwrap(),
+            Some(StreamKind::Call)
+        );
+        assert_eq!(
+            read_frame(&mut r, 1024).await.unwrap(),
+            Some(Frame::Request(Bytes::from_static(b"ping")))
+        );
+        assert_eq!(
+            read_frame(&mut r, 1024).await.unwrap(),
+            Some(Frame::SnapshotEnd)
+        );
         assert_eq!(read_frame(&mut r, 1024).await.unwrap(), None);
     }
 
@@ -93,10 +120,15 @@ mod tests {
         codec::encode_frame(&Frame::Response(Bytes::from(vec![7; 100])), &mut wire).unwrap();
         let mut cut = &wire[..wire.len() - 10];
         let err = read_frame(&mut cut, 1024).await.unwrap_err();
-        assert!(matches!(err, ReadError::Codec(CodecError::Truncated { got, .. }) if got == wire.len() - 14));
+        assert!(
+            matches!(err, ReadError::Codec(CodecError::Truncated { got, .. }) if got == wire.len() - 14)
+        );
         let mut whole = &wire[..];
         let err = read_frame(&mut whole, 16).await.unwrap_err();
-        assert!(matches!(err, ReadError::Codec(CodecError::Oversized { max: 16, .. })));
+        assert!(matches!(
+            err,
+            ReadError::Codec(CodecError::Oversized { max: 16, .. })
+        ));
     }
 
     use crate::codec::stream_header;

@@ -67,6 +67,8 @@ mod snapshot;
 pub mod tls;
 
 pub use api::{BoxFuture, Incoming, IncomingBatch, SendReport, Transport};
+/// Payloads are `bytes::Bytes`; re-exported so users need not match versions.
+pub use bytes;
 pub use call::{IncomingCall, spawn_call_handler};
 pub use certs::{ClusterCa, NodeIdentity, bootstrap_cluster};
 pub use config::TransportConfig;

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::api::{BoxFuture, Incoming, IncomingBatch, SendReport, Sinks, Transport, incoming_channels};
+use crate::api::{
+    BoxFuture, Incoming, IncomingBatch, SendReport, Sinks, Transport, incoming_channels,
+};
 use crate::call::IncomingCall;
 use crate::error::TransportError;
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -37,14 +39,21 @@ pub struct MemoryNetwork {
 impl MemoryNetwork {
     pub fn new(config: TransportConfig) -> Result<MemoryNetwork, TransportError> {
         config.validate()?;
-        Ok(MemoryNetwork { config, state: Arc::default() })
+        Ok(MemoryNetwork {
+            config,
+            state: Arc::default(),
+        })
     }
 
     /// Adds node `id` (replacing an earlier node with that id, like a restart).
     pub fn join(&self, id: NodeId) -> (MemoryTransport, Incoming) {
         let (sinks, incoming) = incoming_channels(&self.config);
         self.state.lock().nodes.insert(id, sinks);
-        let transport = MemoryTransport { id, network: self.clone(), metrics: Arc::default() };
+        let transport = MemoryTransport {
+            id,
+            network: self.clone(),
+            metrics: Arc::default(),
+        };
         (transport, incoming)
     }
 
@@ -86,7 +95,10 @@ pub struct MemoryTransport {
 
 impl MemoryTransport {
     fn unreachable(&self, to: NodeId) -> TransportError {
-        TransportError::Connect { peer: to, reason: "unreachable (not joined, left, or link cut)".into() }
+        TransportError::Connect {
+            peer: to,
+            reason: "unreachable (not joined, left, or link cut)".into(),
+        }
     }
 }
 
@@ -103,16 +115,25 @@ impl Transport for MemoryTransport {
         if count == 0 {
             return Ok(SendReport::default());
         }
-        let dropped = SendReport { queued: 0, dropped: count };
+        let dropped = SendReport {
+            queued: 0,
+            dropped: count,
+        };
         let Some(sinks) = self.network.route(self.id, to)? else {
             Metrics::add(&self.metrics.messages_dropped, count as u64);
             return Ok(dropped);
         };
-        match sinks.batches.try_send(IncomingBatch { from: self.id, messages }) {
+        match sinks.batches.try_send(IncomingBatch {
+            from: self.id,
+            messages,
+        }) {
             Ok(()) => {
                 Metrics::add(&self.metrics.messages_sent, count as u64);
                 Metrics::add(&self.metrics.frames_sent, 1);
-                Ok(SendReport { queued: count, dropped: 0 })
+                Ok(SendReport {
+                    queued: count,
+                    dropped: 0,
+                })
             }
             Err(_) => {
                 Metrics::add(&self.metrics.messages_dropped, count as u64);
@@ -121,26 +142,50 @@ impl Transport for MemoryTransport {
         }
     }
 
-    fn open_snapshot(&self, to: NodeId, header: Bytes) -> BoxFuture<'_, Result<SnapshotSender, TransportError>> {
+    fn open_snapshot(
+        &self,
+        to: NodeId,
+        header: Bytes,
+    ) -> BoxFuture<'_, Result<SnapshotSender, TransportError>> {
         Box::pin(async move {
-            let sinks = self.network.route(self.id, to)?.ok_or_else(|| self.unreachable(to))?;
+            let sinks = self
+                .network
+                .route(self.id, to)?
+                .ok_or_else(|| self.unreachable(to))?;
             let (tx, rx) = mpsc::channel(SNAPSHOT_CHUNKS_IN_FLIGHT_MAX);
             let incoming = IncomingSnapshot::memory(self.id, header, rx);
-            sinks.snapshots.try_send(incoming).map_err(|_| TransportError::CallRefused {
-                peer: to,
-                reason: "too many snapshot transfers pending".into(),
-            })?;
+            sinks
+                .snapshots
+                .try_send(incoming)
+                .map_err(|_| TransportError::CallRefused {
+                    peer: to,
+                    reason: "too many snapshot transfers pending".into(),
+                })?;
             let chunk_max = self.network.config.snapshot_chunk_bytes_max();
-            Ok(SnapshotSender::memory(to, chunk_max, tx, self.metrics.clone()))
+            Ok(SnapshotSender::memory(
+                to,
+                chunk_max,
+                tx,
+                self.metrics.clone(),
+            ))
         })
     }
 
     fn call(&self, to: NodeId, request: Bytes) -> BoxFuture<'_, Result<Bytes, TransportError>> {
         Box::pin(async move {
-            let sinks = self.network.route(self.id, to)?.ok_or_else(|| self.unreachable(to))?;
+            let sinks = self
+                .network
+                .route(self.id, to)?
+                .ok_or_else(|| self.unreachable(to))?;
             let (call, reply) = IncomingCall::new(self.id, request);
-            let refused = |reason: &str| TransportError::CallRefused { peer: to, reason: reason.into() };
-            sinks.calls.try_send(call).map_err(|_| refused("too many calls pending"))?;
+            let refused = |reason: &str| TransportError::CallRefused {
+                peer: to,
+                reason: reason.into(),
+            };
+            sinks
+                .calls
+                .try_send(call)
+                .map_err(|_| refused("too many calls pending"))?;
             let timeout = self.network.config.call_timeout;
             match tokio::time::timeout(timeout, reply).await {
                 Ok(Ok(response)) => {

@@ -47,7 +47,10 @@ mod tests {
     #[test]
     fn cert_name_round_trips() {
         for id in [0, 1, 7, 42, u64::MAX] {
-            assert_eq!(NodeId::from_cert_name(&NodeId(id).cert_name()), Some(NodeId(id)));
+            assert_eq!(
+                NodeId::from_cert_name(&NodeId(id).cert_name()),
+                Some(NodeId(id))
+            );
         }
     }
 

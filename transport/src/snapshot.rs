@@ -36,8 +36,16 @@ pub struct SnapshotSender {
 
 #[derive(Debug)]
 enum SenderInner {
-    Quic { send: quinn::SendStream, recv: quinn::RecvStream, frame_bytes_max: usize, metrics: Arc<Metrics> },
-    Memory { tx: mpsc::Sender<MemoryChunk>, metrics: Arc<Metrics> },
+    Quic {
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        frame_bytes_max: usize,
+        metrics: Arc<Metrics>,
+    },
+    Memory {
+        tx: mpsc::Sender<MemoryChunk>,
+        metrics: Arc<Metrics>,
+    },
 }
 
 impl SnapshotSender {
@@ -49,11 +57,29 @@ impl SnapshotSender {
         metrics: Arc<Metrics>,
     ) -> Self {
         let chunk_bytes_max = frame_bytes_max - codec::FRAME_OVERHEAD_BYTES;
-        SnapshotSender { to, chunk_bytes_max, inner: SenderInner::Quic { send, recv, frame_bytes_max, metrics } }
+        SnapshotSender {
+            to,
+            chunk_bytes_max,
+            inner: SenderInner::Quic {
+                send,
+                recv,
+                frame_bytes_max,
+                metrics,
+            },
+        }
     }
 
-    pub(crate) fn memory(to: NodeId, chunk_bytes_max: usize, tx: mpsc::Sender<MemoryChunk>, metrics: Arc<Metrics>) -> Self {
-        SnapshotSender { to, chunk_bytes_max, inner: SenderInner::Memory { tx, metrics } }
+    pub(crate) fn memory(
+        to: NodeId,
+        chunk_bytes_max: usize,
+        tx: mpsc::Sender<MemoryChunk>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        SnapshotSender {
+            to,
+            chunk_bytes_max,
+            inner: SenderInner::Memory { tx, metrics },
+        }
     }
 
     /// The node receiving this snapshot.
@@ -71,43 +97,62 @@ impl SnapshotSender {
     /// `send_chunk` was cancelled must be aborted.
     pub async fn send_chunk(&mut self, chunk: Bytes) -> Result<(), TransportError> {
         if chunk.len() > self.chunk_bytes_max {
-            return Err(TransportError::MessageTooLarge { len: chunk.len(), max: self.chunk_bytes_max });
+            return Err(TransportError::MessageTooLarge {
+                len: chunk.len(),
+                max: self.chunk_bytes_max,
+            });
         }
         match &mut self.inner {
             SenderInner::Quic { send, metrics, .. } => {
                 let frame = codec::encode_frame_to_bytes(&Frame::SnapshotChunk(chunk))?;
                 let len = frame.len() as u64;
-                send.write_chunk(frame).await.map_err(|e| TransportError::SnapshotAborted(e.to_string()))?;
+                send.write_chunk(frame)
+                    .await
+                    .map_err(|e| TransportError::SnapshotAborted(e.to_string()))?;
                 Metrics::add(&metrics.frames_sent, 1);
                 Metrics::add(&metrics.bytes_sent, len);
                 Ok(())
             }
-            SenderInner::Memory { tx, .. } => tx
-                .send(MemoryChunk::Chunk(chunk))
-                .await
-                .map_err(|_| TransportError::SnapshotAborted("receiver dropped the transfer".into())),
+            SenderInner::Memory { tx, .. } => {
+                tx.send(MemoryChunk::Chunk(chunk)).await.map_err(|_| {
+                    TransportError::SnapshotAborted("receiver dropped the transfer".into())
+                })
+            }
         }
     }
 
     /// Ends the transfer and waits until the receiver has taken every chunk.
     pub async fn finish(self) -> Result<(), TransportError> {
         match self.inner {
-            SenderInner::Quic { mut send, mut recv, frame_bytes_max, metrics } => {
+            SenderInner::Quic {
+                mut send,
+                mut recv,
+                frame_bytes_max,
+                metrics,
+            } => {
                 let end = codec::encode_frame_to_bytes(&Frame::SnapshotEnd)?;
-                send.write_chunk(end).await.map_err(|e| TransportError::SnapshotAborted(e.to_string()))?;
+                send.write_chunk(end)
+                    .await
+                    .map_err(|e| TransportError::SnapshotAborted(e.to_string()))?;
                 // The stream is still open if the write succeeded.
-                send.finish().map_err(|e| TransportError::SnapshotAborted(e.to_string()))?;
+                send.finish()
+                    .map_err(|e| TransportError::SnapshotAborted(e.to_string()))?;
                 match framed_io::read_frame(&mut recv, frame_bytes_max).await {
                     Ok(Some(Frame::SnapshotAck)) => {
                         Metrics::add(&metrics.snapshots_sent, 1);
                         Ok(())
                     }
                     Ok(Some(other)) => {
-                        let e = CodecError::UnexpectedFrame { got: other.name(), stream: "snapshot" };
+                        let e = CodecError::UnexpectedFrame {
+                            got: other.name(),
+                            stream: "snapshot",
+                        };
                         metrics.protocol_error(&e, "snapshot acknowledgement");
                         Err(e.into())
                     }
-                    Ok(None) => Err(TransportError::SnapshotAborted("receiver closed without acknowledging".into())),
+                    Ok(None) => Err(TransportError::SnapshotAborted(
+                        "receiver closed without acknowledging".into(),
+                    )),
                     Err(ReadError::Codec(e)) => {
                         metrics.protocol_error(&e, "snapshot acknowledgement");
                         Err(e.into())
@@ -117,8 +162,11 @@ impl SnapshotSender {
             }
             SenderInner::Memory { tx, metrics } => {
                 let (ack_tx, ack_rx) = oneshot::channel();
-                let aborted = || TransportError::SnapshotAborted("receiver dropped the transfer".into());
-                tx.send(MemoryChunk::End(ack_tx)).await.map_err(|_| aborted())?;
+                let aborted =
+                    || TransportError::SnapshotAborted("receiver dropped the transfer".into());
+                tx.send(MemoryChunk::End(ack_tx))
+                    .await
+                    .map_err(|_| aborted())?;
                 ack_rx.await.map_err(|_| aborted())?;
                 Metrics::add(&metrics.snapshots_sent, 1);
                 Ok(())
@@ -150,8 +198,15 @@ pub struct IncomingSnapshot {
 
 #[derive(Debug)]
 enum ReceiverInner {
-    Quic { send: quinn::SendStream, recv: quinn::RecvStream, frame_bytes_max: usize, metrics: Arc<Metrics> },
-    Memory { rx: mpsc::Receiver<MemoryChunk> },
+    Quic {
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        frame_bytes_max: usize,
+        metrics: Arc<Metrics>,
+    },
+    Memory {
+        rx: mpsc::Receiver<MemoryChunk>,
+    },
 }
 
 impl IncomingSnapshot {
@@ -167,12 +222,22 @@ impl IncomingSnapshot {
             from,
             header,
             done: false,
-            inner: ReceiverInner::Quic { send, recv, frame_bytes_max, metrics },
+            inner: ReceiverInner::Quic {
+                send,
+                recv,
+                frame_bytes_max,
+                metrics,
+            },
         }
     }
 
     pub(crate) fn memory(from: NodeId, header: Bytes, rx: mpsc::Receiver<MemoryChunk>) -> Self {
-        IncomingSnapshot { from, header, done: false, inner: ReceiverInner::Memory { rx } }
+        IncomingSnapshot {
+            from,
+            header,
+            done: false,
+            inner: ReceiverInner::Memory { rx },
+        }
     }
 
     /// The next chunk, `Ok(None)` once the sender has finished (the sender is
@@ -182,7 +247,12 @@ impl IncomingSnapshot {
             return Ok(None);
         }
         match &mut self.inner {
-            ReceiverInner::Quic { send, recv, frame_bytes_max, metrics } => {
+            ReceiverInner::Quic {
+                send,
+                recv,
+                frame_bytes_max,
+                metrics,
+            } => {
                 let protocol_error = |recv: &mut quinn::RecvStream, e: CodecError| {
                     metrics.protocol_error(&e, "snapshot stream");
                     // The stream may already be gone; it is being abandoned anyway.
@@ -192,21 +262,32 @@ impl IncomingSnapshot {
                 match framed_io::read_frame(recv, *frame_bytes_max).await {
                     Ok(Some(Frame::SnapshotChunk(chunk))) => {
                         Metrics::add(&metrics.frames_received, 1);
-                        Metrics::add(&metrics.bytes_received, (chunk.len() + codec::FRAME_OVERHEAD_BYTES) as u64);
+                        Metrics::add(
+                            &metrics.bytes_received,
+                            (chunk.len() + codec::FRAME_OVERHEAD_BYTES) as u64,
+                        );
                         Ok(Some(chunk))
                     }
                     Ok(Some(Frame::SnapshotEnd)) => {
                         self.done = true;
                         let ack = codec::encode_frame_to_bytes(&Frame::SnapshotAck)?;
                         let aborted = |e: String| TransportError::SnapshotAborted(e);
-                        send.write_chunk(ack).await.map_err(|e| aborted(e.to_string()))?;
+                        send.write_chunk(ack)
+                            .await
+                            .map_err(|e| aborted(e.to_string()))?;
                         send.finish().map_err(|e| aborted(e.to_string()))?;
                         Ok(None)
                     }
-                    Ok(Some(other)) => {
-                        protocol_error(recv, CodecError::UnexpectedFrame { got: other.name(), stream: "snapshot" })
-                    }
-                    Ok(None) => Err(TransportError::SnapshotAborted("sender closed the stream before the end".into())),
+                    Ok(Some(other)) => protocol_error(
+                        recv,
+                        CodecError::UnexpectedFrame {
+                            got: other.name(),
+                            stream: "snapshot",
+                        },
+                    ),
+                    Ok(None) => Err(TransportError::SnapshotAborted(
+                        "sender closed the stream before the end".into(),
+                    )),
                     Err(ReadError::Codec(e)) => protocol_error(recv, e),
                     Err(ReadError::Io(e)) => Err(TransportError::SnapshotAborted(e.to_string())),
                 }
@@ -219,7 +300,9 @@ impl IncomingSnapshot {
                     let _ = ack.send(());
                     Ok(None)
                 }
-                None => Err(TransportError::SnapshotAborted("sender dropped the transfer".into())),
+                None => Err(TransportError::SnapshotAborted(
+                    "sender dropped the transfer".into(),
+                )),
             },
         }
     }

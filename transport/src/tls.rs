@@ -35,9 +35,10 @@ fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, CertError> 
 
 /// The accepting side: requires a client certificate chained to the cluster CA.
 pub fn server_config(identity: &NodeIdentity) -> Result<rustls::ServerConfig, CertError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(identity.ca_cert())?, provider())
-        .build()
-        .map_err(|e| CertError::Verifier(e.to_string()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(identity.ca_cert())?, provider())
+            .build()
+            .map_err(|e| CertError::Verifier(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -56,7 +57,9 @@ pub fn client_config(identity: &NodeIdentity) -> Result<rustls::ClientConfig, Ce
 
 /// A dialing side that presents no certificate. Nodes never use it; tests and
 /// tools use it to check that such a peer is refused.
-pub fn client_config_without_certificate(ca: &CertificateDer<'static>) -> Result<rustls::ClientConfig, CertError> {
+pub fn client_config_without_certificate(
+    ca: &CertificateDer<'static>,
+) -> Result<rustls::ClientConfig, CertError> {
     let mut config = client_builder(ca)?.with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
@@ -64,7 +67,8 @@ pub fn client_config_without_certificate(ca: &CertificateDer<'static>) -> Result
 
 fn client_builder(
     ca: &CertificateDer<'static>,
-) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, CertError> {
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, CertError>
+{
     let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca)?, provider())
         .build()
         .map_err(|e| CertError::Verifier(e.to_string()))?;
@@ -92,12 +96,15 @@ pub enum PeerIdentityError {
 /// the TLS handshake has already verified against the cluster CA.
 pub fn peer_node_id(chain: &[CertificateDer<'_>]) -> Result<NodeId, PeerIdentityError> {
     let leaf = chain.first().ok_or(PeerIdentityError::NoCertificate)?;
-    let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| PeerIdentityError::Unparsable(e.to_string()))?;
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| PeerIdentityError::Unparsable(e.to_string()))?;
     let mut found: Option<(NodeId, &str)> = None;
     for name in cert.valid_dns_names() {
         if let Some(id) = NodeId::from_cert_name(name) {
             match found {
-                Some((other, _)) if other != id => return Err(PeerIdentityError::AmbiguousNodeName(other, id)),
+                Some((other, _)) if other != id => {
+                    return Err(PeerIdentityError::AmbiguousNodeName(other, id));
+                }
                 _ => found = Some((id, name)),
             }
         }
@@ -105,7 +112,8 @@ pub fn peer_node_id(chain: &[CertificateDer<'_>]) -> Result<NodeId, PeerIdentity
     let (id, name) = found.ok_or(PeerIdentityError::NoNodeName)?;
     // The name list is only a hint (webpki's own advice); the proof is that the
     // certificate verifies for this exact name.
-    let server_name = ServerName::try_from(name).map_err(|e| PeerIdentityError::NameMismatch(id, e.to_string()))?;
+    let server_name = ServerName::try_from(name)
+        .map_err(|e| PeerIdentityError::NameMismatch(id, e.to_string()))?;
     cert.verify_is_valid_for_subject_name(&server_name)
         .map_err(|e| PeerIdentityError::NameMismatch(id, e.to_string()))?;
     Ok(id)
@@ -127,13 +135,25 @@ mod tests {
     fn certificates_without_exactly_one_node_are_refused() {
         let ca = ClusterCa::generate().unwrap();
         let none = ca
-            .issue_with(NodeId(1), CertOptions { names: Some(vec!["example.org".into()]), ..Default::default() })
+            .issue_with(
+                NodeId(1),
+                CertOptions {
+                    names: Some(vec!["example.org".into()]),
+                    ..Default::default()
+                },
+            )
             .unwrap();
-        assert_eq!(peer_node_id(none.cert_chain()), Err(PeerIdentityError::NoNodeName));
+        assert_eq!(
+            peer_node_id(none.cert_chain()),
+            Err(PeerIdentityError::NoNodeName)
+        );
         let two = ca
             .issue_with(
                 NodeId(1),
-                CertOptions { names: Some(vec![NodeId(1).cert_name(), NodeId(2).cert_name()]), ..Default::default() },
+                CertOptions {
+                    names: Some(vec![NodeId(1).cert_name(), NodeId(2).cert_name()]),
+                    ..Default::default()
+                },
             )
             .unwrap();
         assert_eq!(

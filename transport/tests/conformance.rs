@@ -14,11 +14,20 @@ const WITHIN: Duration = Duration::from_secs(10);
 
 async fn two_nodes_exchange_in_both_directions(kind: Kind) {
     let mut n = nodes(kind, 2).await;
-    let r = n[0].transport.send(NodeId(2), vec![msg("vote?"), msg("append")]).unwrap();
+    let r = n[0]
+        .transport
+        .send(NodeId(2), vec![msg("vote?"), msg("append")])
+        .unwrap();
     assert_eq!((r.queued, r.dropped), (2, 0));
     let got = recv_messages(&mut n[1].incoming, 2, WITHIN).await;
-    assert_eq!(got, vec![(NodeId(1), msg("vote?")), (NodeId(1), msg("append"))]);
-    let _ = n[1].transport.send(NodeId(1), vec![msg("granted")]).unwrap();
+    assert_eq!(
+        got,
+        vec![(NodeId(1), msg("vote?")), (NodeId(1), msg("append"))]
+    );
+    let _ = n[1]
+        .transport
+        .send(NodeId(1), vec![msg("granted")])
+        .unwrap();
     let got = recv_messages(&mut n[0].incoming, 1, WITHIN).await;
     assert_eq!(got, vec![(NodeId(2), msg("granted"))]);
 }
@@ -29,15 +38,20 @@ async fn three_nodes_all_pairs(kind: Kind) {
         for to in 1..=3u64 {
             if from != to {
                 let text = format!("{from}->{to}");
-                let _ = n[from as usize - 1].transport.send(NodeId(to), vec![msg(&text)]).unwrap();
+                let _ = n[from as usize - 1]
+                    .transport
+                    .send(NodeId(to), vec![msg(&text)])
+                    .unwrap();
             }
         }
     }
     for to in 1..=3u64 {
         let mut got = recv_messages(&mut n[to as usize - 1].incoming, 2, WITHIN).await;
         got.sort();
-        let mut want: Vec<_> =
-            (1..=3u64).filter(|&f| f != to).map(|f| (NodeId(f), msg(&format!("{f}->{to}")))).collect();
+        let mut want: Vec<_> = (1..=3u64)
+            .filter(|&f| f != to)
+            .map(|f| (NodeId(f), msg(&format!("{f}->{to}"))))
+            .collect();
         want.sort();
         assert_eq!(got, want, "node {to}");
     }
@@ -49,7 +63,10 @@ async fn order_is_kept_per_peer(kind: Kind) {
     let mut dropped = 0;
     // Sent in small groups so they are batched differently than they were sent.
     for chunk in (0..COUNT).collect::<Vec<_>>().chunks(7) {
-        let batch = chunk.iter().map(|i| Bytes::copy_from_slice(&i.to_le_bytes())).collect();
+        let batch = chunk
+            .iter()
+            .map(|i| Bytes::copy_from_slice(&i.to_le_bytes()))
+            .collect();
         dropped += n[0].transport.send(NodeId(2), batch).unwrap().dropped;
     }
     // QUIC's per-peer queue holds the whole burst; the memory transport's
@@ -123,7 +140,11 @@ async fn join_all<F: std::future::Future + Unpin>(mut fs: Vec<F>) -> Vec<F::Outp
                 }
             }
         }
-        if pending { Poll::Pending } else { Poll::Ready(()) }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     })
     .await;
     results.into_iter().map(|r| r.expect("all ready")).collect()
@@ -131,9 +152,19 @@ async fn join_all<F: std::future::Future + Unpin>(mut fs: Vec<F>) -> Vec<F::Outp
 
 async fn snapshot_transfer_with_backpressure(kind: Kind) {
     let mut n = nodes(kind, 2).await;
-    let mut sender = n[0].transport.open_snapshot(NodeId(2), msg("range 9 at index 77")).await.unwrap();
-    let mut incoming = tokio::time::timeout(WITHIN, n[1].incoming.snapshots.recv()).await.unwrap().unwrap();
-    assert_eq!((incoming.from, incoming.header.clone()), (NodeId(1), msg("range 9 at index 77")));
+    let mut sender = n[0]
+        .transport
+        .open_snapshot(NodeId(2), msg("range 9 at index 77"))
+        .await
+        .unwrap();
+    let mut incoming = tokio::time::timeout(WITHIN, n[1].incoming.snapshots.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (incoming.from, incoming.header.clone()),
+        (NodeId(1), msg("range 9 at index 77"))
+    );
     // While the receiver does not read, the sender must stall well before 64 MiB.
     const CHUNK: usize = 1 << 20;
     const CHUNKS: usize = 64;
@@ -148,10 +179,17 @@ async fn snapshot_transfer_with_backpressure(kind: Kind) {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before_reading = sent.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(before_reading < 16, "sender was not held back: {before_reading} MiB sent to a receiver that does not read");
+    assert!(
+        before_reading < 16,
+        "sender was not held back: {before_reading} MiB sent to a receiver that does not read"
+    );
     let mut chunks = 0usize;
     let mut bytes = 0usize;
-    while let Some(chunk) = tokio::time::timeout(WITHIN, incoming.next_chunk()).await.unwrap().unwrap() {
+    while let Some(chunk) = tokio::time::timeout(WITHIN, incoming.next_chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
         assert!(chunk.iter().all(|&b| b == chunk[0]));
         bytes += chunk.len();
         chunks += 1;
@@ -164,7 +202,11 @@ async fn snapshot_transfer_with_backpressure(kind: Kind) {
 
 async fn aborted_snapshot_is_reported(kind: Kind) {
     let mut n = nodes(kind, 2).await;
-    let mut sender = n[0].transport.open_snapshot(NodeId(2), msg("h")).await.unwrap();
+    let mut sender = n[0]
+        .transport
+        .open_snapshot(NodeId(2), msg("h"))
+        .await
+        .unwrap();
     let mut incoming = n[1].incoming.snapshots.recv().await.unwrap();
     sender.send_chunk(msg("part")).await.unwrap();
     sender.abort();
@@ -180,11 +222,20 @@ async fn aborted_snapshot_is_reported(kind: Kind) {
 async fn contract_errors(kind: Kind) {
     let n = nodes(kind, 2).await;
     let t = &n[0].transport;
-    assert!(matches!(t.send(NodeId(1), vec![msg("me")]), Err(TransportError::SelfAddressed(_))));
+    assert!(matches!(
+        t.send(NodeId(1), vec![msg("me")]),
+        Err(TransportError::SelfAddressed(_))
+    ));
     if kind == Kind::Quic {
-        assert!(matches!(t.send(NodeId(99), vec![msg("who")]), Err(TransportError::UnknownPeer(_))));
+        assert!(matches!(
+            t.send(NodeId(99), vec![msg("who")]),
+            Err(TransportError::UnknownPeer(_))
+        ));
         let huge = Bytes::from(vec![0; 2 << 20]);
-        assert!(matches!(t.send(NodeId(2), vec![huge]), Err(TransportError::MessageTooLarge { .. })));
+        assert!(matches!(
+            t.send(NodeId(2), vec![huge]),
+            Err(TransportError::MessageTooLarge { .. })
+        ));
     }
 }
 

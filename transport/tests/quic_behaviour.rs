@@ -12,7 +12,8 @@ use bytes::Bytes;
 use common::{eventually, loopback, msg, raw_client, recv_messages, test_config};
 use tessera_transport::codec::{self, Frame, StreamKind};
 use tessera_transport::{
-    ClusterCa, Incoming, NodeId, NodeIdentity, QuicTransport, Transport, TransportConfig, bootstrap_cluster, tls,
+    ClusterCa, Incoming, NodeId, NodeIdentity, QuicTransport, Transport, TransportConfig,
+    bootstrap_cluster, tls,
 };
 
 const WITHIN: Duration = Duration::from_secs(10);
@@ -21,12 +22,18 @@ fn bind(identity: &NodeIdentity, addr: std::net::SocketAddr) -> (QuicTransport, 
     QuicTransport::bind(addr, identity, test_config()).unwrap()
 }
 
-fn pair() -> (Vec<NodeIdentity>, (QuicTransport, Incoming), (QuicTransport, Incoming)) {
+fn pair() -> (
+    Vec<NodeIdentity>,
+    (QuicTransport, Incoming),
+    (QuicTransport, Incoming),
+) {
     let (_ca, ids) = bootstrap_cluster(&[NodeId(1), NodeId(2)]).unwrap();
     let a = bind(&ids[0], loopback());
     let b = bind(&ids[1], loopback());
-    a.0.set_peer_address(NodeId(2), b.0.local_addr().unwrap()).unwrap();
-    b.0.set_peer_address(NodeId(1), a.0.local_addr().unwrap()).unwrap();
+    a.0.set_peer_address(NodeId(2), b.0.local_addr().unwrap())
+        .unwrap();
+    b.0.set_peer_address(NodeId(1), a.0.local_addr().unwrap())
+        .unwrap();
     (ids, a, b)
 }
 
@@ -35,7 +42,9 @@ async fn deliver_eventually(from: &QuicTransport, to: NodeId, incoming: &mut Inc
     let deadline = Instant::now() + WITHIN;
     while Instant::now() < deadline {
         let _ = from.send(to, vec![msg(text)]).unwrap();
-        if let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(50), incoming.batches.recv()).await {
+        if let Ok(Some(batch)) =
+            tokio::time::timeout(Duration::from_millis(50), incoming.batches.recv()).await
+        {
             if batch.messages.iter().any(|m| m == &msg(text)) {
                 return;
             }
@@ -102,8 +111,16 @@ async fn simultaneous_dials_settle_on_one_connection() {
         // Both dial at the same moment.
         let _ = a.send(NodeId(2), vec![msg("a0")]).unwrap();
         let _ = b.send(NodeId(1), vec![msg("b0")]).unwrap();
-        assert_eq!(recv_messages(&mut b_in, 1, WITHIN).await[0].1, msg("a0"), "round {round}");
-        assert_eq!(recv_messages(&mut a_in, 1, WITHIN).await[0].1, msg("b0"), "round {round}");
+        assert_eq!(
+            recv_messages(&mut b_in, 1, WITHIN).await[0].1,
+            msg("a0"),
+            "round {round}"
+        );
+        assert_eq!(
+            recv_messages(&mut a_in, 1, WITHIN).await[0].1,
+            msg("b0"),
+            "round {round}"
+        );
         // Let any duplicate be retired, then check nothing keeps churning.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let settled = (a.metrics(), b.metrics());
@@ -116,14 +133,24 @@ async fn simultaneous_dials_settle_on_one_connection() {
         recv_messages(&mut a_in, 20, WITHIN).await;
         let (ma, mb) = (a.metrics(), b.metrics());
         for (before, after) in [(&settled.0, &ma), (&settled.1, &mb)] {
-            assert_eq!(before.connections_dialed, after.connections_dialed, "round {round}: redialed");
-            assert_eq!(before.connections_accepted, after.connections_accepted, "round {round}: reaccepted");
+            assert_eq!(
+                before.connections_dialed, after.connections_dialed,
+                "round {round}: redialed"
+            );
+            assert_eq!(
+                before.connections_accepted, after.connections_accepted,
+                "round {round}: reaccepted"
+            );
             assert_eq!(after.messages_dropped, 0, "round {round}");
         }
         // Both sides use one connection: at most two were made, at most one retired.
         let made = ma.connections_dialed + mb.connections_dialed;
         assert!((1..=2).contains(&made), "round {round}: {made} connections");
-        assert_eq!(ma.connections_replaced + mb.connections_replaced, 2 * (made - 1), "round {round}");
+        assert_eq!(
+            ma.connections_replaced + mb.connections_replaced,
+            2 * (made - 1),
+            "round {round}"
+        );
         assert!(a.is_connected(NodeId(2)) && b.is_connected(NodeId(1)));
     }
 }
@@ -168,13 +195,21 @@ async fn heartbeat_latencies(with_snapshot: bool) -> (Vec<Duration>, u64) {
     let beats = tokio::spawn(async move {
         for _ in 0..COUNT {
             let sent_at = epoch.elapsed().as_nanos() as u64;
-            let _ = sender.send(NodeId(2), vec![Bytes::copy_from_slice(&sent_at.to_le_bytes())]).unwrap();
+            let _ = sender
+                .send(
+                    NodeId(2),
+                    vec![Bytes::copy_from_slice(&sent_at.to_le_bytes())],
+                )
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
     let mut latencies = Vec::with_capacity(COUNT);
     while latencies.len() < COUNT {
-        let batch = tokio::time::timeout(WITHIN, b_in.batches.recv()).await.unwrap().unwrap();
+        let batch = tokio::time::timeout(WITHIN, b_in.batches.recv())
+            .await
+            .unwrap()
+            .unwrap();
         let now = epoch.elapsed();
         for m in batch.messages {
             let sent = u64::from_le_bytes(m[..].try_into().unwrap());
@@ -202,12 +237,18 @@ async fn snapshot_in_flight_does_not_delay_heartbeats() {
          snapshot moved {} MiB meanwhile",
         moved >> 20
     );
-    assert!(moved >= 32 << 20, "the snapshot was not really in flight: {moved} bytes");
+    assert!(
+        moved >= 32 << 20,
+        "the snapshot was not really in flight: {moved} bytes"
+    );
     // Generous bounds (the machine is shared with builds): the snapshot runs
     // for over a second, so heartbeats queued behind it would wait that long.
     assert!(busy_p50 < Duration::from_millis(50), "p50 {busy_p50:?}");
     assert!(busy_p99 < Duration::from_millis(250), "p99 {busy_p99:?}");
 }
+
+/// Which counter a misbehaviour must bump.
+type Counter = fn(&tessera_transport::MetricsSnapshot) -> u64;
 
 /// Opens a stream from an authenticated raw client (node 3) and writes `bytes`.
 async fn send_raw(conn: &quinn::Connection, bidi: bool, bytes: &[u8]) {
@@ -229,13 +270,21 @@ async fn garbage_and_truncated_frames_close_only_their_stream() {
     let ca = ClusterCa::generate().unwrap();
     let (node1, mut in1) = bind(&ca.issue(NodeId(1)).unwrap(), loopback());
     let (node2, mut in2) = bind(&ca.issue(NodeId(2)).unwrap(), loopback());
-    node1.set_peer_address(NodeId(2), node2.local_addr().unwrap()).unwrap();
-    node2.set_peer_address(NodeId(1), node1.local_addr().unwrap()).unwrap();
+    node1
+        .set_peer_address(NodeId(2), node2.local_addr().unwrap())
+        .unwrap();
+    node2
+        .set_peer_address(NodeId(1), node1.local_addr().unwrap())
+        .unwrap();
     deliver_eventually(&node2, NodeId(1), &mut in1, "hello").await;
 
     // Node 3 is a real cluster member whose software misbehaves.
     let client = raw_client(tls::client_config(&ca.issue(NodeId(3)).unwrap()).unwrap());
-    let conn = client.connect(node1.local_addr().unwrap(), &NodeId(1).cert_name()).unwrap().await.unwrap();
+    let conn = client
+        .connect(node1.local_addr().unwrap(), &NodeId(1).cert_name())
+        .unwrap()
+        .await
+        .unwrap();
     let messages = codec::stream_header(StreamKind::Messages);
     let call = codec::stream_header(StreamKind::Call);
     let with = |header: [u8; 2], rest: &[u8]| [&header[..], rest].concat();
@@ -243,20 +292,50 @@ async fn garbage_and_truncated_frames_close_only_their_stream() {
     prefixed_garbage.extend([0xff; 32]);
     let valid = codec::encode_frame_to_bytes(&Frame::Messages(vec![msg("fine")])).unwrap();
 
-    let cases: Vec<(&str, bool, Vec<u8>, fn(&tessera_transport::MetricsSnapshot) -> u64)> = vec![
-        ("garbage archive", false, with(messages, &prefixed_garbage), |m| m.malformed_frames),
-        ("oversized prefix", false, with(messages, &u32::MAX.to_le_bytes()), |m| m.oversized_frames),
-        ("truncated frame", false, with(messages, &valid[..valid.len() - 3]), |m| m.truncated_frames),
-        ("truncated prefix", false, with(messages, &valid[..2]), |m| m.truncated_frames),
+    let cases: Vec<(&str, bool, Vec<u8>, Counter)> = vec![
+        (
+            "garbage archive",
+            false,
+            with(messages, &prefixed_garbage),
+            |m| m.malformed_frames,
+        ),
+        (
+            "oversized prefix",
+            false,
+            with(messages, &u32::MAX.to_le_bytes()),
+            |m| m.oversized_frames,
+        ),
+        (
+            "truncated frame",
+            false,
+            with(messages, &valid[..valid.len() - 3]),
+            |m| m.truncated_frames,
+        ),
+        (
+            "truncated prefix",
+            false,
+            with(messages, &valid[..2]),
+            |m| m.truncated_frames,
+        ),
         ("unknown stream kind", false, vec![1, 77], |m| m.bad_streams),
         ("unknown version", true, vec![9, 3], |m| m.bad_streams),
-        ("garbage call", true, with(call, &prefixed_garbage), |m| m.malformed_frames),
-        ("empty frame", false, with(messages, &0u32.to_le_bytes()), |m| m.malformed_frames),
+        ("garbage call", true, with(call, &prefixed_garbage), |m| {
+            m.malformed_frames
+        }),
+        (
+            "empty frame",
+            false,
+            with(messages, &0u32.to_le_bytes()),
+            |m| m.malformed_frames,
+        ),
     ];
     for (name, bidi, bytes, counter) in cases {
         let before = counter(&node1.metrics());
         send_raw(&conn, bidi, &bytes).await;
-        let counted = eventually(Duration::from_secs(5), || counter(&node1.metrics()) > before).await;
+        let counted = eventually(Duration::from_secs(5), || {
+            counter(&node1.metrics()) > before
+        })
+        .await;
         assert!(counted, "{name}: not counted; {:?}", node1.metrics());
         let why = node1.metrics().last_error.unwrap();
         println!("{name}: {why}");
@@ -273,10 +352,16 @@ async fn garbage_and_truncated_frames_close_only_their_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_to_a_down_peer_are_dropped_and_memory_stays_bounded() {
     let (_ca, ids) = bootstrap_cluster(&[NodeId(1), NodeId(2)]).unwrap();
-    let config = TransportConfig { queue_messages_max: 1000, ..test_config() };
+    let config = TransportConfig {
+        queue_messages_max: 1000,
+        ..test_config()
+    };
     let (a, _in) = QuicTransport::bind(loopback(), &ids[0], config).unwrap();
     // Nothing listens there: the address of a socket that was closed.
-    let dead = std::net::UdpSocket::bind(loopback()).unwrap().local_addr().unwrap();
+    let dead = std::net::UdpSocket::bind(loopback())
+        .unwrap()
+        .local_addr()
+        .unwrap();
     a.set_peer_address(NodeId(2), dead).unwrap();
     let mut dropped = 0;
     for _ in 0..100 {
@@ -301,7 +386,10 @@ async fn messages_to_a_slow_peer_are_dropped_and_memory_stays_bounded() {
         assert!(a.queued_messages(NodeId(2)) <= test_config().queue_messages_max);
         tokio::task::yield_now().await;
     }
-    assert!(dropped > 0, "nothing dropped: the slow peer absorbed everything?");
+    assert!(
+        dropped > 0,
+        "nothing dropped: the slow peer absorbed everything?"
+    );
     println!("dropped {dropped} messages; {:?}", a.metrics());
     drop(b_in);
 }

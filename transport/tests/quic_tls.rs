@@ -17,11 +17,14 @@ const SETTLE: Duration = Duration::from_secs(5);
 
 /// The bad node dials the good one: the good node must refuse the handshake.
 async fn refused_when_dialing_in(ca: &ClusterCa, bad: NodeIdentity) -> String {
-    let (good, mut good_in) = QuicTransport::bind(loopback(), &ca.issue(GOOD).unwrap(), test_config()).unwrap();
+    let (good, mut good_in) =
+        QuicTransport::bind(loopback(), &ca.issue(GOOD).unwrap(), test_config()).unwrap();
     // The bad node trusts the real CA, so only its own certificate is at fault.
     let bad = presenting(&bad, ca);
     let (intruder, _in) = QuicTransport::bind(loopback(), &bad, test_config()).unwrap();
-    intruder.set_peer_address(GOOD, good.local_addr().unwrap()).unwrap();
+    intruder
+        .set_peer_address(GOOD, good.local_addr().unwrap())
+        .unwrap();
     let _ = intruder.send(GOOD, vec![msg("let me in")]).unwrap();
     let refused = eventually(SETTLE, || {
         let m = good.metrics();
@@ -30,7 +33,10 @@ async fn refused_when_dialing_in(ca: &ClusterCa, bad: NodeIdentity) -> String {
     .await;
     assert!(refused, "good node did not refuse: {:?}", good.metrics());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(good_in.batches.try_recv().is_err(), "a refused peer's message was delivered");
+    assert!(
+        good_in.batches.try_recv().is_err(),
+        "a refused peer's message was delivered"
+    );
     let m = good.metrics();
     assert_eq!(m.connections_accepted, 0);
     m.last_error.expect("the refusal is explained")
@@ -38,13 +44,22 @@ async fn refused_when_dialing_in(ca: &ClusterCa, bad: NodeIdentity) -> String {
 
 /// The good node dials the bad one: the good node must refuse its certificate.
 async fn refused_when_dialing_out(ca: &ClusterCa, bad: NodeIdentity) -> String {
-    let (good, _good_in) = QuicTransport::bind(loopback(), &ca.issue(GOOD).unwrap(), test_config()).unwrap();
+    let (good, _good_in) =
+        QuicTransport::bind(loopback(), &ca.issue(GOOD).unwrap(), test_config()).unwrap();
     let (impostor, mut impostor_in) = QuicTransport::bind(loopback(), &bad, test_config()).unwrap();
-    good.set_peer_address(BAD, impostor.local_addr().unwrap()).unwrap();
+    good.set_peer_address(BAD, impostor.local_addr().unwrap())
+        .unwrap();
     let _ = good.send(BAD, vec![msg("secret")]).unwrap();
     let refused = eventually(SETTLE, || good.metrics().dial_failures > 0).await;
-    assert!(refused, "good node did not refuse the server: {:?}", good.metrics());
-    assert!(impostor_in.batches.try_recv().is_err(), "a message reached a refused server");
+    assert!(
+        refused,
+        "good node did not refuse the server: {:?}",
+        good.metrics()
+    );
+    assert!(
+        impostor_in.batches.try_recv().is_err(),
+        "a message reached a refused server"
+    );
     assert_eq!(good.metrics().connections_dialed, 0);
     assert!(!good.is_connected(BAD));
     good.metrics().last_error.expect("the refusal is explained")
@@ -83,7 +98,10 @@ async fn certificate_from_another_ca_is_refused() {
     // Both CAs carry the same subject name, so webpki finds the issuer by name
     // and the signature check fails.
     for why in [why_in, why_out] {
-        assert!(why.contains("BadSignature") || why.contains("UnknownIssuer"), "{why}");
+        assert!(
+            why.contains("BadSignature") || why.contains("UnknownIssuer"),
+            "{why}"
+        );
     }
 }
 
@@ -113,17 +131,29 @@ async fn not_yet_valid_certificate_is_refused() {
     let why_out = refused_when_dialing_out(&ca, not_yet_valid(&ca)).await;
     println!("in: {why_in}\nout: {why_out}");
     assert!(why_in.to_lowercase().contains("not valid yet"), "{why_in}");
-    assert!(why_out.to_lowercase().contains("not valid yet"), "{why_out}");
+    assert!(
+        why_out.to_lowercase().contains("not valid yet"),
+        "{why_out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_for_another_node_is_refused() {
     let ca = ClusterCa::generate().unwrap();
     // Listening where node 2 should be, with a genuine certificate for node 9.
-    let node9 = ca.issue_with(BAD, CertOptions { names: Some(vec![NodeId(9).cert_name()]), ..Default::default() });
+    let node9 = ca.issue_with(
+        BAD,
+        CertOptions {
+            names: Some(vec![NodeId(9).cert_name()]),
+            ..Default::default()
+        },
+    );
     let why = refused_when_dialing_out(&ca, node9.unwrap()).await;
     println!("out: {why}");
-    assert!(why.contains("not valid for name \"node-2.tessera\""), "{why}");
+    assert!(
+        why.contains("not valid for name \"node-2.tessera\""),
+        "{why}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,10 +161,19 @@ async fn inbound_identity_comes_from_the_certificate_not_the_claim() {
     // A node configured as 2 but holding node 9's certificate is node 9 to its
     // peers: the id is what the CA signed, never what the peer says.
     let ca = ClusterCa::generate().unwrap();
-    let (good, mut good_in) = QuicTransport::bind(loopback(), &ca.issue(GOOD).unwrap(), test_config()).unwrap();
-    let node9 = ca.issue_with(BAD, CertOptions { names: Some(vec![NodeId(9).cert_name()]), ..Default::default() });
+    let (good, mut good_in) =
+        QuicTransport::bind(loopback(), &ca.issue(GOOD).unwrap(), test_config()).unwrap();
+    let node9 = ca.issue_with(
+        BAD,
+        CertOptions {
+            names: Some(vec![NodeId(9).cert_name()]),
+            ..Default::default()
+        },
+    );
     let (other, _in) = QuicTransport::bind(loopback(), &node9.unwrap(), test_config()).unwrap();
-    other.set_peer_address(GOOD, good.local_addr().unwrap()).unwrap();
+    other
+        .set_peer_address(GOOD, good.local_addr().unwrap())
+        .unwrap();
     let _ = other.send(GOOD, vec![msg("hi")]).unwrap();
     let batch = common::recv_batch(&mut good_in, SETTLE).await;
     assert_eq!(batch.from, NodeId(9));
@@ -143,10 +182,13 @@ async fn inbound_identity_comes_from_the_certificate_not_the_claim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_without_a_certificate_is_refused() {
     let ca = ClusterCa::generate().unwrap();
-    let (good, mut good_in) = QuicTransport::bind(loopback(), &ca.issue(GOOD).unwrap(), test_config()).unwrap();
+    let (good, mut good_in) =
+        QuicTransport::bind(loopback(), &ca.issue(GOOD).unwrap(), test_config()).unwrap();
     let client = raw_client(tls::client_config_without_certificate(ca.cert_der()).unwrap());
     let attempt = async {
-        let conn = client.connect(good.local_addr().unwrap(), &GOOD.cert_name())?.await?;
+        let conn = client
+            .connect(good.local_addr().unwrap(), &GOOD.cert_name())?
+            .await?;
         let mut s = conn.open_uni().await?;
         s.write_all(&[1, 1]).await?;
         s.finish()?;

@@ -33,7 +33,9 @@ fn transport_config(config: &TransportConfig) -> Result<quinn::TransportConfig, 
     t.stream_receive_window(VarInt::from_u32(config.stream_receive_window_bytes));
     t.receive_window(VarInt::from_u32(config.connection_receive_window_bytes));
     t.send_window(config.send_window_bytes);
-    t.max_idle_timeout(Some(IdleTimeout::try_from(config.idle_timeout).map_err(|e| config_error("idle_timeout", e))?));
+    t.max_idle_timeout(Some(
+        IdleTimeout::try_from(config.idle_timeout).map_err(|e| config_error("idle_timeout", e))?,
+    ));
     t.keep_alive_interval(Some(config.keep_alive_interval));
     let mut mtu = MtuDiscoveryConfig::default();
     mtu.upper_bound(config.mtu_upper_bound_bytes);
@@ -58,7 +60,10 @@ pub(crate) fn quic_configs(
     Ok((server, client))
 }
 
-fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> Result<std::net::UdpSocket, TransportError> {
+fn udp_socket(
+    addr: SocketAddr,
+    buffer_bytes: usize,
+) -> Result<std::net::UdpSocket, TransportError> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     // Larger kernel buffers absorb bursts (GSO batches, many peers at once);
@@ -76,13 +81,21 @@ pub(crate) fn bind(
     config: &TransportConfig,
 ) -> Result<(quinn::Endpoint, quinn::ClientConfig), TransportError> {
     let (server, client) = quic_configs(identity, config)?;
-    let seed = ring::digest::digest(&ring::digest::SHA256, &[RESET_KEY_LABEL, identity.private_key_bytes()].concat());
+    let seed = ring::digest::digest(
+        &ring::digest::SHA256,
+        &[RESET_KEY_LABEL, identity.private_key_bytes()].concat(),
+    );
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_ref());
     let mut endpoint_config = EndpointConfig::new(Arc::new(reset_key));
     endpoint_config
         .max_udp_payload_size(config.mtu_upper_bound_bytes.max(1472))
         .map_err(|e| config_error("mtu_upper_bound_bytes", e))?;
     let socket = udp_socket(addr, config.socket_buffer_bytes)?;
-    let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))?;
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     Ok((endpoint, client))
 }

@@ -52,7 +52,9 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let chain = conn.peer_identity().and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok());
+    let chain = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok());
     let identity = match chain {
         Some(chain) => tls::peer_node_id(&chain),
         None => Err(tls::PeerIdentityError::NoCertificate),
@@ -67,7 +69,10 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
             Metrics::add(&metrics.peers_refused, 1);
             tracing::warn!(%remote, %reason, "refusing peer");
             metrics.set_last_error(format!("inbound peer {remote} refused: {reason}"));
-            conn.close(quinn::VarInt::from_u32(CLOSE_IDENTITY_REFUSED), reason.as_bytes());
+            conn.close(
+                quinn::VarInt::from_u32(CLOSE_IDENTITY_REFUSED),
+                reason.as_bytes(),
+            );
             return;
         }
     };
@@ -81,7 +86,11 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
 
 /// Accepts the streams of one installed connection until it closes, then
 /// clears the peer's slot if it still points at this connection.
-pub(crate) async fn drive_connection(shared: Arc<Shared>, peer: Arc<Peer>, conn: quinn::Connection) {
+pub(crate) async fn drive_connection(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    conn: quinn::Connection,
+) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         tokio::select! {
@@ -97,7 +106,9 @@ pub(crate) async fn drive_connection(shared: Arc<Shared>, peer: Arc<Peer>, conn:
         }
     }
     peer.conn.send_if_modified(|slot| {
-        let ours = slot.as_ref().is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+        let ours = slot
+            .as_ref()
+            .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
         if ours {
             *slot = None;
         }
@@ -106,13 +117,24 @@ pub(crate) async fn drive_connection(shared: Arc<Shared>, peer: Arc<Peer>, conn:
 }
 
 /// Counts and logs `e`, and stops the stream so the peer learns of it.
-fn refuse_stream(shared: &Shared, from: crate::NodeId, recv: &mut quinn::RecvStream, e: &CodecError) {
-    shared.metrics.protocol_error(e, &format!("stream from {from}"));
+fn refuse_stream(
+    shared: &Shared,
+    from: crate::NodeId,
+    recv: &mut quinn::RecvStream,
+    e: &CodecError,
+) {
+    shared
+        .metrics
+        .protocol_error(e, &format!("stream from {from}"));
     // The stream may already be finished or reset; it is dropped either way.
     let _ = recv.stop(quinn::VarInt::from_u32(STOP_PROTOCOL_ERROR));
 }
 
-async fn read_header(shared: &Shared, from: crate::NodeId, recv: &mut quinn::RecvStream) -> Option<StreamKind> {
+async fn read_header(
+    shared: &Shared,
+    from: crate::NodeId,
+    recv: &mut quinn::RecvStream,
+) -> Option<StreamKind> {
     match framed_io::read_stream_header(recv).await {
         Ok(kind) => kind,
         Err(ReadError::Codec(e)) => {
@@ -127,24 +149,31 @@ async fn serve_uni(shared: Arc<Shared>, from: crate::NodeId, mut recv: quinn::Re
     match read_header(&shared, from, &mut recv).await {
         Some(StreamKind::Messages) => {}
         Some(other) => {
-            let e = CodecError::UnexpectedFrame { got: other.name(), stream: "unidirectional" };
+            let e = CodecError::UnexpectedFrame {
+                got: other.name(),
+                stream: "unidirectional",
+            };
             return refuse_stream(&shared, from, &mut recv, &e);
         }
         None => return,
     }
     let metrics = &shared.metrics;
     loop {
-        let archive = match framed_io::read_frame_bytes(&mut recv, shared.config.frame_bytes_max).await {
-            Ok(Some(archive)) => archive,
-            Ok(None) => return,
-            Err(ReadError::Codec(e)) => return refuse_stream(&shared, from, &mut recv, &e),
-            Err(ReadError::Io(_)) => return,
-        };
+        let archive =
+            match framed_io::read_frame_bytes(&mut recv, shared.config.frame_bytes_max).await {
+                Ok(Some(archive)) => archive,
+                Ok(None) => return,
+                Err(ReadError::Codec(e)) => return refuse_stream(&shared, from, &mut recv, &e),
+                Err(ReadError::Io(_)) => return,
+            };
         let frame_bytes = (archive.len() + codec::LENGTH_PREFIX_BYTES) as u64;
         let messages = match codec::decode_frame(&archive) {
             Ok(Frame::Messages(messages)) => messages,
             Ok(other) => {
-                let e = CodecError::UnexpectedFrame { got: other.name(), stream: "messages" };
+                let e = CodecError::UnexpectedFrame {
+                    got: other.name(),
+                    stream: "messages",
+                };
                 return refuse_stream(&shared, from, &mut recv, &e);
             }
             Err(e) => return refuse_stream(&shared, from, &mut recv, &e),
@@ -154,13 +183,24 @@ async fn serve_uni(shared: Arc<Shared>, from: crate::NodeId, mut recv: quinn::Re
         Metrics::add(&metrics.messages_received, messages.len() as u64);
         // Waiting here when the engine is behind stops reading the stream, so
         // QUIC flow control pushes back on the sender, whose queue then drops.
-        if shared.sinks.batches.send(IncomingBatch { from, messages }).await.is_err() {
+        if shared
+            .sinks
+            .batches
+            .send(IncomingBatch { from, messages })
+            .await
+            .is_err()
+        {
             return; // The engine dropped its receiver: shutting down.
         }
     }
 }
 
-async fn serve_bi(shared: Arc<Shared>, from: crate::NodeId, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn serve_bi(
+    shared: Arc<Shared>,
+    from: crate::NodeId,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let kind = match read_header(&shared, from, &mut recv).await {
         Some(kind) => kind,
         None => return,
@@ -168,7 +208,10 @@ async fn serve_bi(shared: Arc<Shared>, from: crate::NodeId, send: quinn::SendStr
     let first = match framed_io::read_frame(&mut recv, shared.config.frame_bytes_max).await {
         Ok(Some(frame)) => frame,
         Ok(None) => {
-            let e = CodecError::Truncated { expected: codec::LENGTH_PREFIX_BYTES, got: 0 };
+            let e = CodecError::Truncated {
+                expected: codec::LENGTH_PREFIX_BYTES,
+                got: 0,
+            };
             return refuse_stream(&shared, from, &mut recv, &e);
         }
         Err(ReadError::Codec(e)) => return refuse_stream(&shared, from, &mut recv, &e),
@@ -178,22 +221,33 @@ async fn serve_bi(shared: Arc<Shared>, from: crate::NodeId, send: quinn::SendStr
         (StreamKind::Snapshot, Frame::SnapshotBegin(header)) => {
             let _ = send.set_priority(peer::PRIORITY_SNAPSHOTS);
             let max = shared.config.frame_bytes_max;
-            let incoming = IncomingSnapshot::quic(from, header, send, recv, max, shared.metrics.clone());
+            let incoming =
+                IncomingSnapshot::quic(from, header, send, recv, max, shared.metrics.clone());
             match shared.sinks.snapshots.try_send(incoming) {
                 Ok(()) => Metrics::add(&shared.metrics.snapshots_received, 1),
                 // Dropping the transfer stops its stream: the sender sees it refused.
                 Err(_) => tracing::warn!(%from, "refusing snapshot: too many transfers pending"),
             }
         }
-        (StreamKind::Call, Frame::Request(request)) => serve_call(&shared, from, send, request).await,
+        (StreamKind::Call, Frame::Request(request)) => {
+            serve_call(&shared, from, send, request).await
+        }
         (kind, frame) => {
-            let e = CodecError::UnexpectedFrame { got: frame.name(), stream: kind.name() };
+            let e = CodecError::UnexpectedFrame {
+                got: frame.name(),
+                stream: kind.name(),
+            };
             refuse_stream(&shared, from, &mut recv, &e);
         }
     }
 }
 
-async fn serve_call(shared: &Shared, from: crate::NodeId, mut send: quinn::SendStream, request: bytes::Bytes) {
+async fn serve_call(
+    shared: &Shared,
+    from: crate::NodeId,
+    mut send: quinn::SendStream,
+    request: bytes::Bytes,
+) {
     let _ = send.set_priority(peer::PRIORITY_CALLS);
     let metrics = &shared.metrics;
     let (call, reply) = IncomingCall::new(from, request);

@@ -46,7 +46,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// The peer entry for `id`, created (with its task) if needed; `address`
     /// updates the known address when given. `None` once shut down.
-    pub(crate) fn peer_entry(self: &Arc<Self>, id: NodeId, address: Option<SocketAddr>) -> Option<Arc<Peer>> {
+    pub(crate) fn peer_entry(
+        self: &Arc<Self>,
+        id: NodeId,
+        address: Option<SocketAddr>,
+    ) -> Option<Arc<Peer>> {
         assert_ne!(id, self.id, "a node is not its own peer");
         if *self.shutdown.borrow() {
             return None;
@@ -71,7 +75,11 @@ impl Shared {
         if *self.shutdown.borrow() {
             return Err(TransportError::Shutdown);
         }
-        self.peers.lock().get(&id).cloned().ok_or(TransportError::UnknownPeer(id))
+        self.peers
+            .lock()
+            .get(&id)
+            .cloned()
+            .ok_or(TransportError::UnknownPeer(id))
     }
 }
 
@@ -120,17 +128,47 @@ impl QuicTransport {
         if peer == self.shared.id {
             return Err(TransportError::SelfAddressed(peer));
         }
-        self.shared.peer_entry(peer, Some(addr)).map(|_| ()).ok_or(TransportError::Shutdown)
+        self.shared
+            .peer_entry(peer, Some(addr))
+            .map(|_| ())
+            .ok_or(TransportError::Shutdown)
     }
 
     /// Messages queued for `peer` and not yet written.
     pub fn queued_messages(&self, peer: NodeId) -> usize {
-        self.shared.peers.lock().get(&peer).map_or(0, |p| p.queue.lock().len())
+        self.shared
+            .peers
+            .lock()
+            .get(&peer)
+            .map_or(0, |p| p.queue.lock().len())
+    }
+
+    /// Waits until fewer than `messages` are queued for `peer`: lets a sender
+    /// that produces faster than the link drains (log catch-up, benchmarks)
+    /// pace itself instead of having messages dropped.
+    pub async fn queue_below(&self, peer: NodeId, messages: usize) {
+        let Some(peer) = self.shared.peers.lock().get(&peer).cloned() else {
+            return;
+        };
+        loop {
+            let drained = peer.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so a drain in between is not missed.
+            drained.as_mut().enable();
+            if peer.queue.lock().len() < messages || *self.shared.shutdown.borrow() {
+                return;
+            }
+            drained.await;
+        }
     }
 
     /// Whether a connection to `peer` is up right now.
     pub fn is_connected(&self, peer: NodeId) -> bool {
-        self.shared.peers.lock().get(&peer).is_some_and(|p| p.live().is_some())
+        self.shared
+            .peers
+            .lock()
+            .get(&peer)
+            .is_some_and(|p| p.live().is_some())
     }
 
     /// Closes every connection, stops every task, and waits (bounded by the
@@ -154,26 +192,44 @@ impl QuicTransport {
 
     fn close(&self) {
         self.shared.shutdown.send_replace(true);
-        self.shared.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+        self.shared
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), b"shutdown");
         // Break the reference cycles (peer <-> tasks) now rather than at exit.
         self.shared.peers.lock().clear();
     }
 
-    async fn open_snapshot_stream(&self, to: NodeId, header: Bytes) -> Result<SnapshotSender, TransportError> {
+    async fn open_snapshot_stream(
+        &self,
+        to: NodeId,
+        header: Bytes,
+    ) -> Result<SnapshotSender, TransportError> {
         let shared = &self.shared;
         let peer = shared.known_peer(to)?;
         let chunk_max = shared.config.snapshot_chunk_bytes_max();
         if header.len() > chunk_max {
-            return Err(TransportError::MessageTooLarge { len: header.len(), max: chunk_max });
+            return Err(TransportError::MessageTooLarge {
+                len: header.len(),
+                max: chunk_max,
+            });
         }
         let conn = peer::connection(shared, &peer).await?;
-        let lost = |e: &dyn std::fmt::Display| TransportError::ConnectionLost { peer: to, reason: e.to_string() };
+        let lost = |e: &dyn std::fmt::Display| TransportError::ConnectionLost {
+            peer: to,
+            reason: e.to_string(),
+        };
         let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
         let _ = send.set_priority(peer::PRIORITY_SNAPSHOTS);
         let mut opening = codec::stream_header(StreamKind::Snapshot).to_vec();
         codec::encode_frame(&Frame::SnapshotBegin(header), &mut opening)?;
         send.write_all(&opening).await.map_err(|e| lost(&e))?;
-        Ok(SnapshotSender::quic(to, send, recv, shared.config.frame_bytes_max, shared.metrics.clone()))
+        Ok(SnapshotSender::quic(
+            to,
+            send,
+            recv,
+            shared.config.frame_bytes_max,
+            shared.metrics.clone(),
+        ))
     }
 
     async fn call_peer(&self, to: NodeId, request: Bytes) -> Result<Bytes, TransportError> {
@@ -181,11 +237,17 @@ impl QuicTransport {
         let peer = shared.known_peer(to)?;
         let max = shared.config.snapshot_chunk_bytes_max();
         if request.len() > max {
-            return Err(TransportError::MessageTooLarge { len: request.len(), max });
+            return Err(TransportError::MessageTooLarge {
+                len: request.len(),
+                max,
+            });
         }
         let exchange = async {
             let conn = peer::connection(shared, &peer).await?;
-            let lost = |e: &dyn std::fmt::Display| TransportError::ConnectionLost { peer: to, reason: e.to_string() };
+            let lost = |e: &dyn std::fmt::Display| TransportError::ConnectionLost {
+                peer: to,
+                reason: e.to_string(),
+            };
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
             let _ = send.set_priority(peer::PRIORITY_CALLS);
             let mut out = codec::stream_header(StreamKind::Call).to_vec();
@@ -198,9 +260,14 @@ impl QuicTransport {
                     Metrics::add(&shared.metrics.calls_sent, 1);
                     Ok(body)
                 }
-                Ok(Some(Frame::Refused(reason))) => Err(TransportError::CallRefused { peer: to, reason }),
+                Ok(Some(Frame::Refused(reason))) => {
+                    Err(TransportError::CallRefused { peer: to, reason })
+                }
                 Ok(Some(other)) => {
-                    let e = CodecError::UnexpectedFrame { got: other.name(), stream: "call" };
+                    let e = CodecError::UnexpectedFrame {
+                        got: other.name(),
+                        stream: "call",
+                    };
                     shared.metrics.protocol_error(&e, "call response");
                     Err(e.into())
                 }
@@ -260,7 +327,11 @@ impl Transport for QuicTransport {
         Ok(report)
     }
 
-    fn open_snapshot(&self, to: NodeId, header: Bytes) -> BoxFuture<'_, Result<SnapshotSender, TransportError>> {
+    fn open_snapshot(
+        &self,
+        to: NodeId,
+        header: Bytes,
+    ) -> BoxFuture<'_, Result<SnapshotSender, TransportError>> {
         Box::pin(self.open_snapshot_stream(to, header))
     }
 

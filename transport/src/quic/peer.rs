@@ -109,6 +109,8 @@ pub(crate) struct Peer {
     pub(crate) queued: Notify,
     /// Wakes the peer task: a call or snapshot wants a connection.
     pub(crate) wanted: Notify,
+    /// Wakes everyone waiting for the queue to shrink (`QuicTransport::queue_below`).
+    pub(crate) drained: Notify,
     pub(crate) conn: watch::Sender<Option<Live>>,
     pub(crate) last_dial_error: Mutex<Option<String>>,
 }
@@ -121,6 +123,7 @@ impl Peer {
             queue: Mutex::default(),
             queued: Notify::new(),
             wanted: Notify::new(),
+            drained: Notify::new(),
             conn: watch::Sender::new(None),
             last_dial_error: Mutex::new(None),
         }
@@ -134,8 +137,16 @@ impl Peer {
 
 /// Puts `conn` (dialed by `dialer`) into `peer`'s slot, or retires it if the
 /// connection already there wins the tie-break. Returns whether it was kept.
-pub(crate) fn install(shared: &Arc<Shared>, peer: &Arc<Peer>, conn: quinn::Connection, dialer: NodeId) -> bool {
-    assert!(dialer == shared.id || dialer == peer.id, "a connection is dialed by one of its two ends");
+pub(crate) fn install(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    conn: quinn::Connection,
+    dialer: NodeId,
+) -> bool {
+    assert!(
+        dialer == shared.id || dialer == peer.id,
+        "a connection is dialed by one of its two ends"
+    );
     let winner = shared.id.min(peer.id);
     let mut loser = None;
     peer.conn.send_modify(|slot| {
@@ -147,17 +158,30 @@ pub(crate) fn install(shared: &Arc<Shared>, peer: &Arc<Peer>, conn: quinn::Conne
             }
             loser = Some(old.conn.clone());
         }
-        *slot = Some(Live { conn: conn.clone(), dialer, since: Instant::now() });
+        *slot = Some(Live {
+            conn: conn.clone(),
+            dialer,
+            since: Instant::now(),
+        });
     });
-    let kept = loser.as_ref().is_none_or(|l| l.stable_id() != conn.stable_id());
+    let kept = loser
+        .as_ref()
+        .is_none_or(|l| l.stable_id() != conn.stable_id());
     // Every connection is served while it is open, winner or not.
-    tokio::spawn(inbound::drive_connection(shared.clone(), peer.clone(), conn));
+    tokio::spawn(inbound::drive_connection(
+        shared.clone(),
+        peer.clone(),
+        conn,
+    ));
     if let Some(loser) = loser {
         Metrics::add(&shared.metrics.connections_replaced, 1);
         tracing::debug!(peer = %peer.id, "retiring duplicate connection");
         tokio::spawn(async move {
             tokio::time::sleep(DUPLICATE_GRACE).await;
-            loser.close(quinn::VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
+            loser.close(
+                quinn::VarInt::from_u32(CLOSE_DUPLICATE),
+                b"duplicate connection",
+            );
         });
     }
     kept
@@ -220,7 +244,9 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>) {
             Err(reason) => {
                 Metrics::add(&shared.metrics.dial_failures, 1);
                 tracing::info!(peer = %peer.id, %reason, "dial failed");
-                shared.metrics.set_last_error(format!("dial {}: {reason}", peer.id));
+                shared
+                    .metrics
+                    .set_last_error(format!("dial {}: {reason}", peer.id));
                 *peer.last_dial_error.lock() = Some(reason);
                 wait_before_dial = true;
             }
@@ -239,13 +265,21 @@ async fn dial(shared: &Shared, peer: &Peer) -> Result<quinn::Connection, String>
     match tokio::time::timeout(shared.config.connect_timeout, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("timed out after {:?}", shared.config.connect_timeout)),
+        Err(_) => Err(format!(
+            "timed out after {:?}",
+            shared.config.connect_timeout
+        )),
     }
 }
 
 /// Writes queued messages on one messages stream of `live` until the
 /// connection fails or is replaced.
-async fn send_batches(shared: &Shared, peer: &Peer, live: &Live, conn_rx: &mut watch::Receiver<Option<Live>>) {
+async fn send_batches(
+    shared: &Shared,
+    peer: &Peer,
+    live: &Live,
+    conn_rx: &mut watch::Receiver<Option<Live>>,
+) {
     let conn = &live.conn;
     let metrics = &shared.metrics;
     let mut stream = match conn.open_uni().await {
@@ -254,7 +288,11 @@ async fn send_batches(shared: &Shared, peer: &Peer, live: &Live, conn_rx: &mut w
     };
     // The stream exists, so setting its priority cannot fail.
     let _ = stream.set_priority(PRIORITY_MESSAGES);
-    if stream.write_all(&codec::stream_header(StreamKind::Messages)).await.is_err() {
+    if stream
+        .write_all(&codec::stream_header(StreamKind::Messages))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut frame = Vec::new();
@@ -262,13 +300,14 @@ async fn send_batches(shared: &Shared, peer: &Peer, live: &Live, conn_rx: &mut w
         let batch = loop {
             let batch = peer.queue.lock().take_batch(shared.config.batch_bytes_max);
             if !batch.is_empty() {
+                peer.drained.notify_waiters();
                 break batch;
             }
             tokio::select! {
                 _ = peer.queued.notified() => {}
                 changed = conn_rx.changed() => {
                     let replaced = changed.is_err()
-                        || !conn_rx.borrow().as_ref().is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+                        || conn_rx.borrow().as_ref().is_none_or(|l| l.conn.stable_id() != conn.stable_id());
                     if replaced {
                         return;
                     }
@@ -300,7 +339,10 @@ async fn send_batches(shared: &Shared, peer: &Peer, live: &Live, conn_rx: &mut w
 
 /// Waits (up to the connect timeout) for a connection to `peer`, asking its
 /// task to dial if there is none.
-pub(crate) async fn connection(shared: &Shared, peer: &Peer) -> Result<quinn::Connection, crate::TransportError> {
+pub(crate) async fn connection(
+    shared: &Shared,
+    peer: &Peer,
+) -> Result<quinn::Connection, crate::TransportError> {
     const POLL: Duration = Duration::from_millis(100);
     let deadline = Instant::now() + shared.config.connect_timeout;
     let mut conn_rx = peer.conn.subscribe();
@@ -310,8 +352,15 @@ pub(crate) async fn connection(shared: &Shared, peer: &Peer) -> Result<quinn::Co
         }
         let now = Instant::now();
         if now >= deadline {
-            let reason = peer.last_dial_error.lock().clone().unwrap_or_else(|| "timed out".into());
-            return Err(crate::TransportError::Connect { peer: peer.id, reason });
+            let reason = peer
+                .last_dial_error
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "timed out".into());
+            return Err(crate::TransportError::Connect {
+                peer: peer.id,
+                reason,
+            });
         }
         peer.wanted.notify_one();
         let _ = tokio::time::timeout(POLL.min(deadline - now), conn_rx.changed()).await;

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tessera_transport::{
-    ClusterCa, Incoming, IncomingBatch, MemoryNetwork, NodeId, NodeIdentity, QuicTransport, Transport, TransportConfig,
+    ClusterCa, Incoming, IncomingBatch, MemoryNetwork, NodeId, NodeIdentity, QuicTransport,
+    Transport, TransportConfig,
 };
 
 /// Timings shrunk so failure paths (backoff, timeouts) resolve within a test.
@@ -51,7 +52,10 @@ pub async fn nodes(kind: Kind, n: u64) -> Vec<Node> {
             ids.iter()
                 .map(|&id| {
                     let (t, incoming) = net.join(id);
-                    Node { transport: Box::new(t), incoming }
+                    Node {
+                        transport: Box::new(t),
+                        incoming,
+                    }
                 })
                 .collect()
         }
@@ -61,7 +65,8 @@ pub async fn nodes(kind: Kind, n: u64) -> Vec<Node> {
                 .iter()
                 .map(|id| QuicTransport::bind(loopback(), id, test_config()).unwrap())
                 .collect();
-            let addrs: Vec<SocketAddr> = bound.iter().map(|(t, _)| t.local_addr().unwrap()).collect();
+            let addrs: Vec<SocketAddr> =
+                bound.iter().map(|(t, _)| t.local_addr().unwrap()).collect();
             for (t, _) in &bound {
                 for (i, &addr) in addrs.iter().enumerate() {
                     if ids[i] != t.local_id() {
@@ -69,7 +74,13 @@ pub async fn nodes(kind: Kind, n: u64) -> Vec<Node> {
                     }
                 }
             }
-            bound.into_iter().map(|(t, incoming)| Node { transport: Box::new(t), incoming }).collect()
+            bound
+                .into_iter()
+                .map(|(t, incoming)| Node {
+                    transport: Box::new(t),
+                    incoming,
+                })
+                .collect()
         }
     }
 }
@@ -83,7 +94,11 @@ pub async fn recv_batch(incoming: &mut Incoming, within: Duration) -> IncomingBa
 }
 
 /// Receives batches until `count` messages have arrived; returns them as (from, payload).
-pub async fn recv_messages(incoming: &mut Incoming, count: usize, within: Duration) -> Vec<(NodeId, Bytes)> {
+pub async fn recv_messages(
+    incoming: &mut Incoming,
+    count: usize,
+    within: Duration,
+) -> Vec<(NodeId, Bytes)> {
     let deadline = Instant::now() + within;
     let mut out = Vec::new();
     while out.len() < count {
