@@ -393,3 +393,65 @@ async fn messages_to_a_slow_peer_are_dropped_and_memory_stays_bounded() {
     println!("dropped {dropped} messages; {:?}", a.metrics());
     drop(b_in);
 }
+
+/// A crash, unlike a shutdown, tells the peer nothing: node 1 still holds the
+/// old connection (which it dialed, so it would win a simultaneous-dial
+/// tie-break against node 2's new dials). Node 2's new connection must replace
+/// it well before node 1's idle timeout.
+#[test]
+fn reconnects_after_the_peer_crashes() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_ca, ids) = bootstrap_cluster(&[NodeId(1), NodeId(2)]).unwrap();
+    let (a, mut a_in) = {
+        let _guard = main.enter();
+        bind(&ids[0], loopback())
+    };
+    let (b, mut b_in) = {
+        let _guard = doomed.enter();
+        bind(&ids[1], loopback())
+    };
+    let b_addr = b.local_addr().unwrap();
+    a.set_peer_address(NodeId(2), b_addr).unwrap();
+    b.set_peer_address(NodeId(1), a.local_addr().unwrap())
+        .unwrap();
+    main.block_on(async {
+        deliver_eventually(&a, NodeId(2), &mut b_in, "before").await;
+        deliver_eventually(&b, NodeId(1), &mut a_in, "before").await;
+    });
+    // Let the connection become established in both nodes' eyes.
+    std::thread::sleep(test_config().connection_stable_after + Duration::from_millis(100));
+    // Crash: node 2's tasks (and quinn's driver) vanish without a CONNECTION_CLOSE.
+    doomed.shutdown_background();
+    drop((b, b_in));
+
+    main.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (b, mut b_in) = loop {
+            match QuicTransport::bind(b_addr, &ids[1], test_config()) {
+                Ok(fresh) => break fresh,
+                Err(e) if Instant::now() > deadline => panic!("cannot rebind {b_addr}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        b.set_peer_address(NodeId(1), a.local_addr().unwrap())
+            .unwrap();
+        let started = Instant::now();
+        // The restarted node speaks first (as a restarted Raft node does);
+        // node 1 then answers over the new connection.
+        deliver_eventually(&b, NodeId(1), &mut a_in, "after").await;
+        deliver_eventually(&a, NodeId(2), &mut b_in, "after").await;
+        let took = started.elapsed();
+        println!("back after a crash in {took:?}");
+        // Well under the 5 s idle timeout: the stale connection was reset, not timed out.
+        assert!(took < Duration::from_secs(4), "{took:?}");
+    });
+}

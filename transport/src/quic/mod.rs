@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     pub(crate) sinks: Sinks,
     /// Set once; every task watches it and exits.
     pub(crate) shutdown: watch::Sender<bool>,
+    /// The runtime the transport was bound in: its tasks run there, whichever
+    /// thread calls into the handle.
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -64,7 +67,7 @@ impl Shared {
         }
         let peer = Arc::new(Peer::new(id, address));
         peers.insert(id, peer.clone());
-        tokio::spawn(peer::run(self.clone(), peer.clone()));
+        self.runtime.spawn(peer::run(self.clone(), peer.clone()));
         Some(peer)
     }
 
@@ -93,7 +96,8 @@ pub struct QuicTransport {
 
 impl QuicTransport {
     /// Binds a UDP socket at `addr` and starts accepting peers that present a
-    /// certificate of the cluster CA. Must be called inside a tokio runtime.
+    /// certificate of the cluster CA. Must be called inside a tokio runtime;
+    /// the transport's tasks run on that runtime.
     /// The node id is the identity's.
     pub fn bind(
         addr: SocketAddr,
@@ -112,6 +116,7 @@ impl QuicTransport {
             metrics: Arc::default(),
             sinks,
             shutdown: watch::Sender::new(false),
+            runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(inbound::accept_loop(shared.clone()));
         Ok((QuicTransport { shared }, incoming))

@@ -6,7 +6,11 @@
 //! sides evaluate identically: the connection dialed by the smaller node id
 //! wins. A new connection from the *same* dialer as the current one replaces
 //! it (the dialer only redials when it believes the old one is dead, e.g.
-//! after a restart).
+//! after a restart). And a new connection from the peer replaces one that has
+//! been up longer than `connection_stable_after`: a peer dials only when it
+//! has no connection, so it crashed or lost ours; this is what lets a crashed
+//! and restarted node get through while our side still believes in the old
+//! connection (its packets to the dead node are in loss backoff).
 //!
 //! The losing connection is not closed at once: the other side may not have
 //! reached the same verdict yet and may still be writing to it. It leaves the
@@ -151,7 +155,12 @@ pub(crate) fn install(
     let mut loser = None;
     peer.conn.send_modify(|slot| {
         if let Some(old) = slot.as_ref().filter(|l| l.is_open()) {
-            let keep_new = old.dialer == dialer || dialer == winner;
+            // A peer dials only when it has no live connection. If ours is
+            // already established (older than any handshake race), the peer
+            // has lost it (crash, restart): the new one is the only one both
+            // sides know. Otherwise this is a simultaneous dial: tie-break.
+            let peer_lost_old = old.since.elapsed() >= shared.config.connection_stable_after;
+            let keep_new = old.dialer == dialer || dialer == winner || peer_lost_old;
             if !keep_new {
                 loser = Some(conn.clone());
                 return;
