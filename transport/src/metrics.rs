@@ -77,8 +77,9 @@ impl Metrics {
             E::Invalid(_) | E::Empty | E::Encode(_) => &self.malformed_frames,
             E::BadStreamHeader { .. } | E::UnexpectedFrame { .. } => &self.bad_streams,
         };
-        Self::add(counter, 1);
         tracing::warn!(%error, context, "protocol error; closing the stream");
+        // The reason first: whoever sees the counter move can read why.
         self.set_last_error(format!("{context}: {error}"));
+        Self::add(counter, 1);
     }
 }

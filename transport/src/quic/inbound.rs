@@ -41,14 +41,14 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let conn = match tokio::time::timeout(shared.config.connect_timeout, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            Metrics::add(&metrics.handshake_failures, 1);
             tracing::warn!(%remote, error = %e, "inbound handshake failed");
             metrics.set_last_error(format!("inbound handshake from {remote}: {e}"));
+            Metrics::add(&metrics.handshake_failures, 1);
             return;
         }
         Err(_) => {
-            Metrics::add(&metrics.handshake_failures, 1);
             metrics.set_last_error(format!("inbound handshake from {remote}: timed out"));
+            Metrics::add(&metrics.handshake_failures, 1);
             return;
         }
     };
@@ -66,9 +66,9 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 Ok(id) => format!("peer claims to be this node ({id})"),
                 Err(e) => e.to_string(),
             };
-            Metrics::add(&metrics.peers_refused, 1);
             tracing::warn!(%remote, %reason, "refusing peer");
             metrics.set_last_error(format!("inbound peer {remote} refused: {reason}"));
+            Metrics::add(&metrics.peers_refused, 1);
             conn.close(
                 quinn::VarInt::from_u32(CLOSE_IDENTITY_REFUSED),
                 reason.as_bytes(),

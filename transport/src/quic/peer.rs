@@ -251,11 +251,11 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>) {
                 wait_before_dial = false;
             }
             Err(reason) => {
-                Metrics::add(&shared.metrics.dial_failures, 1);
                 tracing::info!(peer = %peer.id, %reason, "dial failed");
                 shared
                     .metrics
                     .set_last_error(format!("dial {}: {reason}", peer.id));
+                Metrics::add(&shared.metrics.dial_failures, 1);
                 *peer.last_dial_error.lock() = Some(reason);
                 wait_before_dial = true;
             }
