@@ -20,9 +20,7 @@
 
 use super::config::ReadMode;
 use super::node::{PendingRead, Raft, RequestError};
-use super::quorum::joint_index;
 use super::ready::ReadState;
-use super::types::NodeId;
 
 impl Raft {
     /// Asks for a linearizable read tagged `ctx`. The answer comes in a later
@@ -69,19 +67,8 @@ impl Raft {
         if self.lead_transferee != super::types::NO_NODE {
             return false;
         }
-        let (me, now) = (self.id, self.ticks);
-        let progress = &self.progress;
-        let start = joint_index(
-            &self.conf.voters,
-            &self.conf.voters_outgoing,
-            |id: NodeId| {
-                if id == me {
-                    now
-                } else {
-                    progress.get(&id).map_or(0, |p| p.heartbeat_tick_acked)
-                }
-            },
-        );
+        let now = self.ticks;
+        let start = self.quorum_value(now, |p| p.heartbeat_tick_acked);
         // 0 means no quorum has answered any heartbeat of this term.
         start > 0 && now < start + self.cfg.lease_ticks as u64
     }
@@ -95,19 +82,7 @@ impl Raft {
 
     /// Releases the reads whose heartbeat round a quorum has answered.
     pub(super) fn confirm_reads(&mut self) {
-        let (me, seq) = (self.id, self.read_seq);
-        let progress = &self.progress;
-        let confirmed = joint_index(
-            &self.conf.voters,
-            &self.conf.voters_outgoing,
-            |id: NodeId| {
-                if id == me {
-                    seq
-                } else {
-                    progress.get(&id).map_or(0, |p| p.read_seq_acked)
-                }
-            },
-        );
+        let confirmed = self.quorum_value(self.read_seq, |p| p.read_seq_acked);
         while let Some(r) = self.pending_reads.front() {
             if r.seq > confirmed {
                 break;

@@ -3,7 +3,7 @@
 
 use super::message::MessageBody;
 use super::node::Raft;
-use super::progress::ProgressState;
+use super::progress::{Progress, ProgressState};
 use super::quorum::joint_index;
 use super::types::{Entry, EntryPayload, Index, NodeId, Term};
 
@@ -176,16 +176,7 @@ impl Raft {
     /// counting only an entry of the current term (an earlier term's entry
     /// commits with it, never by counting: Raft's Figure 8).
     pub(super) fn maybe_commit(&mut self) -> bool {
-        let (me, stable) = (self.id, self.log.stable);
-        let progress = &self.progress;
-        let acked = |id: NodeId| {
-            if id == me {
-                stable
-            } else {
-                progress.get(&id).map_or(0, |p| p.matched)
-            }
-        };
-        let index = joint_index(&self.conf.voters, &self.conf.voters_outgoing, acked);
+        let index = self.quorum_value(self.log.stable, |p| p.matched);
         if index <= self.log.committed || index == Index::MAX {
             return false;
         }
@@ -209,6 +200,22 @@ impl Raft {
             self.release_reads_after_first_commit();
         }
         true
+    }
+
+    /// The largest value a (joint) majority of voters has reached, where this
+    /// replica counts `mine` and a follower what `of` reads from its progress.
+    pub(super) fn quorum_value(&self, mine: u64, of: impl Fn(&Progress) -> u64) -> u64 {
+        joint_index(
+            &self.conf.voters,
+            &self.conf.voters_outgoing,
+            |id: NodeId| {
+                if id == self.id {
+                    mine
+                } else {
+                    self.progress.get(&id).map_or(0, &of)
+                }
+            },
+        )
     }
 
     pub(super) fn broadcast_heartbeat(&mut self) {
