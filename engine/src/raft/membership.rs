@@ -76,8 +76,12 @@ impl Raft {
             };
             self.apply_conf(index, next);
         }
-        // Auto-leave: once the joint configuration is in force, the leader
-        // proposes to leave it.
+        self.maybe_leave_joint();
+    }
+
+    /// Auto-leave: once the joint configuration is in force, the leader
+    /// proposes to leave it (retried from the clock if a transfer was in the way).
+    pub(super) fn maybe_leave_joint(&mut self) {
         if self.is_leader() && self.conf.is_joint() && self.conf_through >= self.pending_conf_index
         {
             if let Ok((_, index)) =

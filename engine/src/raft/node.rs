@@ -327,6 +327,7 @@ impl Raft {
             // A transfer that did not finish within an election timeout is
             // abandoned so the leader takes proposals again.
             self.lead_transferee = NO_NODE;
+            self.maybe_leave_joint();
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
@@ -577,8 +578,11 @@ impl Raft {
             payload,
         };
         let size = entry.size_bytes();
-        // Always admit one proposal, so a single large entry cannot wedge the group.
-        if self.uncommitted_bytes > 0
+        // Always admit one proposal, so a single large entry cannot wedge the
+        // group; configuration changes are never refused for load.
+        let is_conf = matches!(entry.payload, EntryPayload::ConfChange(_));
+        if !is_conf
+            && self.uncommitted_bytes > 0
             && self.uncommitted_bytes + size > self.cfg.uncommitted_bytes_max
         {
             return Err(ProposeError::Busy);
