@@ -268,12 +268,11 @@ impl Index {
         }
         charge(seg_use, live_bytes, loc.seg, loc.len as u64);
         st.runs = out;
-        debug_assert!(
-            st.runs
-                .iter()
-                .zip(st.runs.iter().skip(1))
-                .all(|(a, b)| a.end() == b.first)
-        );
+        // No contiguity assertion here: when recovery replays a rewrite that
+        // moved several records of a group forward, the original of a later
+        // piece may sit in a segment that was deleted after the rewrite, so
+        // the runs have a gap until the next relocate record of the same
+        // batch fills it (seen in the SIGKILL crash test).
         if let Some(c) = st.compaction {
             truncate_upto(st, seg_use, live_bytes, c.index);
         }

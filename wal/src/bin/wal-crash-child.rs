@@ -13,19 +13,10 @@ use tessera_wal::{CompactionPoint, Config, Entry, HardState, LogBatch, Wal};
 const THREADS: u64 = 4;
 const GROUPS_PER_THREAD: u64 = 3;
 
-/// The bytes of entry `index` of `group`: the parent checks them.
-fn entry_data(group: u64, index: u64) -> Vec<u8> {
-    let len = 16 + ((group * 7919 + index * 104729) % 1500) as usize;
-    let mut v = Vec::with_capacity(len);
-    let mut x = group.wrapping_mul(0x9E3779B97F4A7C15) ^ index;
-    for _ in 0..len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.push(x as u8);
-    }
-    v
-}
+// The crash test (tests/crash.rs) checks every record against the same data.
+#[path = "../../tests/common/crash_data.rs"]
+mod crash_data;
+use crash_data::entry_data;
 
 fn config() -> Config {
     Config {

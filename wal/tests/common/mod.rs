@@ -1,0 +1,3 @@
+//! Helpers shared by the WAL's integration tests.
+
+pub mod crash_data;
