@@ -3,4 +3,5 @@
 //! store, the embedded `Db` and the node binary.
 
 pub mod raft;
+pub mod range;
 pub mod sim;

@@ -1,0 +1,302 @@
+//! What is proposed through Raft ([`Proposal`], [`Command`]) and what applying
+//! it answers ([`ApplyResult`], [`ApplyError`]).
+
+use bytes::Bytes;
+
+use super::wire::{self, DecodeError};
+
+/// One write of a [`Command::Batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Sets `key` to `value`.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Removes `key` (absent is fine).
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+}
+
+impl BatchOp {
+    /// The key this op writes.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+        }
+    }
+}
+
+/// When a [`Command::PutIf`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutCond {
+    /// Always (plain SET, or GETSET).
+    Always,
+    /// Only if the key is absent (Redis `NX`).
+    IfAbsent,
+    /// Only if the key is present (Redis `XX`).
+    IfPresent,
+}
+
+/// A write, as proposed through Raft.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Sets `key` to `value`. Answers [`ApplyResult::Done`].
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Removes `key`. Answers [`ApplyResult::Deleted`] (whether it existed).
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Atomic: all ops apply, in order, or none (none only if any key is outside
+    /// the range). Answers [`ApplyResult::Done`].
+    Batch(Vec<BatchOp>),
+    /// Compare-and-set: if the current value equals `expected` (`None` = absent),
+    /// set it to `new` (`None` = delete). Answers [`ApplyResult::Cas`].
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The value the key must hold (`None`: must be absent).
+        expected: Option<Bytes>,
+        /// The value to store (`None`: delete).
+        new: Option<Bytes>,
+    },
+    /// Adds `delta` to the integer stored at `key`, kept as decimal ASCII like
+    /// Redis (absent = 0). Answers [`ApplyResult::Int`] with the new value, or
+    /// [`ApplyError::NotAnInteger`] / [`ApplyError::Overflow`].
+    Increment {
+        /// The key.
+        key: Bytes,
+        /// What to add (negative to decrement).
+        delta: i64,
+    },
+    /// Appends bytes to the value (absent = empty). Answers [`ApplyResult::Int`]
+    /// with the new length.
+    Append {
+        /// The key.
+        key: Bytes,
+        /// The bytes to append.
+        value: Bytes,
+    },
+    /// Put under a condition, optionally returning the previous value
+    /// (`SET ... NX|XX GET`, `GETSET`). Answers [`ApplyResult::PutIf`].
+    PutIf {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+        /// When to write.
+        cond: PutCond,
+        /// Whether to answer the previous value (whether or not it wrote).
+        return_old: bool,
+    },
+}
+
+impl Command {
+    /// Every key the command touches, in op order (a batch may repeat keys).
+    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
+        let (single, batch): (Option<&Bytes>, &[BatchOp]) = match self {
+            Command::Put { key, .. }
+            | Command::Delete { key }
+            | Command::Cas { key, .. }
+            | Command::Increment { key, .. }
+            | Command::Append { key, .. }
+            | Command::PutIf { key, .. } => (Some(key), &[]),
+            Command::Batch(ops) => (None, ops),
+        };
+        single.into_iter().chain(batch.iter().map(BatchOp::key))
+    }
+}
+
+/// A command with the epoch of the descriptor the client routed it with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    /// Epoch of the [`RangeDescriptor`](super::RangeDescriptor) used for routing.
+    pub epoch: u64,
+    /// The write.
+    pub command: Command,
+}
+
+impl Proposal {
+    /// The proposal's bytes, as stored in a log entry: one format version byte
+    /// ([`PROPOSAL_FORMAT_VERSION`](super::PROPOSAL_FORMAT_VERSION)), then an
+    /// rkyv archive of the proposal (see `wire.rs` for the mirror types).
+    ///
+    /// # Panics
+    /// Only if the proposal is over 2 GiB (rkyv's 32-bit offsets).
+    pub fn encode(&self) -> Bytes {
+        wire::encode_proposal(self)
+    }
+
+    /// Decodes [`encode`](Self::encode)'s bytes. Validates the archive before
+    /// reading it; never panics, whatever the input.
+    pub fn decode(bytes: &[u8]) -> Result<Proposal, DecodeError> {
+        wire::decode_proposal(bytes)
+    }
+}
+
+/// Why a command was refused at apply. A refused command changes nothing (the
+/// applied index still moves forward: the entry is consumed).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The proposal was routed with another descriptor epoch (the range was split
+    /// or merged since): refresh the descriptor and retry.
+    #[error("proposal epoch {proposal} differs from the range's epoch {current}")]
+    EpochMismatch {
+        /// The epoch the proposal carried.
+        proposal: u64,
+        /// The range's epoch at apply.
+        current: u64,
+    },
+    /// A key lies outside the range's span.
+    #[error("key {key:?} is outside the range")]
+    KeyOutOfRange {
+        /// The (first) offending key.
+        key: Bytes,
+    },
+    /// `Increment` on a value that is not a canonical decimal `i64`.
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    /// `Increment` would overflow `i64`.
+    #[error("increment or decrement would overflow")]
+    Overflow,
+}
+
+/// What applying a command produced (sent back to the client).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ApplyResult {
+    /// `Put`, `Batch`.
+    Done,
+    /// `Delete`: whether the key existed.
+    Deleted(bool),
+    /// `Cas`: whether it swapped, and the value the key holds after the command
+    /// (on success `new`; on failure the actual value that did not match).
+    Cas {
+        /// Whether the current value equalled `expected` (and `new` was stored).
+        swapped: bool,
+        /// The value stored at the key after the command.
+        current: Option<Bytes>,
+    },
+    /// `Increment`: the new value; `Append`: the new length.
+    Int(i64),
+    /// `PutIf`: whether it wrote, and the previous value if `return_old`
+    /// (`None` otherwise, or if the key was absent).
+    PutIf {
+        /// Whether the condition held and the value was stored.
+        written: bool,
+        /// The value before the command, if asked for and present.
+        old: Option<Bytes>,
+    },
+    /// The command was refused and changed nothing.
+    Error(ApplyError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    fn samples() -> Vec<Command> {
+        vec![
+            Command::Put {
+                key: b("k"),
+                value: b("v"),
+            },
+            Command::Delete { key: b("") },
+            Command::Batch(vec![]),
+            Command::Batch(vec![
+                BatchOp::Put {
+                    key: b("a"),
+                    value: b("1"),
+                },
+                BatchOp::Delete { key: b("b") },
+            ]),
+            Command::Cas {
+                key: b("k"),
+                expected: None,
+                new: Some(b("x")),
+            },
+            Command::Cas {
+                key: b("k"),
+                expected: Some(b("")),
+                new: None,
+            },
+            Command::Increment {
+                key: b("n"),
+                delta: i64::MIN,
+            },
+            Command::Append {
+                key: b("s"),
+                value: b("tail"),
+            },
+            Command::PutIf {
+                key: b("k"),
+                value: b("v"),
+                cond: PutCond::IfPresent,
+                return_old: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_command_round_trips() {
+        for (i, command) in samples().into_iter().enumerate() {
+            let p = Proposal {
+                epoch: i as u64 * 1_000_000_007,
+                command,
+            };
+            let bytes = p.encode();
+            assert_eq!(bytes[0], wire::PROPOSAL_FORMAT_VERSION);
+            assert_eq!(Proposal::decode(&bytes).as_ref(), Ok(&p));
+        }
+    }
+
+    #[test]
+    fn decode_refuses_bad_input() {
+        assert_eq!(Proposal::decode(&[]), Err(DecodeError::Empty));
+        assert_eq!(
+            Proposal::decode(&[0]),
+            Err(DecodeError::UnsupportedVersion {
+                found: 0,
+                supported: 1
+            })
+        );
+        assert!(matches!(
+            Proposal::decode(&[wire::PROPOSAL_FORMAT_VERSION]),
+            Err(DecodeError::Archive(_))
+        ));
+        for command in samples() {
+            let bytes = Proposal { epoch: 3, command }.encode();
+            // A truncated archive can happen to validate as another proposal
+            // (rkyv reads the root from the end); it must never panic, and the
+            // empty and version-only prefixes are always refused.
+            assert!(Proposal::decode(&bytes[..1]).is_err());
+            for cut in 0..bytes.len() {
+                let _ = Proposal::decode(&bytes[..cut]);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_lists_every_key() {
+        let keys: Vec<_> = samples()[3].keys().cloned().collect();
+        assert_eq!(keys, vec![b("a"), b("b")]);
+        let keys: Vec<_> = samples()[0].keys().cloned().collect();
+        assert_eq!(keys, vec![b("k")]);
+    }
+}

@@ -1,0 +1,277 @@
+//! The wire form of proposals and descriptors: private mirror types archived
+//! with rkyv, behind a one-byte format version.
+//!
+//! The public types ([`Command`], [`RangeDescriptor`], ...) do not derive rkyv
+//! themselves, so their shape can change without changing the bytes in logs
+//! and meta ranges; this file is the only place that knows the archive layout.
+//! Byte fields are `Bytes`, which rkyv archives exactly like `Vec<u8>` (a
+//! relative pointer and a `u32` length), so encoding clones reference counts,
+//! not data. Decoding copies the bytes out: the state machine must not keep
+//! slices of a WAL segment map alive.
+//!
+//! rkyv's format is pinned by the workspace features (little endian, 32-bit
+//! relative pointers, unaligned), and untrusted bytes are read only through
+//! `rkyv::access`, which validates the whole archive (bytecheck) first.
+
+use bytes::Bytes;
+use rkyv::rancor::Error as RkyvError;
+use rkyv::{Archive, Serialize};
+
+use super::command::{BatchOp, Command, Proposal, PutCond};
+use super::descriptor::RangeDescriptor;
+use crate::raft::NodeId;
+
+/// Current version byte of [`Proposal`] encodings.
+pub const PROPOSAL_FORMAT_VERSION: u8 = 1;
+/// Current version byte of [`RangeDescriptor`] encodings.
+pub const DESCRIPTOR_FORMAT_VERSION: u8 = 1;
+
+/// Why bytes could not be decoded into a proposal or a descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// No bytes at all (not even the version byte).
+    #[error("empty input")]
+    Empty,
+    /// The version byte names a format this build does not know.
+    #[error("unsupported format version {found} (this build reads {supported})")]
+    UnsupportedVersion {
+        /// The version byte found.
+        found: u8,
+        /// The version this build reads.
+        supported: u8,
+    },
+    /// The rkyv archive failed validation.
+    #[error("invalid archive: {0}")]
+    Archive(String),
+    /// A descriptor whose span is empty or reversed (`end` not empty and `start >= end`).
+    #[error("descriptor span is empty or reversed")]
+    InvalidSpan,
+}
+
+#[derive(Archive, Serialize)]
+struct ProposalWire {
+    epoch: u64,
+    command: CommandWire,
+}
+
+#[derive(Archive, Serialize)]
+enum CommandWire {
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    Batch(Vec<BatchOpWire>),
+    Cas {
+        key: Bytes,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    },
+    Increment {
+        key: Bytes,
+        delta: i64,
+    },
+    Append {
+        key: Bytes,
+        value: Bytes,
+    },
+    PutIf {
+        key: Bytes,
+        value: Bytes,
+        cond: PutCondWire,
+        return_old: bool,
+    },
+}
+
+#[derive(Archive, Serialize)]
+enum BatchOpWire {
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+}
+
+#[derive(Archive, Serialize)]
+enum PutCondWire {
+    Always,
+    IfAbsent,
+    IfPresent,
+}
+
+#[derive(Archive, Serialize)]
+struct DescriptorWire {
+    id: u64,
+    start: Bytes,
+    end: Bytes,
+    replicas: Vec<NodeId>,
+    epoch: u64,
+}
+
+fn archive_err(e: RkyvError) -> DecodeError {
+    DecodeError::Archive(e.to_string())
+}
+
+/// Splits off and checks the version byte.
+fn versioned(bytes: &[u8], supported: u8) -> Result<&[u8], DecodeError> {
+    let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != supported {
+        return Err(DecodeError::UnsupportedVersion {
+            found: version,
+            supported,
+        });
+    }
+    Ok(rest)
+}
+
+/// Panic message of encoders: rkyv serialization into a `Vec` fails only when
+/// a length or offset exceeds the 32-bit pointer width (a field over 2 GiB).
+const TOO_BIG: &str = "rkyv archive exceeds the 32-bit pointer width";
+
+fn bytes_of(v: &rkyv::vec::ArchivedVec<u8>) -> Bytes {
+    Bytes::copy_from_slice(v.as_slice())
+}
+
+fn opt_bytes_of(v: &rkyv::option::ArchivedOption<rkyv::vec::ArchivedVec<u8>>) -> Option<Bytes> {
+    v.as_ref().map(bytes_of)
+}
+
+pub(crate) fn encode_proposal(p: &Proposal) -> Bytes {
+    let command = match &p.command {
+        Command::Put { key, value } => CommandWire::Put {
+            key: key.clone(),
+            value: value.clone(),
+        },
+        Command::Delete { key } => CommandWire::Delete { key: key.clone() },
+        Command::Batch(ops) => CommandWire::Batch(
+            ops.iter()
+                .map(|op| match op {
+                    BatchOp::Put { key, value } => BatchOpWire::Put {
+                        key: key.clone(),
+                        value: value.clone(),
+                    },
+                    BatchOp::Delete { key } => BatchOpWire::Delete { key: key.clone() },
+                })
+                .collect(),
+        ),
+        Command::Cas { key, expected, new } => CommandWire::Cas {
+            key: key.clone(),
+            expected: expected.clone(),
+            new: new.clone(),
+        },
+        Command::Increment { key, delta } => CommandWire::Increment {
+            key: key.clone(),
+            delta: *delta,
+        },
+        Command::Append { key, value } => CommandWire::Append {
+            key: key.clone(),
+            value: value.clone(),
+        },
+        Command::PutIf {
+            key,
+            value,
+            cond,
+            return_old,
+        } => CommandWire::PutIf {
+            key: key.clone(),
+            value: value.clone(),
+            cond: match cond {
+                PutCond::Always => PutCondWire::Always,
+                PutCond::IfAbsent => PutCondWire::IfAbsent,
+                PutCond::IfPresent => PutCondWire::IfPresent,
+            },
+            return_old: *return_old,
+        },
+    };
+    let wire = ProposalWire {
+        epoch: p.epoch,
+        command,
+    };
+    let buf = rkyv::api::high::to_bytes_in::<_, RkyvError>(&wire, vec![PROPOSAL_FORMAT_VERSION])
+        .expect(TOO_BIG);
+    Bytes::from(buf)
+}
+
+pub(crate) fn decode_proposal(bytes: &[u8]) -> Result<Proposal, DecodeError> {
+    let body = versioned(bytes, PROPOSAL_FORMAT_VERSION)?;
+    let a = rkyv::access::<ArchivedProposalWire, RkyvError>(body).map_err(archive_err)?;
+    let command = match &a.command {
+        ArchivedCommandWire::Put { key, value } => Command::Put {
+            key: bytes_of(key),
+            value: bytes_of(value),
+        },
+        ArchivedCommandWire::Delete { key } => Command::Delete { key: bytes_of(key) },
+        ArchivedCommandWire::Batch(ops) => Command::Batch(
+            ops.iter()
+                .map(|op| match op {
+                    ArchivedBatchOpWire::Put { key, value } => BatchOp::Put {
+                        key: bytes_of(key),
+                        value: bytes_of(value),
+                    },
+                    ArchivedBatchOpWire::Delete { key } => BatchOp::Delete { key: bytes_of(key) },
+                })
+                .collect(),
+        ),
+        ArchivedCommandWire::Cas { key, expected, new } => Command::Cas {
+            key: bytes_of(key),
+            expected: opt_bytes_of(expected),
+            new: opt_bytes_of(new),
+        },
+        ArchivedCommandWire::Increment { key, delta } => Command::Increment {
+            key: bytes_of(key),
+            delta: delta.to_native(),
+        },
+        ArchivedCommandWire::Append { key, value } => Command::Append {
+            key: bytes_of(key),
+            value: bytes_of(value),
+        },
+        ArchivedCommandWire::PutIf {
+            key,
+            value,
+            cond,
+            return_old,
+        } => Command::PutIf {
+            key: bytes_of(key),
+            value: bytes_of(value),
+            cond: match cond {
+                ArchivedPutCondWire::Always => PutCond::Always,
+                ArchivedPutCondWire::IfAbsent => PutCond::IfAbsent,
+                ArchivedPutCondWire::IfPresent => PutCond::IfPresent,
+            },
+            return_old: *return_old,
+        },
+    };
+    Ok(Proposal {
+        epoch: a.epoch.to_native(),
+        command,
+    })
+}
+
+pub(crate) fn encode_descriptor(d: &RangeDescriptor) -> Bytes {
+    let wire = DescriptorWire {
+        id: d.id,
+        start: d.start.clone(),
+        end: d.end.clone(),
+        replicas: d.replicas.clone(),
+        epoch: d.epoch,
+    };
+    let buf = rkyv::api::high::to_bytes_in::<_, RkyvError>(&wire, vec![DESCRIPTOR_FORMAT_VERSION])
+        .expect(TOO_BIG);
+    Bytes::from(buf)
+}
+
+pub(crate) fn decode_descriptor(bytes: &[u8]) -> Result<RangeDescriptor, DecodeError> {
+    let body = versioned(bytes, DESCRIPTOR_FORMAT_VERSION)?;
+    let a = rkyv::access::<ArchivedDescriptorWire, RkyvError>(body).map_err(archive_err)?;
+    let d = RangeDescriptor {
+        id: a.id.to_native(),
+        start: bytes_of(&a.start),
+        end: bytes_of(&a.end),
+        replicas: a.replicas.iter().map(|r| r.to_native()).collect(),
+        epoch: a.epoch.to_native(),
+    };
+    if !d.end.is_empty() && d.start >= d.end {
+        return Err(DecodeError::InvalidSpan);
+    }
+    Ok(d)
+}
