@@ -2,6 +2,14 @@
 //! deterministic simulator, and (as they land) the ranges, the multi-raft
 //! store, the embedded `Db` and the node binary.
 
+pub mod cluster;
+mod db;
+pub mod node;
 pub mod raft;
 pub mod range;
 pub mod sim;
+pub mod store;
+
+pub use db::{CasOutcome, Db, DbError, DbOptions};
+pub use node::{Node, NodeConfig};
+pub use store::ReadConsistency;

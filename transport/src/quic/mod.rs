@@ -195,7 +195,9 @@ impl QuicTransport {
         let _ = tokio::time::timeout(shared.config.idle_timeout, settle).await;
     }
 
-    fn close(&self) {
+    /// Closes every connection and stops every task without waiting (for
+    /// owners that share the transport; [`QuicTransport::shutdown`] waits).
+    pub fn close(&self) {
         self.shared.shutdown.send_replace(true);
         self.shared
             .endpoint

@@ -1,0 +1,347 @@
+//! A running node: data directory, WAL, QUIC transport and the store loop,
+//! started together. [`crate::Db`] is the API on top; this module is what it
+//! (and the `tessera` binary) starts.
+//!
+//! - `datadir`: identity, snapshot files, recovery of replicas;
+//! - `runtime`: the tokio loop around the sans-IO store;
+//! - `remote`: forwarded requests on the wire.
+
+pub mod datadir;
+mod remote;
+mod runtime;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tessera_transport::{NodeIdentity, QuicTransport, Transport, TransportConfig};
+use thiserror::Error;
+
+use crate::raft::NodeId;
+use crate::store::{
+    Reply, Request, Store, StoreConfig, StoreError, cluster_layout, initial_replica,
+};
+
+pub use datadir::{DataDir, DataDirError};
+pub use runtime::{RuntimeCounters, StoreHandle};
+
+/// How to start a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// UDP address for peers (QUIC). Port 0 picks one.
+    pub listen: SocketAddr,
+    /// Every other node of the cluster and its address.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// This node's certificate from the cluster CA. `None` makes a
+    /// self-signed one, which only works for a node alone.
+    pub identity: Option<NodeIdentity>,
+    /// User ranges a new cluster starts with, cut evenly over the key space.
+    pub initial_ranges: u32,
+    /// The store's clock. Elections take `election_ticks` (default 10) ticks.
+    pub tick: Duration,
+    pub wal: tessera_wal::Config,
+    pub transport: TransportConfig,
+    /// Store and Raft settings; `node_id`, `peers` and `incarnation` are
+    /// filled in at start.
+    pub store: Option<StoreConfig>,
+}
+
+impl NodeConfig {
+    /// A node with safe defaults: 100 ms ticks, 64 ranges, fsync on.
+    pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            node_id,
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peers: BTreeMap::new(),
+            identity: None,
+            initial_ranges: 64,
+            tick: Duration::from_millis(100),
+            wal: tessera_wal::Config::default(),
+            transport: TransportConfig::default(),
+            store: None,
+        }
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Wal(#[from] tessera_wal::WalError),
+    #[error(transparent)]
+    Transport(#[from] tessera_transport::TransportError),
+    #[error("certificate: {0}")]
+    Cert(String),
+}
+
+/// A started node. Dropping it does not stop it; call [`Node::shutdown`].
+#[derive(Debug, Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+#[derive(Debug)]
+struct NodeInner {
+    id: NodeId,
+    handle: StoreHandle,
+    /// Taken at shutdown so the socket is released for a restart.
+    transport: parking_lot::Mutex<Option<Arc<QuicTransport>>>,
+    /// Taken at shutdown so the WAL is closed and its lock released.
+    wal: parking_lot::Mutex<Option<Arc<tessera_wal::Wal>>>,
+    addr: SocketAddr,
+}
+
+impl Node {
+    /// Binds the transport (so its address is known), then starts the node.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let identity = match &cfg.identity {
+            Some(id) => id.clone(),
+            None if cfg.peers.is_empty() => {
+                NodeIdentity::self_signed(tessera_transport::NodeId(cfg.node_id))
+                    .map_err(|e| NodeError::Cert(e.to_string()))?
+            }
+            None => {
+                return Err(NodeError::Config(
+                    "identity: a node with peers needs a certificate from the cluster CA".into(),
+                ));
+            }
+        };
+        let (transport, incoming) =
+            QuicTransport::bind(cfg.listen, &identity, cfg.transport.clone())?;
+        Self::start_with(cfg, transport, incoming).await
+    }
+
+    /// Starts a node on an already bound transport (an in-process cluster
+    /// binds every node first to learn their ports).
+    pub async fn start_with(
+        cfg: NodeConfig,
+        transport: QuicTransport,
+        mut incoming: tessera_transport::Incoming,
+    ) -> Result<Node, NodeError> {
+        if cfg.node_id == 0 {
+            return Err(NodeError::Config("node_id: 0 is reserved".into()));
+        }
+        if cfg.initial_ranges == 0 {
+            return Err(NodeError::Config(
+                "initial_ranges: must be at least 1".into(),
+            ));
+        }
+        if cfg.peers.contains_key(&cfg.node_id) {
+            return Err(NodeError::Config(
+                "peers: must not list the node itself".into(),
+            ));
+        }
+        for (&id, &addr) in &cfg.peers {
+            transport.set_peer_address(tessera_transport::NodeId(id), addr)?;
+        }
+        let addr = transport.local_addr()?;
+        let datadir = Arc::new(DataDir::open(&cfg.data_dir, cfg.node_id)?);
+        let (wal, report) = tessera_wal::Wal::open(datadir.wal_dir(), cfg.wal.clone())?;
+        if let Some(torn) = &report.torn_tail {
+            tracing::warn!(
+                ?torn,
+                "WAL had a torn tail (power loss during the last write); cut off"
+            );
+        }
+        let wal = Arc::new(wal);
+
+        let mut sc = cfg
+            .store
+            .clone()
+            .unwrap_or_else(|| StoreConfig::new(cfg.node_id, vec![]));
+        sc.node_id = cfg.node_id;
+        sc.peers = cfg.peers.keys().copied().collect();
+        sc.incarnation = datadir.identity.incarnation;
+        sc.raft.id = cfg.node_id;
+        sc.raft
+            .validate()
+            .map_err(|e| NodeError::Config(format!("raft: {e}")))?;
+        let mut store = Store::new(sc, &datadir.peers()?);
+
+        if datadir.fresh {
+            let mut nodes: Vec<NodeId> = cfg.peers.keys().copied().collect();
+            nodes.push(cfg.node_id);
+            let layout = cluster_layout(&nodes, cfg.initial_ranges);
+            let mut batch = tessera_wal::LogBatch::new();
+            for desc in layout.all() {
+                if !desc.replicas.contains(&cfg.node_id) {
+                    continue;
+                }
+                let (init, state) = initial_replica(desc, &layout);
+                datadir.write_snapshot(desc.id, &init.snapshot.meta, &init.snapshot.data)?;
+                batch.compact(
+                    desc.id,
+                    tessera_wal::CompactionPoint {
+                        index: 1,
+                        term: 0,
+                        meta: Bytes::from(crate::store::codec::encode_snapshot_meta(
+                            &init.snapshot.meta,
+                        )),
+                    },
+                );
+                store
+                    .add_replica(desc.id, init, state)
+                    .map_err(|e| NodeError::Config(e.to_string()))?;
+            }
+            wal.write(batch)?;
+            datadir.mark_bootstrapped()?;
+        } else {
+            for range in datadir.snapshot_ranges()? {
+                let (init, state) = datadir.recover_replica(&wal, range)?;
+                store
+                    .add_replica(range, init, state)
+                    .map_err(|e| NodeError::Config(e.to_string()))?;
+            }
+        }
+
+        let transport = Arc::new(transport);
+        let handle = runtime::spawn(
+            store,
+            runtime::Io {
+                wal: wal.clone(),
+                datadir,
+                transport: transport.clone() as Arc<dyn Transport>,
+            },
+            cfg.tick,
+        );
+
+        // Peer batches: decoded off the store's loop, then handed to it.
+        let h = handle.clone();
+        tokio::spawn(async move {
+            while let Some(b) = incoming.batches.recv().await {
+                for m in &b.messages {
+                    h.deliver(b.from.0, m);
+                }
+            }
+        });
+        // Requests other nodes forward here.
+        let h = handle.clone();
+        tessera_transport::spawn_call_handler(incoming.calls, move |_from, req: Bytes| {
+            let h = h.clone();
+            async move {
+                let reply = match remote::decode_request(&req) {
+                    Ok(r) => h.call(r).await,
+                    Err(e) => Err(StoreError::Unavailable(format!("bad request: {e}"))),
+                };
+                remote::encode_reply(&reply)
+            }
+        });
+        // Snapshots travel in message batches for now; refuse streams.
+        tokio::spawn(async move { while incoming.snapshots.recv().await.is_some() {} });
+
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                id: cfg.node_id,
+                handle,
+                transport: parking_lot::Mutex::new(Some(transport)),
+                wal: parking_lot::Mutex::new(Some(wal)),
+                addr,
+            }),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The peer (QUIC) address this node listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    pub fn handle(&self) -> &StoreHandle {
+        &self.inner.handle
+    }
+
+    pub fn wal_stats(&self) -> Option<tessera_wal::WalStats> {
+        self.inner.wal.lock().as_ref().map(|w| w.stats())
+    }
+
+    pub fn transport_metrics(&self) -> Option<tessera_transport::MetricsSnapshot> {
+        self.transport().map(|t| t.metrics())
+    }
+
+    fn transport(&self) -> Option<Arc<QuicTransport>> {
+        self.inner.transport.lock().clone()
+    }
+
+    /// Serves `req` on `to`: the local store, or a call to the peer.
+    pub async fn call_on(&self, to: NodeId, req: Request) -> Result<Reply, CallError> {
+        if to == self.inner.id {
+            return Ok(self.inner.handle.call(req).await?);
+        }
+        let transport = self
+            .transport()
+            .ok_or_else(|| CallError::Unreachable("node is shut down".into()))?;
+        let bytes = transport
+            .call(tessera_transport::NodeId(to), remote::encode_request(&req))
+            .await
+            .map_err(|e| match e {
+                tessera_transport::TransportError::Connect { .. }
+                | tessera_transport::TransportError::UnknownPeer(_) => {
+                    CallError::Unreachable(e.to_string())
+                }
+                e => CallError::Transport(e.to_string()),
+            })?;
+        Ok(remote::decode_reply(&bytes).map_err(|e| CallError::Transport(e.to_string()))??)
+    }
+
+    /// Stops the store loop and the transport. Acknowledged writes are already
+    /// durable; requests still waiting are failed.
+    pub async fn shutdown(&self) {
+        self.inner.handle.shutdown().await;
+        // The loop's references go once its task ends; then the WAL is
+        // closed (its lock released) and the socket freed, so the node can
+        // be started again from the same directory and address.
+        let wal = self.inner.wal.lock().take();
+        if let Some(wal) = wal
+            && let Some(wal) = unwrap_soon(wal).await
+            && let Err(e) = wal.close()
+        {
+            tracing::error!(error = %e, "closing the WAL");
+        }
+        let transport = self.inner.transport.lock().take();
+        if let Some(t) = transport {
+            t.close();
+            if let Some(t) = unwrap_soon(t).await {
+                t.shutdown().await;
+            }
+        }
+    }
+}
+
+/// Waits (up to a second) until `a` is the last reference.
+async fn unwrap_soon<T>(mut a: Arc<T>) -> Option<T> {
+    for _ in 0..200 {
+        match Arc::try_unwrap(a) {
+            Ok(owned) => return Some(owned),
+            Err(shared) => a = shared,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// A request served here or on a peer.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CallError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request never left: safe to retry.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// The request may have reached the peer; its outcome is unknown.
+    #[error("call failed: {0}")]
+    Transport(String),
+}

@@ -1,0 +1,408 @@
+//! Requests forwarded to another node's store, and their replies, as bytes
+//! for the transport's request/response calls. Decoding validates the rkyv
+//! archive and never panics: the bytes come from the network.
+
+use bytes::Bytes;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::range::{ApplyError, ApplyResult, Proposal, RangeDescriptor};
+use crate::store::codec::CodecError;
+use crate::store::{ReadConsistency, ReadOp, Reply, Request, StoreError};
+
+const VERSION: u8 = 1;
+
+#[derive(Archive, Serialize, Deserialize)]
+enum WireRequest {
+    Write {
+        range: u64,
+        epoch: u64,
+        proposal: Vec<u8>,
+    },
+    Read {
+        range: u64,
+        epoch: u64,
+        op: WireReadOp,
+        consistency: u8,
+    },
+}
+
+#[derive(Archive, Serialize, Deserialize)]
+enum WireReadOp {
+    Get {
+        key: Vec<u8>,
+    },
+    Scan {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: u64,
+    },
+    Hash,
+    Count,
+}
+
+#[derive(Archive, Serialize, Deserialize)]
+struct WirePair {
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+#[derive(Archive, Serialize, Deserialize)]
+enum WireReply {
+    Applied(WireApply),
+    Value(Option<Vec<u8>>),
+    Pairs(Vec<WirePair>),
+    Hash {
+        index: u64,
+        hash: u64,
+    },
+    Count(u64),
+    NotLeader {
+        range: u64,
+        leader: u64,
+    },
+    RangeNotFound {
+        range: u64,
+    },
+    EpochMismatch {
+        range: u64,
+        requested: u64,
+        descriptor: Vec<u8>,
+    },
+    Busy {
+        range: u64,
+    },
+    Dropped {
+        range: u64,
+    },
+    Ambiguous {
+        range: u64,
+    },
+    Unavailable(String),
+}
+
+#[derive(Archive, Serialize, Deserialize)]
+enum WireApply {
+    Done,
+    Deleted(bool),
+    Cas {
+        swapped: bool,
+        current: Option<Vec<u8>>,
+    },
+    Int(i64),
+    PutIf {
+        written: bool,
+        old: Option<Vec<u8>>,
+    },
+    EpochMismatch {
+        proposal: u64,
+        current: u64,
+    },
+    KeyOutOfRange {
+        key: Vec<u8>,
+    },
+    NotAnInteger,
+    Overflow,
+}
+
+fn encode<T>(value: &T) -> Bytes
+where
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<
+            Vec<u8>,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
+    >,
+{
+    let out = vec![VERSION];
+    Bytes::from(
+        rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, out)
+            .expect("serializing into memory"),
+    )
+}
+
+fn body(bytes: &[u8]) -> Result<&[u8], CodecError> {
+    match bytes.split_first() {
+        Some((&VERSION, rest)) => Ok(rest),
+        Some((&v, _)) => Err(CodecError::Version(v)),
+        None => Err(CodecError::Archive("empty".into())),
+    }
+}
+
+fn archive_err(e: impl std::fmt::Display) -> CodecError {
+    CodecError::Archive(e.to_string())
+}
+
+pub(crate) fn encode_request(req: &Request) -> Bytes {
+    let wire = match req {
+        Request::Write {
+            range,
+            epoch,
+            command,
+        } => WireRequest::Write {
+            range: *range,
+            epoch: *epoch,
+            proposal: Proposal {
+                epoch: *epoch,
+                command: command.clone(),
+            }
+            .encode()
+            .to_vec(),
+        },
+        Request::Read {
+            range,
+            epoch,
+            op,
+            consistency,
+        } => WireRequest::Read {
+            range: *range,
+            epoch: *epoch,
+            op: match op {
+                ReadOp::Get { key } => WireReadOp::Get { key: key.to_vec() },
+                ReadOp::Scan { start, end, limit } => WireReadOp::Scan {
+                    start: start.to_vec(),
+                    end: end.to_vec(),
+                    limit: *limit as u64,
+                },
+                ReadOp::Hash => WireReadOp::Hash,
+                ReadOp::Count => WireReadOp::Count,
+            },
+            consistency: match consistency {
+                ReadConsistency::Linearizable => 0,
+                ReadConsistency::Lease => 1,
+                ReadConsistency::Stale => 2,
+            },
+        },
+    };
+    encode(&wire)
+}
+
+pub(crate) fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
+    let wire =
+        rkyv::from_bytes::<WireRequest, rkyv::rancor::Error>(body(bytes)?).map_err(archive_err)?;
+    Ok(match wire {
+        WireRequest::Write {
+            range,
+            epoch,
+            proposal,
+        } => {
+            let p = Proposal::decode(&proposal).map_err(archive_err)?;
+            if p.epoch != epoch {
+                return Err(CodecError::Archive("proposal epoch differs".into()));
+            }
+            Request::Write {
+                range,
+                epoch,
+                command: p.command,
+            }
+        }
+        WireRequest::Read {
+            range,
+            epoch,
+            op,
+            consistency,
+        } => Request::Read {
+            range,
+            epoch,
+            op: match op {
+                WireReadOp::Get { key } => ReadOp::Get {
+                    key: Bytes::from(key),
+                },
+                WireReadOp::Scan { start, end, limit } => ReadOp::Scan {
+                    start: Bytes::from(start),
+                    end: Bytes::from(end),
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                },
+                WireReadOp::Hash => ReadOp::Hash,
+                WireReadOp::Count => ReadOp::Count,
+            },
+            consistency: match consistency {
+                0 => ReadConsistency::Linearizable,
+                1 => ReadConsistency::Lease,
+                2 => ReadConsistency::Stale,
+                _ => return Err(CodecError::Archive("unknown read consistency".into())),
+            },
+        },
+    })
+}
+
+pub(crate) fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
+    let b = |v: &Option<Bytes>| v.as_ref().map(|x| x.to_vec());
+    let wire = match reply {
+        Ok(Reply::Applied(a)) => WireReply::Applied(match a {
+            ApplyResult::Done => WireApply::Done,
+            ApplyResult::Deleted(d) => WireApply::Deleted(*d),
+            ApplyResult::Cas { swapped, current } => WireApply::Cas {
+                swapped: *swapped,
+                current: b(current),
+            },
+            ApplyResult::Int(i) => WireApply::Int(*i),
+            ApplyResult::PutIf { written, old } => WireApply::PutIf {
+                written: *written,
+                old: b(old),
+            },
+            ApplyResult::Error(ApplyError::EpochMismatch { proposal, current }) => {
+                WireApply::EpochMismatch {
+                    proposal: *proposal,
+                    current: *current,
+                }
+            }
+            ApplyResult::Error(ApplyError::KeyOutOfRange { key }) => {
+                WireApply::KeyOutOfRange { key: key.to_vec() }
+            }
+            ApplyResult::Error(ApplyError::NotAnInteger) => WireApply::NotAnInteger,
+            ApplyResult::Error(_) => WireApply::Overflow,
+            #[allow(unreachable_patterns)]
+            _ => WireApply::Done,
+        }),
+        Ok(Reply::Value(v)) => WireReply::Value(b(v)),
+        Ok(Reply::Pairs(ps)) => WireReply::Pairs(
+            ps.iter()
+                .map(|(k, v)| WirePair {
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                })
+                .collect(),
+        ),
+        Ok(Reply::Hash { index, hash }) => WireReply::Hash {
+            index: *index,
+            hash: *hash,
+        },
+        Ok(Reply::Count(n)) => WireReply::Count(*n),
+        Err(StoreError::NotLeader { range, leader }) => WireReply::NotLeader {
+            range: *range,
+            leader: leader.unwrap_or(0),
+        },
+        Err(StoreError::RangeNotFound { range }) => WireReply::RangeNotFound { range: *range },
+        Err(StoreError::EpochMismatch {
+            range,
+            requested,
+            current,
+        }) => WireReply::EpochMismatch {
+            range: *range,
+            requested: *requested,
+            descriptor: current.encode().to_vec(),
+        },
+        Err(StoreError::Busy { range }) => WireReply::Busy { range: *range },
+        Err(StoreError::Dropped { range }) => WireReply::Dropped { range: *range },
+        Err(StoreError::Ambiguous { range }) => WireReply::Ambiguous { range: *range },
+        Err(StoreError::Unavailable(why)) => WireReply::Unavailable(why.clone()),
+    };
+    encode(&wire)
+}
+
+pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecError> {
+    let wire =
+        rkyv::from_bytes::<WireReply, rkyv::rancor::Error>(body(bytes)?).map_err(archive_err)?;
+    let b = |v: Option<Vec<u8>>| v.map(Bytes::from);
+    Ok(match wire {
+        WireReply::Applied(a) => Ok(Reply::Applied(match a {
+            WireApply::Done => ApplyResult::Done,
+            WireApply::Deleted(d) => ApplyResult::Deleted(d),
+            WireApply::Cas { swapped, current } => ApplyResult::Cas {
+                swapped,
+                current: b(current),
+            },
+            WireApply::Int(i) => ApplyResult::Int(i),
+            WireApply::PutIf { written, old } => ApplyResult::PutIf {
+                written,
+                old: b(old),
+            },
+            WireApply::EpochMismatch { proposal, current } => {
+                ApplyResult::Error(ApplyError::EpochMismatch { proposal, current })
+            }
+            WireApply::KeyOutOfRange { key } => ApplyResult::Error(ApplyError::KeyOutOfRange {
+                key: Bytes::from(key),
+            }),
+            WireApply::NotAnInteger => ApplyResult::Error(ApplyError::NotAnInteger),
+            WireApply::Overflow => ApplyResult::Error(ApplyError::Overflow),
+        })),
+        WireReply::Value(v) => Ok(Reply::Value(b(v))),
+        WireReply::Pairs(ps) => Ok(Reply::Pairs(
+            ps.into_iter()
+                .map(|p| (Bytes::from(p.key), Bytes::from(p.value)))
+                .collect(),
+        )),
+        WireReply::Hash { index, hash } => Ok(Reply::Hash { index, hash }),
+        WireReply::Count(n) => Ok(Reply::Count(n)),
+        WireReply::NotLeader { range, leader } => Err(StoreError::NotLeader {
+            range,
+            leader: (leader != 0).then_some(leader),
+        }),
+        WireReply::RangeNotFound { range } => Err(StoreError::RangeNotFound { range }),
+        WireReply::EpochMismatch {
+            range,
+            requested,
+            descriptor,
+        } => Err(StoreError::EpochMismatch {
+            range,
+            requested,
+            current: Box::new(RangeDescriptor::decode(&descriptor).map_err(archive_err)?),
+        }),
+        WireReply::Busy { range } => Err(StoreError::Busy { range }),
+        WireReply::Dropped { range } => Err(StoreError::Dropped { range }),
+        WireReply::Ambiguous { range } => Err(StoreError::Ambiguous { range }),
+        WireReply::Unavailable(why) => Err(StoreError::Unavailable(why)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::range::Command;
+
+    #[test]
+    fn requests_and_replies_round_trip() {
+        let reqs = vec![
+            Request::Write {
+                range: 3,
+                epoch: 2,
+                command: Command::Increment {
+                    key: Bytes::from_static(b"k"),
+                    delta: -4,
+                },
+            },
+            Request::Read {
+                range: 4,
+                epoch: 1,
+                op: ReadOp::Scan {
+                    start: Bytes::from_static(b"a"),
+                    end: Bytes::new(),
+                    limit: 10,
+                },
+                consistency: ReadConsistency::Lease,
+            },
+        ];
+        for r in reqs {
+            assert_eq!(decode_request(&encode_request(&r)), Ok(r));
+        }
+        let replies = vec![
+            Ok(Reply::Applied(ApplyResult::Cas {
+                swapped: false,
+                current: Some(Bytes::from_static(b"v")),
+            })),
+            Ok(Reply::Pairs(vec![(
+                Bytes::from_static(b"a"),
+                Bytes::from_static(b"1"),
+            )])),
+            Ok(Reply::Applied(ApplyResult::Error(ApplyError::NotAnInteger))),
+            Err(StoreError::NotLeader {
+                range: 9,
+                leader: Some(2),
+            }),
+            Err(StoreError::Unavailable("down".into())),
+        ];
+        for r in replies {
+            assert_eq!(decode_reply(&encode_reply(&r)), Ok(r));
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for len in 0..80usize {
+            let raw: Vec<u8> = (0..len).map(|i| (i * 131 + 7) as u8).collect();
+            let _ = decode_request(&raw);
+            let _ = decode_reply(&raw);
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The thin runtime around the sans-IO store: one tokio task owns the
+//! [`Store`] and feeds it client requests, peer batches, ticks and WAL
+//! completions; after every round of events it takes the store's ready work
+//! and hands it out: the write batch to the WAL writer thread (snapshot files
+//! first), each peer's batch to the transport, each reply to its caller.
+//!
+//! The leader's appends leave for the followers in the same round its own
+//! WAL write is submitted: the store's messages do not wait for its
+//! durability; only votes and acknowledgements do. No lock is held across
+//! I/O: the store is owned by its task, not shared.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::raft::NodeId;
+use crate::store::codec::{decode_batch, encode_batch};
+use crate::store::{
+    GroupWrite, PeerBatch, Reply, ReqId, Request, Store, StoreError, StoreStats, WriteBatch,
+};
+
+use super::datadir::DataDir;
+
+/// Bytes of Raft payload per frame sent to a peer (the transport's frame cap
+/// is larger; this keeps one frame from delaying the next heartbeat long).
+const PEER_FRAME_PAYLOAD_MAX: u64 = 2 << 20;
+/// Events handled per round before the store's work is taken.
+const EVENTS_PER_ROUND_MAX: usize = 4096;
+
+pub(crate) enum Event {
+    Request {
+        req: Request,
+        reply: oneshot::Sender<Result<Reply, StoreError>>,
+    },
+    Peer {
+        from: NodeId,
+        batch: PeerBatch,
+    },
+    Persisted {
+        token: u64,
+    },
+    StorageFailed(String),
+    Inspect(Box<dyn FnOnce(&Store) + Send>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Counters the runtime keeps beside the store's.
+#[derive(Debug, Default)]
+pub struct RuntimeCounters {
+    pub wal_batches: AtomicU64,
+    pub wal_entries: AtomicU64,
+    pub snapshots_written: AtomicU64,
+    pub peer_frames: AtomicU64,
+    pub peer_frames_dropped: AtomicU64,
+    pub bad_peer_batches: AtomicU64,
+}
+
+/// A cheap handle to a running store loop.
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    tx: mpsc::UnboundedSender<Event>,
+    pub(crate) counters: Arc<RuntimeCounters>,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Event::Request { .. } => "Request",
+            Event::Peer { .. } => "Peer",
+            Event::Persisted { .. } => "Persisted",
+            Event::StorageFailed(_) => "StorageFailed",
+            Event::Inspect(_) => "Inspect",
+            Event::Shutdown(_) => "Shutdown",
+        })
+    }
+}
+
+impl StoreHandle {
+    /// Submits a request to the local store and waits for its reply.
+    pub async fn call(&self, req: Request) -> Result<Reply, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Event::Request { req, reply })
+            .map_err(|_| StoreError::Unavailable("node is shut down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("node is shut down".into()))?
+    }
+
+    /// Runs `f` on the store inside its loop (introspection for status
+    /// pages, tests and benchmarks).
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Event::Inspect(Box::new(move |s| {
+                let _ = tx.send(f(s));
+            })))
+            .ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn stats(&self) -> Option<StoreStats> {
+        self.inspect(|s| s.stats()).await
+    }
+
+    pub(crate) fn deliver(&self, from: NodeId, bytes: &[u8]) {
+        match decode_batch(bytes) {
+            Ok(batch) => {
+                let _ = self.tx.send(Event::Peer { from, batch });
+            }
+            Err(e) => {
+                self.counters
+                    .bad_peer_batches
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = from, error = %e, "dropping an undecodable batch");
+            }
+        }
+    }
+
+    /// Stops the loop after the current round; waits until it has stopped.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Event::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// What the loop talks to.
+pub(crate) struct Io {
+    pub wal: Arc<tessera_wal::Wal>,
+    pub datadir: Arc<DataDir>,
+    pub transport: Arc<dyn tessera_transport::Transport>,
+}
+
+/// Starts the store loop on the current tokio runtime.
+pub(crate) fn spawn(store: Store, io: Io, tick: Duration) -> StoreHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let counters = Arc::new(RuntimeCounters::default());
+    let handle = StoreHandle {
+        tx: tx.clone(),
+        counters: counters.clone(),
+    };
+    tokio::spawn(run(store, io, tick, tx, rx, counters));
+    handle
+}
+
+async fn run(
+    mut store: Store,
+    io: Io,
+    tick: Duration,
+    tx: mpsc::UnboundedSender<Event>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    counters: Arc<RuntimeCounters>,
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting: HashMap<ReqId, oneshot::Sender<Result<Reply, StoreError>>> = HashMap::new();
+    let mut next_req: ReqId = 0;
+    let mut failed: Option<String> = None;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(mut ev) = ev else { return };
+                let mut n = 0;
+                loop {
+                    match ev {
+                        Event::Shutdown(done) => {
+                            for (_, w) in waiting.drain() {
+                                let _ = w.send(Err(StoreError::Unavailable("node shutting down".into())));
+                            }
+                            let _ = done.send(());
+                            return;
+                        }
+                        Event::Request { req, reply } => {
+                            if let Some(why) = &failed {
+                                let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
+                            } else {
+                                next_req += 1;
+                                waiting.insert(next_req, reply);
+                                store.request(next_req, req);
+                            }
+                        }
+                        Event::Peer { from, batch } => store.receive(from, batch),
+                        Event::Persisted { token } => store.persisted(token),
+                        Event::StorageFailed(why) => {
+                            tracing::error!(error = %why, "storage failed; the node stops serving");
+                            failed = Some(why);
+                        }
+                        Event::Inspect(f) => f(&store),
+                    }
+                    n += 1;
+                    if n >= EVENTS_PER_ROUND_MAX {
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(next) => ev = next,
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = interval.tick() => store.tick(),
+        }
+        while store.has_ready() {
+            let rd = store.ready();
+            // After a storage failure nothing more is written and nothing
+            // waiting on a write is ever acknowledged.
+            if let Some(write) = rd.write
+                && failed.is_none()
+                && let Err(why) = persist(&io, write, &tx, &counters)
+            {
+                let _ = tx.send(Event::StorageFailed(why));
+            }
+            for (to, batch) in rd.messages {
+                send_to_peer(&io, to, batch, &counters);
+            }
+            for (id, reply) in rd.replies {
+                if let Some(w) = waiting.remove(&id) {
+                    let _ = w.send(reply);
+                }
+            }
+            if !rd.new_peer_incarnations.is_empty()
+                && let Err(e) = io.datadir.add_peers(&rd.new_peer_incarnations)
+            {
+                tracing::error!(error = %e, "could not record peer incarnations");
+            }
+            for f in rd.failures {
+                tracing::error!(failure = %f, "replica failed");
+            }
+        }
+    }
+}
+
+/// Writes snapshot files, then submits one WAL batch; its completion comes
+/// back to the loop as an event.
+fn persist(
+    io: &Io,
+    write: WriteBatch,
+    tx: &mpsc::UnboundedSender<Event>,
+    counters: &RuntimeCounters,
+) -> Result<(), String> {
+    let token = write.token;
+    let mut batch = tessera_wal::LogBatch::new();
+    for g in write.groups {
+        add_group(io, &mut batch, g, counters)?;
+    }
+    counters.wal_batches.fetch_add(1, Ordering::Relaxed);
+    if batch.is_empty() {
+        let _ = tx.send(Event::Persisted { token });
+        return Ok(());
+    }
+    let ticket = io.wal.submit(batch);
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let ev = match ticket.await {
+            Ok(()) => Event::Persisted { token },
+            Err(e) => Event::StorageFailed(format!("wal write failed: {e}")),
+        };
+        let _ = tx.send(ev);
+    });
+    Ok(())
+}
+
+fn add_group(
+    io: &Io,
+    batch: &mut tessera_wal::LogBatch,
+    g: GroupWrite,
+    counters: &RuntimeCounters,
+) -> Result<(), String> {
+    let range = g.range;
+    if let Some(s) = g.snapshot {
+        // Durable before any WAL record that relies on it.
+        io.datadir
+            .write_snapshot(range, &s.meta, &s.data)
+            .map_err(|e| format!("range {range}: snapshot write failed: {e}"))?;
+        counters.snapshots_written.fetch_add(1, Ordering::Relaxed);
+        if s.replaces_log {
+            batch.remove_group(range);
+        }
+        batch.compact(
+            range,
+            tessera_wal::CompactionPoint {
+                index: s.meta.index,
+                term: s.meta.term,
+                meta: Bytes::from(crate::store::codec::encode_snapshot_meta(&s.meta)),
+            },
+        );
+    }
+    if !g.entries.is_empty() {
+        counters
+            .wal_entries
+            .fetch_add(g.entries.len() as u64, Ordering::Relaxed);
+        let entries = g
+            .entries
+            .into_iter()
+            .map(|(index, term, data)| tessera_wal::Entry { index, term, data })
+            .collect();
+        batch
+            .add_entries(range, entries)
+            .map_err(|e| format!("range {range}: {e}"))?;
+    }
+    if let Some(hs) = g.hard_state {
+        batch.set_hard_state(
+            range,
+            tessera_wal::HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: hs.commit,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Sends one peer's batch, cut into frames of bounded payload.
+fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounters) {
+    let mut frames = Vec::new();
+    let mut cur = PeerBatch {
+        incarnation: batch.incarnation,
+        messages: Vec::new(),
+        control: batch.control,
+    };
+    let mut bytes = 0u64;
+    for (range, m) in batch.messages {
+        let size = m.payload_bytes();
+        if bytes > 0 && bytes + size > PEER_FRAME_PAYLOAD_MAX {
+            frames.push(encode_batch(&cur));
+            cur = PeerBatch {
+                incarnation: batch.incarnation,
+                ..Default::default()
+            };
+            bytes = 0;
+        }
+        bytes += size;
+        cur.messages.push((range, m));
+    }
+    frames.push(encode_batch(&cur));
+    counters
+        .peer_frames
+        .fetch_add(frames.len() as u64, Ordering::Relaxed);
+    match io.transport.send(tessera_transport::NodeId(to), frames) {
+        Ok(report) => {
+            counters
+                .peer_frames_dropped
+                .fetch_add(report.dropped as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            counters.peer_frames_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = to, error = %e, "send failed");
+        }
+    }
+}

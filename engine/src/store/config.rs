@@ -1,0 +1,48 @@
+//! Settings of a node's store, with documented defaults.
+
+use crate::raft::{self, NodeId};
+
+/// How a store runs its replicas. Times are in ticks of the host's clock.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub node_id: NodeId,
+    /// Changes when the node's data directory is created anew (see
+    /// `docs/store.md`); peers refuse a known node with a new incarnation.
+    pub incarnation: u64,
+    /// Every other node of the cluster.
+    pub peers: Vec<NodeId>,
+    /// Settings of every Raft group (`id` is set per replica).
+    pub raft: raft::Config,
+    /// Idle ticks before a leader quiesces its group. Default 3.
+    pub quiesce_after_ticks: u32,
+    /// Ticks without a batch from a peer before it is considered down and the
+    /// quiesced followers of its leaders are woken. Default: the election timeout.
+    pub liveness_timeout_ticks: u32,
+    /// Most quiesced groups woken per tick after a node is lost. Default 256.
+    pub wake_per_tick_max: usize,
+    /// Entries applied since the last snapshot before a replica takes a new
+    /// one and compacts its log. Default 10,000.
+    pub snapshot_entries: u64,
+    /// Entry bytes applied since the last snapshot before a new one. Default 64 MiB.
+    pub snapshot_bytes: u64,
+    /// Seed of the replicas' election timers.
+    pub seed: u64,
+}
+
+impl StoreConfig {
+    pub fn new(node_id: NodeId, peers: Vec<NodeId>) -> Self {
+        let raft = raft::Config::new(node_id);
+        StoreConfig {
+            node_id,
+            incarnation: 1,
+            peers,
+            liveness_timeout_ticks: raft.election_ticks,
+            raft,
+            quiesce_after_ticks: 3,
+            wake_per_tick_max: 256,
+            snapshot_entries: 10_000,
+            snapshot_bytes: 64 << 20,
+            seed: node_id,
+        }
+    }
+}

@@ -1,0 +1,778 @@
+//! The multi-raft store: every replica on this node, driven by events.
+//!
+//! Inputs: [`Store::request`] (client writes and reads), [`Store::receive`]
+//! (a peer's message batch), [`Store::tick`] (the clock), and
+//! [`Store::persisted`] (a write batch became durable). Output:
+//! [`Store::ready`], which gathers the work of every group that has any into
+//! ONE write batch (group commit) and ONE message batch per peer node, plus
+//! the replies to clients whose commands were applied.
+//!
+//! Idle groups quiesce: a leader whose group has everything committed,
+//! applied and replicated, with no request waiting, stops ticking it and tells
+//! the followers, who stop too. Any message (but a late heartbeat or append
+//! acknowledgement) or request wakes a group. Followers of a leader whose node
+//! goes silent for `liveness_timeout_ticks` are woken, and only they, at most
+//! `wake_per_tick_max` per tick: losing a node does not wake every idle group
+//! at once.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::raft::{
+    ConfigError, EntryPayload, InitialState, MessageBody, NO_NODE, NodeId, ProposeError, Raft,
+    ReadMode,
+};
+use crate::range::{Proposal, RangeDescriptor, RangeId, RangeState};
+
+use super::codec::{Control, PeerBatch, encode_payload};
+use super::config::StoreConfig;
+use super::persist::{AfterPersist, GroupWrite, PersistQueue, SnapshotWrite, WriteBatch};
+use super::replica::{ConfirmedRead, Replica};
+use super::request::{ReadConsistency, ReadOp, Reply, ReqId, Request, StoreError};
+
+/// What the host must do after feeding events (see [`Store::ready`]).
+#[derive(Debug, Default)]
+pub struct StoreReady {
+    /// Make durable as one WAL batch (snapshot files first), then call
+    /// [`Store::persisted`] with its token.
+    pub write: Option<WriteBatch>,
+    /// Send now, one batch per peer node.
+    pub messages: Vec<(NodeId, PeerBatch)>,
+    /// Answers to requests.
+    pub replies: Vec<(ReqId, Result<Reply, StoreError>)>,
+    /// Peers seen for the first time with this incarnation: persist them, so a
+    /// wiped peer is still recognised after this node restarts.
+    pub new_peer_incarnations: Vec<(NodeId, u64)>,
+    /// Replicas that failed and were taken out (e.g. a leader's snapshot that
+    /// does not decode), for the host's log.
+    pub failures: Vec<String>,
+}
+
+/// What a peer node looks like from here.
+#[derive(Debug, Clone)]
+struct Peer {
+    last_heard: u64,
+    live: bool,
+    incarnation: Option<u64>,
+}
+
+/// Counters and gauges for operators and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub replicas: usize,
+    pub awake: usize,
+    pub leaders: usize,
+    pub ticks: u64,
+    pub proposals: u64,
+    pub applied_entries: u64,
+    pub write_batches: u64,
+    pub written_entries: u64,
+    pub quiesced_total: u64,
+    pub woken_total: u64,
+    pub rejected_batches: u64,
+    pub snapshots_installed: u64,
+    pub snapshots_taken: u64,
+}
+
+/// Every replica on one node. See the module docs.
+#[derive(Debug)]
+pub struct Store {
+    cfg: StoreConfig,
+    replicas: BTreeMap<RangeId, Replica>,
+    /// Replicas that tick (not quiesced).
+    awake: BTreeSet<RangeId>,
+    /// Replicas that may have work for `ready()`.
+    dirty: BTreeSet<RangeId>,
+    ticks: u64,
+    peers: BTreeMap<NodeId, Peer>,
+    wake_queue: VecDeque<RangeId>,
+    outbox: BTreeMap<NodeId, PeerBatch>,
+    replies: Vec<(ReqId, Result<Reply, StoreError>)>,
+    persist: PersistQueue,
+    new_incarnations: Vec<(NodeId, u64)>,
+    failures: Vec<String>,
+    stats: StoreStats,
+}
+
+impl Store {
+    /// A store with no replicas. `known_incarnations` are the peers'
+    /// incarnations this node persisted earlier.
+    pub fn new(cfg: StoreConfig, known_incarnations: &BTreeMap<NodeId, u64>) -> Self {
+        let peers = cfg
+            .peers
+            .iter()
+            .filter(|&&p| p != cfg.node_id)
+            .map(|&p| {
+                (
+                    p,
+                    Peer {
+                        last_heard: 0,
+                        live: true,
+                        incarnation: known_incarnations.get(&p).copied(),
+                    },
+                )
+            })
+            .collect();
+        Store {
+            cfg,
+            replicas: BTreeMap::new(),
+            awake: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            ticks: 0,
+            peers,
+            wake_queue: VecDeque::new(),
+            outbox: BTreeMap::new(),
+            replies: Vec::new(),
+            persist: PersistQueue::default(),
+            new_incarnations: Vec::new(),
+            failures: Vec::new(),
+            stats: StoreStats::default(),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.cfg.node_id
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Adds a replica recovered from storage or created at bootstrap.
+    /// `state` must be the state machine at `init.applied`.
+    pub fn add_replica(
+        &mut self,
+        range: RangeId,
+        init: InitialState,
+        state: RangeState,
+    ) -> Result<(), ConfigError> {
+        assert_eq!(
+            state.applied().0,
+            init.applied,
+            "range {range}: state machine and Raft disagree on the applied index"
+        );
+        assert!(
+            !self.replicas.contains_key(&range),
+            "range {range} added twice"
+        );
+        let mut rc = self.cfg.raft.clone();
+        rc.id = self.cfg.node_id;
+        let seed = self.cfg.seed ^ range.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let raft = Raft::new(rc, init, seed)?;
+        self.replicas
+            .insert(range, Replica::new(raft, state, self.ticks));
+        self.awake.insert(range);
+        self.dirty.insert(range);
+        Ok(())
+    }
+
+    // ----- Introspection -----
+
+    pub fn range_ids(&self) -> impl Iterator<Item = RangeId> + '_ {
+        self.replicas.keys().copied()
+    }
+
+    pub fn descriptor(&self, range: RangeId) -> Option<&RangeDescriptor> {
+        self.replicas.get(&range).map(|r| r.state.descriptor())
+    }
+
+    /// The leader this replica knows of, if any.
+    pub fn leader_of(&self, range: RangeId) -> Option<NodeId> {
+        self.replicas
+            .get(&range)
+            .map(|r| r.raft.leader())
+            .filter(|&l| l != NO_NODE)
+    }
+
+    pub fn replica_raft(&self, range: RangeId) -> Option<&Raft> {
+        self.replicas.get(&range).map(|r| &r.raft)
+    }
+
+    pub fn replica_state(&self, range: RangeId) -> Option<&RangeState> {
+        self.replicas.get(&range).map(|r| &r.state)
+    }
+
+    pub fn is_quiesced(&self, range: RangeId) -> bool {
+        self.replicas.get(&range).is_some_and(|r| r.quiesced)
+    }
+
+    pub fn peer_live(&self, node: NodeId) -> bool {
+        self.peers.get(&node).is_some_and(|p| p.live)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            replicas: self.replicas.len(),
+            awake: self.awake.len(),
+            leaders: self
+                .replicas
+                .values()
+                .filter(|r| r.raft.is_leader())
+                .count(),
+            ticks: self.ticks,
+            ..self.stats.clone()
+        }
+    }
+
+    /// Write batches handed out and not yet released.
+    pub fn writes_in_flight(&self) -> usize {
+        self.persist.in_flight()
+    }
+
+    // ----- Inputs -----
+
+    /// A client request. Its reply comes from a later [`Store::ready`].
+    pub fn request(&mut self, id: ReqId, req: Request) {
+        if let Err(e) = self.try_request(id, req) {
+            self.replies.push((id, Err(e)));
+        }
+    }
+
+    fn try_request(&mut self, id: ReqId, req: Request) -> Result<(), StoreError> {
+        let range = req.range();
+        let election_ticks = self.cfg.raft.election_ticks as u64;
+        let now = self.ticks;
+        let r = self
+            .replicas
+            .get_mut(&range)
+            .ok_or(StoreError::RangeNotFound { range })?;
+        let (epoch, desc) = match &req {
+            Request::Write { epoch, .. } | Request::Read { epoch, .. } => {
+                (*epoch, r.state.descriptor())
+            }
+        };
+        if epoch != desc.epoch {
+            return Err(StoreError::EpochMismatch {
+                range,
+                requested: epoch,
+                current: Box::new(desc.clone()),
+            });
+        }
+        let not_leader = |leader: NodeId| StoreError::NotLeader {
+            range,
+            leader: (leader != NO_NODE).then_some(leader),
+        };
+        match req {
+            Request::Write { epoch, command, .. } => {
+                let data = Proposal { epoch, command }.encode();
+                match r.raft.propose(data) {
+                    Ok((term, index)) => {
+                        r.proposals.insert(index, (term, id));
+                        self.stats.proposals += 1;
+                    }
+                    Err(ProposeError::NotLeader { leader }) => return Err(not_leader(leader)),
+                    Err(ProposeError::TransferInProgress) => return Err(not_leader(NO_NODE)),
+                    Err(_) => return Err(StoreError::Busy { range }),
+                }
+            }
+            Request::Read {
+                op, consistency, ..
+            } => {
+                let mode = match consistency {
+                    ReadConsistency::Stale => {
+                        let reply = serve_read(&r.state, &op);
+                        self.replies.push((id, Ok(reply)));
+                        return Ok(());
+                    }
+                    // The clock stood still while the group slept: a lease
+                    // is trusted only after a full election timeout awake.
+                    ReadConsistency::Lease if now - r.awake_since >= election_ticks => {
+                        ReadMode::Lease
+                    }
+                    _ => ReadMode::ReadIndex,
+                };
+                r.raft
+                    .read_index(id, mode)
+                    .map_err(|_| not_leader(r.raft.leader()))?;
+                r.reads_unconfirmed.insert(id, op);
+            }
+        }
+        self.wake(range);
+        self.dirty.insert(range);
+        Ok(())
+    }
+
+    /// A batch of messages from peer node `from`.
+    pub fn receive(&mut self, from: NodeId, batch: PeerBatch) {
+        if !self.heard_from(from, batch.incarnation) {
+            self.stats.rejected_batches += 1;
+            return;
+        }
+        for (range, msg) in batch.messages {
+            if msg.to != self.cfg.node_id || msg.from != from {
+                continue;
+            }
+            let Some(r) = self.replicas.get_mut(&range) else {
+                continue;
+            };
+            // Late acknowledgements to a quiesced leader change nothing.
+            let wakes = !matches!(
+                msg.body,
+                MessageBody::HeartbeatResponse { .. }
+                    | MessageBody::AppendResponse { reject: false, .. }
+            );
+            r.raft.step(msg);
+            self.dirty.insert(range);
+            if wakes {
+                self.wake(range);
+            }
+        }
+        for c in batch.control {
+            match c {
+                Control::Quiesce {
+                    range,
+                    term,
+                    commit,
+                } => self.follower_quiesce(from, range, term, commit),
+            }
+        }
+    }
+
+    /// Advances the clock of every awake group by one tick.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.check_liveness();
+        for _ in 0..self.cfg.wake_per_tick_max {
+            let Some(range) = self.wake_queue.pop_front() else {
+                break;
+            };
+            self.wake(range);
+        }
+        let awake: Vec<RangeId> = self.awake.iter().copied().collect();
+        for range in awake {
+            let Some(r) = self.replicas.get_mut(&range) else {
+                continue;
+            };
+            if r.leader_idle() {
+                r.idle_ticks += 1;
+                if r.idle_ticks >= self.cfg.quiesce_after_ticks && self.all_members_live(range) {
+                    self.leader_quiesce(range);
+                    continue;
+                }
+            } else {
+                r.idle_ticks = 0;
+            }
+            let Some(r) = self.replicas.get_mut(&range) else {
+                continue;
+            };
+            r.raft.tick();
+            self.dirty.insert(range);
+        }
+        // Every peer hears from this node every tick (its liveness), in the
+        // same batch as any Raft traffic.
+        for &p in self.peers.keys() {
+            self.outbox.entry(p).or_default();
+        }
+    }
+
+    /// The write batch with this token is durable.
+    pub fn persisted(&mut self, token: u64) {
+        for after in self.persist.complete(token) {
+            self.release(after);
+        }
+    }
+
+    // ----- Output -----
+
+    pub fn has_ready(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.outbox.is_empty()
+            || !self.replies.is_empty()
+            || !self.failures.is_empty()
+    }
+
+    /// Everything to do now, for all groups. See [`StoreReady`].
+    pub fn ready(&mut self) -> StoreReady {
+        let mut groups = Vec::new();
+        let mut after = AfterPersist::default();
+        let dirty = std::mem::take(&mut self.dirty);
+        for range in dirty {
+            self.ready_group(range, &mut groups, &mut after);
+        }
+        let mut write = None;
+        if !groups.is_empty() || !after.groups.is_empty() {
+            let needs_write = !groups.is_empty();
+            let token = self.persist.push(after, needs_write);
+            if needs_write {
+                self.stats.write_batches += 1;
+                self.stats.written_entries += groups
+                    .iter()
+                    .map(|g: &GroupWrite| g.entries.len() as u64)
+                    .sum::<u64>();
+                write = Some(WriteBatch { token, groups });
+            } else {
+                for a in self.persist.release() {
+                    self.release(a);
+                }
+            }
+        }
+        let incarnation = self.cfg.incarnation;
+        StoreReady {
+            write,
+            messages: std::mem::take(&mut self.outbox)
+                .into_iter()
+                .map(|(to, mut b)| {
+                    b.incarnation = incarnation;
+                    (to, b)
+                })
+                .collect(),
+            replies: std::mem::take(&mut self.replies),
+            new_peer_incarnations: std::mem::take(&mut self.new_incarnations),
+            failures: std::mem::take(&mut self.failures),
+        }
+    }
+
+    // ----- Per-group work -----
+
+    fn ready_group(
+        &mut self,
+        range: RangeId,
+        groups: &mut Vec<GroupWrite>,
+        after: &mut AfterPersist,
+    ) {
+        let node = self.cfg.node_id;
+        let Some(r) = self.replicas.get_mut(&range) else {
+            return;
+        };
+        if !r.raft.has_ready() {
+            return;
+        }
+        let rd = r.raft.ready();
+        let point = rd.persist_point();
+        for m in rd.messages {
+            self.outbox
+                .entry(m.to)
+                .or_default()
+                .messages
+                .push((range, m));
+        }
+        let mut gw = GroupWrite {
+            range,
+            snapshot: None,
+            entries: Vec::new(),
+            hard_state: rd.hard_state,
+        };
+        if let Some(snap) = rd.snapshot {
+            match RangeState::restore(&snap.data) {
+                Ok(state) if state.applied().0 == snap.meta.index => {
+                    // Proposals the snapshot covers may or may not be in it.
+                    let covered: Vec<_> = r
+                        .proposals
+                        .range(..=snap.meta.index)
+                        .map(|(&i, &(_, req))| (i, req))
+                        .collect();
+                    for (i, req) in covered {
+                        r.proposals.remove(&i);
+                        self.replies
+                            .push((req, Err(StoreError::Ambiguous { range })));
+                    }
+                    r.state = state;
+                    self.stats.snapshots_installed += 1;
+                    r.entries_since_snapshot = 0;
+                    r.bytes_since_snapshot = 0;
+                    // The host drops the group's WAL records first, so the
+                    // hard state is written again with the snapshot.
+                    gw.hard_state = Some(r.raft.hard_state());
+                    gw.snapshot = Some(SnapshotWrite {
+                        meta: snap.meta,
+                        data: snap.data,
+                        replaces_log: true,
+                    });
+                }
+                Ok(state) => {
+                    self.fail_replica(
+                        range,
+                        format!(
+                            "snapshot at index {} holds state applied at {}",
+                            snap.meta.index,
+                            state.applied().0
+                        ),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    self.fail_replica(range, format!("snapshot does not decode: {e}"));
+                    return;
+                }
+            }
+        }
+        gw.entries = rd
+            .entries
+            .iter()
+            .map(|e| (e.index, e.term, encode_payload(&e.payload)))
+            .collect();
+        if point.is_some() || !rd.persisted_messages.is_empty() {
+            after.groups.push((range, point, rd.persisted_messages));
+        }
+        let has_write = gw.snapshot.is_some() || !gw.entries.is_empty() || gw.hard_state.is_some();
+        if has_write {
+            groups.push(gw);
+        }
+
+        let Some(r) = self.replicas.get_mut(&range) else {
+            return;
+        };
+        for e in rd.committed_entries {
+            let result = match &e.payload {
+                EntryPayload::Normal(data) => match Proposal::decode(data) {
+                    Ok(p) => Some(r.state.apply(e.index, e.term, &p)),
+                    Err(_) => {
+                        r.state.advance(e.index, e.term);
+                        None
+                    }
+                },
+                _ => {
+                    r.state.advance(e.index, e.term);
+                    None
+                }
+            };
+            self.stats.applied_entries += 1;
+            r.entries_since_snapshot += 1;
+            r.bytes_since_snapshot += e.size_bytes();
+            // Anything proposed at or below this index is decided now.
+            while let Some((&i, &(term, req))) = r.proposals.first_key_value() {
+                if i > e.index {
+                    break;
+                }
+                r.proposals.remove(&i);
+                let reply = match (&result, i == e.index && term == e.term) {
+                    (Some(res), true) => Ok(Reply::Applied(res.clone())),
+                    (None, true) => Err(StoreError::Unavailable(format!(
+                        "range {range}: entry {i} holds an undecodable command"
+                    ))),
+                    (_, false) => Err(StoreError::Dropped { range }),
+                };
+                self.replies.push((req, reply));
+            }
+        }
+        for rs in rd.read_states {
+            if let Some(op) = r.reads_unconfirmed.remove(&rs.ctx) {
+                r.reads_confirmed.push_back(ConfirmedRead {
+                    index: rs.index,
+                    req: rs.ctx,
+                    op,
+                });
+            }
+        }
+        for ctx in rd.failed_reads {
+            if r.reads_unconfirmed.remove(&ctx).is_some() {
+                let leader = r.raft.leader();
+                self.replies.push((
+                    ctx,
+                    Err(StoreError::NotLeader {
+                        range,
+                        leader: (leader != NO_NODE && leader != node).then_some(leader),
+                    }),
+                ));
+            }
+        }
+        let applied = r.state.applied().0;
+        let mut i = 0;
+        while i < r.reads_confirmed.len() {
+            if r.reads_confirmed[i].index <= applied {
+                if let Some(read) = r.reads_confirmed.remove(i) {
+                    self.replies
+                        .push((read.req, Ok(serve_read(&r.state, &read.op))));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.maybe_snapshot(range, groups);
+    }
+
+    /// Takes a snapshot for log compaction once enough was applied since the
+    /// last one; the host stores it before this batch's WAL records.
+    fn maybe_snapshot(&mut self, range: RangeId, groups: &mut Vec<GroupWrite>) {
+        let Some(r) = self.replicas.get_mut(&range) else {
+            return;
+        };
+        if r.entries_since_snapshot < self.cfg.snapshot_entries
+            && r.bytes_since_snapshot < self.cfg.snapshot_bytes
+        {
+            return;
+        }
+        let (index, _) = r.state.applied();
+        if index <= r.raft.snapshot().meta.index || index > r.raft.stable_index() {
+            return;
+        }
+        let data = r.state.snapshot();
+        let meta = r.raft.snapshot_taken(index, data.clone());
+        self.stats.snapshots_taken += 1;
+        r.entries_since_snapshot = 0;
+        r.bytes_since_snapshot = 0;
+        groups.push(GroupWrite {
+            range,
+            snapshot: Some(SnapshotWrite {
+                meta,
+                data,
+                replaces_log: false,
+            }),
+            entries: Vec::new(),
+            hard_state: None,
+        });
+    }
+
+    /// Effects of a write batch that is now durable.
+    fn release(&mut self, after: AfterPersist) {
+        for (range, point, messages) in after.groups {
+            let Some(r) = self.replicas.get_mut(&range) else {
+                continue;
+            };
+            for m in messages {
+                self.outbox
+                    .entry(m.to)
+                    .or_default()
+                    .messages
+                    .push((range, m));
+            }
+            if let Some((index, term)) = point {
+                r.raft.on_persisted(index, term);
+            }
+            self.dirty.insert(range);
+        }
+    }
+
+    fn fail_replica(&mut self, range: RangeId, why: String) {
+        if let Some(r) = self.replicas.remove(&range) {
+            for (_, (_, req)) in r.proposals {
+                self.replies
+                    .push((req, Err(StoreError::Unavailable(why.clone()))));
+            }
+            for (req, _) in r.reads_unconfirmed {
+                self.replies
+                    .push((req, Err(StoreError::Unavailable(why.clone()))));
+            }
+            for read in r.reads_confirmed {
+                self.replies
+                    .push((read.req, Err(StoreError::Unavailable(why.clone()))));
+            }
+        }
+        self.awake.remove(&range);
+        self.failures.push(format!("range {range}: {why}"));
+    }
+
+    // ----- Quiescence and liveness -----
+
+    fn wake(&mut self, range: RangeId) {
+        if let Some(r) = self.replicas.get_mut(&range)
+            && r.quiesced
+        {
+            r.quiesced = false;
+            r.idle_ticks = 0;
+            r.awake_since = self.ticks;
+            self.awake.insert(range);
+            self.stats.woken_total += 1;
+        }
+    }
+
+    fn all_members_live(&self, range: RangeId) -> bool {
+        let Some(r) = self.replicas.get(&range) else {
+            return false;
+        };
+        r.raft
+            .conf_state()
+            .members()
+            .iter()
+            .all(|&m| m == self.cfg.node_id || self.peer_live(m))
+    }
+
+    fn leader_quiesce(&mut self, range: RangeId) {
+        let node = self.cfg.node_id;
+        let Some(r) = self.replicas.get_mut(&range) else {
+            return;
+        };
+        r.quiesced = true;
+        self.awake.remove(&range);
+        self.stats.quiesced_total += 1;
+        let (term, commit) = (r.raft.term(), r.raft.commit_index());
+        for m in r.raft.conf_state().members() {
+            if m != node {
+                self.outbox
+                    .entry(m)
+                    .or_default()
+                    .control
+                    .push(Control::Quiesce {
+                        range,
+                        term,
+                        commit,
+                    });
+            }
+        }
+    }
+
+    fn follower_quiesce(&mut self, from: NodeId, range: RangeId, term: u64, commit: u64) {
+        let Some(r) = self.replicas.get_mut(&range) else {
+            return;
+        };
+        let raft = &r.raft;
+        let agrees = !raft.is_leader()
+            && raft.term() == term
+            && raft.leader() == from
+            && raft.commit_index() == commit
+            && raft.last_index() == commit
+            && r.proposals.is_empty()
+            && r.reads_unconfirmed.is_empty()
+            && r.reads_confirmed.is_empty();
+        if agrees && !r.quiesced {
+            r.quiesced = true;
+            self.awake.remove(&range);
+            self.stats.quiesced_total += 1;
+        }
+    }
+
+    /// Records a batch from `from`; false if it must be refused (a peer that
+    /// came back with a new incarnation lost its data: its votes and
+    /// acknowledgements would break Raft's promises).
+    fn heard_from(&mut self, from: NodeId, incarnation: u64) -> bool {
+        let now = self.ticks;
+        let Some(p) = self.peers.get_mut(&from) else {
+            return false;
+        };
+        match p.incarnation {
+            Some(known) if known != incarnation => return false,
+            Some(_) => {}
+            None => {
+                p.incarnation = Some(incarnation);
+                self.new_incarnations.push((from, incarnation));
+            }
+        }
+        p.last_heard = now;
+        p.live = true;
+        true
+    }
+
+    fn check_liveness(&mut self) {
+        let now = self.ticks;
+        let timeout = self.cfg.liveness_timeout_ticks as u64;
+        let mut died = Vec::new();
+        for (&id, p) in self.peers.iter_mut() {
+            if p.live && now.saturating_sub(p.last_heard) > timeout {
+                p.live = false;
+                died.push(id);
+            }
+        }
+        if died.is_empty() {
+            return;
+        }
+        // Only the quiesced followers of a dead node's leaders must act; they
+        // are woken a few per tick.
+        for (&range, r) in &self.replicas {
+            if r.quiesced && died.contains(&r.raft.leader()) {
+                self.wake_queue.push_back(range);
+            }
+        }
+    }
+}
+
+/// Answers a read from a replica's applied state.
+fn serve_read(state: &RangeState, op: &ReadOp) -> Reply {
+    match op {
+        ReadOp::Get { key } => Reply::Value(state.get(key)),
+        ReadOp::Scan { start, end, limit } => Reply::Pairs(state.scan(start, end, *limit)),
+        ReadOp::Hash => Reply::Hash {
+            index: state.applied().0,
+            hash: state.state_hash(),
+        },
+        ReadOp::Count => Reply::Count(state.len() as u64),
+    }
+}

@@ -1,0 +1,32 @@
+//! The multi-raft store: thousands of replicas on one node sharing one WAL
+//! batch and one message batch per peer per loop iteration. Sans-IO like the
+//! Raft core: events in ([`Store::request`], [`Store::receive`],
+//! [`Store::tick`], [`Store::persisted`]), work out ([`Store::ready`]). The
+//! runtime in [`crate::node`] connects it to the WAL, the transport and a
+//! clock; the simulator connects it to simulated ones.
+//!
+//! - `core`: the store and its loop contract;
+//! - `replica`: one range's Raft group, state machine and waiting requests;
+//! - `persist`: write batches and the in-order release of their effects;
+//! - `codec`: entry payloads and peer message batches on disk and on the wire;
+//! - `request`: requests, replies and routable errors;
+//! - `bootstrap`: a new cluster's layout and first replicas;
+//! - `config`: settings.
+
+mod bootstrap;
+pub mod codec;
+mod config;
+mod core;
+mod persist;
+mod replica;
+mod request;
+
+pub use bootstrap::{
+    FIRST_USER_RANGE, Layout, META_PREFIX, META_RANGE, REPLICATION, cluster_layout,
+    initial_replica, meta_key,
+};
+pub use codec::{Control, PeerBatch};
+pub use config::StoreConfig;
+pub use core::{Store, StoreReady, StoreStats};
+pub use persist::{GroupWrite, SnapshotWrite, WriteBatch};
+pub use request::{ReadConsistency, ReadOp, Reply, ReqId, Request, StoreError};

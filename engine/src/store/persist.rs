@@ -1,0 +1,141 @@
+//! What the store writes per loop iteration, and the order in which its
+//! completions are released.
+//!
+//! Each `Store::ready()` that has anything to make durable hands the host one
+//! [`WriteBatch`] with a token. The host may complete tokens in any order (its
+//! completions race), but a token's effects (acknowledgements to peers,
+//! `on_persisted` reports) are released only once it and every earlier token
+//! are done: the WAL writes in order, so "done" is a prefix property.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::raft::{HardState, Index, Message, SnapshotMeta, Term};
+use crate::range::RangeId;
+
+/// Everything one loop iteration asks to make durable, for all groups. The
+/// host writes it as ONE WAL batch (group commit), then calls
+/// `Store::persisted(token)`.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub token: u64,
+    pub groups: Vec<GroupWrite>,
+}
+
+/// One group's share of a [`WriteBatch`], applied in this order: snapshot,
+/// entries, hard state.
+#[derive(Debug)]
+pub struct GroupWrite {
+    pub range: RangeId,
+    pub snapshot: Option<SnapshotWrite>,
+    /// (index, term, payload as [`super::codec::encode_payload`] makes it); an
+    /// entry at index i replaces any entry at i or later.
+    pub entries: Vec<(Index, Term, Bytes)>,
+    pub hard_state: Option<HardState>,
+}
+
+/// A state machine snapshot to store durably BEFORE the WAL records of the
+/// same batch (recovery starts from the snapshot, then replays the log).
+#[derive(Debug)]
+pub struct SnapshotWrite {
+    pub meta: SnapshotMeta,
+    pub data: Bytes,
+    /// True when a snapshot from the leader replaces this replica's whole log
+    /// (the host drops the group's WAL records first); false for log
+    /// compaction after a local snapshot.
+    pub replaces_log: bool,
+}
+
+/// One group's effects of a write: the point to report to `on_persisted`,
+/// and the messages that promise durability (votes, append acknowledgements).
+pub(super) type GroupAfter = (RangeId, Option<(Index, Term)>, Vec<Message>);
+
+/// Effects that wait for a token's durability.
+#[derive(Debug, Default)]
+pub(super) struct AfterPersist {
+    pub groups: Vec<GroupAfter>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    token: u64,
+    done: bool,
+    after: AfterPersist,
+}
+
+/// Tokens handed out and not yet released, oldest first.
+#[derive(Debug, Default)]
+pub(super) struct PersistQueue {
+    next_token: u64,
+    pending: VecDeque<Pending>,
+}
+
+impl PersistQueue {
+    /// Registers the effects of one iteration. `needs_write` is false when
+    /// nothing new must be written (the effects only wait for earlier tokens).
+    pub fn push(&mut self, after: AfterPersist, needs_write: bool) -> u64 {
+        self.next_token += 1;
+        let token = self.next_token;
+        self.pending.push_back(Pending {
+            token,
+            done: !needs_write,
+            after,
+        });
+        token
+    }
+
+    /// Marks `token` durable and returns the effects that may now be released,
+    /// in token order.
+    pub fn complete(&mut self, token: u64) -> Vec<AfterPersist> {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.token == token) {
+            p.done = true;
+        }
+        self.release()
+    }
+
+    /// Effects whose token and all earlier ones are done.
+    pub fn release(&mut self) -> Vec<AfterPersist> {
+        let mut out = Vec::new();
+        while self.pending.front().is_some_and(|p| p.done) {
+            if let Some(p) = self.pending.pop_front() {
+                out.push(p.after);
+            }
+        }
+        out
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(range: RangeId) -> AfterPersist {
+        AfterPersist {
+            groups: vec![(range, None, vec![])],
+        }
+    }
+
+    #[test]
+    fn completions_release_in_token_order() {
+        let mut q = PersistQueue::default();
+        let a = q.push(marker(1), true);
+        let b = q.push(marker(2), true);
+        let _c = q.push(marker(3), false);
+        assert!(q.complete(b).is_empty(), "b waits for a");
+        let released: Vec<RangeId> = q.complete(a).into_iter().map(|p| p.groups[0].0).collect();
+        assert_eq!(released, vec![1, 2, 3]);
+        assert_eq!(q.in_flight(), 0);
+    }
+
+    #[test]
+    fn nothing_to_write_is_released_at_once_when_nothing_is_ahead() {
+        let mut q = PersistQueue::default();
+        q.push(marker(9), false);
+        assert_eq!(q.release().len(), 1);
+    }
+}

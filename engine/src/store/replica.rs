@@ -1,0 +1,82 @@
+//! One replica of one range on this node: its Raft group, its state machine,
+//! and the client requests waiting on it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::raft::{Index, Raft, Term};
+use crate::range::RangeState;
+
+use super::request::{ReadOp, ReqId};
+
+/// A read confirmed by the leader at `index`, served once applied there.
+#[derive(Debug)]
+pub(super) struct ConfirmedRead {
+    pub index: Index,
+    pub req: ReqId,
+    pub op: ReadOp,
+}
+
+#[derive(Debug)]
+pub(super) struct Replica {
+    pub raft: Raft,
+    pub state: RangeState,
+    /// Writes proposed here, by log index, with the term they were proposed in.
+    pub proposals: BTreeMap<Index, (Term, ReqId)>,
+    /// Reads waiting for the leader to confirm them (by read ctx = request id).
+    pub reads_unconfirmed: BTreeMap<ReqId, ReadOp>,
+    /// Confirmed reads waiting for the state machine to catch up, in index order.
+    pub reads_confirmed: VecDeque<ConfirmedRead>,
+    /// Quiesced: no ticks, no heartbeats, until traffic wakes it.
+    pub quiesced: bool,
+    /// Consecutive ticks the leader saw nothing to do.
+    pub idle_ticks: u32,
+    /// Store tick of the last wake-up (lease reads wait a full election
+    /// timeout after it: the clock stood still while quiesced).
+    pub awake_since: u64,
+    /// Entries applied since the last snapshot, and their bytes.
+    pub entries_since_snapshot: u64,
+    pub bytes_since_snapshot: u64,
+}
+
+impl Replica {
+    pub fn new(raft: Raft, state: RangeState, now: u64) -> Self {
+        Replica {
+            raft,
+            state,
+            proposals: BTreeMap::new(),
+            reads_unconfirmed: BTreeMap::new(),
+            reads_confirmed: VecDeque::new(),
+            quiesced: false,
+            idle_ticks: 0,
+            awake_since: now,
+            entries_since_snapshot: 0,
+            bytes_since_snapshot: 0,
+        }
+    }
+
+    /// Whether a leader can stop ticking this group: everything is committed,
+    /// applied and replicated to every member, and nobody waits on it.
+    pub fn leader_idle(&self) -> bool {
+        let raft = &self.raft;
+        if !raft.is_leader()
+            || !self.proposals.is_empty()
+            || !self.reads_unconfirmed.is_empty()
+            || !self.reads_confirmed.is_empty()
+            || raft.has_ready()
+            || raft.uncommitted_bytes() > 0
+        {
+            return false;
+        }
+        let last = raft.last_index();
+        if raft.commit_index() != last || self.state.applied().0 != last {
+            return false;
+        }
+        let conf = raft.conf_state();
+        if conf.is_joint() || !conf.learners_next.is_empty() {
+            return false;
+        }
+        conf.members()
+            .iter()
+            .all(|&m| raft.progress(m).is_some_and(|p| p.matched == last))
+    }
+}

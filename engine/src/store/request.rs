@@ -1,0 +1,128 @@
+//! What clients ask a store, what it answers, and the typed errors that tell
+//! a router what to do next.
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::raft::NodeId;
+use crate::range::{ApplyResult, Command, RangeDescriptor, RangeId};
+
+/// Identifies one request to the store; its reply carries it back.
+pub type ReqId = u64;
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// Reflects every write acknowledged before the read started (ReadIndex:
+    /// one heartbeat round confirms the leader). The default.
+    #[default]
+    Linearizable,
+    /// Linearizable while clocks drift less than the configured bound: the
+    /// leader answers from its lease without a round trip.
+    Lease,
+    /// Whatever this replica has applied, leader or not. May be arbitrarily old.
+    Stale,
+}
+
+/// A read of a range's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadOp {
+    Get {
+        key: Bytes,
+    },
+    /// Pairs with `start <= key < end` (`end` empty: to the range's end).
+    Scan {
+        start: Bytes,
+        end: Bytes,
+        limit: usize,
+    },
+    /// The replica's state hash and the index it describes.
+    Hash,
+    /// Number of keys in the range.
+    Count,
+}
+
+/// A request for one range. `epoch` is the epoch of the descriptor the client
+/// routed with; a stale one is refused with [`StoreError::EpochMismatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Write {
+        range: RangeId,
+        epoch: u64,
+        command: Command,
+    },
+    Read {
+        range: RangeId,
+        epoch: u64,
+        op: ReadOp,
+        consistency: ReadConsistency,
+    },
+}
+
+impl Request {
+    pub fn range(&self) -> RangeId {
+        match self {
+            Request::Write { range, .. } | Request::Read { range, .. } => *range,
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Applied(ApplyResult),
+    Value(Option<Bytes>),
+    Pairs(Vec<(Bytes, Bytes)>),
+    Hash { index: u64, hash: u64 },
+    Count(u64),
+}
+
+/// Why a request was not served. Each variant says whether retrying is safe.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Not applied; ask `leader` (when known). Safe to retry.
+    #[error("range {range}: not the leader (leader hint: {leader:?})")]
+    NotLeader {
+        range: RangeId,
+        leader: Option<NodeId>,
+    },
+    /// This node has no replica of the range. Safe to retry elsewhere.
+    #[error("range {range} has no replica on this node")]
+    RangeNotFound { range: RangeId },
+    /// The client routed with an old descriptor. Not applied; refresh and retry.
+    #[error("range {range}: epoch {requested} is stale, current descriptor has epoch {}", current.epoch)]
+    EpochMismatch {
+        range: RangeId,
+        requested: u64,
+        current: Box<RangeDescriptor>,
+    },
+    /// Too many uncommitted bytes. Not applied; back off and retry.
+    #[error("range {range} is busy; retry later")]
+    Busy { range: RangeId },
+    /// Another entry took the proposal's place in the log: it was certainly
+    /// not applied. Safe to retry.
+    #[error("range {range}: proposal dropped by a leader change; it was not applied")]
+    Dropped { range: RangeId },
+    /// A snapshot replaced the log past the proposal: it may or may not have
+    /// been applied. Not safe to retry blindly.
+    #[error("range {range}: outcome unknown (a snapshot covered the proposal)")]
+    Ambiguous { range: RangeId },
+    /// The node is shutting down or its storage failed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether the request certainly had no effect, so resending it is safe.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotLeader { .. }
+                | StoreError::RangeNotFound { .. }
+                | StoreError::EpochMismatch { .. }
+                | StoreError::Busy { .. }
+                | StoreError::Dropped { .. }
+        )
+    }
+}
