@@ -29,7 +29,8 @@
 //! version, flags, body length, CRC, then while parsing the body the descriptor
 //! (validated archive, sane span), that every key is inside the span and
 //! greater than the previous one, and that nothing follows the last pair. It
-//! never panics and never allocates more than the input's size.
+//! never panics, and what it allocates is bounded by the input's size (the
+//! pair count is not trusted for preallocation).
 
 use std::collections::BTreeMap;
 

@@ -17,6 +17,9 @@ use super::snapshot::{self, SnapshotError};
 ///
 /// Every replica applies the same entries in the same order and must end in the
 /// same state; [`state_hash`](Self::state_hash) lets them compare cheaply.
+///
+/// `Clone` is O(pairs) reference-count bumps (keys and values are `Bytes`).
+#[derive(Clone)]
 pub struct RangeState {
     desc: RangeDescriptor,
     applied_index: u64,
