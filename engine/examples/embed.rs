@@ -19,7 +19,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Compare-and-set and counters are applied atomically by the range's leader.
     let cas = db
-        .compare_and_set("user/1", Some(Bytes::from("ada")), Some(Bytes::from("lovelace")))
+        .compare_and_set(
+            "user/1",
+            Some(Bytes::from("ada")),
+            Some(Bytes::from("lovelace")),
+        )
         .await?;
     assert!(cas.swapped);
     assert_eq!(db.increment("visits", 3).await?, 3);
