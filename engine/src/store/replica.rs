@@ -75,8 +75,9 @@ impl Replica {
         if conf.is_joint() || !conf.learners_next.is_empty() {
             return false;
         }
+        // The leader keeps no progress of its own (its log is `last`).
         conf.members()
             .iter()
-            .all(|&m| raft.progress(m).is_some_and(|p| p.matched == last))
+            .all(|&m| m == raft.id() || raft.progress(m).is_some_and(|p| p.matched == last))
     }
 }

@@ -1,0 +1,830 @@
+//! Three multi-raft `Store`s (nodes 1, 2, 3) driven by hand, with no I/O: an
+//! in-memory network carries every `StoreReady.messages` batch (encoded and
+//! decoded with the store's codec) to `Store::receive` of its destination, and
+//! an in-memory disk completes every `StoreReady.write` (after the messages of
+//! the same ready were queued) by calling `Store::persisted`, unless the test
+//! holds that node's disk.
+//!
+//! Every batch sent is checked against the disk model: a replica never
+//! acknowledges an entry (`AppendResponse`) or grants a vote (`VoteResponse`)
+//! that its disk has not made durable.
+//!
+//! Shown here: idle groups quiesce and then cost nothing but one empty
+//! liveness batch per peer per tick; a request wakes only its group, which
+//! quiesces again; losing a node wakes only the groups it led, a few per tick,
+//! and they elect new leaders; a node that comes back with a new incarnation
+//! is refused; and a write is never acknowledged before a quorum made it
+//! durable.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use tessera_engine::raft::{HardState, Message, MessageBody, NodeId};
+use tessera_engine::range::{ApplyResult, Command, RangeId};
+use tessera_engine::store::codec::{decode_batch, encode_batch};
+use tessera_engine::store::{
+    FIRST_USER_RANGE, Layout, META_RANGE, ReadConsistency, ReadOp, Reply, ReqId, Request, Store,
+    StoreConfig, StoreError, StoreReady, WriteBatch, cluster_layout, initial_replica,
+};
+
+const NODES: [NodeId; 3] = [1, 2, 3];
+
+/// What one node's disk made durable, per range, and the writes it holds back.
+#[derive(Default)]
+struct Disk {
+    /// Last log index durable (the bootstrap snapshot is at index 1).
+    last_index: BTreeMap<RangeId, u64>,
+    hard_state: BTreeMap<RangeId, HardState>,
+    /// When set, writes are kept in `held` instead of completing.
+    hold: bool,
+    held: Vec<WriteBatch>,
+}
+
+impl Disk {
+    fn new(layout: &Layout) -> Self {
+        Disk {
+            last_index: layout.all().map(|d| (d.id, 1)).collect(),
+            ..Disk::default()
+        }
+    }
+
+    fn write(&mut self, w: &WriteBatch) {
+        for g in &w.groups {
+            if let Some(s) = &g.snapshot
+                && s.replaces_log
+            {
+                self.last_index.insert(g.range, s.meta.index);
+            }
+            // An entry at index i replaces any entry at i or later.
+            if let Some(&(last, _, _)) = g.entries.last() {
+                self.last_index.insert(g.range, last);
+            }
+            if let Some(hs) = &g.hard_state {
+                self.hard_state.insert(g.range, *hs);
+            }
+        }
+    }
+}
+
+/// Three stores, their network and their disks.
+struct Sim {
+    layout: Layout,
+    stores: BTreeMap<NodeId, Store>,
+    disks: BTreeMap<NodeId, Disk>,
+    /// Encoded batches in flight: (from, to, bytes).
+    net: VecDeque<(NodeId, NodeId, Bytes)>,
+    /// Cut-off nodes: nothing is delivered from or to them, they do not tick.
+    down: BTreeSet<NodeId>,
+    replies: BTreeMap<ReqId, Result<Reply, StoreError>>,
+    next_req: ReqId,
+    /// Batches sent per (from, to), and their Raft and control messages.
+    batches: BTreeMap<(NodeId, NodeId), u64>,
+    raft_msgs: u64,
+    control_msgs: u64,
+    /// Every Raft message sent, as (range, message), when `record` is on.
+    record: bool,
+    sent: Vec<(RangeId, Message)>,
+}
+
+fn store_config(node: NodeId, tweak: &impl Fn(&mut StoreConfig)) -> StoreConfig {
+    let peers = NODES.iter().copied().filter(|&p| p != node).collect();
+    let mut cfg = StoreConfig::new(node, peers);
+    cfg.incarnation = 100 + node;
+    cfg.seed = 0x5EED_0000 + node * 7919;
+    tweak(&mut cfg);
+    cfg
+}
+
+/// A store with the bootstrap replicas of every range of `layout` it holds.
+fn bootstrap_store(cfg: StoreConfig, layout: &Layout) -> Store {
+    let node = cfg.node_id;
+    let mut store = Store::new(cfg, &BTreeMap::new());
+    for desc in layout.all() {
+        if !desc.replicas.contains(&node) {
+            continue;
+        }
+        let (init, state) = initial_replica(desc, layout);
+        store
+            .add_replica(desc.id, init, state)
+            .expect("bootstrap replica");
+    }
+    store
+}
+
+impl Sim {
+    fn new(ranges: u32, tweak: impl Fn(&mut StoreConfig)) -> Self {
+        let layout = cluster_layout(&NODES, ranges);
+        let stores = NODES
+            .iter()
+            .map(|&n| (n, bootstrap_store(store_config(n, &tweak), &layout)))
+            .collect();
+        let disks = NODES.iter().map(|&n| (n, Disk::new(&layout))).collect();
+        Sim {
+            layout,
+            stores,
+            disks,
+            net: VecDeque::new(),
+            down: BTreeSet::new(),
+            replies: BTreeMap::new(),
+            next_req: 1,
+            batches: BTreeMap::new(),
+            raft_msgs: 0,
+            control_msgs: 0,
+            record: false,
+            sent: Vec::new(),
+        }
+    }
+
+    fn store(&self, n: NodeId) -> &Store {
+        &self.stores[&n]
+    }
+
+    fn range_ids(&self) -> Vec<RangeId> {
+        self.layout.all().map(|d| d.id).collect()
+    }
+
+    fn up(&self) -> Vec<NodeId> {
+        NODES
+            .iter()
+            .copied()
+            .filter(|n| !self.down.contains(n))
+            .collect()
+    }
+
+    /// Handles one node's ready: queue its messages, then complete its write.
+    fn process(&mut self, from: NodeId, rd: StoreReady) {
+        for (to, batch) in rd.messages {
+            *self.batches.entry((from, to)).or_default() += 1;
+            self.raft_msgs += batch.messages.len() as u64;
+            self.control_msgs += batch.control.len() as u64;
+            for (range, m) in &batch.messages {
+                assert_eq!(m.from, from, "range {range}: message from another node");
+                assert_eq!(m.to, to, "range {range}: message in the wrong batch");
+                self.check_durable_promise(*range, m);
+                if self.record {
+                    self.sent.push((*range, m.clone()));
+                }
+            }
+            let bytes = encode_batch(&batch);
+            if !self.down.contains(&from) && !self.down.contains(&to) {
+                self.net.push_back((from, to, bytes));
+            }
+        }
+        for (id, reply) in rd.replies {
+            assert!(
+                self.replies.insert(id, reply).is_none(),
+                "request {id} answered twice"
+            );
+        }
+        assert!(rd.failures.is_empty(), "replicas failed: {:?}", rd.failures);
+        if let Some(w) = rd.write {
+            let disk = self.disks.get_mut(&from).expect("disk");
+            if disk.hold {
+                disk.held.push(w);
+            } else {
+                disk.write(&w);
+                self.stores
+                    .get_mut(&from)
+                    .expect("store")
+                    .persisted(w.token);
+            }
+        }
+    }
+
+    /// Acknowledgements and votes promise durability: check the disk has it.
+    fn check_durable_promise(&self, range: RangeId, m: &Message) {
+        let disk = &self.disks[&m.from];
+        match m.body {
+            MessageBody::AppendResponse {
+                reject: false,
+                index,
+                ..
+            } => {
+                let durable = disk.last_index.get(&range).copied().unwrap_or(0);
+                assert!(
+                    index <= durable,
+                    "node {} range {range}: acknowledges index {index}, durable only to {durable}",
+                    m.from
+                );
+            }
+            MessageBody::VoteResponse {
+                pre_vote: false,
+                granted: true,
+            } => {
+                let hs = disk.hard_state.get(&range).copied().unwrap_or_default();
+                assert!(
+                    hs.term > m.term || (hs.term == m.term && hs.vote == m.to),
+                    "node {} range {range}: grants a vote in term {} to {} but its disk has {hs:?}",
+                    m.from,
+                    m.term,
+                    m.to
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Delivers everything and drains every store's ready until quiet.
+    fn settle(&mut self) {
+        for round in 0.. {
+            assert!(round < 10_000, "the stores never went quiet");
+            let mut busy = false;
+            while let Some((from, to, bytes)) = self.net.pop_front() {
+                busy = true;
+                if self.down.contains(&from) || self.down.contains(&to) {
+                    continue;
+                }
+                let batch = decode_batch(&bytes).expect("batch decodes");
+                self.stores
+                    .get_mut(&to)
+                    .expect("store")
+                    .receive(from, batch);
+            }
+            for n in self.up() {
+                while self.stores[&n].has_ready() {
+                    busy = true;
+                    let rd = self.stores.get_mut(&n).expect("store").ready();
+                    self.process(n, rd);
+                }
+            }
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    /// One tick of every live store's clock, then everything it causes.
+    fn tick(&mut self) {
+        for n in self.up() {
+            self.stores.get_mut(&n).expect("store").tick();
+        }
+        self.settle();
+    }
+
+    fn ticks(&mut self, k: usize) {
+        for _ in 0..k {
+            self.tick();
+        }
+    }
+
+    /// Completes every write `node`'s disk held, oldest first, and stops holding.
+    fn release_disk(&mut self, node: NodeId) {
+        let disk = self.disks.get_mut(&node).expect("disk");
+        disk.hold = false;
+        let held = std::mem::take(&mut disk.held);
+        for w in held {
+            self.disks.get_mut(&node).expect("disk").write(&w);
+            self.stores
+                .get_mut(&node)
+                .expect("store")
+                .persisted(w.token);
+        }
+        self.settle();
+    }
+
+    fn request(&mut self, node: NodeId, req: Request) -> ReqId {
+        let id = self.next_req;
+        self.next_req += 1;
+        self.stores.get_mut(&node).expect("store").request(id, req);
+        self.settle();
+        id
+    }
+
+    fn reply(&self, id: ReqId) -> Option<&Result<Reply, StoreError>> {
+        self.replies.get(&id)
+    }
+
+    /// The one live leader of `range` that every live replica agrees on.
+    fn agreed_leader(&self, range: RangeId) -> Option<NodeId> {
+        let up = self.up();
+        let leaders: Vec<NodeId> = up
+            .iter()
+            .copied()
+            .filter(|&n| {
+                self.store(n)
+                    .replica_raft(range)
+                    .is_some_and(|r| r.is_leader())
+            })
+            .collect();
+        let [leader] = leaders[..] else {
+            return None;
+        };
+        up.iter()
+            .all(|&n| self.store(n).leader_of(range) == Some(leader))
+            .then_some(leader)
+    }
+
+    fn all_quiesced(&self) -> bool {
+        self.up().iter().all(|&n| {
+            let s = self.store(n);
+            s.stats().awake == 0 && s.range_ids().all(|r| s.is_quiesced(r))
+        })
+    }
+
+    /// Ticks until every range has one agreed leader and everything is
+    /// quiesced; returns the ticks it took.
+    fn run_until_quiesced(&mut self, max_ticks: usize) -> usize {
+        for t in 1..=max_ticks {
+            self.tick();
+            if self.all_quiesced()
+                && self
+                    .range_ids()
+                    .iter()
+                    .all(|&r| self.agreed_leader(r).is_some())
+            {
+                return t;
+            }
+        }
+        let awake: Vec<_> = self
+            .up()
+            .iter()
+            .map(|&n| (n, self.store(n).stats().awake))
+            .collect();
+        panic!("not quiesced with one leader per range after {max_ticks} ticks: awake {awake:?}");
+    }
+
+    fn leaders(&self) -> BTreeMap<RangeId, NodeId> {
+        self.range_ids()
+            .into_iter()
+            .map(|r| (r, self.agreed_leader(r).expect("range has a leader")))
+            .collect()
+    }
+
+    fn woken(&self, n: NodeId) -> u64 {
+        self.store(n).stats().woken_total
+    }
+
+    fn sent_between(&self, from: NodeId, to: NodeId) -> u64 {
+        self.batches.get(&(from, to)).copied().unwrap_or(0)
+    }
+
+    /// A key inside `range`.
+    fn key_in(&self, range: RangeId, suffix: &str) -> Bytes {
+        let desc = self
+            .layout
+            .all()
+            .find(|d| d.id == range)
+            .expect("range in layout");
+        // Ranges start at two-byte boundaries (the first at the empty key).
+        let mut k = BytesMut::from(&desc.start[..]);
+        k.extend_from_slice(&[0]);
+        k.extend_from_slice(suffix.as_bytes());
+        let k = k.freeze();
+        assert!(desc.contains(&k), "key {k:?} not in range {range}");
+        k
+    }
+
+    fn put(&mut self, node: NodeId, range: RangeId, key: &Bytes, value: &Bytes) -> ReqId {
+        self.request(
+            node,
+            Request::Write {
+                range,
+                epoch: 1,
+                command: Command::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+            },
+        )
+    }
+
+    fn get(
+        &mut self,
+        node: NodeId,
+        range: RangeId,
+        key: &Bytes,
+        consistency: ReadConsistency,
+    ) -> ReqId {
+        self.request(
+            node,
+            Request::Read {
+                range,
+                epoch: 1,
+                op: ReadOp::Get { key: key.clone() },
+                consistency,
+            },
+        )
+    }
+}
+
+fn applied_done() -> Result<Reply, StoreError> {
+    Ok(Reply::Applied(ApplyResult::Done))
+}
+
+#[test]
+fn two_hundred_ranges_elect_one_leader_each_then_quiesce_to_liveness_only() {
+    let mut sim = Sim::new(200, |_| {});
+    sim.run_until_quiesced(100);
+    let leaders = sim.leaders();
+    assert_eq!(leaders.len(), 201, "200 user ranges and the meta range");
+    let total_leaders: usize = NODES.iter().map(|&n| sim.store(n).stats().leaders).sum();
+    assert_eq!(total_leaders, 201, "exactly one leader per range");
+    for &n in &NODES {
+        let s = sim.store(n).stats();
+        assert_eq!(s.replicas, 201);
+        assert_eq!(s.awake, 0, "node {n} still ticks groups");
+        assert!(s.quiesced_total >= 201, "node {n}: {s:?}");
+        assert!(
+            s.leaders > 0,
+            "node {n} leads nothing: leadership is spread"
+        );
+    }
+
+    // Quiesced: 20 more ticks send only one empty liveness batch per peer per tick.
+    let (raft0, control0) = (sim.raft_msgs, sim.control_msgs);
+    let batches0: u64 = sim.batches.values().sum();
+    let applied0: Vec<u64> = NODES
+        .iter()
+        .map(|&n| sim.store(n).stats().applied_entries)
+        .collect();
+    sim.ticks(20);
+    assert_eq!(sim.raft_msgs - raft0, 0, "raft messages while quiesced");
+    assert_eq!(
+        sim.control_msgs - control0,
+        0,
+        "control messages while quiesced"
+    );
+    let batches: u64 = sim.batches.values().sum();
+    assert_eq!(
+        batches - batches0,
+        20 * 3 * 2,
+        "one batch per peer per tick"
+    );
+    for (i, &n) in NODES.iter().enumerate() {
+        let s = sim.store(n).stats();
+        assert_eq!(s.awake, 0);
+        assert_eq!(s.woken_total, 0, "node {n}: nothing woke a group");
+        assert_eq!(s.applied_entries, applied0[i]);
+        assert_eq!(s.rejected_batches, 0);
+    }
+    assert_eq!(sim.leaders(), leaders, "leadership unchanged");
+}
+
+#[test]
+fn a_write_wakes_only_its_range_and_it_quiesces_again() {
+    let mut sim = Sim::new(10, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE + 3;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let follower = NODES
+        .iter()
+        .copied()
+        .find(|&n| n != leader)
+        .expect("a follower");
+    let key = sim.key_in(range, "k");
+    let value = Bytes::from_static(b"v1");
+
+    // A follower refuses the write and names the leader.
+    let id = sim.put(follower, range, &key, &value);
+    assert_eq!(
+        sim.reply(id),
+        Some(&Err(StoreError::NotLeader {
+            range,
+            leader: Some(leader)
+        }))
+    );
+
+    let id = sim.put(leader, range, &key, &value);
+    assert_eq!(
+        sim.reply(id),
+        Some(&applied_done()),
+        "applied without a tick"
+    );
+    for &n in &NODES {
+        let s = sim.store(n);
+        assert!(!s.is_quiesced(range), "node {n}: the write woke the range");
+        for r in sim.range_ids() {
+            if r != range {
+                assert!(s.is_quiesced(r), "node {n}: range {r} woke too");
+            }
+        }
+        assert_eq!(s.stats().woken_total, 1, "node {n}: exactly one wake-up");
+        assert_eq!(
+            s.replica_state(range).and_then(|st| st.get(&key)),
+            Some(value.clone()),
+            "node {n} applied the write"
+        );
+    }
+    sim.ticks(10);
+    assert!(sim.all_quiesced(), "the range quiesces again");
+
+    // Every consistency reads the write; a stale read does not wake the range.
+    for n in NODES {
+        let id = sim.get(n, range, &key, ReadConsistency::Stale);
+        assert_eq!(sim.reply(id), Some(&Ok(Reply::Value(Some(value.clone())))));
+        assert!(
+            sim.store(n).is_quiesced(range),
+            "node {n}: stale read woke it"
+        );
+    }
+    let id = sim.get(leader, range, &key, ReadConsistency::Linearizable);
+    assert_eq!(sim.reply(id), Some(&Ok(Reply::Value(Some(value.clone())))));
+    let id = sim.get(leader, range, &key, ReadConsistency::Lease);
+    assert_eq!(sim.reply(id), Some(&Ok(Reply::Value(Some(value.clone())))));
+    let id = sim.get(follower, range, &key, ReadConsistency::Linearizable);
+    assert_eq!(
+        sim.reply(id),
+        Some(&Err(StoreError::NotLeader {
+            range,
+            leader: Some(leader)
+        }))
+    );
+    // A stale epoch is refused with the current descriptor.
+    let id = sim.request(
+        leader,
+        Request::Read {
+            range,
+            epoch: 7,
+            op: ReadOp::Count,
+            consistency: ReadConsistency::Stale,
+        },
+    );
+    assert!(
+        matches!(sim.reply(id), Some(Err(StoreError::EpochMismatch { requested: 7, current, .. })) if current.epoch == 1),
+        "{:?}",
+        sim.reply(id)
+    );
+    sim.ticks(10);
+    assert!(sim.all_quiesced(), "quiesced again after the reads");
+    assert_eq!(sim.leaders()[&range], leader);
+}
+
+#[test]
+fn losing_a_node_wakes_only_its_ranges_a_few_per_tick() {
+    const WAKE_MAX: u64 = 8;
+    let mut sim = Sim::new(200, |c| c.wake_per_tick_max = WAKE_MAX as usize);
+    sim.run_until_quiesced(100);
+    let leaders = sim.leaders();
+    let led_by_1: BTreeSet<RangeId> = leaders
+        .iter()
+        .filter(|&(_, &l)| l == 1)
+        .map(|(&r, _)| r)
+        .collect();
+    assert!(
+        led_by_1.len() as u64 > 3 * WAKE_MAX,
+        "node 1 leads {} ranges: too few to see the pacing",
+        led_by_1.len()
+    );
+    let liveness = sim.store(2).config().liveness_timeout_ticks as usize;
+
+    sim.down.insert(1);
+    let woken0 = [sim.woken(2), sim.woken(3)];
+    let mut ticks_waking = 0;
+    for t in 1..=120 {
+        let before = [sim.woken(2), sim.woken(3)];
+        sim.tick();
+        for (i, n) in [2, 3].into_iter().enumerate() {
+            let grew = sim.woken(n) - before[i];
+            assert!(grew <= WAKE_MAX, "tick {t}: node {n} woke {grew} groups");
+            if t <= liveness {
+                assert_eq!(
+                    grew, 0,
+                    "tick {t}: node {n} woke before the liveness timeout"
+                );
+            }
+            if i == 0 && grew > 0 {
+                ticks_waking += 1;
+            }
+            let s = sim.store(n);
+            for r in s.range_ids() {
+                if !led_by_1.contains(&r) {
+                    assert!(s.is_quiesced(r), "tick {t}: node {n} woke range {r}");
+                }
+            }
+        }
+        if t > liveness {
+            assert!(!sim.store(2).peer_live(1) && !sim.store(3).peer_live(1));
+        }
+    }
+    assert_eq!(
+        ticks_waking as u64,
+        (led_by_1.len() as u64).div_ceil(WAKE_MAX),
+        "{} groups woken {WAKE_MAX} per tick",
+        led_by_1.len()
+    );
+    for (i, n) in [2, 3].into_iter().enumerate() {
+        let s = sim.store(n).stats();
+        assert_eq!(
+            sim.woken(n) - woken0[i],
+            led_by_1.len() as u64,
+            "node {n}: each range node 1 led woke once"
+        );
+        // Node 1 is a member of every group: its ranges cannot quiesce again.
+        assert_eq!(s.awake, led_by_1.len(), "node {n}");
+    }
+    let new_leaders = sim.leaders();
+    for (&r, &l) in &new_leaders {
+        assert!(l == 2 || l == 3, "range {r} led by {l}");
+        if !led_by_1.contains(&r) {
+            assert_eq!(l, leaders[&r], "range {r} changed leader");
+        }
+    }
+
+    // Writes succeed on every range, through its new or old leader.
+    let mut ids = Vec::new();
+    for (&r, &l) in &new_leaders {
+        if r == META_RANGE {
+            continue;
+        }
+        let key = sim.key_in(r, "after-loss");
+        ids.push((r, sim.put(l, r, &key, &Bytes::from_static(b"x"))));
+    }
+    for (r, id) in ids {
+        assert_eq!(sim.reply(id), Some(&applied_done()), "range {r}");
+    }
+}
+
+#[test]
+fn a_node_back_with_a_new_incarnation_is_refused() {
+    let mut sim = Sim::new(20, |_| {});
+    sim.run_until_quiesced(100);
+    let leaders = sim.leaders();
+    let led_by_3: BTreeSet<RangeId> = leaders
+        .iter()
+        .filter(|&(_, &l)| l == 3)
+        .map(|(&r, _)| r)
+        .collect();
+    assert!(!led_by_3.is_empty() && led_by_3.len() < leaders.len());
+    let before: BTreeMap<(NodeId, RangeId), (u64, u64)> = [1, 2]
+        .into_iter()
+        .flat_map(|n| {
+            let s = sim.store(n);
+            s.range_ids()
+                .map(|r| {
+                    let raft = s.replica_raft(r).expect("replica");
+                    ((n, r), (raft.term(), raft.commit_index()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+
+    // Node 3's data directory is wiped: it bootstraps again with a new incarnation.
+    let cfg = {
+        let mut c = store_config(3, &|_| {});
+        c.incarnation += 1;
+        c
+    };
+    let new3 = bootstrap_store(cfg, &sim.layout);
+    sim.stores.insert(3, new3);
+    sim.disks.insert(3, Disk::new(&sim.layout));
+    let sent0 = [sim.sent_between(3, 1), sim.sent_between(3, 2)];
+    let raft0 = sim.raft_msgs;
+
+    sim.ticks(60);
+    let new_raft_from_3 = sim.raft_msgs - raft0;
+    assert!(new_raft_from_3 > 0, "the new node 3 campaigned");
+    for (i, n) in [1, 2].into_iter().enumerate() {
+        let s = sim.store(n);
+        let st = s.stats();
+        let sent = sim.sent_between(3, n) - sent0[i];
+        assert!(sent >= 60, "node 3 sent node {n} a batch every tick");
+        assert_eq!(st.rejected_batches, sent, "node {n} refused every one");
+        assert!(
+            !s.peer_live(3),
+            "node {n}: refused batches are not signs of life"
+        );
+        for r in s.range_ids() {
+            let raft = s.replica_raft(r).expect("replica");
+            if led_by_3.contains(&r) {
+                // Node 3 looks dead: its old ranges elect a leader on 1 or 2.
+                let l = sim.agreed_leader(r);
+                assert!(l == Some(1) || l == Some(2), "range {r}: leader {l:?}");
+            } else {
+                assert_eq!(
+                    (raft.term(), raft.commit_index()),
+                    before[&(n, r)],
+                    "node {n} range {r}: the refused node changed its term or log"
+                );
+                assert_eq!(s.leader_of(r), Some(leaders[&r]));
+                assert!(s.is_quiesced(r), "node {n} range {r} woke");
+            }
+        }
+    }
+    let s3 = sim.store(3).stats();
+    assert_eq!(s3.leaders, 0, "votes for the new node 3 never arrive");
+    assert_eq!(s3.rejected_batches, 0, "node 3 accepts its peers");
+}
+
+#[test]
+fn a_write_is_acknowledged_only_once_a_follower_made_it_durable() {
+    let mut sim = Sim::new(4, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let followers: Vec<NodeId> = NODES.iter().copied().filter(|&n| n != leader).collect();
+    let (f1, f2) = (followers[0], followers[1]);
+    for &f in &followers {
+        sim.disks.get_mut(&f).expect("disk").hold = true;
+    }
+    sim.record = true;
+
+    let k1 = sim.key_in(range, "a");
+    let k2 = sim.key_in(range, "b");
+    let id1 = sim.put(leader, range, &k1, &Bytes::from_static(b"1"));
+    let idx1 = sim
+        .store(leader)
+        .replica_raft(range)
+        .expect("replica")
+        .last_index();
+    sim.tick();
+    let id2 = sim.put(leader, range, &k2, &Bytes::from_static(b"2"));
+    let idx2 = sim
+        .store(leader)
+        .replica_raft(range)
+        .expect("replica")
+        .last_index();
+    assert!(idx2 > idx1);
+    sim.ticks(15);
+
+    let acked = |sim: &Sim, from: NodeId, at: u64| {
+        sim.sent.iter().any(|(r, m)| {
+            *r == range
+                && m.from == from
+                && matches!(m.body, MessageBody::AppendResponse { reject: false, index, .. } if index >= at)
+        })
+    };
+    let raft = sim.store(leader).replica_raft(range).expect("replica");
+    assert!(
+        raft.commit_index() < idx1,
+        "committed without a durable follower"
+    );
+    assert!(sim.reply(id1).is_none() && sim.reply(id2).is_none());
+    for &f in &followers {
+        assert!(
+            !acked(&sim, f, idx1),
+            "node {f} acknowledged before its disk"
+        );
+        assert!(
+            sim.disks[&f].held.len() >= 2,
+            "node {f}: both appends wait on its disk"
+        );
+        // Held writes, plus effects queued behind them (no write of their own).
+        assert!(sim.store(f).writes_in_flight() >= sim.disks[&f].held.len());
+    }
+    // The leader and the followers all appended both entries, in memory.
+    for &n in &NODES {
+        let raft = sim.store(n).replica_raft(range).expect("replica");
+        assert!(raft.last_index() >= idx2, "node {n}");
+    }
+
+    // Completions race: f1's later writes finish first, and release nothing.
+    let in_flight = sim.store(f1).writes_in_flight();
+    let mut held = std::mem::take(&mut sim.disks.get_mut(&f1).expect("disk").held);
+    let first = held.remove(0);
+    for w in held.iter().rev() {
+        sim.disks.get_mut(&f1).expect("disk").write(w);
+        sim.stores.get_mut(&f1).expect("store").persisted(w.token);
+    }
+    sim.settle();
+    assert!(sim.reply(id1).is_none() && sim.reply(id2).is_none());
+    assert!(
+        !acked(&sim, f1, idx1),
+        "a later write's completion released the ack"
+    );
+    assert_eq!(
+        sim.store(f1).writes_in_flight(),
+        in_flight,
+        "nothing released"
+    );
+
+    // The oldest completes: everything is released, both writes commit.
+    // The WAL wrote them in order: the disk holds the batches in token order.
+    for w in std::iter::once(&first).chain(&held) {
+        sim.disks.get_mut(&f1).expect("disk").write(w);
+    }
+    sim.stores
+        .get_mut(&f1)
+        .expect("store")
+        .persisted(first.token);
+    sim.disks.get_mut(&f1).expect("disk").hold = false;
+    sim.settle();
+    assert_eq!(sim.store(f1).writes_in_flight(), 0);
+    assert!(acked(&sim, f1, idx2), "node {f1} acknowledges once durable");
+    assert!(!acked(&sim, f2, idx1), "node {f2} still holds its writes");
+    assert_eq!(sim.reply(id1), Some(&applied_done()));
+    assert_eq!(sim.reply(id2), Some(&applied_done()));
+
+    // f2's disk catches up; the range quiesces again, f2 having applied both.
+    sim.ticks(3);
+    assert!(
+        !sim.all_quiesced(),
+        "f2 still holds writes: not all replicated"
+    );
+    sim.release_disk(f2);
+    sim.ticks(10);
+    assert!(sim.all_quiesced());
+    for &n in &NODES {
+        let st = sim.store(n).replica_state(range).expect("state");
+        assert_eq!(st.get(&k1), Some(Bytes::from_static(b"1")), "node {n}");
+        assert_eq!(st.get(&k2), Some(Bytes::from_static(b"2")), "node {n}");
+    }
+}
+
+/// The durability check above has teeth: a Raft that acknowledges appends
+/// before they are durable (an injected bug) is caught at the first append.
+#[test]
+#[should_panic(expected = "durable only to")]
+fn acknowledging_before_the_disk_is_caught() {
+    let mut sim = Sim::new(4, |c| c.raft.bugs.ack_before_persist = true);
+    sim.run_until_quiesced(100);
+}
