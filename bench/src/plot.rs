@@ -97,10 +97,19 @@ fn draw_throughput(report: &Report, path: &Path) -> Result<(), String> {
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("seconds from the end of warmup")
+        .x_desc("seconds from the end of warmup (shaded: warmup, not recorded)")
         .y_desc("operations per second")
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(err)?;
+    if x0 < 0.0 {
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x0, 0.0), (0.0, y1)],
+                BLACK.mix(0.06).filled(),
+            )))
+            .map_err(err)?;
+    }
     let ok: Vec<(f64, f64)> = samples.iter().map(|s| (s.t_secs, s.ops_per_sec)).collect();
     chart
         .draw_series(LineSeries::new(ok, BLUE.stroke_width(2)))
@@ -168,6 +177,7 @@ fn draw_latency(report: &Report, path: &Path) -> Result<(), String> {
             ("sans-serif", 16),
         )
         .margin(15)
+        .margin_right(40)
         .x_label_area_size(40)
         .y_label_area_size(80)
         .build_cartesian_2d(0.0..x1, (ymin..ymax).log_scale())
