@@ -499,7 +499,12 @@ impl Db {
                     target = desc.replicas[rotate % desc.replicas.len()];
                 }
                 CallError::Transport(e) => return Err(DbError::Ambiguous(e)),
-                CallError::Store(StoreError::Ambiguous { .. }) => {
+                // A read has no effect: the next replica may serve it.
+                CallError::Store(StoreError::Unavailable(_)) if read => {
+                    rotate += 1;
+                    target = desc.replicas[rotate % desc.replicas.len()];
+                }
+                CallError::Store(StoreError::Ambiguous { .. } | StoreError::Unavailable(_)) => {
                     return Err(DbError::Ambiguous(last));
                 }
                 CallError::Store(e) => return Err(DbError::Unavailable(e.to_string())),

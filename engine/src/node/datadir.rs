@@ -27,9 +27,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::raft::{Entry, HardState, InitialState, NodeId, Snapshot, SnapshotMeta};
+use crate::raft::{HardState, InitialState, NodeId, Snapshot, SnapshotMeta};
 use crate::range::{RangeId, RangeState};
-use crate::store::codec::{CodecError, decode_payload, decode_snapshot_meta, encode_snapshot_meta};
+use crate::store::codec::{decode_snapshot_meta, encode_snapshot_meta};
+use crate::store::recovery::{DurableLog, RecoveryError, rebuild_replica};
 
 const SNAP_MAGIC: &[u8; 4] = b"TSNP";
 const SNAP_VERSION: u32 = 1;
@@ -51,22 +52,10 @@ pub enum DataDirError {
     WrongNode { found: NodeId, expected: NodeId },
     #[error("snapshot {path} is damaged: {why}")]
     DamagedSnapshot { path: PathBuf, why: String },
-    #[error(
-        "range {range}: the WAL has no entries after the snapshot at {snapshot} (first WAL index {first})"
-    )]
-    LogGap {
-        range: RangeId,
-        snapshot: u64,
-        first: u64,
-    },
     #[error(transparent)]
     Wal(#[from] tessera_wal::WalError),
-    #[error("range {range}: {source}")]
-    Codec {
-        range: RangeId,
-        #[source]
-        source: CodecError,
-    },
+    #[error(transparent)]
+    Recovery(Box<RecoveryError>),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
@@ -246,78 +235,57 @@ impl DataDir {
         Ok(out)
     }
 
-    /// Rebuilds one replica: its snapshot, then every WAL entry after it.
+    /// Rebuilds one replica: its snapshot, then every WAL entry after it
+    /// (see [`crate::store::recovery`] for the rules).
     pub fn recover_replica(
         &self,
         wal: &tessera_wal::Wal,
         range: RangeId,
     ) -> Result<(InitialState, RangeState), DataDirError> {
         let snapshot = self.read_snapshot(range)?;
-        let path = self.snapshot_path(range);
-        let state =
-            RangeState::restore(&snapshot.data).map_err(|e| DataDirError::DamagedSnapshot {
-                path: path.clone(),
-                why: e.to_string(),
-            })?;
-        let at = snapshot.meta.index;
-        if state.applied().0 != at {
-            return Err(DataDirError::DamagedSnapshot {
-                path,
-                why: format!("state applied at {} but file says {at}", state.applied().0),
-            });
-        }
-        let mut hard_state = wal
-            .hard_state(range)
-            .map(|h| HardState {
-                term: h.term,
-                vote: h.vote,
-                commit: h.commit,
-            })
-            .unwrap_or_default();
-        hard_state.commit = hard_state.commit.max(at);
-        hard_state.term = hard_state.term.max(snapshot.meta.term);
-        let mut entries = Vec::new();
-        if let Some(last) = wal.last_index(range)
-            && last > at
-        {
-            let first = wal.first_index(range).unwrap_or(at + 1);
-            if first > at + 1 {
-                return Err(DataDirError::LogGap {
-                    range,
-                    snapshot: at,
-                    first,
-                });
-            }
-            let mut next = at + 1;
-            while next <= last {
-                let batch = wal.entries(range, next, last + 1, 16 << 20)?;
-                if batch.is_empty() {
-                    break;
-                }
-                for e in batch {
-                    let payload = decode_payload(Bytes::copy_from_slice(&e.data))
-                        .map_err(|source| DataDirError::Codec { range, source })?;
-                    next = e.index + 1;
-                    entries.push(Entry {
-                        index: e.index,
-                        term: e.term,
-                        payload,
-                    });
-                }
-            }
-        }
-        // A commit beyond the durable log cannot be trusted to name entries.
-        let last = entries.last().map_or(at, |e| e.index);
-        hard_state.commit = hard_state.commit.min(last);
-        Ok((
-            InitialState {
-                hard_state,
-                snapshot,
-                entries,
-                applied: at,
-            },
-            state,
-        ))
+        rebuild_replica(range, snapshot, &WalLog(wal))
+            .map_err(|e| DataDirError::Recovery(Box::new(e)))
+    }
+}
+
+/// The WAL as recovery reads it.
+struct WalLog<'a>(&'a tessera_wal::Wal);
+
+impl DurableLog for WalLog<'_> {
+    fn hard_state(&self, range: RangeId) -> Option<HardState> {
+        self.0.hard_state(range).map(|h| HardState {
+            term: h.term,
+            vote: h.vote,
+            commit: h.commit,
+        })
+    }
+
+    fn compacted(&self, range: RangeId) -> Option<(u64, u64)> {
+        self.0
+            .compaction_point(range)
+            .ok()
+            .flatten()
+            .map(|c| (c.index, c.term))
+    }
+
+    fn first_index(&self, range: RangeId) -> Option<u64> {
+        self.0.first_index(range)
+    }
+
+    fn last_index(&self, range: RangeId) -> Option<u64> {
+        self.0.last_index(range)
+    }
+
+    fn entries(&self, range: RangeId, lo: u64, hi: u64) -> Result<Vec<(u64, u64, Bytes)>, String> {
+        let es = self
+            .0
+            .entries(range, lo, hi, 16 << 20)
+            .map_err(|e| e.to_string())?;
+        // Copied out of the map: the Raft core keeps them for a long time.
+        Ok(es
+            .into_iter()
+            .map(|e| (e.index, e.term, Bytes::copy_from_slice(&e.data)))
+            .collect())
     }
 }
 

@@ -78,6 +78,7 @@ enum WireReply {
         range: u64,
     },
     Unavailable(String),
+    Stopped,
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -287,6 +288,7 @@ pub(crate) fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
         Err(StoreError::Dropped { range }) => WireReply::Dropped { range: *range },
         Err(StoreError::Ambiguous { range }) => WireReply::Ambiguous { range: *range },
         Err(StoreError::Unavailable(why)) => WireReply::Unavailable(why.clone()),
+        Err(StoreError::Stopped) => WireReply::Stopped,
     };
     encode(&wire)
 }
@@ -343,6 +345,7 @@ pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, Co
         WireReply::Dropped { range } => Err(StoreError::Dropped { range }),
         WireReply::Ambiguous { range } => Err(StoreError::Ambiguous { range }),
         WireReply::Unavailable(why) => Err(StoreError::Unavailable(why)),
+        WireReply::Stopped => Err(StoreError::Stopped),
     })
 }
 

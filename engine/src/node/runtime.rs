@@ -85,7 +85,7 @@ impl StoreHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Event::Request { req, reply })
-            .map_err(|_| StoreError::Unavailable("node is shut down".into()))?;
+            .map_err(|_| StoreError::Stopped)?;
         rx.await
             .map_err(|_| StoreError::Unavailable("node is shut down".into()))?
     }
@@ -179,8 +179,9 @@ async fn run(
                             return;
                         }
                         Event::Request { req, reply } => {
-                            if let Some(why) = &failed {
-                                let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
+                            if failed.is_some() {
+                                // Never accepted: safe for the caller to retry elsewhere.
+                                let _ = reply.send(Err(StoreError::Stopped));
                             } else {
                                 next_req += 1;
                                 waiting.insert(next_req, reply);

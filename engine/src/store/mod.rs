@@ -11,6 +11,7 @@
 //! - `codec`: entry payloads and peer message batches on disk and on the wire;
 //! - `request`: requests, replies and routable errors;
 //! - `bootstrap`: a new cluster's layout and first replicas;
+//! - `recovery`: rebuilding a replica from its snapshot and durable log;
 //! - `config`: settings.
 
 mod bootstrap;
@@ -18,6 +19,7 @@ pub mod codec;
 mod config;
 mod core;
 mod persist;
+pub mod recovery;
 mod replica;
 mod request;
 

@@ -108,9 +108,13 @@ pub enum StoreError {
     /// been applied. Not safe to retry blindly.
     #[error("range {range}: outcome unknown (a snapshot covered the proposal)")]
     Ambiguous { range: RangeId },
-    /// The node is shutting down or its storage failed.
+    /// The node is shutting down or its storage failed after the request
+    /// was accepted: a write may or may not have been applied.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The node had stopped before the request reached it. Safe to retry.
+    #[error("node stopped")]
+    Stopped,
 }
 
 impl StoreError {
@@ -123,6 +127,7 @@ impl StoreError {
                 | StoreError::EpochMismatch { .. }
                 | StoreError::Busy { .. }
                 | StoreError::Dropped { .. }
+                | StoreError::Stopped
         )
     }
 }
