@@ -3,10 +3,12 @@
 //! Both traits are object safe and async through boxed futures ([`BoxFuture`]), so the
 //! runner drives `Box<dyn Target>` / `Box<dyn Client>` without knowing the store.
 //! Implementations: [`resp`] (any Redis-protocol server), [`embedded`] (an in-process
-//! Tessera cluster, plugged in by the engine), etcd (behind the `etcd` feature, not built
-//! yet).
+//! Tessera cluster, plugged in by the engine), etcd (behind the `etcd` cargo feature,
+//! needs protoc to build).
 
 pub mod embedded;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod resp;
 
 use std::collections::BTreeMap;
@@ -316,8 +318,15 @@ pub async fn open(
     match spec {
         TargetSpec::Embedded => embedded::connect_embedded(embedded).await,
         TargetSpec::Resp(addrs) => Ok(Box::new(resp::RespTarget::open(addrs.clone()).await?)),
+        #[cfg(feature = "etcd")]
+        TargetSpec::Etcd(addrs) => Ok(Box::new(
+            etcd::EtcdTarget::open(addrs.clone(), embedded.read_consistency).await?,
+        )),
+        #[cfg(not(feature = "etcd"))]
         TargetSpec::Etcd(_) => Err(TargetError::NotBuilt(
-            "etcd target needs the `etcd` cargo feature (not built yet)".into(),
+            "etcd target needs the `etcd` cargo feature: \
+             cargo run --release -p tessera-bench --features etcd (needs protoc)"
+                .into(),
         )),
     }
 }
@@ -390,8 +399,9 @@ mod tests {
         assert!(TargetError::Closed.breaks_connection());
     }
 
+    #[cfg(not(feature = "etcd"))]
     #[tokio::test]
-    async fn etcd_and_embedded_say_what_is_missing() {
+    async fn etcd_without_the_feature_says_what_is_missing() {
         let opts = EmbeddedOptions::default();
         let etcd = TargetSpec::Etcd(vec!["h:1".into()]);
         let err = open(&etcd, &opts).await.err().expect("etcd is not built");
