@@ -501,7 +501,14 @@ impl Report {
             mib(self.process.peak_rss_bytes as f64)
         );
         for (key, value) in &self.extra {
-            let _ = writeln!(out, "{key}: {value}");
+            match value.as_f64() {
+                Some(x) if value.is_f64() => {
+                    let _ = writeln!(out, "{key}: {x:.2}");
+                }
+                _ => {
+                    let _ = writeln!(out, "{key}: {value}");
+                }
+            }
         }
         out
     }
@@ -639,7 +646,7 @@ pub(crate) mod tests {
         assert!(table.contains("errors: server:ERR 1, timeout 2"), "{table}");
         assert!(table.contains("retries: reconnect 2"));
         assert!(table.contains("open loop at 500 ops/s"));
-        assert!(table.contains("wal_syncs_per_sec: 1234.5"));
+        assert!(table.contains("wal_syncs_per_sec: 1234.50"), "{table}");
     }
 
     #[test]
