@@ -59,12 +59,26 @@ start)
     exit 1
     ;;
 stop)
+    pids=()
     for name in "${names[@]}"; do
         if [ -f "$dir/$name.pid" ]; then
-            kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
+            pids+=("$(cat "$dir/$name.pid")")
             rm -f "$dir/$name.pid"
         fi
     done
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # Wait up to 5 s for the members to exit, then force them.
+    for _ in $(seq 1 50); do
+        alive=0
+        for pid in "${pids[@]}"; do
+            if kill -0 "$pid" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
+                alive=1
+            fi
+        done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     rm -rf "$dir"
     echo "etcd cluster stopped"
     ;;
