@@ -69,6 +69,9 @@ pub struct Bugs {
     pub commit_earlier_term: bool,
     /// Acknowledge appends before they are durable.
     pub ack_before_persist: bool,
+    /// (The store.) Trust a leader's lease right after its quiesced group
+    /// wakes, though its clock stood still while it slept.
+    pub lease_after_sleep: bool,
 }
 
 impl Config {

@@ -1,4 +1,5 @@
-//! A deterministic simulator for the Raft core.
+//! A deterministic simulator for the Raft core, and (in `stores`, see
+//! [`run_stores`]) for whole multi-raft stores.
 //!
 //! It runs several replicas of one group in one thread under a seeded RNG:
 //! a network that drops, delays, duplicates and reorders messages and cuts
@@ -29,9 +30,11 @@ mod cluster;
 mod disk;
 pub mod kv;
 pub mod linearizability;
+mod stores;
 
 pub use checker::Violation;
 pub use cluster::{Cluster, SimFailure, SimOptions, SimReport};
+pub use stores::{StoreSimOptions, StoreSimReport, run_stores};
 
 /// Runs one seed.
 pub fn run(opts: SimOptions) -> Result<SimReport, SimFailure> {

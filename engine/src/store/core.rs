@@ -267,6 +267,9 @@ impl Store {
             Request::Read {
                 op, consistency, ..
             } => {
+                let awake_long_enough = !r.quiesced && now - r.awake_since >= election_ticks;
+                #[cfg(feature = "bug-injection")]
+                let awake_long_enough = awake_long_enough || self.cfg.raft.bugs.lease_after_sleep;
                 let mode = match consistency {
                     ReadConsistency::Stale => {
                         let reply = serve_read(&r.state, &op);
@@ -274,10 +277,9 @@ impl Store {
                         return Ok(());
                     }
                     // The clock stood still while the group slept: a lease
-                    // is trusted only after a full election timeout awake.
-                    ReadConsistency::Lease if now - r.awake_since >= election_ticks => {
-                        ReadMode::Lease
-                    }
+                    // is trusted only after a full election timeout awake
+                    // (a sleeping group has been awake for no time at all).
+                    ReadConsistency::Lease if awake_long_enough => ReadMode::Lease,
                     _ => ReadMode::ReadIndex,
                 };
                 r.raft

@@ -1,0 +1,1079 @@
+//! The simulator grown to whole stores: several nodes, each a real [`Store`]
+//! holding many ranges, with its real batching, quiescence and liveness; an
+//! in-memory model of each node's data directory (snapshot files durable when
+//! written, WAL batches durable only when their sync completes, in order; a
+//! crash loses every unsynced batch but a random prefix); a network that
+//! delays, drops and partitions peer batches (encoded and decoded with the
+//! real codec); per-node clocks; and clients that route, retry what is safe
+//! to retry, and record what they learn.
+//!
+//! Recovery after a crash goes through [`rebuild_replica`], the function the
+//! node runtime uses, over the model's durable state. A crash in the middle of
+//! applying needs no separate case: applied state is never stored outside
+//! snapshots, so every crash point is "between two events" for it.
+//!
+//! Checked while running: one leader per (range, term); replicas at the same
+//! applied index have the same state hash. After the faults stop: every client
+//! operation finishes, every replica of every range converges to one state,
+//! and the client history, with a final read of every key, is linearizable
+//! (so no acknowledged write was lost).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::checker::Violation;
+use super::cluster::SimFailure;
+use super::linearizability::{self, Input, Op, Output};
+use crate::raft::{HardState, NodeId, Rng, Snapshot};
+use crate::range::{ApplyResult, Command, RangeDescriptor, RangeId};
+use crate::store::codec::{decode_batch, encode_batch};
+use crate::store::recovery::{DurableLog, rebuild_replica};
+use crate::store::{
+    ReadConsistency, ReadOp, Reply, ReqId, Request, Store, StoreConfig, StoreError, StoreReady,
+    WriteBatch, cluster_layout, initial_replica,
+};
+
+type Time = u64;
+const TICK_MS: Time = 10;
+/// A client gives up on an unanswered request after this long.
+const CLIENT_TIMEOUT_MS: Time = 1500;
+const TRACE_LINES: usize = 80;
+
+/// What one seed runs.
+#[derive(Clone, Debug)]
+pub struct StoreSimOptions {
+    pub seed: u64,
+    /// Simulated time with faults.
+    pub chaos_ms: Time,
+    /// Simulated time allowed, after the faults stop, to finish everything.
+    pub heal_ms_max: Time,
+    /// Known bugs to switch on, to show the simulator catches them.
+    #[cfg(feature = "bug-injection")]
+    pub bugs: crate::raft::Bugs,
+}
+
+impl StoreSimOptions {
+    pub fn new(seed: u64) -> Self {
+        StoreSimOptions {
+            seed,
+            chaos_ms: 5_000,
+            heal_ms_max: 20_000,
+            #[cfg(feature = "bug-injection")]
+            bugs: Default::default(),
+        }
+    }
+}
+
+/// What a passing seed did.
+#[derive(Clone, Debug, Default)]
+pub struct StoreSimReport {
+    pub nodes: usize,
+    pub ranges: usize,
+    pub ops_ok: usize,
+    pub ops_unknown: usize,
+    pub crashes: usize,
+    pub snapshots_installed: u64,
+    pub quiesced: u64,
+    pub woken: u64,
+    pub entries_written: u64,
+    pub write_batches: u64,
+}
+
+/// Runs one seed.
+pub fn run_stores(opts: StoreSimOptions) -> Result<StoreSimReport, SimFailure> {
+    let mut w = World::new(opts);
+    match w.run() {
+        Ok(()) => Ok(w.report),
+        Err(violation) => Err(SimFailure {
+            seed: w.opts.seed,
+            violation,
+            trace: w.trace.into_iter().collect(),
+        }),
+    }
+}
+
+fn fail(property: &'static str, detail: String) -> Violation {
+    Violation { property, detail }
+}
+
+// ----- The model of a data directory -----
+
+#[derive(Clone, Debug, Default)]
+struct MemGroup {
+    compacted: Option<(u64, u64)>,
+    entries: BTreeMap<u64, (u64, Bytes)>,
+    hard_state: Option<HardState>,
+}
+
+#[derive(Clone, Debug)]
+enum WalOp {
+    Remove(RangeId),
+    Compact(RangeId, u64, u64),
+    Entries(RangeId, Vec<(u64, u64, Bytes)>),
+    HardState(RangeId, HardState),
+}
+
+/// What survives a crash.
+#[derive(Clone, Debug, Default)]
+struct MemDisk {
+    snapshots: BTreeMap<RangeId, Snapshot>,
+    wal: BTreeMap<RangeId, MemGroup>,
+    peers: BTreeMap<NodeId, u64>,
+}
+
+impl MemDisk {
+    /// The WAL's batch semantics (see `tessera_wal::LogBatch`).
+    fn apply(&mut self, ops: &[WalOp]) {
+        for op in ops {
+            match op {
+                WalOp::Remove(r) => {
+                    self.wal.remove(r);
+                }
+                WalOp::Compact(r, index, term) => {
+                    let g = self.wal.entry(*r).or_default();
+                    g.entries.retain(|&i, _| i > *index);
+                    g.compacted = Some((*index, *term));
+                }
+                WalOp::Entries(r, es) => {
+                    let g = self.wal.entry(*r).or_default();
+                    if let Some(&(first, _, _)) = es.first() {
+                        g.entries.retain(|&i, _| i < first);
+                    }
+                    for (i, t, d) in es {
+                        g.entries.insert(*i, (*t, d.clone()));
+                    }
+                }
+                WalOp::HardState(r, hs) => {
+                    self.wal.entry(*r).or_default().hard_state = Some(*hs);
+                }
+            }
+        }
+    }
+}
+
+impl DurableLog for MemDisk {
+    fn hard_state(&self, range: RangeId) -> Option<HardState> {
+        self.wal.get(&range).and_then(|g| g.hard_state)
+    }
+    fn compacted(&self, range: RangeId) -> Option<(u64, u64)> {
+        self.wal.get(&range).and_then(|g| g.compacted)
+    }
+    fn first_index(&self, range: RangeId) -> Option<u64> {
+        let g = self.wal.get(&range)?;
+        g.compacted
+            .map(|(i, _)| i + 1)
+            .or_else(|| g.entries.keys().next().copied())
+    }
+    fn last_index(&self, range: RangeId) -> Option<u64> {
+        let g = self.wal.get(&range)?;
+        g.entries
+            .keys()
+            .next_back()
+            .copied()
+            .or(g.compacted.map(|(i, _)| i))
+    }
+    fn entries(&self, range: RangeId, lo: u64, hi: u64) -> Result<Vec<(u64, u64, Bytes)>, String> {
+        Ok(self
+            .wal
+            .get(&range)
+            .map(|g| {
+                g.entries
+                    .range(lo..hi)
+                    .map(|(&i, (t, d))| (i, *t, d.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+// ----- Nodes, clients, events -----
+
+struct SimNode {
+    id: NodeId,
+    store: Option<Store>,
+    disk: MemDisk,
+    /// WAL batches written but not yet synced, oldest first.
+    pending: VecDeque<(u64, Vec<WalOp>)>,
+    sync_scheduled: bool,
+    incarnation: u64,
+    tick_ms: Time,
+    /// Requests the store holds: its id -> (client, op seq).
+    waiting: HashMap<ReqId, (usize, u64)>,
+    next_req: ReqId,
+}
+
+#[derive(Clone, Debug)]
+struct PendingOp {
+    seq: u64,
+    input: Input,
+    call: Time,
+    range: RangeDescriptor,
+    request: Request,
+    target: NodeId,
+    last_sent: Time,
+}
+
+struct SimClient {
+    op: Option<PendingOp>,
+    seq: u64,
+    values: u64,
+    leaders: BTreeMap<RangeId, NodeId>,
+    last_seen: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Tick(NodeId),
+    Sync(NodeId),
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        bytes: Bytes,
+    },
+    Request {
+        node: NodeId,
+        client: usize,
+        seq: u64,
+        req: Request,
+    },
+    Reply {
+        client: usize,
+        seq: u64,
+        from: NodeId,
+        result: Result<Reply, StoreError>,
+    },
+    ClientNext(usize),
+    ClientCheck {
+        client: usize,
+        seq: u64,
+    },
+    Crash(NodeId),
+    Restart(NodeId),
+    Isolate(NodeId),
+    Heal,
+}
+
+/// How hostile this seed's world is.
+#[derive(Clone, Debug)]
+struct Faults {
+    drop_per_mille: u64,
+    delay_max: Time,
+    disk_ms_max: Time,
+    crash_every_ms: Time,
+    isolate_every_ms: Time,
+}
+
+struct World {
+    opts: StoreSimOptions,
+    rng: Rng,
+    now: Time,
+    queue: BinaryHeap<Reverse<(Time, u64)>>,
+    events: HashMap<u64, Ev>,
+    next_ev: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    clients: Vec<SimClient>,
+    layout: Vec<RangeDescriptor>,
+    keys: Vec<(Vec<u8>, RangeDescriptor)>,
+    faults: Faults,
+    snapshot_entries: u64,
+    wake_max: usize,
+    chaos: bool,
+    isolated: Option<NodeId>,
+    history: Vec<Op>,
+    leaders_by_term: HashMap<(RangeId, u64), NodeId>,
+    hash_at: HashMap<(RangeId, u64), u64>,
+    trace: VecDeque<String>,
+    report: StoreSimReport,
+}
+
+impl World {
+    fn new(opts: StoreSimOptions) -> World {
+        let mut rng = Rng::new(opts.seed ^ 0x005E_ED57_09E5_u64);
+        let n_nodes = rng.range(3, 6) as usize;
+        let n_ranges = rng.range(2, 13) as u32;
+        let pick = |rng: &mut Rng, xs: &[u64]| xs[rng.range(0, xs.len() as u64) as usize];
+        let faults = Faults {
+            drop_per_mille: pick(&mut rng, &[0, 10, 50, 150]),
+            delay_max: pick(&mut rng, &[2, 10, 40]),
+            disk_ms_max: pick(&mut rng, &[1, 5, 20]),
+            crash_every_ms: pick(&mut rng, &[0, 600, 1500, 3000]),
+            isolate_every_ms: pick(&mut rng, &[0, 800, 2000]),
+        };
+        let snapshot_entries = pick(&mut rng, &[15, 40, 10_000]);
+        let wake_max = pick(&mut rng, &[1, 3, 256]) as usize;
+        let ids: Vec<NodeId> = (1..=n_nodes as u64).collect();
+        let layout = cluster_layout(&ids, n_ranges);
+        let mut nodes = BTreeMap::new();
+        for &id in &ids {
+            let mut sc = StoreConfig::new(id, ids.iter().copied().filter(|&p| p != id).collect());
+            sc.incarnation = 1000 + id;
+            sc.seed = opts.seed.wrapping_mul(31).wrapping_add(id);
+            sc.snapshot_entries = snapshot_entries;
+            sc.wake_per_tick_max = wake_max;
+            #[cfg(feature = "bug-injection")]
+            {
+                sc.raft.bugs = opts.bugs;
+            }
+            let mut disk = MemDisk::default();
+            let mut store = Store::new(sc, &BTreeMap::new());
+            for desc in layout.all() {
+                if desc.replicas.contains(&id) {
+                    let (init, state) = initial_replica(desc, &layout);
+                    disk.snapshots.insert(desc.id, init.snapshot.clone());
+                    disk.apply(&[WalOp::Compact(desc.id, 1, 0)]);
+                    store
+                        .add_replica(desc.id, init, state)
+                        .expect("valid raft config");
+                }
+            }
+            // Clocks drift a little (within the lease's bound).
+            let tick_ms = TICK_MS + rng.range(0, 2);
+            nodes.insert(
+                id,
+                SimNode {
+                    id,
+                    store: Some(store),
+                    disk,
+                    pending: VecDeque::new(),
+                    sync_scheduled: false,
+                    incarnation: 1000 + id,
+                    tick_ms,
+                    waiting: HashMap::new(),
+                    next_req: 0,
+                },
+            );
+        }
+        let mut keys = Vec::new();
+        for d in &layout.ranges {
+            for k in 0..2u8 {
+                let mut key = d.start.to_vec();
+                key.extend_from_slice(&[0, k]);
+                keys.push((key, d.clone()));
+            }
+        }
+        let n_clients = rng.range(2, 7) as usize;
+        let clients = (0..n_clients)
+            .map(|_| SimClient {
+                op: None,
+                seq: 0,
+                values: 0,
+                leaders: BTreeMap::new(),
+                last_seen: HashMap::new(),
+            })
+            .collect();
+        let report = StoreSimReport {
+            nodes: n_nodes,
+            ranges: n_ranges as usize,
+            ..Default::default()
+        };
+        World {
+            opts,
+            rng,
+            now: 0,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            next_ev: 0,
+            nodes,
+            clients,
+            layout: layout.ranges.clone(),
+            keys,
+            faults,
+            snapshot_entries,
+            wake_max,
+            chaos: true,
+            isolated: None,
+            history: Vec::new(),
+            leaders_by_term: HashMap::new(),
+            hash_at: HashMap::new(),
+            trace: VecDeque::new(),
+            report,
+        }
+    }
+
+    fn at(&mut self, t: Time, ev: Ev) {
+        self.next_ev += 1;
+        self.queue.push(Reverse((t, self.next_ev)));
+        self.events.insert(self.next_ev, ev);
+    }
+
+    fn note(&mut self, line: String) {
+        if self.trace.len() == TRACE_LINES {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("{:>6} {line}", self.now));
+    }
+
+    fn run(&mut self) -> Result<(), Violation> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for &id in &ids {
+            let t = self.rng.range(0, TICK_MS);
+            self.at(t, Ev::Tick(id));
+        }
+        for c in 0..self.clients.len() {
+            let t = self.rng.range(0, 50);
+            self.at(t, Ev::ClientNext(c));
+        }
+        if self.faults.crash_every_ms > 0 {
+            let t = self.rng.range(100, self.faults.crash_every_ms + 100);
+            let n = ids[self.rng.range(0, ids.len() as u64) as usize];
+            self.at(t, Ev::Crash(n));
+        }
+        if self.faults.isolate_every_ms > 0 {
+            let t = self.rng.range(100, self.faults.isolate_every_ms + 100);
+            let n = ids[self.rng.range(0, ids.len() as u64) as usize];
+            self.at(t, Ev::Isolate(n));
+        }
+        let end = self.opts.chaos_ms + self.opts.heal_ms_max;
+        while let Some(Reverse((t, id))) = self.queue.pop() {
+            let Some(ev) = self.events.remove(&id) else {
+                continue;
+            };
+            self.now = t;
+            if self.chaos && t >= self.opts.chaos_ms {
+                self.start_heal();
+            }
+            if t > end {
+                return Err(fail(
+                    "liveness",
+                    format!(
+                        "not done {} ms after the faults stopped: {}",
+                        self.opts.heal_ms_max,
+                        self.unfinished()
+                    ),
+                ));
+            }
+            self.handle(ev)?;
+            if !self.chaos && self.done() {
+                return self.finish();
+            }
+        }
+        Err(fail("liveness", "the event queue ran dry".into()))
+    }
+
+    fn unfinished(&self) -> String {
+        let busy = self.clients.iter().filter(|c| c.op.is_some()).count();
+        let mut lagging = Vec::new();
+        for d in &self.layout {
+            let states = self.replica_states(d);
+            if states.windows(2).any(|w| w[0] != w[1]) {
+                lagging.push(format!("range {}: {states:?}", d.id));
+            }
+        }
+        format!("{busy} clients busy; ranges not converged: {lagging:?}")
+    }
+
+    /// (applied index, hash) of every replica of `d` on a running node.
+    fn replica_states(&self, d: &RangeDescriptor) -> Vec<(u64, u64)> {
+        d.replicas
+            .iter()
+            .filter_map(|n| self.nodes.get(n)?.store.as_ref()?.replica_state(d.id))
+            .map(|s| (s.applied().0, s.state_hash()))
+            .collect()
+    }
+
+    fn start_heal(&mut self) {
+        self.chaos = false;
+        self.note("heal: faults stop".into());
+        self.isolated = None;
+        let down: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.store.is_none())
+            .map(|n| n.id)
+            .collect();
+        for n in down {
+            let t = self.now + 1;
+            self.at(t, Ev::Restart(n));
+        }
+    }
+
+    /// Healed: no client is busy and every range's replicas agree and have
+    /// a leader.
+    fn done(&self) -> bool {
+        if self.clients.iter().any(|c| c.op.is_some()) {
+            return false;
+        }
+        if self.nodes.values().any(|n| n.store.is_none()) {
+            return false;
+        }
+        self.layout.iter().all(|d| {
+            let states = self.replica_states(d);
+            states.len() == d.replicas.len()
+                && states.windows(2).all(|w| w[0] == w[1])
+                && d.replicas.iter().any(|n| {
+                    self.nodes[n]
+                        .store
+                        .as_ref()
+                        .and_then(|s| s.replica_raft(d.id))
+                        .is_some_and(|r| r.is_leader())
+                })
+        })
+    }
+
+    fn finish(&mut self) -> Result<(), Violation> {
+        // A final read of every key, straight from the converged state,
+        // after every operation: it must reflect every acknowledged write.
+        let t = self.now + 1;
+        for (key, d) in self.keys.clone() {
+            let leader = d
+                .replicas
+                .iter()
+                .find(|n| {
+                    self.nodes[n]
+                        .store
+                        .as_ref()
+                        .and_then(|s| s.replica_raft(d.id))
+                        .is_some_and(|r| r.is_leader())
+                })
+                .copied()
+                .ok_or_else(|| fail("liveness", format!("range {} has no leader", d.id)))?;
+            let value = self.nodes[&leader]
+                .store
+                .as_ref()
+                .and_then(|s| s.replica_state(d.id))
+                .and_then(|s| s.get(&key))
+                .map(|v| v.to_vec());
+            self.history.push(Op {
+                client: u64::MAX,
+                call: t,
+                ret: Some(t),
+                input: Input::Get { key },
+                output: Output::Value(value),
+            });
+        }
+        for n in self.nodes.values() {
+            if let Some(s) = &n.store {
+                let st = s.stats();
+                self.report.snapshots_installed += st.snapshots_installed;
+                self.report.quiesced += st.quiesced_total;
+                self.report.woken += st.woken_total;
+                self.report.entries_written += st.written_entries;
+                self.report.write_batches += st.write_batches;
+            }
+        }
+        linearizability::check(&self.history).map_err(|v| {
+            fail(
+                "linearizability",
+                format!(
+                    "{v}; ops: {:?}",
+                    v.ops.iter().map(|&i| &self.history[i]).collect::<Vec<_>>()
+                ),
+            )
+        })
+    }
+
+    // ----- Events -----
+
+    fn handle(&mut self, ev: Ev) -> Result<(), Violation> {
+        match ev {
+            Ev::Tick(n) => {
+                let period = self.nodes[&n].tick_ms;
+                if let Some(s) = self.store_mut(n) {
+                    s.tick();
+                    self.drain(n)?;
+                }
+                let t = self.now + period;
+                self.at(t, Ev::Tick(n));
+            }
+            Ev::Sync(n) => {
+                let node = self.nodes.get_mut(&n).expect("node");
+                node.sync_scheduled = false;
+                if let Some((token, ops)) = node.pending.pop_front() {
+                    node.disk.apply(&ops);
+                    if let Some(s) = node.store.as_mut() {
+                        s.persisted(token);
+                    }
+                    self.drain(n)?;
+                }
+                self.schedule_sync(n);
+            }
+            Ev::Deliver { from, to, bytes } => {
+                if self.store_mut(to).is_none() || self.cut(from, to) {
+                    return Ok(());
+                }
+                let batch = decode_batch(&bytes)
+                    .map_err(|e| fail("codec", format!("batch {from}->{to}: {e}")))?;
+                if let Some(s) = self.store_mut(to) {
+                    s.receive(from, batch);
+                }
+                self.drain(to)?;
+            }
+            Ev::Request {
+                node,
+                client,
+                seq,
+                req,
+            } => {
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return Ok(());
+                };
+                let Some(store) = n.store.as_mut() else {
+                    return Ok(());
+                };
+                n.next_req += 1;
+                let id = n.next_req;
+                n.waiting.insert(id, (client, seq));
+                store.request(id, req);
+                self.drain(node)?;
+            }
+            Ev::Reply {
+                client,
+                seq,
+                from,
+                result,
+            } => self.on_reply(client, seq, from, result),
+            Ev::ClientNext(c) => self.client_next(c),
+            Ev::ClientCheck { client, seq } => self.client_check(client, seq),
+            Ev::Crash(n) => {
+                if self.chaos {
+                    self.crash(n);
+                    let t = self.now + self.rng.range(50, 1200);
+                    self.at(t, Ev::Restart(n));
+                    let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                    let next = ids[self.rng.range(0, ids.len() as u64) as usize];
+                    let t = self.now + self.rng.range(1, self.faults.crash_every_ms + 1);
+                    self.at(t, Ev::Crash(next));
+                }
+            }
+            Ev::Restart(n) => self.restart(n)?,
+            Ev::Isolate(n) => {
+                if self.chaos {
+                    self.note(format!("node {n} isolated"));
+                    self.isolated = Some(n);
+                    let t = self.now + self.rng.range(200, 2000);
+                    self.at(t, Ev::Heal);
+                }
+            }
+            Ev::Heal => {
+                if self.chaos {
+                    self.note("partition healed".into());
+                    self.isolated = None;
+                    let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                    let next = ids[self.rng.range(0, ids.len() as u64) as usize];
+                    let t = self.now + self.rng.range(1, self.faults.isolate_every_ms + 1);
+                    self.at(t, Ev::Isolate(next));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn store_mut(&mut self, n: NodeId) -> Option<&mut Store> {
+        self.nodes.get_mut(&n).and_then(|x| x.store.as_mut())
+    }
+
+    fn cut(&self, a: NodeId, b: NodeId) -> bool {
+        self.isolated == Some(a) || self.isolated == Some(b)
+    }
+
+    fn schedule_sync(&mut self, n: NodeId) {
+        let node = &self.nodes[&n];
+        if node.sync_scheduled || node.pending.is_empty() || node.store.is_none() {
+            return;
+        }
+        let t = self.now + self.rng.range(0, self.faults.disk_ms_max + 1);
+        self.nodes.get_mut(&n).expect("node").sync_scheduled = true;
+        self.at(t, Ev::Sync(n));
+    }
+
+    /// Takes everything the store has to do, does it, then checks.
+    fn drain(&mut self, n: NodeId) -> Result<(), Violation> {
+        loop {
+            let Some(store) = self.store_mut(n) else {
+                return Ok(());
+            };
+            if !store.has_ready() {
+                break;
+            }
+            let rd = store.ready();
+            self.act(n, rd)?;
+        }
+        self.check(n)
+    }
+
+    fn act(&mut self, n: NodeId, rd: StoreReady) -> Result<(), Violation> {
+        if let Some(WriteBatch { token, groups }) = rd.write {
+            let node = self.nodes.get_mut(&n).expect("node");
+            let mut ops = Vec::new();
+            for g in groups {
+                if let Some(s) = g.snapshot {
+                    // Snapshot files are durable before the batch is written.
+                    node.disk.snapshots.insert(
+                        g.range,
+                        Snapshot {
+                            meta: s.meta.clone(),
+                            data: s.data,
+                        },
+                    );
+                    if s.replaces_log {
+                        ops.push(WalOp::Remove(g.range));
+                    }
+                    ops.push(WalOp::Compact(g.range, s.meta.index, s.meta.term));
+                }
+                if !g.entries.is_empty() {
+                    ops.push(WalOp::Entries(g.range, g.entries));
+                }
+                if let Some(hs) = g.hard_state {
+                    ops.push(WalOp::HardState(g.range, hs));
+                }
+            }
+            node.pending.push_back((token, ops));
+            self.schedule_sync(n);
+        }
+        for (to, batch) in rd.messages {
+            if self.chaos && self.rng.chance(self.faults.drop_per_mille, 1000) {
+                continue;
+            }
+            let bytes = encode_batch(&batch);
+            let t = self.now + self.rng.range(1, self.faults.delay_max + 1);
+            self.at(t, Ev::Deliver { from: n, to, bytes });
+        }
+        for (id, result) in rd.replies {
+            if let Some((client, seq)) = self.nodes.get_mut(&n).expect("node").waiting.remove(&id) {
+                let t = self.now + self.rng.range(1, 4);
+                self.at(
+                    t,
+                    Ev::Reply {
+                        client,
+                        seq,
+                        from: n,
+                        result,
+                    },
+                );
+            }
+        }
+        let node = self.nodes.get_mut(&n).expect("node");
+        for (p, inc) in rd.new_peer_incarnations {
+            node.disk.peers.entry(p).or_insert(inc);
+        }
+        if let Some(f) = rd.failures.first() {
+            return Err(fail("replica failure", format!("node {n}: {f}")));
+        }
+        Ok(())
+    }
+
+    /// Election safety and equal state at equal applied index.
+    fn check(&mut self, n: NodeId) -> Result<(), Violation> {
+        let Some(store) = self.nodes.get(&n).and_then(|x| x.store.as_ref()) else {
+            return Ok(());
+        };
+        let mut seen = Vec::new();
+        for range in store.range_ids() {
+            let (Some(raft), Some(state)) = (store.replica_raft(range), store.replica_state(range))
+            else {
+                continue;
+            };
+            if raft.is_leader() {
+                seen.push((range, raft.term(), None));
+            }
+            let (index, _) = state.applied();
+            seen.push((range, index, Some(state.state_hash())));
+        }
+        for (range, x, hash) in seen {
+            match hash {
+                None => {
+                    let leader = *self.leaders_by_term.entry((range, x)).or_insert(n);
+                    if leader != n {
+                        return Err(fail(
+                            "election safety",
+                            format!("range {range} term {x}: leaders {leader} and {n}"),
+                        ));
+                    }
+                }
+                Some(h) => {
+                    let first = *self.hash_at.entry((range, x)).or_insert(h);
+                    if first != h {
+                        return Err(fail(
+                            "state machine safety",
+                            format!("range {range}: node {n} differs at applied index {x}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn crash(&mut self, n: NodeId) {
+        let node = self.nodes.get_mut(&n).expect("node");
+        if node.store.take().is_none() {
+            return;
+        }
+        // Some prefix of the unsynced batches reached the disk; the rest,
+        // and everything in memory, is gone.
+        let survive = self.rng.range(0, node.pending.len() as u64 + 1) as usize;
+        let pending: Vec<_> = node.pending.drain(..).collect();
+        for (_, ops) in pending.iter().take(survive) {
+            node.disk.apply(ops);
+        }
+        node.sync_scheduled = false;
+        node.waiting.clear();
+        self.report.crashes += 1;
+        self.note(format!(
+            "node {n} crashed ({survive} of {} unsynced batches survive)",
+            pending.len()
+        ));
+    }
+
+    fn restart(&mut self, n: NodeId) -> Result<(), Violation> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let node = self.nodes.get_mut(&n).expect("node");
+        if node.store.is_some() {
+            return Ok(());
+        }
+        let mut sc = StoreConfig::new(n, ids.into_iter().filter(|&p| p != n).collect());
+        sc.incarnation = node.incarnation;
+        sc.seed = self
+            .opts
+            .seed
+            .wrapping_mul(37)
+            .wrapping_add(n)
+            .wrapping_add(self.now);
+        sc.snapshot_entries = self.snapshot_entries;
+        sc.wake_per_tick_max = self.wake_max;
+        #[cfg(feature = "bug-injection")]
+        {
+            sc.raft.bugs = self.opts.bugs;
+        }
+        let mut store = Store::new(sc, &node.disk.peers);
+        for (&range, snap) in &node.disk.snapshots {
+            let (init, state) = rebuild_replica(range, snap.clone(), &node.disk)
+                .map_err(|e| fail("recovery", format!("node {n}: {e}")))?;
+            store
+                .add_replica(range, init, state)
+                .map_err(|e| fail("recovery", format!("node {n}: {e}")))?;
+        }
+        node.store = Some(store);
+        self.note(format!("node {n} restarted"));
+        self.drain(n)
+    }
+
+    // ----- Clients -----
+
+    fn client_next(&mut self, c: usize) {
+        if !self.chaos && self.clients[c].op.is_none() && self.now > self.opts.chaos_ms + 500 {
+            return; // healed: clients stop so the world can settle
+        }
+        let (key, range) = self.keys[self.rng.range(0, self.keys.len() as u64) as usize].clone();
+        let client = &mut self.clients[c];
+        client.seq += 1;
+        client.values += 1;
+        let value = format!("c{c}-{}", client.values).into_bytes();
+        let roll = self.rng.range(0, 100);
+        let (input, request) = if roll < 40 {
+            (
+                Input::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                Command::Put {
+                    key: Bytes::from(key.clone()),
+                    value: Bytes::from(value),
+                },
+            )
+        } else if roll < 50 {
+            (
+                Input::Delete { key: key.clone() },
+                Command::Delete {
+                    key: Bytes::from(key.clone()),
+                },
+            )
+        } else if roll < 65 {
+            let expected = client.last_seen.get(&key).cloned().flatten();
+            (
+                Input::Cas {
+                    key: key.clone(),
+                    expected: expected.clone(),
+                    new: Some(value.clone()),
+                },
+                Command::Cas {
+                    key: Bytes::from(key.clone()),
+                    expected: expected.map(Bytes::from),
+                    new: Some(Bytes::from(value)),
+                },
+            )
+        } else {
+            let consistency = if self.rng.chance(1, 2) {
+                ReadConsistency::Linearizable
+            } else {
+                ReadConsistency::Lease
+            };
+            let req = Request::Read {
+                range: range.id,
+                epoch: range.epoch,
+                op: ReadOp::Get {
+                    key: Bytes::from(key.clone()),
+                },
+                consistency,
+            };
+            self.start_op(c, Input::Get { key }, range, req);
+            return;
+        };
+        let req = Request::Write {
+            range: range.id,
+            epoch: range.epoch,
+            command: request,
+        };
+        self.start_op(c, input, range, req);
+    }
+
+    fn start_op(&mut self, c: usize, input: Input, range: RangeDescriptor, request: Request) {
+        let target = self.clients[c]
+            .leaders
+            .get(&range.id)
+            .copied()
+            .unwrap_or_else(|| {
+                range.replicas[self.rng.range(0, range.replicas.len() as u64) as usize]
+            });
+        let seq = self.clients[c].seq;
+        self.clients[c].op = Some(PendingOp {
+            seq,
+            input,
+            call: self.now,
+            range,
+            request,
+            target,
+            last_sent: self.now,
+        });
+        self.send_op(c);
+    }
+
+    fn send_op(&mut self, c: usize) {
+        let Some(op) = self.clients[c].op.as_mut() else {
+            return;
+        };
+        op.last_sent = self.now;
+        let (node, seq, req) = (op.target, op.seq, op.request.clone());
+        let t = self.now + self.rng.range(1, 4);
+        self.at(
+            t,
+            Ev::Request {
+                node,
+                client: c,
+                seq,
+                req,
+            },
+        );
+        let t = self.now + CLIENT_TIMEOUT_MS;
+        self.at(t, Ev::ClientCheck { client: c, seq });
+    }
+
+    fn client_check(&mut self, c: usize, seq: u64) {
+        let Some(op) = self.clients[c].op.as_ref() else {
+            return;
+        };
+        if op.seq != seq || self.now < op.last_sent + CLIENT_TIMEOUT_MS {
+            return;
+        }
+        // No answer: a write may or may not have happened; a read can just
+        // be asked again (it changes nothing).
+        if matches!(op.input, Input::Get { .. }) {
+            self.retry(c, None);
+        } else {
+            self.complete(c, Output::Unknown);
+        }
+    }
+
+    fn retry(&mut self, c: usize, hint: Option<NodeId>) {
+        let Some(op) = self.clients[c].op.as_mut() else {
+            return;
+        };
+        let replicas = &op.range.replicas;
+        op.target = match hint {
+            Some(h) if replicas.contains(&h) => h,
+            _ => replicas[self.rng.range(0, replicas.len() as u64) as usize],
+        };
+        let backoff = self.rng.range(5, 60);
+        let seq = op.seq;
+        let (node, req) = (op.target, op.request.clone());
+        op.last_sent = self.now + backoff;
+        self.at(
+            self.now + backoff,
+            Ev::Request {
+                node,
+                client: c,
+                seq,
+                req,
+            },
+        );
+        let t = self.now + backoff + CLIENT_TIMEOUT_MS;
+        self.at(t, Ev::ClientCheck { client: c, seq });
+    }
+
+    fn on_reply(&mut self, c: usize, seq: u64, from: NodeId, result: Result<Reply, StoreError>) {
+        let Some(op) = self.clients[c].op.as_ref() else {
+            return;
+        };
+        if op.seq != seq {
+            return;
+        }
+        let range = op.range.id;
+        let is_read = matches!(op.input, Input::Get { .. });
+        match result {
+            Ok(reply) => {
+                self.clients[c].leaders.insert(range, from);
+                let output = match reply {
+                    Reply::Value(v) => Output::Value(v.map(|b| b.to_vec())),
+                    Reply::Applied(ApplyResult::Cas { swapped, .. }) => Output::Swapped(swapped),
+                    // Nothing in this world is refused at apply; if it is, the
+                    // output cannot match any input and the check fails.
+                    Reply::Applied(ApplyResult::Error(e)) => {
+                        Output::Value(Some(format!("refused: {e}").into_bytes()))
+                    }
+                    Reply::Applied(_) => Output::Done,
+                    other => Output::Value(Some(format!("unexpected {other:?}").into_bytes())),
+                };
+                self.complete(c, output);
+            }
+            Err(StoreError::NotLeader { leader, .. }) => {
+                if let Some(l) = leader {
+                    self.clients[c].leaders.insert(range, l);
+                }
+                self.retry(c, leader);
+            }
+            Err(e) if e.is_retryable() => self.retry(c, None),
+            Err(_) if is_read => self.retry(c, None),
+            Err(_) => self.complete(c, Output::Unknown),
+        }
+    }
+
+    fn complete(&mut self, c: usize, output: Output) {
+        let Some(op) = self.clients[c].op.take() else {
+            return;
+        };
+        let ret = (output != Output::Unknown).then_some(self.now);
+        match (&op.input, &output) {
+            (Input::Get { key }, Output::Value(v)) => {
+                self.clients[c].last_seen.insert(key.clone(), v.clone());
+            }
+            (Input::Put { key, value }, Output::Done) => {
+                self.clients[c]
+                    .last_seen
+                    .insert(key.clone(), Some(value.clone()));
+            }
+            (Input::Cas { key, new, .. }, Output::Swapped(true)) => {
+                self.clients[c].last_seen.insert(key.clone(), new.clone());
+            }
+            (Input::Delete { key }, Output::Done) => {
+                self.clients[c].last_seen.insert(key.clone(), None);
+            }
+            _ => {}
+        }
+        if output == Output::Unknown {
+            self.report.ops_unknown += 1;
+        } else {
+            self.report.ops_ok += 1;
+        }
+        self.history.push(Op {
+            client: c as u64,
+            call: op.call,
+            ret,
+            input: op.input,
+            output,
+        });
+        let t = self.now + self.rng.range(1, 30);
+        self.at(t, Ev::ClientNext(c));
+    }
+}
