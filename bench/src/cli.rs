@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, default_value_t = 16, value_name = "BYTES")]
     pub value_size: usize,
 
-    /// Keys in the key space (16-byte keys `key0000000000042`), loaded before any
+    /// Keys in the key space (16-byte keys: two hash bytes, then `k0000000000042`), loaded before any
     /// workload that reads.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,

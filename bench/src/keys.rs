@@ -1,5 +1,11 @@
-//! Key and value generators: fixed-size keys `key0000000000042`, uniform and zipfian
-//! choice over the key space (the YCSB algorithms), and values of a fixed size.
+//! Key and value generators: fixed-size keys (two bytes of a hash of the key's
+//! number, then `k` and the number zero-padded: `<h1><h2>k0000000000042`), uniform
+//! and zipfian choice over the key space (the YCSB algorithms), and values of a
+//! fixed size.
+//!
+//! The hash prefix spreads consecutive keys over the whole byte space, the way
+//! YCSB hashes its keys: Tessera cuts a new cluster's key space evenly by the first
+//! two bytes, so keys with a common printable prefix would all land in one range.
 
 use std::fmt;
 use std::io::Write as _;
@@ -12,7 +18,8 @@ pub const ZIPFIAN_THETA: f64 = 0.99;
 /// The default key size in bytes.
 pub const KEY_BYTES_DEFAULT: usize = 16;
 
-const KEY_PREFIX: &[u8] = b"key";
+/// Bytes before the number: the hash prefix and `k`.
+const KEY_PREFIX_BYTES: usize = 3;
 
 /// How keys of the loaded key space are chosen.
 #[derive(
@@ -68,7 +75,7 @@ impl KeySpace {
         if count == 0 {
             return Err(KeySpaceError::Empty);
         }
-        let needed = KEY_PREFIX.len() + digits(count.saturating_mul(1000));
+        let needed = KEY_PREFIX_BYTES + digits(count.saturating_mul(1000));
         if key_bytes < needed {
             return Err(KeySpaceError::KeysTooShort {
                 key_bytes,
@@ -92,8 +99,9 @@ impl KeySpace {
     /// Writes key number `index` into `out` (cleared first).
     pub fn write_key(&self, index: u64, out: &mut Vec<u8>) {
         out.clear();
-        out.extend_from_slice(KEY_PREFIX);
-        let width = self.key_bytes - KEY_PREFIX.len();
+        out.extend_from_slice(&(fnv1a64(index) as u16).to_be_bytes());
+        out.push(b'k');
+        let width = self.key_bytes - KEY_PREFIX_BYTES;
         write!(out, "{index:0width$}").expect("writing to a Vec cannot fail");
         debug_assert_eq!(out.len(), self.key_bytes, "key {index} overflows its width");
     }
@@ -266,9 +274,17 @@ mod tests {
     #[test]
     fn keys_are_fixed_size_numbered_and_ordered() {
         let ks = KeySpace::new(100_000, KEY_BYTES_DEFAULT).unwrap();
-        assert_eq!(ks.key(42), b"key0000000000042");
+        let k = ks.key(42);
+        assert_eq!(&k[2..], b"k0000000000042");
+        assert_eq!(k[..2], (fnv1a64(42) as u16).to_be_bytes());
         assert_eq!(ks.key(99_999).len(), 16);
-        assert!(ks.key(9) < ks.key(10), "zero padding keeps numeric order");
+        // Consecutive keys spread over the first byte (so over the ranges).
+        let firsts: std::collections::BTreeSet<u8> = (0..1000).map(|i| ks.key(i)[0]).collect();
+        assert!(
+            firsts.len() > 200,
+            "only {} distinct first bytes",
+            firsts.len()
+        );
         assert_eq!(KeySpace::new(0, 16), Err(KeySpaceError::Empty));
         assert!(matches!(
             KeySpace::new(1_000_000, 6),

@@ -1,0 +1,41 @@
+//! One short end-to-end run of the default target: an embedded 3-node
+//! cluster (QUIC with mutual TLS, fsync'd WALs in a temp dir). It asserts
+//! that operations completed and the JSON report parses, not how fast.
+
+use std::process::Command;
+
+#[test]
+fn a_short_embedded_run_completes_operations_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
+        .args(["--duration", "2", "--warmup", "1", "--keys", "2000"])
+        .args(["--concurrency", "8", "--ranges", "8", "--quiet", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["totals"]["count"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["manifest"]["target"], "embedded");
+    assert_eq!(report["manifest"]["nodes"], 3);
+    assert_eq!(report["manifest"]["fsync"], true);
+    assert_eq!(report["manifest"]["tls"], true);
+    assert_eq!(
+        report["errors"].as_array().map_or(0, |e| e.len()),
+        0,
+        "{report}"
+    );
+    let extra = &report["extra"];
+    assert!(extra["wal_syncs"].as_u64().unwrap() > 0, "{extra}");
+    assert!(
+        extra["entries_per_sync"].as_f64().unwrap() >= 1.0,
+        "{extra}"
+    );
+}
