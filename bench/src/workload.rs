@@ -386,7 +386,7 @@ mod tests {
             for _ in 0..5_000 {
                 let op = g.next_op();
                 if op.kind == OpKind::Insert {
-                    assert!(key_number(&op.key) > 9999);
+                    assert!(key_number(op.key) > 9999);
                     assert!(seen.insert(op.key.to_vec()), "duplicate insert");
                 }
             }
@@ -403,7 +403,7 @@ mod tests {
             if op.kind == OpKind::Read {
                 reads += 1;
                 // Keys numbered 9900 or above (the top 1% and the inserts).
-                if key_number(&op.key) >= 9900 {
+                if key_number(op.key) >= 9900 {
                     recent += 1;
                 }
             }
