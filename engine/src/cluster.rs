@@ -170,6 +170,16 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Stops node `i`, deletes its data directory and starts it again: a
+    /// node that lost its disk. It comes back with a new incarnation, and its
+    /// peers refuse its Raft traffic (it would vote with an empty log).
+    pub async fn wipe_and_restart(&mut self, i: usize) -> Result<(), DbError> {
+        self.stop(i).await;
+        let dir = self.opts.dir.join(format!("node{}", i + 1));
+        std::fs::remove_dir_all(&dir).map_err(|e| DbError::Unavailable(e.to_string()))?;
+        self.restart(i).await
+    }
+
     /// Stops every node.
     pub async fn shutdown(&mut self) {
         for i in 0..self.dbs.len() {

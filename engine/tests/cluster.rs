@@ -280,3 +280,50 @@ async fn a_restarted_node_catches_up_by_log_and_by_snapshot() {
     converged(db).await.expect("converged after full restart");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_cannot_come_back_under_its_old_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start(dir.path(), 4, None).await;
+    let db = cluster.db(0).expect("running").clone();
+    for i in 0..20 {
+        db.put(key(i), "before").await.expect("put");
+    }
+    cluster
+        .wipe_and_restart(2)
+        .await
+        .expect("wiped node starts");
+    // The two others still form a majority and keep serving.
+    for i in 0..20 {
+        db.put(key(i), "after")
+            .await
+            .expect("put with node 3 wiped");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rejected = 0;
+    for n in 0..2 {
+        let stats = cluster
+            .db(n)
+            .expect("running")
+            .node()
+            .handle()
+            .stats()
+            .await
+            .expect("stats");
+        rejected += stats.rejected_batches;
+    }
+    assert!(
+        rejected > 0,
+        "peers did not refuse the wiped node's batches"
+    );
+    // Its replicas lead nothing: its votes never reach anyone.
+    let wiped = cluster.db(2).expect("running");
+    let stats = wiped.node().handle().stats().await.expect("stats");
+    assert_eq!(stats.leaders, 0, "{stats:?}");
+    // Reads through it still work: it forwards to the leaders.
+    assert_eq!(
+        wiped.get(key(3)).await.expect("get via node 3").as_deref(),
+        Some(&b"after"[..])
+    );
+    cluster.shutdown().await;
+}
