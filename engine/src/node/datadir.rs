@@ -289,7 +289,9 @@ impl DurableLog for WalLog<'_> {
     }
 }
 
-fn decode_snapshot_file(raw: &[u8]) -> Result<Snapshot, String> {
+/// Decodes and verifies a snapshot file's bytes (magic, version, CRC32C,
+/// metadata); never panics.
+pub fn decode_snapshot_file(raw: &[u8]) -> Result<Snapshot, String> {
     if raw.len() < SNAP_HEADER_BYTES || &raw[..4] != SNAP_MAGIC {
         return Err("bad magic or too short".into());
     }

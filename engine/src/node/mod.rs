@@ -7,7 +7,7 @@
 //! - `remote`: forwarded requests on the wire.
 
 pub mod datadir;
-mod remote;
+pub mod remote;
 mod runtime;
 
 use std::collections::BTreeMap;

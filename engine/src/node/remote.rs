@@ -134,7 +134,7 @@ fn archive_err(e: impl std::fmt::Display) -> CodecError {
     CodecError::Archive(e.to_string())
 }
 
-pub(crate) fn encode_request(req: &Request) -> Bytes {
+pub fn encode_request(req: &Request) -> Bytes {
     let wire = match req {
         Request::Write {
             range,
@@ -178,7 +178,7 @@ pub(crate) fn encode_request(req: &Request) -> Bytes {
     encode(&wire)
 }
 
-pub(crate) fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
+pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
     let wire =
         rkyv::from_bytes::<WireRequest, rkyv::rancor::Error>(body(bytes)?).map_err(archive_err)?;
     Ok(match wire {
@@ -227,7 +227,7 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
     })
 }
 
-pub(crate) fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
+pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
     let b = |v: &Option<Bytes>| v.as_ref().map(|x| x.to_vec());
     let wire = match reply {
         Ok(Reply::Applied(a)) => WireReply::Applied(match a {
@@ -293,7 +293,7 @@ pub(crate) fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
     encode(&wire)
 }
 
-pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecError> {
+pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecError> {
     let wire =
         rkyv::from_bytes::<WireReply, rkyv::rancor::Error>(body(bytes)?).map_err(archive_err)?;
     let b = |v: Option<Vec<u8>>| v.map(Bytes::from);
