@@ -2,11 +2,14 @@
 //! deterministic simulator, and (as they land) the ranges, the multi-raft
 //! store, the embedded `Db` and the node binary.
 
+pub mod admin;
 pub mod cluster;
+pub mod config;
 mod db;
 pub mod node;
 pub mod raft;
 pub mod range;
+pub mod resp;
 pub mod sim;
 pub mod store;
 

@@ -1,0 +1,297 @@
+//! The HTTP admin endpoint of a node: `/status` (JSON: the node, its
+//! replicas and leaders, which peers are reachable), `/ranges` (JSON: every
+//! range's descriptor and the leader this node knows of) and `/metrics`
+//! (Prometheus text format: store, WAL and transport counters).
+
+use std::fmt::Write as _;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::db::Db;
+use crate::raft::NodeId;
+use crate::range::RangeId;
+use crate::store::StoreStats;
+
+/// What `/status` answers.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub node_id: NodeId,
+    pub peer_addr: String,
+    pub replicas: usize,
+    pub leaders: usize,
+    pub quiesced: usize,
+    pub ranges_led: Vec<RangeId>,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub reachable: bool,
+}
+
+/// One row of `/ranges`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RangeStatus {
+    pub id: RangeId,
+    /// Hex of the start key (empty: the beginning of the key space).
+    pub start: String,
+    /// Hex of the end key (empty: the end of the key space).
+    pub end: String,
+    pub replicas: Vec<NodeId>,
+    pub epoch: u64,
+    /// The leader this node knows of (only for ranges it holds a replica of).
+    pub leader: Option<NodeId>,
+}
+
+/// Serves the admin endpoint until `shutdown` turns true.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    db: Db,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/ranges", get(ranges))
+        .route("/metrics", get(metrics))
+        .with_state(db);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|&stop| stop).await;
+        })
+        .await
+}
+
+/// The node's status, as `/status` reports it.
+pub async fn node_status(db: &Db) -> Option<Status> {
+    let node = db.node();
+    let peer_addr = node.addr().to_string();
+    let id = node.id();
+    node.handle()
+        .inspect(move |store| {
+            let stats = store.stats();
+            let ranges_led: Vec<RangeId> = store
+                .range_ids()
+                .filter(|&r| store.replica_raft(r).is_some_and(|raft| raft.is_leader()))
+                .collect();
+            let peers = store
+                .config()
+                .peers
+                .iter()
+                .map(|&p| PeerStatus {
+                    id: p,
+                    reachable: store.peer_live(p),
+                })
+                .collect();
+            Status {
+                node_id: id,
+                peer_addr,
+                replicas: stats.replicas,
+                leaders: stats.leaders,
+                quiesced: stats.replicas - stats.awake,
+                ranges_led,
+                peers,
+            }
+        })
+        .await
+}
+
+async fn status(State(db): State<Db>) -> impl IntoResponse {
+    match node_status(&db).await {
+        Some(s) => axum::Json(s).into_response(),
+        None => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "node is shutting down\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn ranges(State(db): State<Db>) -> impl IntoResponse {
+    let descs = db.ranges();
+    let ids: Vec<RangeId> = descs.iter().map(|d| d.id).collect();
+    let leaders = db
+        .node()
+        .handle()
+        .inspect(move |store| ids.iter().map(|&r| store.leader_of(r)).collect::<Vec<_>>())
+        .await
+        .unwrap_or_default();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let rows: Vec<RangeStatus> = descs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| RangeStatus {
+            id: d.id,
+            start: hex(&d.start),
+            end: hex(&d.end),
+            replicas: d.replicas.clone(),
+            epoch: d.epoch,
+            leader: leaders.get(i).copied().flatten(),
+        })
+        .collect();
+    axum::Json(rows)
+}
+
+async fn metrics(State(db): State<Db>) -> impl IntoResponse {
+    let node = db.node();
+    let stats = node.handle().stats().await.unwrap_or_default();
+    let mut out = String::new();
+    store_metrics(&mut out, &stats);
+    if let Some(w) = node.wal_stats() {
+        let rows: [(&str, &str, u64); 7] = [
+            (
+                "tessera_wal_syncs_total",
+                "WAL syncs (fdatasync or msync).",
+                w.syncs,
+            ),
+            ("tessera_wal_batches_total", "WAL write batches.", w.batches),
+            (
+                "tessera_wal_requests_total",
+                "WAL requests (one per store write batch).",
+                w.requests,
+            ),
+            (
+                "tessera_wal_bytes_written_total",
+                "Bytes written to WAL segments.",
+                w.bytes_written,
+            ),
+            (
+                "tessera_wal_bytes_rewritten_total",
+                "Live bytes rewritten forward by compaction.",
+                w.bytes_rewritten,
+            ),
+            (
+                "tessera_wal_segments",
+                "WAL segment files.",
+                w.segments as u64,
+            ),
+            (
+                "tessera_wal_disk_bytes",
+                "Bytes of WAL segment files.",
+                w.disk_bytes,
+            ),
+        ];
+        for (name, help, v) in rows {
+            metric(&mut out, name, help, v);
+        }
+    }
+    if let Some(t) = node.transport_metrics() {
+        let rows: [(&str, &str, u64); 6] = [
+            (
+                "tessera_transport_messages_sent_total",
+                "Peer messages sent.",
+                t.messages_sent,
+            ),
+            (
+                "tessera_transport_messages_received_total",
+                "Peer messages received.",
+                t.messages_received,
+            ),
+            (
+                "tessera_transport_messages_dropped_total",
+                "Peer messages dropped (queue full or peer down).",
+                t.messages_dropped,
+            ),
+            (
+                "tessera_transport_bytes_sent_total",
+                "Frame bytes sent to peers.",
+                t.bytes_sent,
+            ),
+            (
+                "tessera_transport_bytes_received_total",
+                "Frame bytes received from peers.",
+                t.bytes_received,
+            ),
+            (
+                "tessera_transport_handshake_failures_total",
+                "Inbound TLS handshakes refused.",
+                t.handshake_failures,
+            ),
+        ];
+        for (name, help, v) in rows {
+            metric(&mut out, name, help, v);
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+fn store_metrics(out: &mut String, s: &StoreStats) {
+    let rows: [(&str, &str, u64); 11] = [
+        (
+            "tessera_replicas",
+            "Replicas on this node.",
+            s.replicas as u64,
+        ),
+        (
+            "tessera_leaders",
+            "Replicas on this node that lead their range.",
+            s.leaders as u64,
+        ),
+        (
+            "tessera_replicas_awake",
+            "Replicas that tick (not quiesced).",
+            s.awake as u64,
+        ),
+        (
+            "tessera_proposals_total",
+            "Writes proposed by leaders on this node.",
+            s.proposals,
+        ),
+        (
+            "tessera_applied_entries_total",
+            "Log entries applied.",
+            s.applied_entries,
+        ),
+        (
+            "tessera_store_write_batches_total",
+            "Write batches (one per loop iteration with writes).",
+            s.write_batches,
+        ),
+        (
+            "tessera_entries_written_total",
+            "Log entries written to the WAL.",
+            s.written_entries,
+        ),
+        (
+            "tessera_quiesced_total",
+            "Times a replica quiesced.",
+            s.quiesced_total,
+        ),
+        (
+            "tessera_woken_total",
+            "Times a quiesced replica woke.",
+            s.woken_total,
+        ),
+        (
+            "tessera_snapshots_installed_total",
+            "Snapshots installed from leaders.",
+            s.snapshots_installed,
+        ),
+        (
+            "tessera_rejected_batches_total",
+            "Peer batches refused (unknown peer or wiped node).",
+            s.rejected_batches,
+        ),
+    ];
+    for (name, help, v) in rows {
+        metric(out, name, help, v);
+    }
+}
+
+fn metric(out: &mut String, name: &str, help: &str, value: u64) {
+    let kind = if name.ends_with("_total") {
+        "counter"
+    } else {
+        "gauge"
+    };
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}

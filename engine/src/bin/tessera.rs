@@ -1,0 +1,304 @@
+//! `tessera`: make a local cluster's files, run a node, look at a cluster.
+//!
+//!     tessera init --nodes 3 --dir cluster
+//!     tessera serve --config cluster/node1.toml
+//!     tessera ctl --admin 127.0.0.1:8101 status
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tessera_engine::admin::{RangeStatus, Status};
+use tessera_engine::config::{NodeFile, PeerEntry, TlsFiles};
+use tessera_engine::{Db, DbOptions, Node};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: a multi-raft key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Writes a local cluster: a CA, a certificate and key per node, and one
+    /// config file per node with free ports on 127.0.0.1.
+    Init {
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Directory for the files (created; must not hold a cluster already).
+        #[arg(long)]
+        dir: PathBuf,
+        /// User ranges the cluster starts with.
+        #[arg(long, default_value_t = 64)]
+        initial_ranges: u32,
+        /// Password clients must AUTH with.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Runs a node.
+    Serve {
+        /// The node's config file (see `tessera init`).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Shows a running cluster through a node's admin endpoint.
+    Ctl {
+        /// The node's admin address (`admin_addr` in its config).
+        #[arg(long)]
+        admin: SocketAddr,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        what: CtlCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// The node: replicas, leaders, which peers it reaches.
+    Status,
+    /// Every range: span, replicas, the leader the node knows of.
+    Ranges,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init {
+            nodes,
+            dir,
+            initial_ranges,
+            password,
+        } => init(nodes, &dir, initial_ranges, password),
+        Command::Serve { config } => serve(&config),
+        Command::Ctl { admin, json, what } => ctl(admin, json, what),
+    }
+}
+
+// ----- init -----
+
+fn free_tcp_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn init(nodes: u64, dir: &Path, initial_ranges: u32, password: Option<String>) -> Result<()> {
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if dir.join("node1.toml").exists() {
+        bail!(
+            "{} already holds a cluster (node1.toml exists)",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ids: Vec<tessera_transport::NodeId> = (1..=nodes).map(tessera_transport::NodeId).collect();
+    let (ca, identities) =
+        tessera_transport::bootstrap_cluster(&ids).context("making the cluster's certificates")?;
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    let mut addrs = Vec::new();
+    for _ in 1..=nodes {
+        let peer: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
+        let client: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
+        addrs.push((peer, client, admin));
+    }
+    for (i, identity) in identities.iter().enumerate() {
+        let id = i as u64 + 1;
+        let pem = identity.to_pem();
+        std::fs::write(dir.join(format!("node{id}.pem")), &pem.cert)?;
+        let key_path = dir.join(format!("node{id}.key"));
+        std::fs::write(&key_path, &pem.key)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let (peer_addr, client_addr, admin_addr) = addrs[i];
+        let file = NodeFile {
+            node_id: id,
+            data_dir: PathBuf::from(format!("node{id}")),
+            peer_addr,
+            client_addr,
+            admin_addr,
+            peers: (0..addrs.len())
+                .filter(|&j| j != i)
+                .map(|j| PeerEntry {
+                    id: j as u64 + 1,
+                    addr: addrs[j].0,
+                })
+                .collect(),
+            tls: Some(TlsFiles {
+                ca_cert: "ca.pem".into(),
+                cert: format!("node{id}.pem").into(),
+                key: format!("node{id}.key").into(),
+            }),
+            initial_ranges,
+            tick_ms: 100,
+            election_ticks: 10,
+            password: password.clone(),
+            wal_sync: true,
+            log: "info".into(),
+        };
+        let text = toml::to_string(&file)?;
+        std::fs::write(dir.join(format!("node{id}.toml")), text)?;
+        println!(
+            "node {id}: config {}  redis {client_addr}  admin {admin_addr}",
+            dir.join(format!("node{id}.toml")).display()
+        );
+    }
+    Ok(())
+}
+
+// ----- serve -----
+
+fn serve(config: &Path) -> Result<()> {
+    let file = NodeFile::load(config)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&file.log));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_node(file))
+}
+
+async fn run_node(file: NodeFile) -> Result<()> {
+    let cfg = file.node_config()?;
+    let node = Node::start(cfg).await.context("starting the node")?;
+    tracing::info!(node = file.node_id, peer_addr = %node.addr(), "node started; waiting for the cluster");
+    let db = Db::on_node(
+        node,
+        &file.cluster_nodes(),
+        file.initial_ranges,
+        DbOptions::default(),
+    )
+    .await
+    .context("reading the range descriptors (is a majority of the meta range's nodes up?)")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin = tokio::net::TcpListener::bind(file.admin_addr)
+        .await
+        .with_context(|| format!("admin_addr {}", file.admin_addr))?;
+    let admin_task = tokio::spawn(tessera_engine::admin::serve_admin(
+        admin,
+        db.clone(),
+        stop_rx.clone(),
+    ));
+    tracing::info!(admin = %file.admin_addr, "serving");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    db.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+// ----- ctl -----
+
+/// GET `path` from the admin endpoint; the body.
+fn http_get(admin: SocketAddr, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))
+        .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        bail!("{admin}{path}: {status}: {}", body.trim());
+    }
+    Ok(body.to_string())
+}
+
+fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
+    match what {
+        CtlCommand::Status => {
+            let body = http_get(admin, "/status")?;
+            if json {
+                println!("{body}");
+                return Ok(());
+            }
+            let s: Status = serde_json::from_str(&body).context("decoding /status")?;
+            println!("node        {}", s.node_id);
+            println!("peer addr   {}", s.peer_addr);
+            println!("replicas    {} ({} quiesced)", s.replicas, s.quiesced);
+            println!("leaders     {}", s.leaders);
+            for p in &s.peers {
+                println!(
+                    "peer {:<6} {}",
+                    p.id,
+                    if p.reachable {
+                        "reachable"
+                    } else {
+                        "UNREACHABLE"
+                    }
+                );
+            }
+        }
+        CtlCommand::Ranges => {
+            let body = http_get(admin, "/ranges")?;
+            if json {
+                println!("{body}");
+                return Ok(());
+            }
+            let rows: Vec<RangeStatus> = serde_json::from_str(&body).context("decoding /ranges")?;
+            println!(
+                "{:>6}  {:<10} {:<10} {:<12} {:>5}  leader",
+                "range", "start", "end", "replicas", "epoch"
+            );
+            for r in rows {
+                let replicas = r
+                    .replicas
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let leader = r.leader.map_or("?".to_string(), |l| l.to_string());
+                println!(
+                    "{:>6}  {:<10} {:<10} {:<12} {:>5}  {leader}",
+                    r.id,
+                    if r.start.is_empty() { "-" } else { &r.start },
+                    if r.end.is_empty() { "-" } else { &r.end },
+                    replicas,
+                    r.epoch
+                );
+            }
+        }
+    }
+    Ok(())
+}

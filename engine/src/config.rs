@@ -1,0 +1,296 @@
+//! The `tessera serve` configuration file (TOML), with documented defaults
+//! and a validation that names the offending field.
+//!
+//! ```toml
+//! node_id = 1
+//! data_dir = "data/node1"
+//! peer_addr = "127.0.0.1:7101"     # QUIC, mutual TLS
+//! client_addr = "127.0.0.1:6401"   # Redis protocol
+//! admin_addr = "127.0.0.1:8101"    # HTTP: /status, /metrics
+//! initial_ranges = 64
+//!
+//! [tls]
+//! ca_cert = "ca.pem"
+//! cert = "node1.pem"
+//! key = "node1.key"
+//!
+//! [[peers]]
+//! id = 2
+//! addr = "127.0.0.1:7102"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::node::NodeConfig;
+use crate::raft::NodeId;
+
+/// A refused configuration: which field, and why.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {why}")]
+    Invalid { field: String, why: String },
+}
+
+fn invalid(field: impl Into<String>, why: impl Into<String>) -> ConfigFileError {
+    ConfigFileError::Invalid {
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+/// Another node of the cluster.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    pub id: NodeId,
+    /// Its QUIC address (`peer_addr` in its own file).
+    pub addr: SocketAddr,
+}
+
+/// Certificate files, PEM. Relative paths are relative to the config file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One node's configuration file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// This node's id, 1 or more, unique in the cluster.
+    pub node_id: NodeId,
+    /// Where the node keeps its WAL and snapshots. Relative to the config file.
+    pub data_dir: PathBuf,
+    /// UDP address for the other nodes (QUIC with mutual TLS).
+    pub peer_addr: SocketAddr,
+    /// TCP address for clients (Redis protocol).
+    pub client_addr: SocketAddr,
+    /// TCP address of the HTTP admin endpoint (`/status`, `/metrics`).
+    pub admin_addr: SocketAddr,
+    /// Every other node. Empty: a cluster of one.
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+    /// Required when there are peers.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// User ranges a new cluster starts with. Default 64. Must be the same on every node.
+    #[serde(default = "default_ranges")]
+    pub initial_ranges: u32,
+    /// The store's clock in milliseconds. Default 100 (elections after 1-2 s).
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Ticks before a follower without a leader campaigns. Default 10.
+    #[serde(default = "default_election_ticks")]
+    pub election_ticks: u32,
+    /// Clients must `AUTH` with it first. Default: none.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// fsync before acknowledging. Default true; false is NOT durable.
+    #[serde(default = "default_true")]
+    pub wal_sync: bool,
+    /// Log filter (`info`, `tessera_engine=debug`, ...); `RUST_LOG` wins. Default `info`.
+    #[serde(default = "default_log")]
+    pub log: String,
+}
+
+fn default_ranges() -> u32 {
+    64
+}
+fn default_tick_ms() -> u64 {
+    100
+}
+fn default_election_ticks() -> u32 {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+fn default_log() -> String {
+    "info".into()
+}
+
+impl NodeFile {
+    /// Reads, parses and validates a config file; relative paths are made
+    /// relative to the file's directory.
+    pub fn load(path: &Path) -> Result<NodeFile, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut file: NodeFile = toml::from_str(&text).map_err(|e| ConfigFileError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        file.data_dir = base.join(&file.data_dir);
+        if let Some(tls) = &mut file.tls {
+            tls.ca_cert = base.join(&tls.ca_cert);
+            tls.cert = base.join(&tls.cert);
+            tls.key = base.join(&tls.key);
+        }
+        file.validate()?;
+        Ok(file)
+    }
+
+    /// Checks fields against each other.
+    pub fn validate(&self) -> Result<(), ConfigFileError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "must be 1 or more"));
+        }
+        let mut seen = BTreeMap::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.id == 0 {
+                return Err(invalid(format!("peers[{i}].id"), "must be 1 or more"));
+            }
+            if p.id == self.node_id {
+                return Err(invalid(format!("peers[{i}].id"), "is this node's own id"));
+            }
+            if seen.insert(p.id, i).is_some() {
+                return Err(invalid(
+                    format!("peers[{i}].id"),
+                    format!("{} is listed twice", p.id),
+                ));
+            }
+        }
+        if !self.peers.is_empty() && self.tls.is_none() {
+            return Err(invalid(
+                "tls",
+                "a node with peers needs the cluster's certificates",
+            ));
+        }
+        if self.initial_ranges == 0 || self.initial_ranges > 65_536 {
+            return Err(invalid("initial_ranges", "must be in 1..=65536"));
+        }
+        if !(10..=10_000).contains(&self.tick_ms) {
+            return Err(invalid("tick_ms", "must be in 10..=10000"));
+        }
+        if self.election_ticks < 3 {
+            return Err(invalid("election_ticks", "must be at least 3"));
+        }
+        let addrs = [
+            ("client_addr", self.client_addr),
+            ("admin_addr", self.admin_addr),
+        ];
+        for (name, a) in addrs {
+            if a.port() != 0 && a == self.peer_addr {
+                return Err(invalid(name, "is the same as peer_addr"));
+            }
+        }
+        if self.client_addr.port() != 0 && self.client_addr == self.admin_addr {
+            return Err(invalid("admin_addr", "is the same as client_addr"));
+        }
+        Ok(())
+    }
+
+    /// The node's runtime configuration (certificates are read here).
+    pub fn node_config(&self) -> Result<NodeConfig, ConfigFileError> {
+        let mut cfg = NodeConfig::new(self.node_id, &self.data_dir);
+        cfg.listen = self.peer_addr;
+        cfg.peers = self.peers.iter().map(|p| (p.id, p.addr)).collect();
+        cfg.initial_ranges = self.initial_ranges;
+        cfg.tick = Duration::from_millis(self.tick_ms);
+        cfg.wal.sync = self.wal_sync;
+        let mut store = crate::store::StoreConfig::new(self.node_id, vec![]);
+        store.raft.election_ticks = self.election_ticks;
+        store.raft.lease_ticks = self
+            .election_ticks
+            .saturating_sub(store.raft.clock_drift_ticks + 1)
+            .max(1);
+        store.liveness_timeout_ticks = self.election_ticks;
+        cfg.store = Some(store);
+        if let Some(tls) = &self.tls {
+            let read = |field: &str, p: &Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| invalid(format!("tls.{field}"), format!("{}: {e}", p.display())))
+            };
+            let pem = tessera_transport::certs::IdentityPem {
+                cert: read("cert", &tls.cert)?,
+                key: read("key", &tls.key)?,
+                ca: read("ca_cert", &tls.ca_cert)?,
+            };
+            let identity = tessera_transport::NodeIdentity::from_pem(
+                tessera_transport::NodeId(self.node_id),
+                &pem,
+            )
+            .map_err(|e| invalid("tls", e.to_string()))?;
+            cfg.identity = Some(identity);
+        }
+        Ok(cfg)
+    }
+
+    /// Every node id of the cluster, this one included.
+    pub fn cluster_nodes(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
+        ids.push(self.node_id);
+        ids.sort_unstable();
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NodeFile {
+        toml::from_str(
+            r#"
+            node_id = 1
+            data_dir = "d"
+            peer_addr = "127.0.0.1:7101"
+            client_addr = "127.0.0.1:6401"
+            admin_addr = "127.0.0.1:8101"
+            [tls]
+            ca_cert = "ca.pem"
+            cert = "n1.pem"
+            key = "n1.key"
+            [[peers]]
+            id = 2
+            addr = "127.0.0.1:7102"
+            "#,
+        )
+        .expect("parses")
+    }
+
+    #[test]
+    fn defaults_are_safe_and_valid() {
+        let f = sample();
+        assert!(f.wal_sync);
+        assert_eq!(f.initial_ranges, 64);
+        assert_eq!(f.password, None);
+        f.validate().expect("valid");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut f = sample();
+        f.peers[0].id = 1;
+        let e = f.validate().unwrap_err().to_string();
+        assert!(e.contains("peers[0].id"), "{e}");
+        let mut f = sample();
+        f.tls = None;
+        assert!(f.validate().unwrap_err().to_string().contains("`tls`"));
+        let mut f = sample();
+        f.admin_addr = f.client_addr;
+        assert!(f.validate().unwrap_err().to_string().contains("admin_addr"));
+        let unknown = toml::from_str::<NodeFile>("node_id = 1\nbogus = 2");
+        assert!(unknown.unwrap_err().to_string().contains("bogus"));
+    }
+}

@@ -1,0 +1,149 @@
+//! The `tessera` binary as an operator runs it: `init` writes a 3-node
+//! cluster, three `serve` processes form it, `ctl` shows it; a node killed
+//! with SIGKILL shows as unreachable and, restarted, comes back.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &Path, node: u64) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("node{node}.log"))).expect("log file");
+    Proc(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.join(format!("node{node}.toml")))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tessera serve starts"),
+    )
+}
+
+fn admin_addr(dir: &Path, node: u64) -> String {
+    let text = std::fs::read_to_string(dir.join(format!("node{node}.toml"))).expect("config");
+    let file: toml::Value = toml::from_str(&text).expect("toml");
+    file["admin_addr"].as_str().expect("admin_addr").to_string()
+}
+
+/// `tessera ctl --json status` against node `node`, once it answers.
+fn status(dir: &Path, node: u64) -> Option<serde_json::Value> {
+    let out = Command::new(BIN)
+        .args(["ctl", "--json", "--admin", &admin_addr(dir, node), "status"])
+        .output()
+        .expect("ctl runs");
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn reachable(s: &serde_json::Value, peer: u64) -> bool {
+    s["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["id"] == peer && p["reachable"] == true)
+}
+
+#[test]
+fn init_serve_ctl_and_a_node_killed_and_restarted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let init = Command::new(BIN)
+        .args(["init", "--nodes", "3", "--initial-ranges", "8", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("init runs");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for f in ["ca.pem", "node1.toml", "node2.pem", "node3.key"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    // A second init into the same directory is refused.
+    let again = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("runs");
+    assert!(!again.status.success());
+
+    let mut nodes: Vec<Option<Proc>> = (1..=3).map(|n| Some(serve(dir, n))).collect();
+    wait_for("all nodes to see each other", || {
+        (1..=3).all(|n| {
+            status(dir, n).is_some_and(|s| (1..=3).filter(|&p| p != n).all(|p| reachable(&s, p)))
+        })
+    });
+    let total_leaders: u64 = (1..=3)
+        .map(|n| {
+            status(dir, n).expect("status")["leaders"]
+                .as_u64()
+                .expect("leaders")
+        })
+        .sum();
+    assert_eq!(
+        total_leaders, 9,
+        "8 user ranges and the meta range, one leader each"
+    );
+
+    // kill -9 node 3: the others report it unreachable.
+    nodes[2] = None;
+    wait_for("node 3 to be seen down", || {
+        status(dir, 1).is_some_and(|s| !reachable(&s, 3))
+    });
+    // Restarted, it is reachable again.
+    nodes[2] = Some(serve(dir, 3));
+    wait_for("node 3 to be back", || {
+        status(dir, 1).is_some_and(|s| reachable(&s, 3))
+            && status(dir, 3).is_some_and(|s| reachable(&s, 1) && reachable(&s, 2))
+    });
+
+    // The table form names the fields.
+    let out = Command::new(BIN)
+        .args(["ctl", "--admin", &admin_addr(dir, 2), "ranges"])
+        .output()
+        .expect("ctl runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && table.contains("leader"), "{table}");
+    assert_eq!(table.lines().count(), 9, "{table}");
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_field_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "node_id = 0\ndata_dir = \"d\"\npeer_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\nadmin_addr = \"127.0.0.1:3\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node_id"), "{err}");
+}
