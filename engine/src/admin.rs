@@ -1,15 +1,16 @@
 //! The HTTP admin endpoint of a node: `/status` (JSON: the node, its
 //! replicas and leaders, which peers are reachable), `/ranges` (JSON: every
-//! range's descriptor and the leader this node knows of) and `/metrics`
-//! (Prometheus text format: store, WAL and transport counters).
+//! range's descriptor and the leader this node knows of), `/metrics`
+//! (Prometheus text format: store, WAL and transport counters), and
+//! `POST /transfer-leader?range=R&to=N` (routed to the range's leader).
 
 use std::fmt::Write as _;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -60,6 +61,7 @@ pub async fn serve_admin(
         .route("/status", get(status))
         .route("/ranges", get(ranges))
         .route("/metrics", get(metrics))
+        .route("/transfer-leader", post(transfer_leader))
         .with_state(db);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -136,6 +138,23 @@ async fn ranges(State(db): State<Db>) -> impl IntoResponse {
         })
         .collect();
     axum::Json(rows)
+}
+
+/// Query of `POST /transfer-leader`.
+#[derive(Debug, serde::Deserialize)]
+pub struct TransferQuery {
+    pub range: RangeId,
+    pub to: NodeId,
+}
+
+async fn transfer_leader(
+    State(db): State<Db>,
+    Query(q): Query<TransferQuery>,
+) -> impl IntoResponse {
+    match db.transfer_leader(q.range, q.to).await {
+        Ok(()) => (axum::http::StatusCode::OK, "transfer started\n".to_string()),
+        Err(e) => (axum::http::StatusCode::CONFLICT, format!("{e}\n")),
+    }
 }
 
 async fn metrics(State(db): State<Db>) -> impl IntoResponse {

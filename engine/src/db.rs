@@ -335,6 +335,36 @@ impl Db {
         }
     }
 
+    // ----- Administration -----
+
+    /// Asks `range`'s leader to hand leadership to `to`. Returns once the
+    /// transfer started; it completes within an election timeout.
+    pub async fn transfer_leader(&self, range: RangeId, to: NodeId) -> Result<(), DbError> {
+        let desc = self
+            .ranges()
+            .into_iter()
+            .chain(std::iter::once(self.inner.meta.clone()))
+            .find(|d| d.id == range)
+            .ok_or_else(|| DbError::Unavailable(format!("no range {range}")))?;
+        if !desc.replicas.contains(&to) {
+            return Err(DbError::Unavailable(format!(
+                "node {to} holds no replica of range {range}"
+            )));
+        }
+        // Asking twice is harmless, so it is retried like a read.
+        match self
+            .send(&desc, true, |epoch, range| Request::TransferLeader {
+                range,
+                epoch,
+                to,
+            })
+            .await?
+        {
+            Reply::Accepted => Ok(()),
+            other => Err(DbError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     // ----- Introspection -----
 
     /// Every range's descriptor, in key order.

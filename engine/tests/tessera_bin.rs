@@ -107,6 +107,37 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
         "8 user ranges and the meta range, one leader each"
     );
 
+    // Move range 2's leadership to a node that does not lead it.
+    let ranges = Command::new(BIN)
+        .args(["ctl", "--json", "--admin", &admin_addr(dir, 1), "ranges"])
+        .output()
+        .expect("ctl runs");
+    let rows: serde_json::Value = serde_json::from_slice(&ranges.stdout).expect("json");
+    let leader = rows
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["id"] == 2))
+        .and_then(|r| r["leader"].as_u64())
+        .expect("range 2 has a leader");
+    let target = if leader == 3 { 1 } else { leader + 1 };
+    let moved = Command::new(BIN)
+        .args([
+            "ctl",
+            "--admin",
+            &admin_addr(dir, 1),
+            "transfer-leader",
+            "2",
+        ])
+        .arg(target.to_string())
+        .output()
+        .expect("ctl runs");
+    assert!(
+        moved.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&moved.stdout),
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    assert!(String::from_utf8_lossy(&moved.stdout).contains(&format!("led by node {target}")));
+
     // kill -9 node 3: the others report it unreachable.
     nodes[2] = None;
     wait_for("node 3 to be seen down", || {

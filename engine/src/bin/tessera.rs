@@ -69,6 +69,13 @@ enum CtlCommand {
     Status,
     /// Every range: span, replicas, the leader the node knows of.
     Ranges,
+    /// Moves a range's leadership to a node holding one of its replicas.
+    TransferLeader {
+        /// The range id (see `ranges`).
+        range: u64,
+        /// The node to lead it.
+        node: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -226,12 +233,17 @@ async fn wait_for_signal() {
 
 /// GET `path` from the admin endpoint; the body.
 fn http_get(admin: SocketAddr, path: &str) -> Result<String> {
+    http(admin, "GET", path)
+}
+
+/// One HTTP/1.1 request to the admin endpoint; the body of a 200 answer.
+fn http(admin: SocketAddr, method: &str, path: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))
         .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
@@ -268,6 +280,31 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
                         "UNREACHABLE"
                     }
                 );
+            }
+        }
+        CtlCommand::TransferLeader { range, node } => {
+            http(
+                admin,
+                "POST",
+                &format!("/transfer-leader?range={range}&to={node}"),
+            )?;
+            // Wait until this node sees the new leader.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let rows: Vec<RangeStatus> = serde_json::from_str(&http_get(admin, "/ranges")?)?;
+                let leader = rows.iter().find(|r| r.id == range).and_then(|r| r.leader);
+                if leader == Some(node) {
+                    if json {
+                        println!("{{\"range\":{range},\"leader\":{node}}}");
+                    } else {
+                        println!("range {range} is now led by node {node}");
+                    }
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("range {range}: leader is {leader:?} after 10 s, not {node}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
         CtlCommand::Ranges => {

@@ -24,6 +24,11 @@ enum WireRequest {
         op: WireReadOp,
         consistency: u8,
     },
+    TransferLeader {
+        range: u64,
+        epoch: u64,
+        to: u64,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -79,6 +84,11 @@ enum WireReply {
     },
     Unavailable(String),
     Stopped,
+    Accepted,
+    Invalid {
+        range: u64,
+        why: String,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -150,6 +160,11 @@ pub fn encode_request(req: &Request) -> Bytes {
             .encode()
             .to_vec(),
         },
+        Request::TransferLeader { range, epoch, to } => WireRequest::TransferLeader {
+            range: *range,
+            epoch: *epoch,
+            to: *to,
+        },
         Request::Read {
             range,
             epoch,
@@ -196,6 +211,9 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
                 epoch,
                 command: p.command,
             }
+        }
+        WireRequest::TransferLeader { range, epoch, to } => {
+            Request::TransferLeader { range, epoch, to }
         }
         WireRequest::Read {
             range,
@@ -289,6 +307,11 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
         Err(StoreError::Ambiguous { range }) => WireReply::Ambiguous { range: *range },
         Err(StoreError::Unavailable(why)) => WireReply::Unavailable(why.clone()),
         Err(StoreError::Stopped) => WireReply::Stopped,
+        Ok(Reply::Accepted) => WireReply::Accepted,
+        Err(StoreError::Invalid { range, why }) => WireReply::Invalid {
+            range: *range,
+            why: why.clone(),
+        },
     };
     encode(&wire)
 }
@@ -346,6 +369,8 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecErro
         WireReply::Ambiguous { range } => Err(StoreError::Ambiguous { range }),
         WireReply::Unavailable(why) => Err(StoreError::Unavailable(why)),
         WireReply::Stopped => Err(StoreError::Stopped),
+        WireReply::Accepted => Ok(Reply::Accepted),
+        WireReply::Invalid { range, why } => Err(StoreError::Invalid { range, why }),
     })
 }
 

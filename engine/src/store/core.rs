@@ -235,11 +235,7 @@ impl Store {
             .replicas
             .get_mut(&range)
             .ok_or(StoreError::RangeNotFound { range })?;
-        let (epoch, desc) = match &req {
-            Request::Write { epoch, .. } | Request::Read { epoch, .. } => {
-                (*epoch, r.state.descriptor())
-            }
-        };
+        let (epoch, desc) = (req.epoch(), r.state.descriptor());
         if epoch != desc.epoch {
             return Err(StoreError::EpochMismatch {
                 range,
@@ -252,6 +248,16 @@ impl Store {
             leader: (leader != NO_NODE).then_some(leader),
         };
         match req {
+            Request::TransferLeader { to, .. } => {
+                r.raft.transfer_leader(to).map_err(|e| match e {
+                    crate::raft::RequestError::NotLeader { leader } => not_leader(leader),
+                    other => StoreError::Invalid {
+                        range,
+                        why: other.to_string(),
+                    },
+                })?;
+                self.replies.push((id, Ok(Reply::Accepted)));
+            }
             Request::Write { epoch, command, .. } => {
                 let data = Proposal { epoch, command }.encode();
                 match r.raft.propose(data) {

@@ -57,12 +57,30 @@ pub enum Request {
         op: ReadOp,
         consistency: ReadConsistency,
     },
+    /// Ask the range's leader to hand leadership to `to` (a voter). Answered
+    /// with [`Reply::Accepted`] once the transfer started; it completes
+    /// within an election timeout or is abandoned.
+    TransferLeader {
+        range: RangeId,
+        epoch: u64,
+        to: NodeId,
+    },
 }
 
 impl Request {
     pub fn range(&self) -> RangeId {
         match self {
-            Request::Write { range, .. } | Request::Read { range, .. } => *range,
+            Request::Write { range, .. }
+            | Request::Read { range, .. }
+            | Request::TransferLeader { range, .. } => *range,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Request::Write { epoch, .. }
+            | Request::Read { epoch, .. }
+            | Request::TransferLeader { epoch, .. } => *epoch,
         }
     }
 }
@@ -73,8 +91,13 @@ pub enum Reply {
     Applied(ApplyResult),
     Value(Option<Bytes>),
     Pairs(Vec<(Bytes, Bytes)>),
-    Hash { index: u64, hash: u64 },
+    Hash {
+        index: u64,
+        hash: u64,
+    },
     Count(u64),
+    /// An administrative request was accepted.
+    Accepted,
 }
 
 /// Why a request was not served. Each variant says whether retrying is safe.
@@ -112,6 +135,9 @@ pub enum StoreError {
     /// was accepted: a write may or may not have been applied.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The request is not valid for this range (e.g. a transfer to a non-voter).
+    #[error("range {range}: {why}")]
+    Invalid { range: RangeId, why: String },
     /// The node had stopped before the request reached it. Safe to retry.
     #[error("node stopped")]
     Stopped,
