@@ -5,9 +5,12 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
-use tessera_engine::resp::{RespOptions, RespStats, serve};
+use tessera_engine::resp::request::{INLINE_BYTES_MAX, ProtocolError, RequestDecoder};
+use tessera_engine::resp::scan::{CURSORS_MAX, Cursors, glob_match, key_after};
+use tessera_engine::resp::{Reply, RespOptions, RespStats, serve};
 use tessera_engine::{Db, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -90,9 +93,17 @@ async fn string_commands_behave_like_redis() {
     // PING, ECHO, SELECT, CLIENT, HELLO.
     let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
     assert_eq!(pong, "PONG");
-    let echo: String = redis::cmd("ECHO").arg("hi").query_async(&mut c).await.unwrap();
+    let echo: String = redis::cmd("ECHO")
+        .arg("hi")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(echo, "hi");
-    let () = redis::cmd("SELECT").arg(0).query_async(&mut c).await.unwrap();
+    let () = redis::cmd("SELECT")
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert!(raw(&mut c, &["SELECT", "1"]).await.is_err());
     let () = redis::cmd("CLIENT")
         .arg("SETNAME")
@@ -100,14 +111,28 @@ async fn string_commands_behave_like_redis() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let name: String = redis::cmd("CLIENT").arg("GETNAME").query_async(&mut c).await.unwrap();
+    let name: String = redis::cmd("CLIENT")
+        .arg("GETNAME")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(name, "me");
-    let hello: Vec<redis::Value> = redis::cmd("HELLO").arg(2).query_async(&mut c).await.unwrap();
+    let hello: Vec<redis::Value> = redis::cmd("HELLO")
+        .arg(2)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(hello.len(), 14);
     let e = err_text(raw(&mut c, &["HELLO", "3"]).await.unwrap_err());
-    assert!(e.contains("NOPROTO") && e.contains("only RESP2 is supported"), "{e}");
+    assert!(
+        e.contains("NOPROTO") && e.contains("only RESP2 is supported"),
+        "{e}"
+    );
     let info: String = redis::cmd("INFO").query_async(&mut c).await.unwrap();
-    assert!(info.contains("# Server\r\nredis_version:7.0.0-tessera-compatible"), "{info}");
+    assert!(
+        info.contains("# Server\r\nredis_version:7.0.0-tessera-compatible"),
+        "{info}"
+    );
     assert!(info.contains("tessera_ranges:4"), "{info}");
     let save: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
@@ -116,7 +141,11 @@ async fn string_commands_behave_like_redis() {
         .await
         .unwrap();
     assert_eq!(save, vec!["save".to_string(), String::new()]);
-    let count: i64 = redis::cmd("COMMAND").arg("COUNT").query_async(&mut c).await.unwrap();
+    let count: i64 = redis::cmd("COMMAND")
+        .arg("COUNT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert!(count > 20);
 
     // GET, SET, DEL, EXISTS.
@@ -167,15 +196,33 @@ async fn string_commands_behave_like_redis() {
         .await
         .unwrap();
     assert_eq!(r.as_deref(), Some("v1"));
-    let e = err_text(raw(&mut c, &["SET", "k", "v", "EX", "10"]).await.unwrap_err());
+    let e = err_text(
+        raw(&mut c, &["SET", "k", "v", "EX", "10"])
+            .await
+            .unwrap_err(),
+    );
     assert!(e.contains("expiry is not supported"), "{e}");
-    let e = err_text(raw(&mut c, &["SET", "k", "v", "NX", "XX"]).await.unwrap_err());
+    let e = err_text(
+        raw(&mut c, &["SET", "k", "v", "NX", "XX"])
+            .await
+            .unwrap_err(),
+    );
     assert!(e.contains("syntax error"), "{e}");
 
     // SETNX, GETSET, APPEND, STRLEN.
-    let w: i64 = redis::cmd("SETNX").arg("k").arg("x").query_async(&mut c).await.unwrap();
+    let w: i64 = redis::cmd("SETNX")
+        .arg("k")
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(w, 0);
-    let w: i64 = redis::cmd("SETNX").arg("n1").arg("x").query_async(&mut c).await.unwrap();
+    let w: i64 = redis::cmd("SETNX")
+        .arg("n1")
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(w, 1);
     let old: Option<String> = c.getset("k", "new").await.unwrap();
     assert_eq!(old.as_deref(), Some("v3"));
@@ -191,11 +238,25 @@ async fn string_commands_behave_like_redis() {
     // INCR family and its errors.
     let v: i64 = c.incr("ctr", 1).await.unwrap();
     assert_eq!(v, 1);
-    let v: i64 = redis::cmd("INCRBY").arg("ctr").arg(41).query_async(&mut c).await.unwrap();
+    let v: i64 = redis::cmd("INCRBY")
+        .arg("ctr")
+        .arg(41)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(v, 42);
-    let v: i64 = redis::cmd("DECR").arg("ctr").query_async(&mut c).await.unwrap();
+    let v: i64 = redis::cmd("DECR")
+        .arg("ctr")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(v, 41);
-    let v: i64 = redis::cmd("DECRBY").arg("ctr").arg(50).query_async(&mut c).await.unwrap();
+    let v: i64 = redis::cmd("DECRBY")
+        .arg("ctr")
+        .arg(50)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(v, -9);
     let e = err_text(raw(&mut c, &["INCR", "k"]).await.unwrap_err());
     assert!(e.contains("value is not an integer or out of range"), "{e}");
@@ -240,7 +301,10 @@ async fn string_commands_behave_like_redis() {
         .await
         .unwrap_err();
     let e = err_text(e);
-    assert!(e.contains("MSET keys span ranges; atomic only within one range"), "{e}");
+    assert!(
+        e.contains("MSET keys span ranges; atomic only within one range"),
+        "{e}"
+    );
     let v: String = c.get(&k0).await.unwrap();
     assert_eq!(v, "x", "a refused MSET writes nothing");
     let v: Option<String> = c.get(&k1).await.unwrap();
@@ -253,7 +317,10 @@ async fn string_commands_behave_like_redis() {
         "{e}"
     );
     let e = err_text(raw(&mut c, &["GET"]).await.unwrap_err());
-    assert!(e.contains("wrong number of arguments for 'get' command"), "{e}");
+    assert!(
+        e.contains("wrong number of arguments for 'get' command"),
+        "{e}"
+    );
     let e = err_text(raw(&mut c, &["FLUSHALL"]).await.unwrap_err());
     assert!(e.contains("not supported"), "{e}");
 
@@ -365,7 +432,11 @@ async fn pipelines_are_answered_in_order_and_garbage_closes_only_its_connection(
     assert_eq!(got, b"+PONG\r\n$3\r\na b\r\n$1\r\n0\r\n+OK\r\n");
 
     // Garbage: a protocol error, then the server closes that connection.
-    for garbage in [&b"*1\r\n:5\r\n"[..], b"*\xff\xfe\x00garbage\r\n", b"*1\r\n$-7\r\n"] {
+    for garbage in [
+        &b"*1\r\n:5\r\n"[..],
+        b"*\xff\xfe\x00garbage\r\n",
+        b"*1\r\n$-7\r\n",
+    ] {
         let mut t = TcpStream::connect(s.addr).await.unwrap();
         t.write_all(garbage).await.unwrap();
         let mut got = Vec::new();
@@ -375,7 +446,10 @@ async fn pipelines_are_answered_in_order_and_garbage_closes_only_its_connection(
             .unwrap();
         let got = String::from_utf8_lossy(&got).into_owned();
         assert!(got.starts_with("-ERR Protocol error: "), "{got}");
-        assert!(got.ends_with("\r\n") && got.matches("\r\n").count() == 1, "{got}");
+        assert!(
+            got.ends_with("\r\n") && got.matches("\r\n").count() == 1,
+            "{got}"
+        );
     }
     assert_eq!(s.stats.snapshot().errors_protocol, 3);
 
@@ -393,7 +467,10 @@ async fn auth_is_required_when_a_password_is_set() {
     let s = Server::start(Some("s3cret")).await;
     let mut c = s.connect().await;
     let e = err_text(raw(&mut c, &["GET", "a"]).await.unwrap_err());
-    assert!(e.contains("NOAUTH") && e.contains("Authentication required"), "{e}");
+    assert!(
+        e.contains("NOAUTH") && e.contains("Authentication required"),
+        "{e}"
+    );
     let e = err_text(raw(&mut c, &["SET", "a", "1"]).await.unwrap_err());
     assert!(e.contains("NOAUTH"), "{e}");
     let e = err_text(raw(&mut c, &["AUTH", "wrong"]).await.unwrap_err());
@@ -402,7 +479,11 @@ async fn auth_is_required_when_a_password_is_set() {
     assert!(e.contains("WRONGPASS"), "{e}");
     let e = err_text(raw(&mut c, &["PING"]).await.unwrap_err());
     assert!(e.contains("NOAUTH"), "{e}");
-    let () = redis::cmd("AUTH").arg("s3cret").query_async(&mut c).await.unwrap();
+    let () = redis::cmd("AUTH")
+        .arg("s3cret")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let () = c.set("a", "1").await.unwrap();
     let a: String = c.get("a").await.unwrap();
     assert_eq!(a, "1");
@@ -430,4 +511,144 @@ async fn auth_is_required_when_a_password_is_set() {
     assert_eq!(a, "1");
     assert!(s.stats.snapshot().errors_auth >= 5);
     s.stop().await;
+}
+
+// ----- The decoder, replies, glob and cursors, without a server -----
+
+fn decode_all(input: &[u8]) -> (Vec<Vec<Bytes>>, Result<(), ProtocolError>, usize) {
+    let mut d = RequestDecoder::new(1024);
+    let mut buf = BytesMut::from(input);
+    let mut out = Vec::new();
+    loop {
+        match d.decode(&mut buf) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => return (out, Ok(()), buf.len()),
+            Err(e) => return (out, Err(e), buf.len()),
+        }
+    }
+}
+
+fn strs(v: &[&str]) -> Vec<Bytes> {
+    v.iter()
+        .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+        .collect()
+}
+
+#[test]
+fn multibulk_and_inline_requests_pipeline() {
+    let (reqs, res, left) = decode_all(
+        b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\nset a \"b c\\x41\" 'd\\'e'\n*1\r\n$4\r\nPI",
+    );
+    assert_eq!(res, Ok(()));
+    assert_eq!(
+        reqs,
+        vec![
+            strs(&["GET", "k"]),
+            strs(&["PING"]),
+            strs(&["set", "a", "b cA", "d'e"])
+        ]
+    );
+    assert_eq!(left, 10);
+}
+
+#[test]
+fn a_request_split_anywhere_decodes_the_same() {
+    let wire = b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n";
+    for cut in 0..wire.len() {
+        let mut d = RequestDecoder::new(1024);
+        let mut buf = BytesMut::from(&wire[..cut]);
+        assert_eq!(d.decode(&mut buf), Ok(None), "cut {cut}");
+        buf.extend_from_slice(&wire[cut..]);
+        assert_eq!(d.decode(&mut buf), Ok(Some(strs(&["SET", "key", "value"]))));
+        assert!(buf.is_empty());
+    }
+}
+
+#[test]
+fn malformed_requests_are_refused() {
+    for (input, msg) in [
+        (&b"*abc\r\n"[..], "invalid multibulk length"),
+        (b"*1\r\n:5\r\n", "expected '$', got ':'"),
+        (b"*1\r\n*1\r\n$1\r\na\r\n", "expected '$', got '*'"),
+        (b"*1\r\n$-1\r\n", "invalid bulk length"),
+        (b"*1\r\n$+1\r\n", "invalid bulk length"),
+        (b"*1\r\n$2000\r\n", "request is larger than 1024 bytes"),
+        (b"*1000\r\n", "invalid multibulk length"),
+        (b"*1\rx", "invalid mbulk count"),
+        (b"set \"a\"b\n", "unbalanced quotes in request"),
+        (b"set \"ab\n", "unbalanced quotes in request"),
+    ] {
+        let (_, res, _) = decode_all(input);
+        assert_eq!(res, Err(ProtocolError(msg.into())), "{input:?}");
+    }
+    let mut long = vec![b'x'; INLINE_BYTES_MAX + 10];
+    long.push(b'\n');
+    assert!(decode_all(&long).1.is_err());
+}
+
+#[test]
+fn empty_requests_are_skipped() {
+    let (reqs, res, _) = decode_all(b"*0\r\n*-1\r\n\r\n   \n");
+    assert_eq!(res, Ok(()));
+    assert!(reqs.iter().all(Vec::is_empty));
+}
+
+#[test]
+fn encodes_resp2() {
+    let r = Reply::Array(vec![
+        Reply::OK,
+        Reply::Error("ERR a\r\nb".into()),
+        Reply::Int(-3),
+        Reply::bulk("xy"),
+        Reply::Nil,
+        Reply::Array(vec![]),
+    ]);
+    let mut out = BytesMut::new();
+    r.encode(&mut out);
+    assert_eq!(
+        &out[..],
+        b"*6\r\n+OK\r\n-ERR a  b\r\n:-3\r\n$2\r\nxy\r\n$-1\r\n*0\r\n"
+    );
+}
+
+#[test]
+fn glob_like_redis() {
+    for (p, s, want) in [
+        ("*", "", true),
+        ("*", "abc", true),
+        ("a*", "abc", true),
+        ("a*c", "abbbc", true),
+        ("a*c", "abcd", false),
+        ("?", "a", true),
+        ("?", "", false),
+        ("h?llo", "hello", true),
+        ("h[ae]llo", "hallo", true),
+        ("h[ae]llo", "hillo", false),
+        ("h[^e]llo", "hallo", true),
+        ("h[^e]llo", "hello", false),
+        ("h[a-b]llo", "hbllo", true),
+        ("h[a-b]llo", "hcllo", false),
+        ("h\\*llo", "h*llo", true),
+        ("h\\*llo", "hello", false),
+        ("user:*:name", "user:12:name", true),
+        ("user:*:name", "user:12:names", false),
+        ("*a*b*", "xxaxxbxx", true),
+        ("*a*b*", "xxbxxaxx", false),
+    ] {
+        assert_eq!(glob_match(p.as_bytes(), s.as_bytes()), want, "{p} ~ {s}");
+    }
+}
+
+#[test]
+fn cursors_resume_and_are_forgotten_oldest_first() {
+    let c = Cursors::default();
+    assert_eq!(c.resume(0), Some(Bytes::new()));
+    let first = c.issue(Bytes::from_static(b"k1"));
+    assert_ne!(first, 0);
+    assert_eq!(c.resume(first), Some(Bytes::from_static(b"k1")));
+    for i in 0..CURSORS_MAX {
+        c.issue(Bytes::from(i.to_string()));
+    }
+    assert_eq!(c.resume(first), None);
+    assert_eq!(key_after(b"a"), Bytes::from_static(b"a\0"));
 }

@@ -77,26 +77,3 @@ impl Reply {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn encodes_resp2() {
-        let r = Reply::Array(vec![
-            Reply::OK,
-            Reply::Error("ERR a\r\nb".into()),
-            Reply::Int(-3),
-            Reply::bulk("xy"),
-            Reply::Nil,
-            Reply::Array(vec![]),
-        ]);
-        let mut out = BytesMut::new();
-        r.encode(&mut out);
-        assert_eq!(
-            &out[..],
-            b"*6\r\n+OK\r\n-ERR a  b\r\n:-3\r\n$2\r\nxy\r\n$-1\r\n*0\r\n"
-        );
-    }
-}
