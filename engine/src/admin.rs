@@ -162,6 +162,7 @@ async fn metrics(State(db): State<Db>) -> impl IntoResponse {
     let stats = node.handle().stats().await.unwrap_or_default();
     let mut out = String::new();
     store_metrics(&mut out, &stats);
+    db.latency().write_prometheus(&mut out);
     if let Some(w) = node.wal_stats() {
         let rows: [(&str, &str, u64); 7] = [
             (

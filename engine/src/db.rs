@@ -90,6 +90,8 @@ pub struct Db {
 #[derive(Debug)]
 struct DbInner {
     node: Node,
+    /// Shared by every handle on this node.
+    latency: std::sync::Arc<crate::latency::RequestLatency>,
     meta: RangeDescriptor,
     routes: RwLock<Routes>,
     opts: DbOptions,
@@ -117,6 +119,7 @@ impl Db {
         let db = Db {
             inner: std::sync::Arc::new(DbInner {
                 node,
+                latency: Default::default(),
                 meta,
                 routes: RwLock::new(Routes::default()),
                 opts,
@@ -140,6 +143,7 @@ impl Db {
         Db {
             inner: std::sync::Arc::new(DbInner {
                 node: self.inner.node.clone(),
+                latency: self.inner.latency.clone(),
                 meta: self.inner.meta.clone(),
                 routes: RwLock::new(Routes {
                     by_start: routes.by_start.clone(),
@@ -470,8 +474,25 @@ impl Db {
         read: bool,
         make: impl Fn(u64, RangeId) -> Request,
     ) -> Result<Reply, DbError> {
+        let started = Instant::now();
         let desc = self.route(key);
-        self.send(&desc, read, make).await
+        let result = self.send(&desc, read, make).await;
+        let latency = &self.inner.latency;
+        match (&result, read) {
+            (Err(_), _) => {
+                latency
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            (Ok(_), true) => latency.reads.record(started.elapsed()),
+            (Ok(_), false) => latency.writes.record(started.elapsed()),
+        }
+        result
+    }
+
+    /// Latency histograms of this node's requests (for `/metrics`).
+    pub fn latency(&self) -> &crate::latency::RequestLatency {
+        &self.inner.latency
     }
 
     /// Sends to the range's leader, retrying while that is safe.

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 mod db;
+pub mod latency;
 pub mod node;
 pub mod raft;
 pub mod range;
