@@ -513,6 +513,77 @@ async fn auth_is_required_when_a_password_is_set() {
     s.stop().await;
 }
 
+/// Runs a tool from the redis-tools package against the server.
+async fn tool(name: &str, args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(name)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} {args:?} hung"))
+    .unwrap();
+    assert!(out.status.success(), "{name} {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_and_redis_benchmark_work_when_installed() {
+    let installed = |t: &str| {
+        std::process::Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok()
+    };
+    if !installed("redis-cli") || !installed("redis-benchmark") {
+        eprintln!("redis-cli or redis-benchmark not installed (Debian redis-tools): skipped");
+        return;
+    }
+    let s = Server::start(None).await;
+    let port = s.addr.port().to_string();
+    let p = port.as_str();
+    assert_eq!(
+        tool("redis-cli", &["-p", p, "SET", "cli:1", "v"]).await,
+        "OK\n"
+    );
+    assert_eq!(tool("redis-cli", &["-p", p, "GET", "cli:1"]).await, "v\n");
+    assert_eq!(
+        tool("redis-cli", &["-p", p, "INCRBY", "cli:n", "5"]).await,
+        "5\n"
+    );
+    assert_eq!(
+        tool("redis-cli", &["-p", p, "APPEND", "cli:1", "w"]).await,
+        "2\n"
+    );
+    let keys = tool("redis-cli", &["-p", p, "--scan", "--pattern", "cli:*"]).await;
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort();
+    assert_eq!(keys, ["cli:1", "cli:n"]);
+    let info = tool("redis-cli", &["-p", p, "INFO", "server"]).await;
+    assert!(
+        info.contains("redis_version:7.0.0-tessera-compatible"),
+        "{info}"
+    );
+    let bench = tool(
+        "redis-benchmark",
+        &[
+            "-p", p, "-t", "set,get", "-n", "2000", "-c", "4", "-P", "16", "-q",
+        ],
+    )
+    .await;
+    eprintln!("redis-benchmark -t set,get -n 2000 -c 4 -P 16 -q:\n{bench}");
+    assert!(bench.contains("SET:") && bench.contains("GET:"), "{bench}");
+    let stats = s.stats.snapshot();
+    assert_eq!(
+        stats.errors_protocol + stats.errors_unknown_command,
+        0,
+        "{stats:?}"
+    );
+    s.stop().await;
+}
+
 // ----- The decoder, replies, glob and cursors, without a server -----
 
 fn decode_all(input: &[u8]) -> (Vec<Vec<Bytes>>, Result<(), ProtocolError>, usize) {
