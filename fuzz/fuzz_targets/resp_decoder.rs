@@ -14,7 +14,11 @@ use tessera_engine::resp::{ProtocolError, RequestDecoder};
 
 const MAX: usize = 4096;
 
-fn drain(d: &mut RequestDecoder, buf: &mut BytesMut, out: &mut Vec<Vec<Bytes>>) -> Option<ProtocolError> {
+fn drain(
+    d: &mut RequestDecoder,
+    buf: &mut BytesMut,
+    out: &mut Vec<Vec<Bytes>>,
+) -> Option<ProtocolError> {
     loop {
         match d.decode(buf) {
             Ok(Some(r)) => out.push(r),
