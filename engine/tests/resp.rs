@@ -26,6 +26,14 @@ struct Server {
 
 impl Server {
     async fn start(password: Option<&str>) -> Server {
+        Server::start_with(RespOptions {
+            password: password.map(str::to_string),
+            ..RespOptions::default()
+        })
+        .await
+    }
+
+    async fn start_with(opts: RespOptions) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = NodeConfig::new(1, dir.path());
         cfg.initial_ranges = 4;
@@ -34,9 +42,8 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let opts = RespOptions {
-            password: password.map(str::to_string),
             shutdown: Some(stopped),
-            ..RespOptions::default()
+            ..opts
         };
         let stats = opts.stats.clone();
         let task = tokio::spawn(serve(listener, db.clone(), opts));
@@ -511,6 +518,37 @@ async fn auth_is_required_when_a_password_is_set() {
     assert_eq!(a, "1");
     assert!(s.stats.snapshot().errors_auth >= 5);
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_and_shutdown_closes_idle_ones() {
+    let s = Server::start_with(RespOptions {
+        max_connections: 1,
+        ..RespOptions::default()
+    })
+    .await;
+    let mut first = TcpStream::connect(s.addr).await.unwrap();
+    first.write_all(b"PING\r\n").await.unwrap();
+    let mut pong = [0u8; 7];
+    first.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    let mut second = TcpStream::connect(s.addr).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"-ERR max number of clients reached\r\n");
+    let stats = s.stats.snapshot();
+    assert_eq!((stats.connections_refused, stats.connections_open), (1, 1));
+    // Shutdown: serve returns and the idle connection is closed.
+    s.stop().await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest))
+        .await
+        .expect("closed at shutdown")
+        .unwrap();
+    assert!(rest.is_empty());
 }
 
 /// Runs a tool from the redis-tools package against the server.
