@@ -528,7 +528,10 @@ impl Db {
             match err {
                 CallError::Store(StoreError::NotLeader {
                     leader: Some(l), ..
-                }) if l != target && desc.replicas.contains(&l) => {
+                }) if l != target
+                    && desc.replicas.contains(&l)
+                    && !self.inner.node.handle().peer_down(l) =>
+                {
                     self.inner.routes.write().leaders.insert(desc.id, l);
                     target = l;
                     continue;
@@ -539,21 +542,21 @@ impl Db {
                 }
                 CallError::Store(e) if e.is_retryable() => {
                     rotate += 1;
-                    target = desc.replicas[rotate % desc.replicas.len()];
+                    target = self.next_replica(&desc, rotate);
                 }
                 CallError::Unreachable(_) => {
                     rotate += 1;
-                    target = desc.replicas[rotate % desc.replicas.len()];
+                    target = self.next_replica(&desc, rotate);
                 }
                 CallError::Transport(_) if read => {
                     rotate += 1;
-                    target = desc.replicas[rotate % desc.replicas.len()];
+                    target = self.next_replica(&desc, rotate);
                 }
                 CallError::Transport(e) => return Err(DbError::Ambiguous(e)),
                 // A read has no effect: the next replica may serve it.
                 CallError::Store(StoreError::Unavailable(_)) if read => {
                     rotate += 1;
-                    target = desc.replicas[rotate % desc.replicas.len()];
+                    target = self.next_replica(&desc, rotate);
                 }
                 CallError::Store(StoreError::Ambiguous { .. } | StoreError::Unavailable(_)) => {
                     return Err(DbError::Ambiguous(last));
@@ -573,14 +576,29 @@ impl Db {
     }
 
     fn leader_guess(&self, desc: &RangeDescriptor, me: NodeId) -> NodeId {
-        if let Some(&l) = self.inner.routes.read().leaders.get(&desc.id) {
+        let handle = self.inner.node.handle();
+        if let Some(&l) = self.inner.routes.read().leaders.get(&desc.id)
+            && !handle.peer_down(l)
+        {
             return l;
         }
         if desc.replicas.contains(&me) {
             me
         } else {
-            desc.replicas[0]
+            self.next_replica(desc, 0)
         }
+    }
+
+    /// The replica after `rotate` turns, skipping nodes this node's store
+    /// considers down (a request sent to a dead node could not be told
+    /// apart from one lost after it arrived), unless all are.
+    fn next_replica(&self, desc: &RangeDescriptor, rotate: usize) -> NodeId {
+        let handle = self.inner.node.handle();
+        let n = desc.replicas.len();
+        (0..n)
+            .map(|i| desc.replicas[(rotate + i) % n])
+            .find(|&r| !handle.peer_down(r))
+            .unwrap_or(desc.replicas[rotate % n])
     }
 
     async fn refresh_routes_quietly(&self) {

@@ -56,6 +56,22 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+fn client_addr(dir: &Path, node: u64) -> String {
+    let text = std::fs::read_to_string(dir.join(format!("node{node}.toml"))).expect("config");
+    let file: toml::Value = toml::from_str(&text).expect("toml");
+    file["client_addr"]
+        .as_str()
+        .expect("client_addr")
+        .to_string()
+}
+
+fn redis_conn(dir: &Path, node: u64) -> redis::Connection {
+    redis::Client::open(format!("redis://{}/", client_addr(dir, node)))
+        .expect("client")
+        .get_connection()
+        .expect("connects")
+}
+
 fn reachable(s: &serde_json::Value, peer: u64) -> bool {
     s["peers"]
         .as_array()
@@ -138,17 +154,53 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
     );
     assert!(String::from_utf8_lossy(&moved.stdout).contains(&format!("led by node {target}")));
 
+    // A Redis client library, unchanged: writes on one node, reads on another.
+    let mut c1 = redis_conn(dir, 1);
+    let mut c2 = redis_conn(dir, 2);
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(format!("v{i}"))
+            .query(&mut c1)
+            .expect("SET");
+    }
+    for i in 0..50 {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query(&mut c2)
+            .expect("GET");
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
+    }
+
     // kill -9 node 3: the others report it unreachable.
     nodes[2] = None;
     wait_for("node 3 to be seen down", || {
         status(dir, 1).is_some_and(|s| !reachable(&s, 3))
     });
+    // Reads and writes go on through the survivors.
+    let _: () = redis::cmd("SET")
+        .arg("during")
+        .arg("outage")
+        .query(&mut c2)
+        .expect("SET");
+    for i in (0..50).step_by(7) {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query(&mut c1)
+            .expect("GET");
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
+    }
     // Restarted, it is reachable again.
     nodes[2] = Some(serve(dir, 3));
     wait_for("node 3 to be back", || {
         status(dir, 1).is_some_and(|s| reachable(&s, 3))
             && status(dir, 3).is_some_and(|s| reachable(&s, 1) && reachable(&s, 2))
     });
+
+    // The restarted node caught up and serves every write through its port.
+    let mut c3 = redis_conn(dir, 3);
+    let v: Option<String> = redis::cmd("GET").arg("during").query(&mut c3).expect("GET");
+    assert_eq!(v.as_deref(), Some("outage"));
 
     // The table form names the fields.
     let out = Command::new(BIN)

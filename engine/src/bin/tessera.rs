@@ -205,10 +205,20 @@ async fn run_node(file: NodeFile) -> Result<()> {
         db.clone(),
         stop_rx.clone(),
     ));
-    tracing::info!(admin = %file.admin_addr, "serving");
+    let clients = tokio::net::TcpListener::bind(file.client_addr)
+        .await
+        .with_context(|| format!("client_addr {}", file.client_addr))?;
+    let resp_opts = tessera_engine::resp::RespOptions {
+        password: file.password.clone(),
+        shutdown: Some(stop_rx.clone()),
+        ..Default::default()
+    };
+    let resp_task = tokio::spawn(tessera_engine::resp::serve(clients, db.clone(), resp_opts));
+    tracing::info!(redis = %file.client_addr, admin = %file.admin_addr, "serving");
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: no new connections; answering what was read");
     let _ = stop_tx.send(true);
+    let _ = resp_task.await;
     let _ = admin_task.await;
     db.shutdown().await;
     Ok(())

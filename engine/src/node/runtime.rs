@@ -57,6 +57,9 @@ pub struct RuntimeCounters {
     pub peer_frames: AtomicU64,
     pub peer_frames_dropped: AtomicU64,
     pub bad_peer_batches: AtomicU64,
+    /// Peers the store currently considers down (refreshed every tick), so
+    /// that routing avoids sending to them.
+    pub down_peers: parking_lot::RwLock<Vec<NodeId>>,
 }
 
 /// A cheap handle to a running store loop.
@@ -103,6 +106,11 @@ impl StoreHandle {
             })))
             .ok()?;
         rx.await.ok()
+    }
+
+    /// Whether the store considers `peer` down (silent for a liveness timeout).
+    pub fn peer_down(&self, peer: NodeId) -> bool {
+        self.counters.down_peers.read().contains(&peer)
     }
 
     pub async fn stats(&self) -> Option<StoreStats> {
@@ -206,7 +214,19 @@ async fn run(
                     }
                 }
             }
-            _ = interval.tick() => store.tick(),
+            _ = interval.tick() => {
+                store.tick();
+                let down: Vec<NodeId> = store
+                    .config()
+                    .peers
+                    .iter()
+                    .copied()
+                    .filter(|&p| !store.peer_live(p))
+                    .collect();
+                if *counters.down_peers.read() != down {
+                    *counters.down_peers.write() = down;
+                }
+            }
         }
         while store.has_ready() {
             let rd = store.ready();
