@@ -1,13 +1,15 @@
 //! The HTTP admin endpoint of a node: `/status` (JSON: the node, its
 //! replicas and leaders, which peers are reachable), `/ranges` (JSON: every
 //! range's descriptor and the leader this node knows of), `/metrics`
-//! (Prometheus text format: store, WAL and transport counters), and
+//! (Prometheus text format: store, WAL, transport and Redis protocol
+//! counters), and
 //! `POST /transfer-leader?range=R&to=N` (routed to the range's leader).
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{FromRef, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 use crate::db::Db;
 use crate::raft::NodeId;
 use crate::range::RangeId;
+use crate::resp::RespStats;
 use crate::store::StoreStats;
 
 /// What `/status` answers.
@@ -51,10 +54,26 @@ pub struct RangeStatus {
     pub leader: Option<NodeId>,
 }
 
-/// Serves the admin endpoint until `shutdown` turns true.
+/// What the handlers share.
+#[derive(Clone)]
+struct AdminState {
+    db: Db,
+    resp: Option<Arc<RespStats>>,
+}
+
+impl FromRef<AdminState> for Db {
+    fn from_ref(s: &AdminState) -> Db {
+        s.db.clone()
+    }
+}
+
+/// Serves the admin endpoint until `shutdown` turns true. `resp`: the
+/// counters of the node's Redis protocol server, if it runs one
+/// ([`RespOptions::stats`](crate::resp::RespOptions::stats)), for `/metrics`.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     db: Db,
+    resp: Option<Arc<RespStats>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -62,7 +81,7 @@ pub async fn serve_admin(
         .route("/ranges", get(ranges))
         .route("/metrics", get(metrics))
         .route("/transfer-leader", post(transfer_leader))
-        .with_state(db);
+        .with_state(AdminState { db, resp });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|&stop| stop).await;
@@ -157,7 +176,8 @@ async fn transfer_leader(
     }
 }
 
-async fn metrics(State(db): State<Db>) -> impl IntoResponse {
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let db = &state.db;
     let node = db.node();
     let stats = node.handle().stats().await.unwrap_or_default();
     let mut out = String::new();
@@ -238,7 +258,54 @@ async fn metrics(State(db): State<Db>) -> impl IntoResponse {
             metric(&mut out, name, help, v);
         }
     }
+    if let Some(resp) = &state.resp {
+        resp_metrics(&mut out, resp);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+fn resp_metrics(out: &mut String, stats: &RespStats) {
+    let s = stats.snapshot();
+    let rows: [(&str, &str, u64); 4] = [
+        (
+            "tessera_resp_connections_accepted_total",
+            "Redis protocol connections accepted (refused ones included).",
+            s.connections_accepted,
+        ),
+        (
+            "tessera_resp_connections_refused_total",
+            "Redis protocol connections refused for max_connections.",
+            s.connections_refused,
+        ),
+        (
+            "tessera_resp_connections_open",
+            "Redis protocol connections open.",
+            s.connections_open,
+        ),
+        (
+            "tessera_resp_commands_total",
+            "Redis protocol commands executed.",
+            s.commands,
+        ),
+    ];
+    for (name, help, v) in rows {
+        metric(out, name, help, v);
+    }
+    let name = "tessera_resp_errors_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Redis protocol error replies, by kind.\n# TYPE {name} counter"
+    );
+    for (kind, v) in [
+        ("protocol", s.errors_protocol),
+        ("auth", s.errors_auth),
+        ("unknown_command", s.errors_unknown_command),
+        ("usage", s.errors_usage),
+        ("store", s.errors_store),
+        ("other", s.errors_other),
+    ] {
+        let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {v}");
+    }
 }
 
 fn store_metrics(out: &mut String, s: &StoreStats) {

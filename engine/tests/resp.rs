@@ -8,6 +8,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
+use tessera_engine::DbError;
+use tessera_engine::range::BatchOp;
+use tessera_engine::resp::pipeline::{
+    RUN_COMMANDS_MAX, RUN_WRITE_BYTES_MAX, RunKind, next_run, write_run,
+};
 use tessera_engine::resp::request::{INLINE_BYTES_MAX, ProtocolError, RequestDecoder};
 use tessera_engine::resp::scan::{CURSORS_MAX, Cursors, glob_match, key_after};
 use tessera_engine::resp::{Reply, RespOptions, RespStats, serve};
@@ -517,6 +522,25 @@ async fn auth_is_required_when_a_password_is_set() {
     let a: String = c4.get("a").await.unwrap();
     assert_eq!(a, "1");
     assert!(s.stats.snapshot().errors_auth >= 5);
+
+    // In one pipeline, the commands before AUTH are refused, those after run
+    // (the plain writes and the reads after it together).
+    let mut t = TcpStream::connect(s.addr).await.unwrap();
+    t.write_all(
+        b"SET a 2\r\nGET a\r\nAUTH s3cret\r\nSET a 2\r\nSET b 3\r\nGET a\r\nGET b\r\nQUIT\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let noauth = "-NOAUTH Authentication required.\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        format!("{noauth}{noauth}+OK\r\n+OK\r\n+OK\r\n$1\r\n2\r\n$1\r\n3\r\n+OK\r\n")
+    );
     s.stop().await;
 }
 
@@ -549,6 +573,207 @@ async fn connections_over_the_limit_are_refused_and_shutdown_closes_idle_ones() 
         .expect("closed at shutdown")
         .unwrap();
     assert!(rest.is_empty());
+}
+
+/// Sends `cmds` then QUIT in one write on a new connection; every reply but
+/// QUIT's, as the server wrote them.
+async fn pipeline_wire(addr: SocketAddr, cmds: &[Vec<Vec<u8>>]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for c in cmds.iter().chain([&vec![b"QUIT".to_vec()]]) {
+        wire.extend(format!("*{}\r\n", c.len()).into_bytes());
+        for a in c {
+            wire.extend(format!("${}\r\n", a.len()).into_bytes());
+            wire.extend(a);
+            wire.extend(b"\r\n");
+        }
+    }
+    let mut t = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = t.split();
+    let mut got = Vec::new();
+    let (written, read) = tokio::join!(
+        wr.write_all(&wire),
+        tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut got))
+    );
+    written.unwrap();
+    read.expect("the server answers QUIT and closes").unwrap();
+    assert!(
+        got.ends_with(b"+OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    got.truncate(got.len() - 5);
+    got
+}
+
+fn args(line: &str) -> Vec<Vec<u8>> {
+    line.split(' ').map(|a| a.as_bytes().to_vec()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_gets_the_replies_in_order_execution_gives() {
+    let s = Server::start(None).await;
+    // (command with {p} for the key prefix, its reply in order).
+    let script: &[(&str, &str)] = &[
+        ("SET {p}a 1", "+OK"),
+        ("SET {p}b 2", "+OK"),
+        ("SET {p}a 3", "+OK"),
+        ("GET {p}a", "$1\r\n3"),
+        ("GET {p}b", "$1\r\n2"),
+        ("INCR {p}n", ":1"),
+        ("INCR {p}n", ":2"),
+        ("SET {p}n 10", "+OK"),
+        ("INCR {p}n", ":11"),
+        ("GET {p}n", "$2\r\n11"),
+        ("SET {p}a 4", "+OK"),
+        ("DEL {p}a", ":1"),
+        ("GET {p}a", "$-1"),
+        ("DEL {p}a", ":0"),
+        ("SET {p}a 5", "+OK"),
+        ("SET {p}a 6 NX", "$-1"),
+        ("GET {p}a", "$1\r\n5"),
+        ("MSET {p}c 7 {p}c 8", "+OK"),
+        ("SET {p}c 9", "+OK"),
+        ("GET {p}c", "$1\r\n9"),
+        ("EXISTS {p}a {p}b {p}zz", ":2"),
+        ("MGET {p}a {p}zz {p}c", "*3\r\n$1\r\n5\r\n$-1\r\n$1\r\n9"),
+        ("STRLEN {p}n", ":2"),
+        ("SET {p}d x", "+OK"),
+        ("GETSET {p}d y", "$1\r\nx"),
+        ("GET {p}d", "$1\r\ny"),
+        ("SET {p}e 1 EX 10", "-ERR expiry is not supported"),
+        ("SET {p}e 2", "+OK"),
+        ("GET", "-ERR wrong number of arguments for 'get' command"),
+        ("GET {p}e", "$1\r\n2"),
+        ("SET {p}f abc", "+OK"),
+        ("INCR {p}f", "-ERR value is not an integer or out of range"),
+        ("SET {p}f 1", "+OK"),
+        ("INCR {p}f", ":2"),
+        ("PING", "+PONG"),
+        ("SET {p}f 7", "+OK"),
+        ("GET {p}f", "$1\r\n7"),
+    ];
+    let cmds = |p: &str| -> Vec<Vec<Vec<u8>>> {
+        script
+            .iter()
+            .map(|(c, _)| args(&c.replace("{p}", p)))
+            .collect()
+    };
+    let want: String = script.iter().map(|(_, r)| format!("{r}\r\n")).collect();
+    let before = s.stats.snapshot().commands;
+    let piped = pipeline_wire(s.addr, &cmds("p:")).await;
+    assert_eq!(String::from_utf8_lossy(&piped), want);
+    // All the commands and QUIT were counted.
+    assert_eq!(
+        s.stats.snapshot().commands - before,
+        script.len() as u64 + 1
+    );
+    // The same, one command per connection: strictly in order.
+    let mut one_by_one = Vec::new();
+    for c in cmds("s:") {
+        one_by_one.extend(pipeline_wire(s.addr, &[c]).await);
+    }
+    assert_eq!(String::from_utf8_lossy(&one_by_one), want);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_of_sets_across_ranges_reads_every_value_back() {
+    let s = Server::start(None).await;
+    const N: usize = 2000;
+    let key = |i: usize| {
+        let mut k = vec![(i * 7 % 256) as u8];
+        k.extend(format!(":{i}").into_bytes());
+        k
+    };
+    let ranges: BTreeSet<u64> = (0..N).map(|i| s.db.range_of(&key(i)).id).collect();
+    assert!(ranges.len() >= 3, "keys in ranges {ranges:?}");
+    // Every key, then the first 100 again (a later value must win).
+    let mut sets: Vec<Vec<Vec<u8>>> = (0..N)
+        .map(|i| vec![b"SET".to_vec(), key(i), format!("v{i}").into_bytes()])
+        .collect();
+    sets.extend((0..100).map(|i| vec![b"SET".to_vec(), key(i), format!("w{i}").into_bytes()]));
+    let proposals = || async { s.db.node().handle().stats().await.unwrap().proposals };
+    let before = proposals().await;
+    let got = pipeline_wire(s.addr, &sets).await;
+    assert_eq!(got, b"+OK\r\n".repeat(N + 100));
+    // Batched: a few proposals per range, not one per SET.
+    let batches = proposals().await - before;
+    assert!(batches <= (N as u64 + 100) / 10, "{batches} proposals");
+    let gets: Vec<Vec<Vec<u8>>> = (0..N).map(|i| vec![b"GET".to_vec(), key(i)]).collect();
+    let got = pipeline_wire(s.addr, &gets).await;
+    let want: Vec<u8> = (0..N)
+        .flat_map(|i| {
+            let v = if i < 100 {
+                format!("w{i}")
+            } else {
+                format!("v{i}")
+            };
+            format!("${}\r\n{v}\r\n", v.len()).into_bytes()
+        })
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want)
+    );
+    for i in [0, 99, 100, N - 1] {
+        let v = s.db.get(key(i)).await.unwrap().unwrap();
+        assert_eq!(
+            v,
+            if i < 100 {
+                format!("w{i}")
+            } else {
+                format!("v{i}")
+            }
+        );
+    }
+    assert_eq!(s.stats.snapshot().errors_store, 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_resp_counters() {
+    let s = Server::start(None).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admin = tokio::spawn(tessera_engine::admin::serve_admin(
+        listener,
+        s.db.clone(),
+        Some(s.stats.clone()),
+        stopped,
+    ));
+    let mut c = s.connect().await;
+    let () = c.set("m", "1").await.unwrap();
+    assert!(raw(&mut c, &["GET"]).await.is_err());
+    let commands = s.stats.snapshot().commands;
+    assert!(commands >= 2);
+
+    let mut t = TcpStream::connect(admin_addr).await.unwrap();
+    t.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    for line in [
+        format!("tessera_resp_commands_total {commands}"),
+        "# TYPE tessera_resp_commands_total counter".to_string(),
+        "tessera_resp_connections_open 1".to_string(),
+        "tessera_resp_errors_total{kind=\"usage\"} 1".to_string(),
+        "tessera_resp_errors_total{kind=\"store\"} 0".to_string(),
+        "tessera_proposals_total".to_string(),
+    ] {
+        assert!(
+            body.lines().any(|l| l.starts_with(&line)),
+            "{line} in\n{body}"
+        );
+    }
+    stop.send(true).unwrap();
+    admin.await.unwrap().unwrap();
+    s.stop().await;
 }
 
 /// Runs a tool from the redis-tools package against the server.
@@ -641,6 +866,200 @@ fn strs(v: &[&str]) -> Vec<Bytes> {
     v.iter()
         .map(|s| Bytes::copy_from_slice(s.as_bytes()))
         .collect()
+}
+
+// ----- Pipelines: which requests run together -----
+
+/// A fake range per key: its first byte.
+fn first_byte(k: &[u8]) -> u64 {
+    k.first().map_or(0, |&b| u64::from(b))
+}
+
+fn reqs(lines: &[&str]) -> Vec<Vec<Bytes>> {
+    lines
+        .iter()
+        .map(|l| strs(&l.split(' ').collect::<Vec<_>>()))
+        .collect()
+}
+
+#[test]
+fn runs_are_plain_writes_or_reads_and_end_at_the_first_other_command() {
+    let run = |lines: &[&str]| next_run(&reqs(lines), true, first_byte);
+    use RunKind::*;
+    // Plain writes, any case, MSET within one range; a run ends at a command
+    // of another kind.
+    assert_eq!(
+        run(&["SET a 1", "set b 2", "Set a 3", "GET a"]),
+        (Writes, 3)
+    );
+    assert_eq!(run(&["SET a 1", "MSET a1 1 a2 2", "SET b 1"]), (Writes, 3));
+    assert_eq!(run(&["SET a 1", "MSET a 1 b 2", "SET b 1"]), (Writes, 1));
+    assert_eq!(run(&["SET a 1", "INCR a", "SET b 1"]), (Writes, 1));
+    assert_eq!(run(&["SET a 1", "SET a 2 NX"]), (Writes, 1));
+    assert_eq!(run(&["SET a 1", "DEL a"]), (Writes, 1));
+    assert_eq!(run(&["SET a 1", "AUTH pw", "SET b 1"]), (Writes, 1));
+    // Reads.
+    assert_eq!(
+        run(&[
+            "GET a",
+            "get b",
+            "EXISTS a b",
+            "MGET a b c",
+            "STRLEN a",
+            "SET a 1"
+        ]),
+        (Reads, 5)
+    );
+    assert_eq!(run(&["GET a", "GET"]), (Reads, 1));
+    assert_eq!(run(&["GET a", "GET a b"]), (Reads, 1));
+    assert_eq!(run(&["GET a", "PING", "GET b"]), (Reads, 1));
+    // Alone: everything else, always a run of one.
+    for alone in [
+        "SET a 1 NX",
+        "SET a 1 GET",
+        "SET a",
+        "MSET a 1 b 2",
+        "MSET a1 1 a2",
+        "INCR a",
+        "DEL a",
+        "GETSET a 1",
+        "AUTH pw",
+        "PING",
+        "SCAN 0",
+        "NOSUCH a",
+        "GET",
+    ] {
+        assert_eq!(run(&[alone, alone, "SET a 1"]), (Alone, 1), "{alone}");
+    }
+    // Before AUTH nothing runs together (each is refused as before).
+    assert_eq!(
+        next_run(&reqs(&["SET a 1", "SET b 2"]), false, first_byte),
+        (Alone, 1)
+    );
+    // Bounds: commands per run, and argument bytes per run of writes (a
+    // larger write is a run of its own).
+    let many = reqs(&vec!["SET a 1"; RUN_COMMANDS_MAX + 5]);
+    assert_eq!(
+        next_run(&many, true, first_byte),
+        (Writes, RUN_COMMANDS_MAX)
+    );
+    let many = reqs(&vec!["GET a"; RUN_COMMANDS_MAX + 5]);
+    assert_eq!(next_run(&many, true, first_byte), (Reads, RUN_COMMANDS_MAX));
+    let big = |n: usize| {
+        vec![
+            Bytes::from("SET"),
+            Bytes::from("a"),
+            Bytes::from(vec![b'x'; n]),
+        ]
+    };
+    let half = RUN_WRITE_BYTES_MAX / 2;
+    assert_eq!(
+        next_run(&[big(half), big(half), big(10)], true, first_byte),
+        (Writes, 1)
+    );
+    assert_eq!(
+        next_run(&[big(half - 10), big(half - 10), big(10)], true, first_byte),
+        (Writes, 2)
+    );
+    assert_eq!(
+        next_run(&[big(2 * RUN_WRITE_BYTES_MAX), big(1)], true, first_byte),
+        (Writes, 1)
+    );
+}
+
+fn put_keys(ops: &[BatchOp]) -> String {
+    ops.iter()
+        .map(|op| match op {
+            BatchOp::Put { key, value } => format!(
+                "{}={}",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(value)
+            ),
+            BatchOp::Delete { key } => format!("-{}", String::from_utf8_lossy(key)),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn a_run_of_writes_is_one_batch_per_range_in_order_and_errors_stay_with_their_range() {
+    let run = reqs(&[
+        "SET a1 1",
+        "SET b1 1",
+        "MSET a2 2 a1 3",
+        "SET c1 1",
+        "SET b2 2",
+        "SET a1 4",
+    ]);
+    let submitted = std::sync::Mutex::new(Vec::new());
+    let outcomes = write_run(&run, first_byte, |ops: Vec<BatchOp>| {
+        submitted.lock().unwrap().push(put_keys(&ops));
+        let fail = ops[0].key().starts_with(b"b");
+        async move {
+            if fail {
+                Err(DbError::Unavailable("range b is down".into()))
+            } else {
+                Ok(())
+            }
+        }
+    })
+    .await;
+    let mut submitted = submitted.into_inner().unwrap();
+    submitted.sort();
+    assert_eq!(
+        submitted,
+        ["a1=1 a2=2 a1=3 a1=4", "b1=1 b2=2", "c1=1"],
+        "one batch per range, in pipeline order"
+    );
+    let failed: Vec<bool> = outcomes.iter().map(Result::is_err).collect();
+    assert_eq!(failed, [false, true, false, false, true, false]);
+    assert!(
+        outcomes[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("range b is down")
+    );
+}
+
+#[tokio::test]
+async fn a_batch_refused_as_cross_range_is_retried_command_by_command() {
+    // The writer's ranges are finer than the grouping's (a range split after
+    // grouping): one key each. A batch mixing them is refused whole, as
+    // `Db::batch` does.
+    let run = reqs(&["SET a1 1", "SET a2 2", "MSET a1 3 a2 4", "SET a1 5"]);
+    let submitted = std::sync::Mutex::new(Vec::new());
+    let outcomes = write_run(&run, first_byte, |ops: Vec<BatchOp>| {
+        submitted.lock().unwrap().push(put_keys(&ops));
+        let spans = ops.iter().any(|op| op.key() != ops[0].key());
+        async move {
+            if spans {
+                Err(DbError::CrossRange {
+                    first: 1,
+                    second: 2,
+                })
+            } else {
+                Ok(())
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        submitted.into_inner().unwrap(),
+        [
+            "a1=1 a2=2 a1=3 a2=4 a1=5",
+            "a1=1",
+            "a2=2",
+            "a1=3 a2=4",
+            "a1=5"
+        ]
+    );
+    let failed: Vec<bool> = outcomes.iter().map(Result::is_err).collect();
+    assert_eq!(
+        failed,
+        [false, false, true, false],
+        "only the MSET spans ranges"
+    );
 }
 
 #[test]

@@ -200,11 +200,6 @@ async fn run_node(file: NodeFile) -> Result<()> {
     let admin = tokio::net::TcpListener::bind(file.admin_addr)
         .await
         .with_context(|| format!("admin_addr {}", file.admin_addr))?;
-    let admin_task = tokio::spawn(tessera_engine::admin::serve_admin(
-        admin,
-        db.clone(),
-        stop_rx.clone(),
-    ));
     let clients = tokio::net::TcpListener::bind(file.client_addr)
         .await
         .with_context(|| format!("client_addr {}", file.client_addr))?;
@@ -213,6 +208,12 @@ async fn run_node(file: NodeFile) -> Result<()> {
         shutdown: Some(stop_rx.clone()),
         ..Default::default()
     };
+    let admin_task = tokio::spawn(tessera_engine::admin::serve_admin(
+        admin,
+        db.clone(),
+        Some(resp_opts.stats.clone()),
+        stop_rx.clone(),
+    ));
     let resp_task = tokio::spawn(tessera_engine::resp::serve(clients, db.clone(), resp_opts));
     tracing::info!(redis = %file.client_addr, admin = %file.admin_addr, "serving");
     wait_for_signal().await;

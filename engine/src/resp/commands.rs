@@ -111,13 +111,13 @@ enum ErrorKind {
 }
 
 #[derive(Debug)]
-struct CmdError {
+pub(crate) struct CmdError {
     kind: ErrorKind,
     /// With its prefix (`ERR ...`).
     text: String,
 }
 
-type CmdResult = Result<Reply, CmdError>;
+pub(crate) type CmdResult = Result<Reply, CmdError>;
 
 fn usage(msg: impl Into<String>) -> CmdError {
     CmdError {
@@ -155,6 +155,12 @@ fn unknown_subcommand(sub: &[u8], cmd: &str) -> CmdError {
 
 impl From<DbError> for CmdError {
     fn from(e: DbError) -> Self {
+        CmdError::from(&e)
+    }
+}
+
+impl From<&DbError> for CmdError {
+    fn from(e: &DbError) -> Self {
         let (kind, text) = match e {
             DbError::NotAnInteger => (
                 ErrorKind::Other,
@@ -213,15 +219,23 @@ fn eq_ic(a: &[u8], b: &str) -> bool {
 pub(crate) async fn execute(
     shared: &Shared,
     session: &mut Session,
-    args: Vec<Bytes>,
+    args: &[Bytes],
     out: &mut BytesMut,
 ) -> Flow {
     debug_assert!(!args.is_empty());
-    let stats = &shared.opts.stats;
-    RespStats::bump(&stats.commands);
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-    let (flow, result) = dispatch(shared, session, &name, &args).await;
-    let reply = match result {
+    let (flow, result) = dispatch(shared, session, &name, args).await;
+    let reply = account(&shared.opts.stats, result);
+    if flow != Flow::Drop {
+        reply.encode(out);
+    }
+    flow
+}
+
+/// Counts a command executed and, if it failed, its kind of error; its reply.
+pub(crate) fn account(stats: &RespStats, result: CmdResult) -> Reply {
+    RespStats::bump(&stats.commands);
+    match result {
         Ok(r) => r,
         Err(e) => {
             RespStats::bump(match e.kind {
@@ -233,11 +247,7 @@ pub(crate) async fn execute(
             });
             Reply::Error(e.text)
         }
-    };
-    if flow != Flow::Drop {
-        reply.encode(out);
     }
-    flow
 }
 
 async fn dispatch(
@@ -305,7 +315,7 @@ async fn dispatch(
             "ERR {} is not supported by tessera",
             name.to_uppercase()
         ))),
-        "get" => db.get(&a[1]).await.map(Reply::opt).map_err(Into::into),
+        "get" | "strlen" | "exists" | "mget" => read(db, name, a).await,
         "set" => set(db, a).await,
         "setnx" => db
             .put_if(a[1].clone(), a[2].clone(), PutCond::IfAbsent, false)
@@ -318,14 +328,7 @@ async fn dispatch(
             .map(|(_, old)| Reply::opt(old))
             .map_err(Into::into),
         "append" => append(db, a).await,
-        "strlen" => db
-            .get(&a[1])
-            .await
-            .map(|v| Reply::Int(v.map_or(0, |v| v.len() as i64)))
-            .map_err(Into::into),
         "del" => del(db, a).await,
-        "exists" => exists(db, a).await,
-        "mget" => mget(db, a).await,
         "mset" => mset(db, a).await,
         "incr" => incr(db, &a[1], 1).await,
         "decr" => incr(db, &a[1], -1).await,
@@ -708,6 +711,21 @@ async fn append(db: &Db, a: &[Bytes]) -> CmdResult {
     }
 }
 
+/// The read-only key commands (GET, STRLEN, EXISTS, MGET), whose arity has
+/// been checked; `name` is lower case. They need no session, so a pipeline
+/// runs several at once.
+pub(crate) async fn read(db: &Db, name: &str, a: &[Bytes]) -> CmdResult {
+    match name {
+        "get" => Ok(Reply::opt(db.get(&a[1]).await?)),
+        "strlen" => Ok(Reply::Int(
+            db.get(&a[1]).await?.map_or(0, |v| v.len() as i64),
+        )),
+        "exists" => exists(db, a).await,
+        "mget" => mget(db, a).await,
+        _ => Err(other(format!("ERR {name} is not a read"))),
+    }
+}
+
 async fn del(db: &Db, a: &[Bytes]) -> CmdResult {
     let mut n = 0;
     for k in &a[1..] {
@@ -743,8 +761,14 @@ async fn mset(db: &Db, a: &[Bytes]) -> CmdResult {
             value: kv[1].clone(),
         })
         .collect();
-    match db.batch(ops).await {
+    write_reply(db.batch(ops).await.as_ref())
+}
+
+/// The reply to a plain write (SET key value, MSET) from its batch's outcome.
+pub(crate) fn write_reply(outcome: Result<&(), &DbError>) -> CmdResult {
+    match outcome {
         Ok(()) => Ok(Reply::OK),
+        // Only an MSET can span ranges (a SET has one key).
         Err(DbError::CrossRange { .. }) => Err(other(
             "ERR MSET keys span ranges; atomic only within one range",
         )),

@@ -1,5 +1,6 @@
-//! One client connection: read, execute every complete request in order,
-//! write the replies in one flush.
+//! One client connection: read, execute the complete requests read (a
+//! pipeline's runs together, see `pipeline.rs`), write the replies in order in
+//! one flush.
 
 use std::sync::atomic::Ordering;
 
@@ -9,8 +10,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::commands::{self, Flow};
+use super::pipeline::{self, RunKind};
 use super::reply::Reply;
-use super::request::RequestDecoder;
+use super::request::{ProtocolError, RequestDecoder};
 use super::{RespStats, Shared};
 
 /// Bytes read per `read` call (at least).
@@ -18,6 +20,11 @@ const READ_BYTES: usize = 16 * 1024;
 /// Replies are flushed early once this many bytes are waiting, so a long
 /// pipeline does not hold all its replies in memory.
 const WRITE_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// Requests decoded before they are executed, at most.
+const PIPELINE_REQUESTS_MAX: usize = 1024;
+/// Bytes of requests decoded before they are executed, at most (a request
+/// larger than this is decoded alone).
+const PIPELINE_BYTES_MAX: usize = 4 << 20;
 
 /// The state of one client.
 #[derive(Debug)]
@@ -55,33 +62,35 @@ pub(crate) async fn run(
     let mut rbuf = BytesMut::with_capacity(READ_BYTES);
     let mut wbuf = BytesMut::with_capacity(READ_BYTES);
     loop {
-        // Execute every complete request read so far, in order.
-        loop {
-            match decoder.decode(&mut rbuf) {
-                Ok(Some(args)) if args.is_empty() => continue,
-                Ok(Some(args)) => {
-                    let flow = commands::execute(shared, &mut session, args, &mut wbuf).await;
-                    if flow == Flow::Close {
-                        stream.write_all(&wbuf).await?;
-                        return stream.shutdown().await;
-                    }
-                    if flow == Flow::Drop {
-                        return Ok(());
-                    }
-                    if wbuf.len() >= WRITE_BUFFER_BYTES_MAX {
-                        stream.write_all(&wbuf).await?;
-                        wbuf.clear();
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    RespStats::bump(&stats.errors_protocol);
-                    tracing::debug!(peer = %session.peer, error = %e, "resp: protocol error");
-                    Reply::err(e.to_string()).encode(&mut wbuf);
+        let decoded = decode_pipeline(&mut decoder, &mut rbuf);
+        let mut rest = &decoded.requests[..];
+        while !rest.is_empty() {
+            let (kind, len) =
+                pipeline::next_run(rest, session.authenticated, |k| shared.db.range_of(k).id);
+            let (run, after) = rest.split_at(len);
+            rest = after;
+            match execute_run(shared, &mut session, kind, run, &mut wbuf).await {
+                Flow::Continue => {}
+                Flow::Close => {
                     stream.write_all(&wbuf).await?;
                     return stream.shutdown().await;
                 }
+                Flow::Drop => return Ok(()),
             }
+            if wbuf.len() >= WRITE_BUFFER_BYTES_MAX {
+                stream.write_all(&wbuf).await?;
+                wbuf.clear();
+            }
+        }
+        if let Some(e) = decoded.error {
+            RespStats::bump(&stats.errors_protocol);
+            tracing::debug!(peer = %session.peer, error = %e, "resp: protocol error");
+            Reply::err(e.to_string()).encode(&mut wbuf);
+            stream.write_all(&wbuf).await?;
+            return stream.shutdown().await;
+        }
+        if decoded.more {
+            continue;
         }
         if !wbuf.is_empty() {
             stream.write_all(&wbuf).await?;
@@ -96,4 +105,82 @@ pub(crate) async fn run(
             return Ok(());
         }
     }
+}
+
+/// Complete requests taken from the read buffer.
+struct Decoded {
+    requests: Vec<Vec<Bytes>>,
+    /// Malformed input after `requests`: answer it and close.
+    error: Option<ProtocolError>,
+    /// The bounds stopped the decoding: more requests may be complete.
+    more: bool,
+}
+
+/// Decodes the complete requests in `rbuf`, up to [`PIPELINE_REQUESTS_MAX`]
+/// and [`PIPELINE_BYTES_MAX`]; empty requests are skipped, as Redis does.
+fn decode_pipeline(decoder: &mut RequestDecoder, rbuf: &mut BytesMut) -> Decoded {
+    let start = rbuf.len();
+    let mut decoded = Decoded {
+        requests: Vec::new(),
+        error: None,
+        more: false,
+    };
+    loop {
+        if decoded.requests.len() >= PIPELINE_REQUESTS_MAX
+            || start.saturating_sub(rbuf.len()) >= PIPELINE_BYTES_MAX
+        {
+            decoded.more = true;
+            return decoded;
+        }
+        match decoder.decode(rbuf) {
+            Ok(Some(args)) if args.is_empty() => {}
+            Ok(Some(args)) => decoded.requests.push(args),
+            Ok(None) => return decoded,
+            Err(e) => {
+                decoded.error = Some(e);
+                return decoded;
+            }
+        }
+    }
+}
+
+/// Executes one run (see [`pipeline::next_run`]) and appends its replies to
+/// `out` in request order.
+async fn execute_run(
+    shared: &Shared,
+    session: &mut Session,
+    kind: RunKind,
+    run: &[Vec<Bytes>],
+    out: &mut BytesMut,
+) -> Flow {
+    let stats = &shared.opts.stats;
+    let db = &shared.db;
+    if kind == RunKind::Alone || run.len() == 1 {
+        debug_assert_eq!(run.len(), 1);
+        return match run.first() {
+            Some(one) => commands::execute(shared, session, one, out).await,
+            None => Flow::Continue,
+        };
+    }
+    match kind {
+        RunKind::Writes => {
+            let range_of = |k: &[u8]| db.range_of(k).id;
+            let outcomes = pipeline::write_run(run, range_of, |ops| db.batch(ops)).await;
+            for o in outcomes {
+                let result = commands::write_reply(o.as_ref().map_err(|e| &**e));
+                commands::account(stats, result).encode(out);
+            }
+        }
+        RunKind::Reads => {
+            let reads = run.iter().map(|a| async move {
+                let name = String::from_utf8_lossy(&a[0]).to_ascii_lowercase();
+                commands::read(db, &name, a).await
+            });
+            for result in pipeline::join_all(reads).await {
+                commands::account(stats, result).encode(out);
+            }
+        }
+        RunKind::Alone => {}
+    }
+    Flow::Continue
 }

@@ -1,9 +1,11 @@
 //! The Redis protocol (RESP2) front end: any Redis client talks to a [`Db`].
 //!
 //! [`serve`] accepts connections on a listener and runs one task per
-//! connection. Each connection reads what the client sent, executes every
-//! complete request in order, and writes all the replies in one flush, so
-//! pipelined requests are answered in order. Malformed input is answered
+//! connection. Each connection reads what the client sent, executes the
+//! complete requests, and writes all the replies in one flush, in request
+//! order. A pipeline's plain writes (SET, MSET) are written as one batch per
+//! range and its reads are served at once, with the replies in-order
+//! execution gives (see [`pipeline`]); everything else runs one at a time. Malformed input is answered
 //! `-ERR Protocol error: ...` and that connection is closed; the others go on.
 //!
 //! ```no_run
@@ -32,11 +34,13 @@
 //! DEL of several keys deletes them one by one (not atomically).
 //!
 //! Files: `request.rs` (splitting the byte stream into requests),
-//! `reply.rs` (RESP2 replies), `connection.rs` (one client), `commands.rs`
-//! (the command table and each command), `scan.rs` (SCAN cursors and glob).
+//! `reply.rs` (RESP2 replies), `connection.rs` (one client), `pipeline.rs`
+//! (which requests of a pipeline run together, and how), `commands.rs` (the
+//! command table and each command), `scan.rs` (SCAN cursors and glob).
 
 mod commands;
 mod connection;
+pub mod pipeline;
 pub mod reply;
 pub mod request;
 pub mod scan;
