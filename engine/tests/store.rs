@@ -15,6 +15,13 @@
 //! and they elect new leaders; a node that comes back with a new incarnation
 //! is refused; and a write is never acknowledged before a quorum made it
 //! durable.
+//!
+//! Forwarding: a write or leader read sent to a follower's store travels to
+//! the leader's node inside a batch (`Control::Forward`) and its answer comes
+//! back in one (`Control::ForwardReply`); stale reads are served locally; an
+//! answer that never comes is given up after `forward_timeout_ticks`, or at
+//! once when the leader's node says it is leaving; a forwarded request is
+//! never forwarded again.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -23,8 +30,9 @@ use tessera_engine::raft::{HardState, Message, MessageBody, NodeId};
 use tessera_engine::range::{ApplyResult, Command, RangeId};
 use tessera_engine::store::codec::{decode_batch, encode_batch};
 use tessera_engine::store::{
-    FIRST_USER_RANGE, Layout, META_RANGE, ReadConsistency, ReadOp, Reply, ReqId, Request, Store,
-    StoreConfig, StoreError, StoreReady, WriteBatch, cluster_layout, initial_replica,
+    Control, FIRST_USER_RANGE, FORWARDED_ID_BIT, Layout, META_RANGE, PeerBatch, ReadConsistency,
+    ReadOp, Reply, ReqId, Request, Store, StoreConfig, StoreError, StoreReady, WriteBatch,
+    cluster_layout, initial_replica,
 };
 
 const NODES: [NodeId; 3] = [1, 2, 3];
@@ -75,6 +83,11 @@ struct Sim {
     net: VecDeque<(NodeId, NodeId, Bytes)>,
     /// Cut-off nodes: nothing is delivered from or to them, they do not tick.
     down: BTreeSet<NodeId>,
+    /// Cut links: batches from the first node to the second are dropped.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Every forwarding control message sent (`Forward`, `ForwardReply`,
+    /// `Leaving`), delivered or not, as (from, to, control).
+    forwarding: Vec<(NodeId, NodeId, Control)>,
     replies: BTreeMap<ReqId, Result<Reply, StoreError>>,
     next_req: ReqId,
     /// Batches sent per (from, to), and their Raft and control messages.
@@ -125,6 +138,8 @@ impl Sim {
             disks,
             net: VecDeque::new(),
             down: BTreeSet::new(),
+            cut: BTreeSet::new(),
+            forwarding: Vec::new(),
             replies: BTreeMap::new(),
             next_req: 1,
             batches: BTreeMap::new(),
@@ -165,12 +180,25 @@ impl Sim {
                     self.sent.push((*range, m.clone()));
                 }
             }
+            for c in &batch.control {
+                if !matches!(c, Control::Quiesce { .. }) {
+                    self.forwarding.push((from, to, c.clone()));
+                }
+            }
             let bytes = encode_batch(&batch);
-            if !self.down.contains(&from) && !self.down.contains(&to) {
+            if !self.down.contains(&from)
+                && !self.down.contains(&to)
+                && !self.cut.contains(&(from, to))
+            {
                 self.net.push_back((from, to, bytes));
             }
         }
         for (id, reply) in rd.replies {
+            assert_eq!(
+                id & FORWARDED_ID_BIT,
+                0,
+                "node {from}: a forwarded request's reply {reply:?} reached the host"
+            );
             assert!(
                 self.replies.insert(id, reply).is_none(),
                 "request {id} answered twice"
@@ -283,11 +311,42 @@ impl Sim {
     }
 
     fn request(&mut self, node: NodeId, req: Request) -> ReqId {
+        let id = self.submit(node, req);
+        self.settle();
+        id
+    }
+
+    /// Hands `req` to `node`'s store and moves nothing: its ready is the
+    /// caller's to take ([`Sim::take_ready`]) or to [`Sim::settle`].
+    fn submit(&mut self, node: NodeId, req: Request) -> ReqId {
         let id = self.next_req;
         self.next_req += 1;
         self.stores.get_mut(&node).expect("store").request(id, req);
-        self.settle();
         id
+    }
+
+    /// `node`'s ready, to inspect before giving it to [`Sim::process`].
+    fn take_ready(&mut self, node: NodeId) -> StoreReady {
+        self.stores.get_mut(&node).expect("store").ready()
+    }
+
+    fn followers(&self, range: RangeId, leader: NodeId) -> Vec<NodeId> {
+        NODES
+            .iter()
+            .copied()
+            .filter(|&n| n != leader && self.store(n).replica_raft(range).is_some())
+            .collect()
+    }
+
+    /// Forwards sent so far, as (from, to, seq, request).
+    fn forwards_sent(&self) -> Vec<(NodeId, NodeId, u64, Request)> {
+        self.forwarding
+            .iter()
+            .filter_map(|(from, to, c)| match c {
+                Control::Forward { seq, request } => Some((*from, *to, *seq, request.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     fn reply(&self, id: ReqId) -> Option<&Result<Reply, StoreError>> {
@@ -375,17 +434,7 @@ impl Sim {
     }
 
     fn put(&mut self, node: NodeId, range: RangeId, key: &Bytes, value: &Bytes) -> ReqId {
-        self.request(
-            node,
-            Request::Write {
-                range,
-                epoch: 1,
-                command: Command::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                },
-            },
-        )
+        self.request(node, put_req(range, key, value))
     }
 
     fn get(
@@ -395,20 +444,41 @@ impl Sim {
         key: &Bytes,
         consistency: ReadConsistency,
     ) -> ReqId {
-        self.request(
-            node,
-            Request::Read {
-                range,
-                epoch: 1,
-                op: ReadOp::Get { key: key.clone() },
-                consistency,
-            },
-        )
+        self.request(node, get_req(range, key, consistency))
+    }
+}
+
+fn put_req(range: RangeId, key: &Bytes, value: &Bytes) -> Request {
+    Request::Write {
+        range,
+        epoch: 1,
+        command: Command::Put {
+            key: key.clone(),
+            value: value.clone(),
+        },
+    }
+}
+
+fn get_req(range: RangeId, key: &Bytes, consistency: ReadConsistency) -> Request {
+    Request::Read {
+        range,
+        epoch: 1,
+        op: ReadOp::Get { key: key.clone() },
+        consistency,
     }
 }
 
 fn applied_done() -> Result<Reply, StoreError> {
     Ok(Reply::Applied(ApplyResult::Done))
+}
+
+/// The store's own control messages of a ready (all but `Quiesce`), as (to, control).
+fn forwarding_controls(rd: &StoreReady) -> Vec<(NodeId, Control)> {
+    rd.messages
+        .iter()
+        .flat_map(|(to, b)| b.control.iter().map(move |c| (*to, c.clone())))
+        .filter(|(_, c)| !matches!(c, Control::Quiesce { .. }))
+        .collect()
 }
 
 #[test]
@@ -462,7 +532,8 @@ fn two_hundred_ranges_elect_one_leader_each_then_quiesce_to_liveness_only() {
 
 #[test]
 fn a_write_wakes_only_its_range_and_it_quiesces_again() {
-    let mut sim = Sim::new(10, |_| {});
+    // Followers refuse here rather than forward (forwarding has its own tests).
+    let mut sim = Sim::new(10, |c| c.forward_requests = false);
     sim.run_until_quiesced(100);
     let range = FIRST_USER_RANGE + 3;
     let leader = sim.agreed_leader(range).expect("leader");
@@ -827,4 +898,476 @@ fn a_write_is_acknowledged_only_once_a_follower_made_it_durable() {
 fn acknowledging_before_the_disk_is_caught() {
     let mut sim = Sim::new(4, |c| c.raft.bugs.ack_before_persist = true);
     sim.run_until_quiesced(100);
+}
+
+// ----- Forwarding requests to the leader -----
+
+#[test]
+fn a_write_to_a_follower_is_forwarded_to_the_leader_and_answered_back() {
+    let mut sim = Sim::new(4, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE + 1;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let follower = sim.followers(range, leader)[0];
+    let key = sim.key_in(range, "fwd");
+    let value = Bytes::from_static(b"forwarded");
+    let req = put_req(range, &key, &value);
+
+    let id = sim.submit(follower, req.clone());
+    let rd = sim.take_ready(follower);
+    assert!(
+        rd.replies.is_empty(),
+        "answered before the leader: {:?}",
+        rd.replies
+    );
+    assert!(rd.write.is_none(), "the follower proposed nothing itself");
+    assert_eq!(
+        forwarding_controls(&rd),
+        vec![(
+            leader,
+            Control::Forward {
+                seq: 0,
+                request: req.clone()
+            }
+        )],
+        "one Forward, in the batch to the leader's node"
+    );
+    sim.process(follower, rd);
+    assert_eq!(sim.reply(id), None);
+    sim.settle();
+
+    assert_eq!(
+        sim.reply(id),
+        Some(&applied_done()),
+        "answered without a tick"
+    );
+    assert!(
+        sim.forwarding.contains(&(
+            leader,
+            follower,
+            Control::ForwardReply {
+                seq: 0,
+                reply: applied_done()
+            }
+        )),
+        "{:?}",
+        sim.forwarding
+    );
+    assert_eq!(
+        sim.store(leader)
+            .replica_state(range)
+            .and_then(|st| st.get(&key)),
+        Some(value.clone())
+    );
+    let read = sim.get(leader, range, &key, ReadConsistency::Linearizable);
+    assert_eq!(
+        sim.reply(read),
+        Some(&Ok(Reply::Value(Some(value.clone()))))
+    );
+
+    let (fs, ls) = (sim.store(follower).stats(), sim.store(leader).stats());
+    assert_eq!(
+        (fs.forwarded, fs.forwards_served, fs.forwards_abandoned),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        (ls.forwarded, ls.forwards_served, ls.forwards_abandoned),
+        (0, 1, 0)
+    );
+    assert_eq!(sim.forwards_sent().len(), 1);
+    // The group goes back to sleep: no forward is left waiting anywhere.
+    sim.ticks(10);
+    assert!(sim.all_quiesced());
+}
+
+/// The range's leader and a follower whose disk is held, after a write of
+/// `value` at `key` the follower has not applied.
+fn follower_behind(sim: &mut Sim, range: RangeId, key: &Bytes, value: &Bytes) -> (NodeId, NodeId) {
+    sim.run_until_quiesced(100);
+    let leader = sim.agreed_leader(range).expect("leader");
+    let follower = sim.followers(range, leader)[0];
+    sim.disks.get_mut(&follower).expect("disk").hold = true;
+    let id = sim.put(leader, range, key, value);
+    assert_eq!(sim.reply(id), Some(&applied_done()));
+    assert_eq!(
+        sim.store(follower)
+            .replica_state(range)
+            .and_then(|st| st.get(key)),
+        None,
+        "the follower must not have applied the write"
+    );
+    (leader, follower)
+}
+
+#[test]
+fn a_leader_read_on_a_follower_is_forwarded_and_reads_the_leaders_value() {
+    let mut sim = Sim::new(4, |_| {});
+    let range = FIRST_USER_RANGE + 2;
+    let key = sim.key_in(range, "r");
+    let value = Bytes::from_static(b"fresh");
+    let (leader, follower) = follower_behind(&mut sim, range, &key, &value);
+
+    for (i, consistency) in [ReadConsistency::Linearizable, ReadConsistency::Lease]
+        .into_iter()
+        .enumerate()
+    {
+        let req = get_req(range, &key, consistency);
+        let id = sim.submit(follower, req.clone());
+        let rd = sim.take_ready(follower);
+        assert!(rd.replies.is_empty(), "{consistency:?}: {:?}", rd.replies);
+        assert_eq!(
+            forwarding_controls(&rd),
+            vec![(
+                leader,
+                Control::Forward {
+                    seq: i as u64,
+                    request: req
+                }
+            )],
+            "{consistency:?}"
+        );
+        sim.process(follower, rd);
+        sim.settle();
+        assert_eq!(
+            sim.reply(id),
+            Some(&Ok(Reply::Value(Some(value.clone())))),
+            "{consistency:?}: the leader's value, not the follower's"
+        );
+    }
+    assert_eq!(sim.store(follower).stats().forwarded, 2);
+    assert_eq!(sim.store(leader).stats().forwards_served, 2);
+    sim.release_disk(follower);
+}
+
+#[test]
+fn a_stale_read_on_a_follower_is_answered_locally() {
+    let mut sim = Sim::new(4, |_| {});
+    let range = FIRST_USER_RANGE + 2;
+    let key = sim.key_in(range, "r");
+    let value = Bytes::from_static(b"fresh");
+    let (leader, follower) = follower_behind(&mut sim, range, &key, &value);
+
+    let woken = sim.woken(follower);
+    let id = sim.submit(follower, get_req(range, &key, ReadConsistency::Stale));
+    let rd = sim.take_ready(follower);
+    assert_eq!(
+        rd.replies,
+        vec![(id, Ok(Reply::Value(None)))],
+        "the follower's own (old) state, in the same ready"
+    );
+    assert_eq!(forwarding_controls(&rd), vec![]);
+    sim.process(follower, rd);
+    sim.settle();
+    assert_eq!(sim.forwards_sent(), vec![]);
+    assert_eq!(sim.store(follower).stats().forwarded, 0);
+    assert_eq!(sim.store(leader).stats().forwards_served, 0);
+    assert_eq!(sim.woken(follower), woken, "a stale read wakes nothing");
+    sim.release_disk(follower);
+}
+
+#[test]
+fn a_forward_never_answered_is_given_up_after_the_timeout() {
+    const TIMEOUT: usize = 3;
+    let mut sim = Sim::new(4, |c| c.forward_timeout_ticks = TIMEOUT as u32);
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let follower = sim.followers(range, leader)[0];
+    assert!(
+        TIMEOUT < sim.store(follower).config().liveness_timeout_ticks as usize,
+        "the leader's node must stay live meanwhile"
+    );
+    let key = sim.key_in(range, "lost");
+    // Everything the follower sends the leader's node is lost; the way back works.
+    sim.cut.insert((follower, leader));
+
+    let write = sim.submit(follower, put_req(range, &key, &Bytes::from_static(b"x")));
+    let read = sim.submit(
+        follower,
+        get_req(range, &key, ReadConsistency::Linearizable),
+    );
+    sim.settle();
+    assert_eq!(sim.forwards_sent().len(), 2);
+    for t in 1..=TIMEOUT {
+        sim.tick();
+        assert_eq!(sim.reply(write), None, "tick {t}: write answered early");
+        assert_eq!(sim.reply(read), None, "tick {t}: read answered early");
+        assert!(sim.store(follower).peer_live(leader));
+    }
+    sim.tick();
+    assert_eq!(
+        sim.reply(write),
+        Some(&Err(StoreError::Ambiguous { range }))
+    );
+    assert_eq!(
+        sim.reply(read),
+        Some(&Err(StoreError::Unavailable(format!(
+            "range {range}: no answer from the leader on node {leader}"
+        ))))
+    );
+    let fs = sim.store(follower).stats();
+    assert_eq!((fs.forwarded, fs.forwards_abandoned), (2, 2));
+    assert_eq!(sim.store(leader).stats().forwards_served, 0);
+    assert_eq!(
+        sim.store(leader)
+            .replica_state(range)
+            .and_then(|st| st.get(&key)),
+        None
+    );
+
+    // The link heals: the next forward goes through.
+    sim.cut.clear();
+    let again = sim.put(follower, range, &key, &Bytes::from_static(b"y"));
+    assert_eq!(sim.reply(again), Some(&applied_done()));
+    assert_eq!(sim.store(follower).stats().forwards_abandoned, 2);
+}
+
+#[test]
+fn a_leaving_leader_fails_its_pending_forwards_at_once_and_gets_no_more() {
+    let mut sim = Sim::new(4, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE + 1;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let follower = sim.followers(range, leader)[0];
+    let key = sim.key_in(range, "leaving");
+    sim.cut.insert((follower, leader));
+    let write = sim.submit(follower, put_req(range, &key, &Bytes::from_static(b"x")));
+    let read = sim.submit(
+        follower,
+        get_req(range, &key, ReadConsistency::Linearizable),
+    );
+    sim.settle();
+    assert_eq!(sim.forwards_sent().len(), 2);
+    assert_eq!((sim.reply(write), sim.reply(read)), (None, None));
+
+    sim.stores.get_mut(&leader).expect("store").leave();
+    let rd = sim.take_ready(leader);
+    let mut told: Vec<(NodeId, Control)> = forwarding_controls(&rd);
+    told.sort_by_key(|(to, _)| *to);
+    assert_eq!(
+        told,
+        sim.followers(range, leader)
+            .into_iter()
+            .map(|n| (n, Control::Leaving))
+            .collect::<Vec<_>>(),
+        "every peer is told"
+    );
+    sim.process(leader, rd);
+    sim.settle();
+    // The leader's node has stopped.
+    sim.down.insert(leader);
+
+    assert_eq!(
+        sim.reply(write),
+        Some(&Err(StoreError::Ambiguous { range })),
+        "no tick needed"
+    );
+    assert_eq!(
+        sim.reply(read),
+        Some(&Err(StoreError::Unavailable(format!(
+            "range {range}: no answer from the leader on node {leader}"
+        ))))
+    );
+    assert_eq!(sim.store(follower).stats().forwards_abandoned, 2);
+    for n in sim.followers(range, leader) {
+        assert!(
+            !sim.store(n).peer_live(leader),
+            "node {n} sees the leaver down"
+        );
+    }
+
+    // A new request for the range is not forwarded to the node that left.
+    let id = sim.submit(follower, put_req(range, &key, &Bytes::from_static(b"y")));
+    let rd = sim.take_ready(follower);
+    assert_eq!(forwarding_controls(&rd), vec![]);
+    assert_eq!(
+        rd.replies,
+        vec![(
+            id,
+            Err(StoreError::NotLeader {
+                range,
+                leader: Some(leader)
+            })
+        )],
+        "refused locally (the hint is the last leader known)"
+    );
+    sim.process(follower, rd);
+    assert_eq!(sim.store(follower).stats().forwarded, 2);
+
+    // The followers of the leaver's groups wake at the next tick, not after
+    // the liveness timeout, and elect a new leader.
+    sim.tick();
+    for n in sim.followers(range, leader) {
+        assert!(
+            !sim.store(n).is_quiesced(range),
+            "node {n}: range still asleep"
+        );
+    }
+    let liveness = sim.store(follower).config().liveness_timeout_ticks as usize;
+    let mut new_leader = None;
+    for _ in 0..10 * liveness {
+        sim.tick();
+        new_leader = sim.agreed_leader(range);
+        if new_leader.is_some() {
+            break;
+        }
+    }
+    let new_leader = new_leader.expect("a new leader among the two left");
+    assert_ne!(new_leader, leader);
+    assert_eq!(
+        sim.forwards_sent().len(),
+        2,
+        "nothing forwarded to the leaver"
+    );
+}
+
+#[test]
+fn with_forwarding_off_a_follower_answers_not_leader() {
+    let mut sim = Sim::new(4, |c| c.forward_requests = false);
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE + 1;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let key = sim.key_in(range, "k");
+    let not_leader = Err(StoreError::NotLeader {
+        range,
+        leader: Some(leader),
+    });
+    for follower in sim.followers(range, leader) {
+        let w = sim.put(follower, range, &key, &Bytes::from_static(b"v"));
+        assert_eq!(sim.reply(w), Some(&not_leader), "node {follower}");
+        for consistency in [ReadConsistency::Linearizable, ReadConsistency::Lease] {
+            let r = sim.get(follower, range, &key, consistency);
+            assert_eq!(
+                sim.reply(r),
+                Some(&not_leader),
+                "node {follower} {consistency:?}"
+            );
+        }
+        assert_eq!(sim.store(follower).stats().forwarded, 0);
+    }
+    assert_eq!(sim.forwards_sent(), vec![]);
+    assert_eq!(sim.store(leader).stats().forwards_served, 0);
+    assert_eq!(
+        sim.store(leader)
+            .replica_state(range)
+            .and_then(|st| st.get(&key)),
+        None
+    );
+}
+
+#[test]
+fn a_forwarded_request_is_never_forwarded_again() {
+    let mut sim = Sim::new(4, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE + 3;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let followers = sim.followers(range, leader);
+    let (f1, f2) = (followers[0], followers[1]);
+    let key = sim.key_in(range, "twice");
+    let write = put_req(range, &key, &Bytes::from_static(b"v"));
+    let read = get_req(range, &key, ReadConsistency::Linearizable);
+
+    // f2 forwards to f1 as if f1 led the range (f2's view was out of date).
+    sim.stores.get_mut(&f1).expect("store").receive(
+        f2,
+        PeerBatch {
+            incarnation: 100 + f2,
+            messages: vec![],
+            control: vec![
+                Control::Forward {
+                    seq: 7,
+                    request: write,
+                },
+                Control::Forward {
+                    seq: 8,
+                    request: read,
+                },
+            ],
+        },
+    );
+    let rd = sim.take_ready(f1);
+    assert!(rd.replies.is_empty(), "{:?}", rd.replies);
+    let not_leader = Err(StoreError::NotLeader {
+        range,
+        leader: Some(leader),
+    });
+    assert_eq!(
+        forwarding_controls(&rd),
+        vec![
+            (
+                f2,
+                Control::ForwardReply {
+                    seq: 7,
+                    reply: not_leader.clone()
+                }
+            ),
+            (
+                f2,
+                Control::ForwardReply {
+                    seq: 8,
+                    reply: not_leader
+                }
+            ),
+        ],
+        "answered NotLeader to the sender, not passed on to the leader"
+    );
+    sim.process(f1, rd);
+    sim.settle();
+    assert_eq!(sim.forwards_sent(), vec![]);
+    let s1 = sim.store(f1).stats();
+    assert_eq!((s1.forwarded, s1.forwards_served), (0, 2));
+    assert_eq!(sim.store(leader).stats().forwards_served, 0);
+    // f2 never sent those: their answers are dropped, no client hears them.
+    assert!(sim.replies.is_empty(), "{:?}", sim.replies);
+    assert_eq!(
+        sim.store(leader)
+            .replica_state(range)
+            .and_then(|st| st.get(&key)),
+        None
+    );
+}
+
+#[test]
+fn forwarding_controls_round_trip_through_the_codec() {
+    let batch = PeerBatch {
+        incarnation: 42,
+        messages: vec![],
+        control: vec![
+            Control::Forward {
+                seq: 1,
+                request: put_req(9, &Bytes::from_static(b"k"), &Bytes::from_static(b"v")),
+            },
+            Control::Forward {
+                seq: 2,
+                request: get_req(9, &Bytes::from_static(b"k"), ReadConsistency::Lease),
+            },
+            Control::ForwardReply {
+                seq: 1,
+                reply: Ok(Reply::Applied(ApplyResult::Done)),
+            },
+            Control::ForwardReply {
+                seq: 2,
+                reply: Ok(Reply::Value(Some(Bytes::from_static(b"v")))),
+            },
+            Control::ForwardReply {
+                seq: 3,
+                reply: Err(StoreError::NotLeader {
+                    range: 9,
+                    leader: Some(3),
+                }),
+            },
+            Control::ForwardReply {
+                seq: u64::MAX,
+                reply: Err(StoreError::Unavailable("no answer".into())),
+            },
+            Control::Leaving,
+            Control::Quiesce {
+                range: 9,
+                term: 2,
+                commit: 10,
+            },
+        ],
+    };
+    let bytes = encode_batch(&batch);
+    assert_eq!(decode_batch(&bytes), Ok(batch));
 }
