@@ -2,8 +2,10 @@
 //! alone) that a Rust program reads and writes through.
 //!
 //! Every request finds its range from the descriptors held by the meta
-//! range, goes to the range's leader (this node or a peer, forwarded over the
-//! transport), and is retried on `NotLeader`, `RangeNotFound`, `Busy` and
+//! range and goes to the range's leader: through this node's own replica
+//! when it has one (its store forwards the request inside the Raft batches
+//! to the leader's node), else, and on retries, straight to the node believed
+//! to lead, over a transport call. It is retried on `NotLeader`, `RangeNotFound`, `Busy` and
 //! epoch errors with backoff until the request deadline. A write is never
 //! retried when it may already have been applied (an unanswered forward, a
 //! snapshot that covered it): that is reported as [`DbError::Ambiguous`].
@@ -515,20 +517,28 @@ impl Db {
         let mut backoff = Duration::from_millis(2);
         let mut rotate = 0usize;
         let mut target = self.leader_guess(&desc, me);
+        // The first attempt goes to this node's own replica when there is
+        // one: its store forwards to the leader inside the Raft batches,
+        // cheaper than a call of its own. Retries route directly.
+        let mut via_local = desc.replicas.contains(&me);
         loop {
             let req = make(desc.epoch, desc.id);
-            let err = match self.inner.node.call_on(target, req).await {
+            let to = if via_local { me } else { target };
+            let err = match self.inner.node.call_on(to, req).await {
                 Ok(reply) => {
-                    self.inner.routes.write().leaders.insert(desc.id, target);
+                    if !via_local {
+                        self.inner.routes.write().leaders.insert(desc.id, target);
+                    }
                     return Ok(reply);
                 }
                 Err(e) => e,
             };
+            via_local = false;
             let last = err.to_string();
             match err {
                 CallError::Store(StoreError::NotLeader {
                     leader: Some(l), ..
-                }) if l != target
+                }) if l != to
                     && desc.replicas.contains(&l)
                     && !self.inner.node.handle().peer_down(l) =>
                 {

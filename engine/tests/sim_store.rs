@@ -26,7 +26,8 @@ fn sim_store() {
     let sum = |f: fn(&StoreSimReport) -> u64| reports.iter().map(f).sum::<u64>();
     say(format!(
         "sim_store: totals over {seeds} seeds: {} ranges, {} client ops answered, {} unknown, {} crashes, \
-         {} snapshots installed, {} quiesced, {} woken, {} entries in {} write batches",
+         {} snapshots installed, {} quiesced, {} woken, {} entries in {} write batches, \
+         {} requests forwarded to leaders ({} given up)",
         sum(|r| r.ranges as u64),
         sum(|r| r.ops_ok as u64),
         sum(|r| r.ops_unknown as u64),
@@ -36,6 +37,13 @@ fn sim_store() {
         sum(|r| r.woken),
         sum(|r| r.entries_written),
         sum(|r| r.write_batches),
+        sum(|r| r.forwarded),
+        sum(|r| r.forwards_abandoned),
     ));
+    // Clients that reached a follower had their requests forwarded: the
+    // checks above covered forwarding, not only direct requests.
+    if seeds >= 20 {
+        assert!(sum(|r| r.forwarded) > 0, "no request was forwarded");
+    }
     say(format!("sim: {seeds} seeds passed"));
 }

@@ -5,14 +5,15 @@
 //!   round-trip through `encode_payload`;
 //! - 2: snapshot metadata (`decode_snapshot_meta`), round-tripping;
 //! - 3: a snapshot file (`node::datadir::decode_snapshot_file`);
-//! - 4 / 5: a forwarded request / reply (`node::remote`), round-tripping.
+//! - 4 / 5: a forwarded request / reply (`store::remote`), round-tripping.
 //!
 //! Decoding must never panic.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tessera_engine::node::{datadir, remote};
+use tessera_engine::node::datadir;
+use tessera_engine::store::remote;
 use tessera_engine::store::codec;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,10 +4,9 @@
 //!
 //! - `datadir`: identity, snapshot files, recovery of replicas;
 //! - `runtime`: the tokio loop around the sans-IO store;
-//! - `remote`: forwarded requests on the wire.
 
 pub mod datadir;
-pub mod remote;
+
 mod runtime;
 
 use std::collections::BTreeMap;
@@ -230,11 +229,11 @@ impl Node {
         tessera_transport::spawn_call_handler(incoming.calls, move |_from, req: Bytes| {
             let h = h.clone();
             async move {
-                let reply = match remote::decode_request(&req) {
+                let reply = match crate::store::remote::decode_request(&req) {
                     Ok(r) => h.call(r).await,
                     Err(e) => Err(StoreError::Unavailable(format!("bad request: {e}"))),
                 };
-                remote::encode_reply(&reply)
+                crate::store::remote::encode_reply(&reply)
             }
         });
         // Snapshots travel in message batches for now; refuse streams.
@@ -285,7 +284,10 @@ impl Node {
             .transport()
             .ok_or_else(|| CallError::Unreachable("node is shut down".into()))?;
         let bytes = transport
-            .call(tessera_transport::NodeId(to), remote::encode_request(&req))
+            .call(
+                tessera_transport::NodeId(to),
+                crate::store::remote::encode_request(&req),
+            )
             .await
             .map_err(|e| match e {
                 tessera_transport::TransportError::Connect { .. }
@@ -294,7 +296,8 @@ impl Node {
                 }
                 e => CallError::Transport(e.to_string()),
             })?;
-        Ok(remote::decode_reply(&bytes).map_err(|e| CallError::Transport(e.to_string()))??)
+        Ok(crate::store::remote::decode_reply(&bytes)
+            .map_err(|e| CallError::Transport(e.to_string()))??)
     }
 
     /// Stops the store loop and the transport. Acknowledged writes are already

@@ -28,6 +28,8 @@ use super::datadir::DataDir;
 /// Bytes of Raft payload per frame sent to a peer (the transport's frame cap
 /// is larger; this keeps one frame from delaying the next heartbeat long).
 const PEER_FRAME_PAYLOAD_MAX: u64 = 2 << 20;
+/// How long a stopping node waits for its goodbye to leave (best effort).
+const GOODBYE_GRACE: Duration = Duration::from_millis(20);
 /// Events handled per round before the store's work is taken.
 const EVENTS_PER_ROUND_MAX: usize = 4096;
 
@@ -180,6 +182,7 @@ async fn run(
                 loop {
                     match ev {
                         Event::Shutdown(done) => {
+                            say_goodbye(&mut store, &io, &counters, &mut waiting).await;
                             for (_, w) in waiting.drain() {
                                 let _ = w.send(Err(StoreError::Unavailable("node shutting down".into())));
                             }
@@ -256,6 +259,29 @@ async fn run(
             }
         }
     }
+}
+
+/// Tells the peers this node is stopping (see [`Store::leave`]), and gives
+/// the transport a moment to put that on the wire before it is closed.
+async fn say_goodbye(
+    store: &mut Store,
+    io: &Io,
+    counters: &RuntimeCounters,
+    waiting: &mut HashMap<ReqId, oneshot::Sender<Result<Reply, StoreError>>>,
+) {
+    store.leave();
+    // Its write (if any) is not made durable: nothing waiting on it is
+    // acknowledged. Replies already decided are delivered.
+    let rd = store.ready();
+    for (to, batch) in rd.messages {
+        send_to_peer(io, to, batch, counters);
+    }
+    for (id, reply) in rd.replies {
+        if let Some(w) = waiting.remove(&id) {
+            let _ = w.send(reply);
+        }
+    }
+    tokio::time::sleep(GOODBYE_GRACE).await;
 }
 
 /// Writes snapshot files, then submits one WAL batch; its completion comes

@@ -79,6 +79,9 @@ pub struct StoreSimReport {
     pub woken: u64,
     pub entries_written: u64,
     pub write_batches: u64,
+    /// Requests a follower forwarded to its leader's node, and those given up.
+    pub forwarded: u64,
+    pub forwards_abandoned: u64,
 }
 
 /// Runs one seed.
@@ -551,6 +554,8 @@ impl World {
                 self.report.woken += st.woken_total;
                 self.report.entries_written += st.written_entries;
                 self.report.write_batches += st.write_batches;
+                self.report.forwarded += st.forwarded;
+                self.report.forwards_abandoned += st.forwards_abandoned;
             }
         }
         linearizability::check(&self.history).map_err(|v| {

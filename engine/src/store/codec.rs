@@ -21,6 +21,8 @@ use crate::raft::{
 };
 use crate::range::RangeId;
 
+use super::request::{Reply, Request, StoreError};
+
 /// First byte of an empty entry's payload.
 pub const TAG_EMPTY: u8 = 0xF0;
 /// First byte of a membership change's payload.
@@ -114,7 +116,7 @@ fn decode_conf_change(b: &[u8]) -> Result<ConfChange, CodecError> {
 // ----- Message batches between nodes -----
 
 /// Version byte in front of every batch archive.
-const BATCH_VERSION: u8 = 1;
+const BATCH_VERSION: u8 = 2;
 
 /// What a node sends another node in one loop iteration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -136,6 +138,16 @@ pub enum Control {
         term: u64,
         commit: u64,
     },
+    /// A client request the sender received for a range this node leads;
+    /// answered with a [`Control::ForwardReply`] carrying the same `seq`.
+    Forward { seq: u64, request: Request },
+    /// The outcome of the sender's [`Control::Forward`] number `seq`.
+    ForwardReply {
+        seq: u64,
+        reply: Result<Reply, StoreError>,
+    },
+    /// The sender is stopping (a graceful shutdown).
+    Leaving,
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -148,6 +160,11 @@ struct WireBatch {
 #[derive(Archive, Serialize, Deserialize)]
 enum WireControl {
     Quiesce { range: u64, term: u64, commit: u64 },
+    // Requests and replies keep the encoding of `remote` (its own version
+    // byte), so that there is one wire form of each.
+    Forward { seq: u64, request: Vec<u8> },
+    ForwardReply { seq: u64, reply: Vec<u8> },
+    Leaving,
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -240,8 +257,8 @@ pub fn encode_batch(batch: &PeerBatch) -> Bytes {
         control: batch
             .control
             .iter()
-            .map(|c| match *c {
-                Control::Quiesce {
+            .map(|c| match c {
+                &Control::Quiesce {
                     range,
                     term,
                     commit,
@@ -250,6 +267,15 @@ pub fn encode_batch(batch: &PeerBatch) -> Bytes {
                     term,
                     commit,
                 },
+                Control::Forward { seq, request } => WireControl::Forward {
+                    seq: *seq,
+                    request: super::remote::encode_request(request).to_vec(),
+                },
+                Control::ForwardReply { seq, reply } => WireControl::ForwardReply {
+                    seq: *seq,
+                    reply: super::remote::encode_reply(reply).to_vec(),
+                },
+                Control::Leaving => WireControl::Leaving,
             })
             .collect(),
     };
@@ -278,18 +304,29 @@ pub fn decode_batch(bytes: &[u8]) -> Result<PeerBatch, CodecError> {
     let control = wire
         .control
         .into_iter()
-        .map(|c| match c {
-            WireControl::Quiesce {
-                range,
-                term,
-                commit,
-            } => Control::Quiesce {
-                range,
-                term,
-                commit,
-            },
+        .map(|c| {
+            Ok(match c {
+                WireControl::Quiesce {
+                    range,
+                    term,
+                    commit,
+                } => Control::Quiesce {
+                    range,
+                    term,
+                    commit,
+                },
+                WireControl::Forward { seq, request } => Control::Forward {
+                    seq,
+                    request: super::remote::decode_request(&request)?,
+                },
+                WireControl::ForwardReply { seq, reply } => Control::ForwardReply {
+                    seq,
+                    reply: super::remote::decode_reply(&reply)?,
+                },
+                WireControl::Leaving => Control::Leaving,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, CodecError>>()?;
     Ok(PeerBatch {
         incarnation: wire.incarnation,
         messages,

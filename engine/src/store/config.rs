@@ -25,6 +25,15 @@ pub struct StoreConfig {
     pub snapshot_entries: u64,
     /// Entry bytes applied since the last snapshot before a new one. Default 64 MiB.
     pub snapshot_bytes: u64,
+    /// Whether a request for a range this node follows is forwarded to the
+    /// leader inside the next message batch to it (and answered in a batch
+    /// back), instead of being refused with `NotLeader`. Default on.
+    pub forward_requests: bool,
+    /// Ticks a forwarded request may wait for its answer before it is given
+    /// up: a write then is `Ambiguous`, a read `Unavailable` (safe to retry).
+    /// It is also given up at once when the leader's node is seen down.
+    /// Default 50 (5 s at the default 100 ms tick).
+    pub forward_timeout_ticks: u32,
     /// Seed of the replicas' election timers.
     pub seed: u64,
 }
@@ -42,6 +51,8 @@ impl StoreConfig {
             wake_per_tick_max: 256,
             snapshot_entries: 10_000,
             snapshot_bytes: 64 << 20,
+            forward_requests: true,
+            forward_timeout_ticks: 50,
             seed: node_id,
         }
     }

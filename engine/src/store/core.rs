@@ -14,8 +14,17 @@
 //! goes silent for `liveness_timeout_ticks` are woken, and only they, at most
 //! `wake_per_tick_max` per tick: losing a node does not wake every idle group
 //! at once.
+//!
+//! A request for a range this node follows is forwarded to the leader's node
+//! inside the next message batch to it ([`Control::Forward`]) and answered in
+//! a batch back, the way etcd forwards proposals: no call of its own, no
+//! stream of its own, batched with the Raft traffic. The leader's store runs
+//! it under an id with [`FORWARDED_ID_BIT`] set; a forwarded request is never
+//! forwarded again. The sender gives it up after `forward_timeout_ticks`, or
+//! at once when the leader's node is seen down: a write is then `Ambiguous`
+//! (it may have been applied), a read `Unavailable` (safe to ask again).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::raft::{
     ConfigError, EntryPayload, InitialState, MessageBody, NO_NODE, NodeId, ProposeError, Raft,
@@ -28,6 +37,20 @@ use super::config::StoreConfig;
 use super::persist::{AfterPersist, GroupWrite, PersistQueue, SnapshotWrite, WriteBatch};
 use super::replica::{ConfirmedRead, Replica};
 use super::request::{ReadConsistency, ReadOp, Reply, ReqId, Request, StoreError};
+
+/// Ids with this bit are the store's own: requests peers forwarded here. The
+/// host's request ids must not use it.
+pub const FORWARDED_ID_BIT: ReqId = 1 << 63;
+
+/// A request this node forwarded to the leader's node, waiting for its answer.
+#[derive(Debug, Clone)]
+struct Forwarded {
+    id: ReqId,
+    to: NodeId,
+    range: RangeId,
+    sent_tick: u64,
+    write: bool,
+}
 
 /// What the host must do after feeding events (see [`Store::ready`]).
 #[derive(Debug, Default)]
@@ -71,6 +94,12 @@ pub struct StoreStats {
     pub rejected_batches: u64,
     pub snapshots_installed: u64,
     pub snapshots_taken: u64,
+    /// Requests sent on to a leader on another node.
+    pub forwarded: u64,
+    /// Forwarded requests given up (timeout or leader's node down).
+    pub forwards_abandoned: u64,
+    /// Requests other nodes forwarded here.
+    pub forwards_served: u64,
 }
 
 /// Every replica on one node. See the module docs.
@@ -90,6 +119,12 @@ pub struct Store {
     persist: PersistQueue,
     new_incarnations: Vec<(NodeId, u64)>,
     failures: Vec<String>,
+    /// Requests sent to other nodes' leaders, by sequence (send order).
+    forwarded: BTreeMap<u64, Forwarded>,
+    next_forward: u64,
+    /// Requests peers forwarded here, by the local id they run under.
+    serving: HashMap<ReqId, (NodeId, u64)>,
+    next_serving: u64,
     stats: StoreStats,
 }
 
@@ -125,6 +160,10 @@ impl Store {
             persist: PersistQueue::default(),
             new_incarnations: Vec::new(),
             failures: Vec::new(),
+            forwarded: BTreeMap::new(),
+            next_forward: 0,
+            serving: HashMap::new(),
+            next_serving: 0,
             stats: StoreStats::default(),
         }
     }
@@ -220,10 +259,114 @@ impl Store {
 
     // ----- Inputs -----
 
-    /// A client request. Its reply comes from a later [`Store::ready`].
+    /// A client request. Its reply comes from a later [`Store::ready`]. A
+    /// request for a range another node leads is forwarded there (see the
+    /// module docs). `id` must not have [`FORWARDED_ID_BIT`] set.
     pub fn request(&mut self, id: ReqId, req: Request) {
+        assert_eq!(
+            id & FORWARDED_ID_BIT,
+            0,
+            "request id {id:#x} uses the store's bit"
+        );
+        if let Some(leader) = self.forward_target(&req) {
+            self.forward(id, leader, req);
+            return;
+        }
         if let Err(e) = self.try_request(id, req) {
             self.replies.push((id, Err(e)));
+        }
+    }
+
+    /// The live peer to forward `req` to: a write or a leader read, for a
+    /// range this node follows at the request's epoch, whose leader it knows.
+    fn forward_target(&self, req: &Request) -> Option<NodeId> {
+        if !self.cfg.forward_requests {
+            return None;
+        }
+        match req {
+            Request::Write { .. } => {}
+            Request::Read { consistency, .. } if *consistency != ReadConsistency::Stale => {}
+            _ => return None,
+        }
+        let r = self.replicas.get(&req.range())?;
+        if r.state.descriptor().epoch != req.epoch() || r.raft.is_leader() {
+            return None;
+        }
+        let leader = r.raft.leader();
+        (leader != NO_NODE && leader != self.cfg.node_id && self.peer_live(leader))
+            .then_some(leader)
+    }
+
+    fn forward(&mut self, id: ReqId, to: NodeId, request: Request) {
+        let seq = self.next_forward;
+        self.next_forward += 1;
+        self.forwarded.insert(
+            seq,
+            Forwarded {
+                id,
+                to,
+                range: request.range(),
+                sent_tick: self.ticks,
+                write: matches!(request, Request::Write { .. }),
+            },
+        );
+        self.stats.forwarded += 1;
+        self.outbox
+            .entry(to)
+            .or_default()
+            .control
+            .push(Control::Forward { seq, request });
+    }
+
+    /// A peer forwarded `request` here: run it like a local one (never
+    /// forwarding it again); its reply goes back in a batch to `from`.
+    fn serve_forwarded(&mut self, from: NodeId, seq: u64, request: Request) {
+        let id = FORWARDED_ID_BIT | self.next_serving;
+        self.next_serving = (self.next_serving + 1) & !FORWARDED_ID_BIT;
+        self.stats.forwards_served += 1;
+        self.serving.insert(id, (from, seq));
+        if let Err(e) = self.try_request(id, request) {
+            self.replies.push((id, Err(e)));
+        }
+    }
+
+    fn forward_replied(&mut self, from: NodeId, seq: u64, reply: Result<Reply, StoreError>) {
+        if self.forwarded.get(&seq).is_some_and(|f| f.to == from)
+            && let Some(f) = self.forwarded.remove(&seq)
+        {
+            self.replies.push((f.id, reply));
+        }
+    }
+
+    /// Gives up forwarded requests that waited too long or whose leader's
+    /// node is down: their answer may never come.
+    fn abandon_forwards(&mut self) {
+        let timeout = self.cfg.forward_timeout_ticks as u64;
+        let now = self.ticks;
+        let peers = &self.peers;
+        let lost: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, f)| {
+                now.saturating_sub(f.sent_tick) > timeout
+                    || !peers.get(&f.to).is_some_and(|p| p.live)
+            })
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in lost {
+            let Some(f) = self.forwarded.remove(&seq) else {
+                continue;
+            };
+            self.stats.forwards_abandoned += 1;
+            let err = if f.write {
+                StoreError::Ambiguous { range: f.range }
+            } else {
+                StoreError::Unavailable(format!(
+                    "range {}: no answer from the leader on node {}",
+                    f.range, f.to
+                ))
+            };
+            self.replies.push((f.id, Err(err)));
         }
     }
 
@@ -303,6 +446,16 @@ impl Store {
     pub fn receive(&mut self, from: NodeId, batch: PeerBatch) {
         if !self.heard_from(from, batch.incarnation) {
             self.stats.rejected_batches += 1;
+            // Even a refused node's answers to requests forwarded to it are
+            // true of what its process did with them: a frame reaches at most
+            // one process of a peer (the transport never re-sends one on a
+            // new connection), so a wiped node answering `NotLeader` did not
+            // pass the request to anyone. Waiting would make it `Ambiguous`.
+            for c in batch.control {
+                if let Control::ForwardReply { seq, reply } = c {
+                    self.forward_replied(from, seq, reply);
+                }
+            }
             return;
         }
         for (range, msg) in batch.messages {
@@ -331,7 +484,35 @@ impl Store {
                     term,
                     commit,
                 } => self.follower_quiesce(from, range, term, commit),
+                Control::Forward { seq, request } => self.serve_forwarded(from, seq, request),
+                Control::ForwardReply { seq, reply } => self.forward_replied(from, seq, reply),
+                Control::Leaving => self.peer_left(from),
             }
+        }
+    }
+
+    /// This node is about to stop. Tells every peer, so that they stop
+    /// forwarding to it and wake the followers of its leaders now rather
+    /// than after the liveness timeout. Best effort: a peer that misses it
+    /// finds out by that timeout.
+    pub fn leave(&mut self) {
+        for &p in self.peers.keys() {
+            self.outbox
+                .entry(p)
+                .or_default()
+                .control
+                .push(Control::Leaving);
+        }
+    }
+
+    /// `from` said it is stopping: it is down until it is heard from again.
+    fn peer_left(&mut self, from: NodeId) {
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.live = false;
+        }
+        self.peers_died(&[from]);
+        if !self.forwarded.is_empty() {
+            self.abandon_forwards();
         }
     }
 
@@ -339,6 +520,9 @@ impl Store {
     pub fn tick(&mut self) {
         self.ticks += 1;
         self.check_liveness();
+        if !self.forwarded.is_empty() {
+            self.abandon_forwards();
+        }
         for _ in 0..self.cfg.wake_per_tick_max {
             let Some(range) = self.wake_queue.pop_front() else {
                 break;
@@ -413,6 +597,24 @@ impl Store {
                 }
             }
         }
+        // Answers to forwarded requests travel back in the batches.
+        let mut replies = std::mem::take(&mut self.replies);
+        if !self.serving.is_empty() {
+            replies.retain(|(id, reply)| {
+                let Some((to, seq)) = self.serving.remove(id) else {
+                    return true;
+                };
+                self.outbox
+                    .entry(to)
+                    .or_default()
+                    .control
+                    .push(Control::ForwardReply {
+                        seq,
+                        reply: reply.clone(),
+                    });
+                false
+            });
+        }
         let incarnation = self.cfg.incarnation;
         StoreReady {
             write,
@@ -423,7 +625,7 @@ impl Store {
                     (to, b)
                 })
                 .collect(),
-            replies: std::mem::take(&mut self.replies),
+            replies,
             new_peer_incarnations: std::mem::take(&mut self.new_incarnations),
             failures: std::mem::take(&mut self.failures),
         }
@@ -759,9 +961,12 @@ impl Store {
                 died.push(id);
             }
         }
-        if died.is_empty() {
-            return;
+        if !died.is_empty() {
+            self.peers_died(&died);
         }
+    }
+
+    fn peers_died(&mut self, died: &[NodeId]) {
         // Only the quiesced followers of a dead node's leaders must act; they
         // are woken a few per tick.
         for (&range, r) in &self.replicas {

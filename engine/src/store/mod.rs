@@ -10,6 +10,7 @@
 //! - `persist`: write batches and the in-order release of their effects;
 //! - `codec`: entry payloads and peer message batches on disk and on the wire;
 //! - `request`: requests, replies and routable errors;
+//! - `remote`: a request and its reply as bytes, for forwarding to another node;
 //! - `bootstrap`: a new cluster's layout and first replicas;
 //! - `recovery`: rebuilding a replica from its snapshot and durable log;
 //! - `config`: settings.
@@ -20,6 +21,7 @@ mod config;
 mod core;
 mod persist;
 pub mod recovery;
+pub mod remote;
 mod replica;
 mod request;
 
@@ -29,6 +31,6 @@ pub use bootstrap::{
 };
 pub use codec::{Control, PeerBatch};
 pub use config::StoreConfig;
-pub use core::{Store, StoreReady, StoreStats};
+pub use core::{FORWARDED_ID_BIT, Store, StoreReady, StoreStats};
 pub use persist::{GroupWrite, SnapshotWrite, WriteBatch};
 pub use request::{ReadConsistency, ReadOp, Reply, ReqId, Request, StoreError};

@@ -127,9 +127,10 @@ pub enum StoreError {
     /// not applied. Safe to retry.
     #[error("range {range}: proposal dropped by a leader change; it was not applied")]
     Dropped { range: RangeId },
-    /// A snapshot replaced the log past the proposal: it may or may not have
-    /// been applied. Not safe to retry blindly.
-    #[error("range {range}: outcome unknown (a snapshot covered the proposal)")]
+    /// The write may or may not have been applied: a snapshot replaced the
+    /// log past its proposal, or it was forwarded to a leader whose answer
+    /// never came. Not safe to retry blindly.
+    #[error("range {range}: outcome unknown (the write may or may not have been applied)")]
     Ambiguous { range: RangeId },
     /// The node is shutting down or its storage failed after the request
     /// was accepted: a write may or may not have been applied.

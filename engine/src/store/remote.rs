@@ -5,9 +5,9 @@
 use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::codec::CodecError;
+use super::{ReadConsistency, ReadOp, Reply, Request, StoreError};
 use crate::range::{ApplyError, ApplyResult, Proposal, RangeDescriptor};
-use crate::store::codec::CodecError;
-use crate::store::{ReadConsistency, ReadOp, Reply, Request, StoreError};
 
 const VERSION: u8 = 1;
 
