@@ -161,6 +161,56 @@ pub(crate) fn spawn(store: Store, io: Io, tick: Duration) -> StoreHandle {
     handle
 }
 
+/// The loop's own state beside the store.
+struct Looper {
+    waiting: HashMap<ReqId, oneshot::Sender<Result<Reply, StoreError>>>,
+    next_req: ReqId,
+    failed: Option<String>,
+}
+
+impl Looper {
+    /// Feeds one event to the store; returns the waiter of a shutdown.
+    fn handle(&mut self, store: &mut Store, ev: Event) -> Option<oneshot::Sender<()>> {
+        match ev {
+            Event::Shutdown(done) => return Some(done),
+            Event::Request { req, reply } => {
+                if self.failed.is_some() {
+                    // Never accepted: safe for the caller to retry elsewhere.
+                    let _ = reply.send(Err(StoreError::Stopped));
+                } else {
+                    self.next_req += 1;
+                    self.waiting.insert(self.next_req, reply);
+                    store.request(self.next_req, req);
+                }
+            }
+            Event::Peer { from, batch } => store.receive(from, batch),
+            Event::Persisted { token } => store.persisted(token),
+            Event::StorageFailed(why) => {
+                tracing::error!(error = %why, "storage failed; the node stops serving");
+                self.failed = Some(why);
+            }
+            Event::Inspect(f) => f(store),
+        }
+        None
+    }
+
+    /// Feeds queued events (at most `max`) without waiting.
+    fn drain(
+        &mut self,
+        store: &mut Store,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        max: usize,
+    ) -> Option<oneshot::Sender<()>> {
+        for _ in 0..max {
+            let Ok(ev) = rx.try_recv() else { break };
+            if let Some(done) = self.handle(store, ev) {
+                return Some(done);
+            }
+        }
+        None
+    }
+}
+
 async fn run(
     mut store: Store,
     io: Io,
@@ -171,50 +221,18 @@ async fn run(
 ) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut waiting: HashMap<ReqId, oneshot::Sender<Result<Reply, StoreError>>> = HashMap::new();
-    let mut next_req: ReqId = 0;
-    let mut failed: Option<String> = None;
+    let mut lp = Looper {
+        waiting: HashMap::new(),
+        next_req: 0,
+        failed: None,
+    };
     loop {
-        tokio::select! {
+        let shutdown = tokio::select! {
             ev = rx.recv() => {
-                let Some(mut ev) = ev else { return };
-                let mut n = 0;
-                loop {
-                    match ev {
-                        Event::Shutdown(done) => {
-                            say_goodbye(&mut store, &io, &counters, &mut waiting).await;
-                            for (_, w) in waiting.drain() {
-                                let _ = w.send(Err(StoreError::Unavailable("node shutting down".into())));
-                            }
-                            let _ = done.send(());
-                            return;
-                        }
-                        Event::Request { req, reply } => {
-                            if failed.is_some() {
-                                // Never accepted: safe for the caller to retry elsewhere.
-                                let _ = reply.send(Err(StoreError::Stopped));
-                            } else {
-                                next_req += 1;
-                                waiting.insert(next_req, reply);
-                                store.request(next_req, req);
-                            }
-                        }
-                        Event::Peer { from, batch } => store.receive(from, batch),
-                        Event::Persisted { token } => store.persisted(token),
-                        Event::StorageFailed(why) => {
-                            tracing::error!(error = %why, "storage failed; the node stops serving");
-                            failed = Some(why);
-                        }
-                        Event::Inspect(f) => f(&store),
-                    }
-                    n += 1;
-                    if n >= EVENTS_PER_ROUND_MAX {
-                        break;
-                    }
-                    match rx.try_recv() {
-                        Ok(next) => ev = next,
-                        Err(_) => break,
-                    }
+                let Some(ev) = ev else { return };
+                match lp.handle(&mut store, ev) {
+                    Some(done) => Some(done),
+                    None => lp.drain(&mut store, &mut rx, EVENTS_PER_ROUND_MAX),
                 }
             }
             _ = interval.tick() => {
@@ -229,14 +247,34 @@ async fn run(
                 if *counters.down_peers.read() != down {
                     *counters.down_peers.write() = down;
                 }
+                None
             }
+        };
+        // Before this round's work goes out, let the tasks that are ready
+        // (peers' batches, WAL completions, clients) add their events: one
+        // yield makes rounds, and with them WAL writes and frames to peers,
+        // fewer and fuller.
+        let shutdown = match shutdown {
+            None if store.has_ready() => {
+                tokio::task::yield_now().await;
+                lp.drain(&mut store, &mut rx, EVENTS_PER_ROUND_MAX)
+            }
+            other => other,
+        };
+        if let Some(done) = shutdown {
+            say_goodbye(&mut store, &io, &counters, &mut lp.waiting).await;
+            for (_, w) in lp.waiting.drain() {
+                let _ = w.send(Err(StoreError::Unavailable("node shutting down".into())));
+            }
+            let _ = done.send(());
+            return;
         }
         while store.has_ready() {
             let rd = store.ready();
             // After a storage failure nothing more is written and nothing
             // waiting on a write is ever acknowledged.
             if let Some(write) = rd.write
-                && failed.is_none()
+                && lp.failed.is_none()
                 && let Err(why) = persist(&io, write, &tx, &counters)
             {
                 let _ = tx.send(Event::StorageFailed(why));
@@ -245,7 +283,7 @@ async fn run(
                 send_to_peer(&io, to, batch, &counters);
             }
             for (id, reply) in rd.replies {
-                if let Some(w) = waiting.remove(&id) {
+                if let Some(w) = lp.waiting.remove(&id) {
                     let _ = w.send(reply);
                 }
             }
