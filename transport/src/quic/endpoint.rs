@@ -24,6 +24,11 @@ fn config_error(what: &str, e: impl std::fmt::Display) -> TransportError {
     TransportError::Config(format!("{what}: {e}"))
 }
 
+/// Ack-eliciting packets a peer may receive before it must acknowledge.
+const ACK_ELICITING_THRESHOLD: u32 = 8;
+/// Longest a peer may hold back an acknowledgement.
+const MAX_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+
 fn transport_config(config: &TransportConfig) -> Result<quinn::TransportConfig, TransportError> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(config.incoming_bidi_streams_max));
@@ -40,6 +45,15 @@ fn transport_config(config: &TransportConfig) -> Result<quinn::TransportConfig, 
     let mut mtu = MtuDiscoveryConfig::default();
     mtu.upper_bound(config.mtu_upper_bound_bytes);
     t.mtu_discovery_config(Some(mtu));
+    // Both ends carry traffic all the time (appends one way, their
+    // acknowledgements the other), so QUIC ACKs mostly ride on data packets;
+    // asking the peer for an ACK-only packet every 2 packets (the default)
+    // costs a sendmsg each. Every 8 packets or 2 ms: measured 12% less CPU
+    // per replicated write (tessera-bench write-only, 100 clients).
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD));
+    ack.max_ack_delay(Some(MAX_ACK_DELAY));
+    t.ack_frequency_config(Some(ack));
     Ok(t)
 }
 
