@@ -8,7 +8,7 @@ use clap::Parser;
 
 use crate::keys::{Distribution, KEY_BYTES_DEFAULT, KeySpace, KeySpaceError};
 use crate::runner::{OP_TIMEOUT, RunConfig};
-use crate::target::{EmbeddedOptions, ReadConsistency, TargetSpec};
+use crate::target::{EmbeddedOptions, NetworkMode, ReadConsistency, StorageMode, TargetSpec};
 use crate::workload::Workload;
 
 /// Measure a Tessera cluster (embedded, or over the Redis protocol) or another store.
@@ -61,6 +61,17 @@ pub struct Args {
     #[arg(long)]
     pub no_sync: bool,
 
+    /// Where the embedded cluster keeps its Raft log: disk (the WAL), or memory: NOT
+    /// DURABLE, every write batch is acknowledged at once and nothing is kept, to
+    /// measure the core without the disk.
+    #[arg(long, value_enum, default_value_t)]
+    pub storage: StorageMode,
+
+    /// How the embedded cluster's nodes reach each other: quic (mutual TLS on
+    /// loopback), or memory (in-process channels, no sockets, no TLS).
+    #[arg(long, value_enum, default_value_t)]
+    pub network: NetworkMode,
+
     /// How the embedded target serves reads.
     #[arg(long, value_enum, default_value_t)]
     pub read_consistency: ReadConsistency,
@@ -110,6 +121,8 @@ impl Args {
             sync: !self.no_sync,
             read_consistency: self.read_consistency,
             dir: None,
+            storage: self.storage,
+            network: self.network,
         }
     }
 
@@ -157,6 +170,8 @@ mod tests {
         assert_eq!(a.target, TargetSpec::Embedded);
         assert_eq!(a.rate, None);
         assert!(a.embedded_options().sync);
+        assert_eq!(a.embedded_options().storage, StorageMode::Disk);
+        assert_eq!(a.embedded_options().network, NetworkMode::Quic);
         let cfg = a.run_config().unwrap();
         assert_eq!(cfg.keys.key_bytes(), 16);
     }
@@ -183,6 +198,10 @@ mod tests {
             "--warmup",
             "0",
             "--no-sync",
+            "--storage",
+            "memory",
+            "--network",
+            "memory",
             "--read-consistency",
             "lease",
             "--json",
@@ -208,6 +227,15 @@ mod tests {
         assert_eq!((e.nodes, e.ranges, e.sync), (5, 10000, false));
         assert_eq!(e.read_consistency, ReadConsistency::Lease);
         assert_eq!(
+            (e.storage, e.network),
+            (StorageMode::Memory, NetworkMode::Memory)
+        );
+        let only_storage = parse(&["--storage", "memory"]).unwrap().embedded_options();
+        assert_eq!(
+            (only_storage.storage, only_storage.network),
+            (StorageMode::Memory, NetworkMode::Quic)
+        );
+        assert_eq!(
             parse(&["--workload", "mixed"]).unwrap().workload,
             Workload::A
         );
@@ -230,6 +258,8 @@ mod tests {
             kind(&["--read-consistency", "eventual"]),
             ErrorKind::InvalidValue
         );
+        assert_eq!(kind(&["--storage", "tmpfs"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["--network", "tcp"]), ErrorKind::InvalidValue);
         assert_eq!(kind(&["--concurrency", "0"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["--keys", "0"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["--rate", "0"]), ErrorKind::ValueValidation);

@@ -106,6 +106,8 @@ pub async fn bench(args: &Args, stop: watch::Receiver<bool>) -> Result<Report, B
         fsync: info.fsync,
         tls: info.tls,
         read_consistency: info.read_consistency,
+        storage: info.storage,
+        network: info.network,
         workload: cfg.workload,
         distribution: cfg.distribution,
         keys: cfg.keys.count(),

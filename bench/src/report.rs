@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 
 use crate::keys::Distribution;
 use crate::process::ProcessUsage;
-use crate::target::ReadConsistency;
+use crate::target::{NetworkMode, ReadConsistency, StorageMode};
 use crate::workload::{OpKind, Workload};
 
 /// The largest latency a histogram holds (larger ones are clamped): 60 s, in ns.
@@ -184,6 +184,14 @@ pub struct Manifest {
     pub tls: Option<bool>,
     /// The read consistency, where the target honours it.
     pub read_consistency: Option<ReadConsistency>,
+    /// Where the embedded target kept its log: `disk`, or `memory` (NOT
+    /// DURABLE: writes acknowledged at once, nothing kept). `None`: not known.
+    #[serde(default)]
+    pub storage: Option<StorageMode>,
+    /// How the embedded target's nodes talked: `quic`, or `memory` (in-process
+    /// channels). `None`: not known.
+    #[serde(default)]
+    pub network: Option<NetworkMode>,
     /// The operation mix.
     pub workload: Workload,
     /// The key distribution.
@@ -412,12 +420,22 @@ impl Report {
             m.concurrency,
             load
         );
+        // A run that kept nothing must not read like a durable one.
+        let storage = match m.storage {
+            Some(StorageMode::Memory) => "storage memory (NOT DURABLE)".to_string(),
+            Some(StorageMode::Disk) => format!("storage disk  fsync {}", onoff(m.fsync)),
+            None => format!("fsync {}", onoff(m.fsync)),
+        };
+        let network = m
+            .network
+            .map_or(String::new(), |n| format!("network {n}  "));
         let _ = writeln!(
             out,
-            "nodes {}  ranges {}  fsync {}  tls {}  read consistency {}",
+            "nodes {}  ranges {}  {}  {}tls {}  read consistency {}",
             m.nodes.map_or("n/a".into(), |n| n.to_string()),
             m.ranges.map_or("n/a".into(), |n| n.to_string()),
-            onoff(m.fsync),
+            storage,
+            network,
             onoff(m.tls),
             m.read_consistency.map_or("n/a".into(), |c| c.to_string()),
         );
@@ -544,6 +562,8 @@ pub(crate) mod tests {
             fsync: None,
             tls: Some(false),
             read_consistency: None,
+            storage: None,
+            network: None,
             workload: Workload::A,
             distribution: Distribution::Zipfian,
             keys: 1000,
@@ -634,6 +654,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn header_says_storage_and_network_and_memory_is_not_durable() {
+        let mut report = known_report();
+        assert!(report.table().contains("fsync n/a  tls off"));
+        report.manifest.storage = Some(StorageMode::Disk);
+        report.manifest.network = Some(NetworkMode::Quic);
+        report.manifest.fsync = Some(true);
+        report.manifest.tls = Some(true);
+        let table = report.table();
+        assert!(
+            table.contains("storage disk  fsync on  network quic  tls on"),
+            "{table}"
+        );
+        report.manifest.storage = Some(StorageMode::Memory);
+        report.manifest.network = Some(NetworkMode::Memory);
+        report.manifest.fsync = Some(false);
+        report.manifest.tls = Some(false);
+        let table = report.table();
+        assert!(
+            table.contains("storage memory (NOT DURABLE)  network memory  tls off"),
+            "{table}"
+        );
+        assert!(!table.contains("fsync"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&report.to_json().unwrap()).unwrap();
+        assert_eq!(json["manifest"]["storage"], "memory");
+        assert_eq!(json["manifest"]["network"], "memory");
+    }
+
+    #[test]
     fn table_shows_every_op_and_the_errors() {
         let table = known_report().table();
         assert!(table.contains("p99.9 ms"), "{table}");
@@ -672,6 +720,8 @@ pub(crate) mod tests {
             "rate",
             "fsync",
             "tls",
+            "storage",
+            "network",
             "workload",
             "duration_secs",
         ] {

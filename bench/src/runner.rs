@@ -577,6 +577,8 @@ pub(crate) mod tests {
                 fsync: Some(false),
                 tls: Some(false),
                 read_consistency: None,
+                storage: None,
+                network: None,
             }
         }
 

@@ -27,6 +27,8 @@ fn a_short_embedded_run_completes_operations_and_writes_json() {
     assert_eq!(report["manifest"]["nodes"], 3);
     assert_eq!(report["manifest"]["fsync"], true);
     assert_eq!(report["manifest"]["tls"], true);
+    assert_eq!(report["manifest"]["storage"], "disk");
+    assert_eq!(report["manifest"]["network"], "quic");
     assert_eq!(
         report["errors"].as_array().map_or(0, |e| e.len()),
         0,
@@ -38,4 +40,43 @@ fn a_short_embedded_run_completes_operations_and_writes_json() {
         extra["entries_per_sync"].as_f64().unwrap() >= 1.0,
         "{extra}"
     );
+}
+
+/// `--storage memory --network memory`: the same cluster without the WAL and
+/// without QUIC. Operations complete, the manifest says so, nothing synced.
+#[test]
+fn a_short_in_memory_run_completes_operations_and_says_not_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
+        .args(["--duration", "1", "--warmup", "0.5", "--keys", "2000"])
+        .args(["--concurrency", "8", "--ranges", "8", "--quiet"])
+        .args(["--storage", "memory", "--network", "memory", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("storage memory (NOT DURABLE)  network memory"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["totals"]["count"].as_u64().unwrap() > 0, "{report}");
+    let manifest = &report["manifest"];
+    assert_eq!(manifest["storage"], "memory", "{manifest}");
+    assert_eq!(manifest["network"], "memory", "{manifest}");
+    assert_eq!(manifest["fsync"], false);
+    assert_eq!(manifest["tls"], false);
+    assert_eq!(
+        report["errors"].as_array().map_or(0, |e| e.len()),
+        0,
+        "{report}"
+    );
+    assert_eq!(report["extra"]["wal_syncs"], 0, "{}", report["extra"]);
 }

@@ -1,17 +1,43 @@
 //! A whole cluster in one process, on loopback: real QUIC with mutual TLS,
 //! real WAL files. The bench harness and the integration tests use it; so
-//! can anyone who wants a cluster to try things on.
+//! can anyone who wants a cluster to try things on. For measuring the core
+//! alone, the nodes can share an in-memory network instead of QUIC
+//! ([`NetworkMode::Memory`]) and keep nothing instead of a WAL
+//! ([`StorageMode::Memory`], NOT DURABLE).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tessera_transport::{NodeIdentity, QuicTransport, TransportConfig, bootstrap_cluster};
+use tessera_transport::{
+    MemoryNetwork, NodeIdentity, QuicTransport, TransportConfig, bootstrap_cluster,
+};
 
 use crate::db::{Db, DbError, DbOptions};
+pub use crate::node::StorageMode;
 use crate::node::{Node, NodeConfig, NodeError};
 use crate::raft::NodeId;
 use crate::store::StoreConfig;
+
+/// How the nodes of a [`LocalCluster`] reach each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NetworkMode {
+    /// QUIC with mutual TLS on loopback (default).
+    #[default]
+    Quic,
+    /// One in-process [`MemoryNetwork`]: batches and calls go straight into
+    /// the other nodes' channels; no sockets, no TLS.
+    Memory,
+}
+
+impl std::fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NetworkMode::Quic => "quic",
+            NetworkMode::Memory => "memory",
+        })
+    }
+}
 
 /// How to start a [`LocalCluster`].
 #[derive(Clone, Debug)]
@@ -22,6 +48,12 @@ pub struct LocalClusterOptions {
     pub dir: PathBuf,
     /// fsync on (default). Off is NOT durable.
     pub sync: bool,
+    /// Disk (default), or memory: NOT durable, nothing is kept, and a
+    /// stopped node cannot [`LocalCluster::restart`] (only
+    /// [`LocalCluster::wipe_and_restart`]).
+    pub storage: StorageMode,
+    /// QUIC (default) or one in-memory network.
+    pub network: NetworkMode,
     pub tick: Duration,
     /// Store and Raft settings for every node (ids are filled in).
     pub store: Option<StoreConfig>,
@@ -36,6 +68,8 @@ impl LocalClusterOptions {
             initial_ranges: 8,
             dir: dir.into(),
             sync: true,
+            storage: StorageMode::Disk,
+            network: NetworkMode::Quic,
             tick: Duration::from_millis(50),
             store: None,
             wal: tessera_wal::Config {
@@ -51,14 +85,21 @@ impl LocalClusterOptions {
 #[derive(Debug)]
 pub struct LocalCluster {
     opts: LocalClusterOptions,
+    /// Empty on a memory network.
     identities: Vec<NodeIdentity>,
+    /// Unspecified (`0.0.0.0:0`) on a memory network.
     addrs: Vec<SocketAddr>,
+    /// The nodes' network with [`NetworkMode::Memory`].
+    network: Option<MemoryNetwork>,
     dbs: Vec<Option<Db>>,
 }
 
 impl LocalCluster {
     /// Binds every node first (to learn the ports), then starts them all.
     pub async fn start(opts: LocalClusterOptions) -> Result<LocalCluster, DbError> {
+        if opts.network == NetworkMode::Memory {
+            return Self::start_on_memory_network(opts).await;
+        }
         let ids: Vec<NodeId> = (1..=opts.nodes as u64).collect();
         let transport_ids: Vec<_> = ids.iter().map(|&i| tessera_transport::NodeId(i)).collect();
         let (_ca, identities) =
@@ -75,10 +116,11 @@ impl LocalCluster {
             addrs.push(t.local_addr().map_err(NodeError::from)?);
             bound.push((t, incoming));
         }
-        let mut cluster = LocalCluster {
+        let cluster = LocalCluster {
             opts,
             identities,
             addrs,
+            network: None,
             dbs: Vec::new(),
         };
         let mut starts = Vec::new();
@@ -86,16 +128,44 @@ impl LocalCluster {
             let cfg = cluster.node_config(i);
             starts.push(tokio::spawn(Node::start_with(cfg, t, incoming)));
         }
+        cluster.finish_start(starts).await
+    }
+
+    /// Every node on one in-memory network: no certificates, no sockets.
+    async fn start_on_memory_network(opts: LocalClusterOptions) -> Result<LocalCluster, DbError> {
+        let network = MemoryNetwork::new(TransportConfig::default()).map_err(NodeError::from)?;
+        let cluster = LocalCluster {
+            addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0)); opts.nodes],
+            opts,
+            identities: Vec::new(),
+            network: Some(network.clone()),
+            dbs: Vec::new(),
+        };
+        let mut starts = Vec::new();
+        for i in 0..cluster.opts.nodes {
+            let cfg = cluster.node_config(i);
+            let network = network.clone();
+            starts.push(tokio::spawn(async move {
+                Node::start_on_memory_network(cfg, &network).await
+            }));
+        }
+        cluster.finish_start(starts).await
+    }
+
+    async fn finish_start(
+        mut self,
+        starts: Vec<tokio::task::JoinHandle<Result<Node, NodeError>>>,
+    ) -> Result<LocalCluster, DbError> {
         let mut nodes = Vec::new();
         for s in starts {
             let node = s.await.map_err(|e| DbError::Unavailable(e.to_string()))??;
             nodes.push(node);
         }
         for node in nodes {
-            let db = cluster.open_db(node).await?;
-            cluster.dbs.push(Some(db));
+            let db = self.open_db(node).await?;
+            self.dbs.push(Some(db));
         }
-        Ok(cluster)
+        Ok(self)
     }
 
     fn node_config(&self, i: usize) -> NodeConfig {
@@ -106,13 +176,14 @@ impl LocalCluster {
             .filter(|&j| j != i)
             .map(|j| (j as NodeId + 1, self.addrs[j]))
             .collect();
-        cfg.identity = Some(self.identities[i].clone());
+        cfg.identity = self.identities.get(i).cloned();
         cfg.initial_ranges = self.opts.initial_ranges;
         cfg.tick = self.opts.tick;
         cfg.wal = tessera_wal::Config {
             sync: self.opts.sync,
             ..self.opts.wal.clone()
         };
+        cfg.storage = self.opts.storage;
         cfg.store = self.opts.store.clone();
         cfg
     }
@@ -148,10 +219,18 @@ impl LocalCluster {
         }
     }
 
-    /// Starts node `i` again from its data directory, on its old address.
+    /// Starts node `i` again from its data directory, on its old address (or
+    /// rejoining the memory network). With [`StorageMode::Memory`] this
+    /// fails: nothing was kept.
     pub async fn restart(&mut self, i: usize) -> Result<(), DbError> {
         self.stop(i).await;
         let cfg = self.node_config(i);
+        if let Some(network) = &self.network {
+            let node = Node::start_on_memory_network(cfg, network).await?;
+            let db = self.open_db(node).await?;
+            self.dbs[i] = Some(db);
+            return Ok(());
+        }
         // The old socket may take a moment to be released.
         let mut tries = 0;
         let node = loop {

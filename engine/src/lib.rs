@@ -15,5 +15,5 @@ pub mod sim;
 pub mod store;
 
 pub use db::{CasOutcome, Db, DbError, DbOptions};
-pub use node::{Node, NodeConfig};
+pub use node::{Node, NodeConfig, StorageMode};
 pub use store::ReadConsistency;

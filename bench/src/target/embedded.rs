@@ -2,6 +2,10 @@
 //! loopback (real QUIC with mutual TLS, real WAL with fsync unless `--no-sync`),
 //! in a temp dir unless `dir` is given. Worker `i` talks to node `i % nodes`,
 //! so requests also exercise forwarding to range leaders on other nodes.
+//!
+//! `--storage memory` (a log that acknowledges every batch at once and keeps
+//! nothing: NOT DURABLE) and `--network memory` (in-process channels instead
+//! of QUIC) leave the same store and Raft core, to measure its own cost.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,7 +15,9 @@ use bytes::Bytes;
 use tessera_engine::cluster::{LocalCluster, LocalClusterOptions};
 use tessera_engine::{Db, DbError, DbOptions};
 
-use super::{BoxFuture, Client, ReadConsistency, Target, TargetError, TargetInfo};
+use super::{
+    BoxFuture, Client, NetworkMode, ReadConsistency, StorageMode, Target, TargetError, TargetInfo,
+};
 
 /// What the embedded cluster is started with (from the command line).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +33,11 @@ pub struct EmbeddedOptions {
     pub read_consistency: ReadConsistency,
     /// Where the nodes keep their data; `None`: a temp dir removed after the run.
     pub dir: Option<PathBuf>,
+    /// The WAL (default), or a log that keeps nothing (`--storage memory`: NOT
+    /// DURABLE).
+    pub storage: StorageMode,
+    /// QUIC (default), or in-process channels (`--network memory`).
+    pub network: NetworkMode,
 }
 
 impl Default for EmbeddedOptions {
@@ -37,6 +48,8 @@ impl Default for EmbeddedOptions {
             sync: true,
             read_consistency: ReadConsistency::Linearizable,
             dir: None,
+            storage: StorageMode::Disk,
+            network: NetworkMode::Quic,
         }
     }
 }
@@ -62,6 +75,14 @@ pub async fn connect_embedded(opts: &EmbeddedOptions) -> Result<Box<dyn Target>,
     co.nodes = opts.nodes as usize;
     co.initial_ranges = opts.ranges;
     co.sync = opts.sync;
+    co.storage = match opts.storage {
+        StorageMode::Disk => tessera_engine::StorageMode::Disk,
+        StorageMode::Memory => tessera_engine::StorageMode::Memory,
+    };
+    co.network = match opts.network {
+        NetworkMode::Quic => tessera_engine::cluster::NetworkMode::Quic,
+        NetworkMode::Memory => tessera_engine::cluster::NetworkMode::Memory,
+    };
     co.db = DbOptions {
         read_consistency: match opts.read_consistency {
             ReadConsistency::Linearizable => tessera_engine::ReadConsistency::Linearizable,
@@ -95,9 +116,11 @@ impl Target for Embedded {
             name: "embedded".into(),
             nodes: Some(self.opts.nodes),
             ranges: Some(self.opts.ranges),
-            fsync: Some(self.opts.sync),
-            tls: Some(true),
+            fsync: Some(self.opts.sync && self.opts.storage == StorageMode::Disk),
+            tls: Some(self.opts.network == NetworkMode::Quic),
             read_consistency: Some(self.opts.read_consistency),
+            storage: Some(self.opts.storage),
+            network: Some(self.opts.network),
         }
     }
 

@@ -91,6 +91,8 @@ impl Target for EtcdTarget {
             fsync: None,
             tls: Some(false),
             read_consistency: Some(self.read_consistency),
+            storage: None,
+            network: None,
         }
     }
 

@@ -107,6 +107,73 @@ pub struct TargetInfo {
     pub tls: Option<bool>,
     /// The read consistency asked for, where the target honours it.
     pub read_consistency: Option<ReadConsistency>,
+    /// Where the embedded target keeps its log (`None`: not known).
+    pub storage: Option<StorageMode>,
+    /// How the embedded target's nodes reach each other (`None`: not known).
+    pub network: Option<NetworkMode>,
+}
+
+/// Where the embedded cluster keeps its Raft log (`--storage`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageMode {
+    /// The WAL (fsync'd unless `--no-sync`) and snapshot files.
+    #[default]
+    Disk,
+    /// NOT DURABLE: every write batch is acknowledged at once and nothing is
+    /// kept. Measures the core without the disk.
+    Memory,
+}
+
+impl fmt::Display for StorageMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageMode::Disk => "disk",
+            StorageMode::Memory => "memory",
+        })
+    }
+}
+
+/// How the embedded cluster's nodes reach each other (`--network`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// QUIC with mutual TLS on loopback.
+    #[default]
+    Quic,
+    /// An in-process channel network: no sockets, no TLS.
+    Memory,
+}
+
+impl fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NetworkMode::Quic => "quic",
+            NetworkMode::Memory => "memory",
+        })
+    }
 }
 
 /// How reads are served.

@@ -58,6 +58,8 @@ impl Target for RespTarget {
             fsync: None,
             tls: Some(false),
             read_consistency: None,
+            storage: None,
+            network: None,
         }
     }
 

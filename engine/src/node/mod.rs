@@ -1,6 +1,8 @@
 //! A running node: data directory, WAL, QUIC transport and the store loop,
 //! started together. [`crate::Db`] is the API on top; this module is what it
-//! (and the `tessera` binary) starts.
+//! (and the `tessera` binary) starts. For measuring the core alone, the WAL
+//! can be replaced by a log that keeps nothing ([`StorageMode::Memory`]) and
+//! QUIC by the in-memory transport ([`Node::start_on_memory_network`]).
 //!
 //! - `datadir`: identity, snapshot files, recovery of replicas;
 //! - `runtime`: the tokio loop around the sans-IO store;
@@ -16,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tessera_transport::{NodeIdentity, QuicTransport, Transport, TransportConfig};
+use tessera_transport::{
+    MemoryNetwork, MemoryTransport, NodeIdentity, QuicTransport, Transport, TransportConfig,
+};
 use thiserror::Error;
 
 use crate::raft::NodeId;
@@ -27,14 +31,40 @@ use crate::store::{
 pub use datadir::{DataDir, DataDirError};
 pub use runtime::{RuntimeCounters, StoreHandle};
 
+/// Where a node keeps its Raft log and snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StorageMode {
+    /// The WAL with fsync (unless `wal.sync` is off) and snapshot files in
+    /// the data directory: what a node acknowledged survives a restart.
+    #[default]
+    Disk,
+    /// NOT DURABLE, for measuring the core without the disk: every write
+    /// batch is acknowledged at once and nothing is kept, neither WAL records
+    /// nor snapshot files (the data directory holds only the node's identity
+    /// and its peers' incarnations). A restart would lose everything, so a
+    /// node in this mode only starts from a fresh (empty) data directory.
+    Memory,
+}
+
+impl std::fmt::Display for StorageMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageMode::Disk => "disk",
+            StorageMode::Memory => "memory",
+        })
+    }
+}
+
 /// How to start a node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub node_id: NodeId,
     pub data_dir: PathBuf,
-    /// UDP address for peers (QUIC). Port 0 picks one.
+    /// UDP address for peers (QUIC). Port 0 picks one. Unused on a
+    /// [`MemoryNetwork`].
     pub listen: SocketAddr,
-    /// Every other node of the cluster and its address.
+    /// Every other node of the cluster and its address (the address is
+    /// unused on a [`MemoryNetwork`], which routes by id).
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// This node's certificate from the cluster CA. `None` makes a
     /// self-signed one, which only works for a node alone.
@@ -44,6 +74,8 @@ pub struct NodeConfig {
     /// The store's clock. Elections take `election_ticks` (default 10) ticks.
     pub tick: Duration,
     pub wal: tessera_wal::Config,
+    /// Disk (default) or NOT DURABLE memory; see [`StorageMode`].
+    pub storage: StorageMode,
     pub transport: TransportConfig,
     /// Store and Raft settings; `node_id`, `peers` and `incarnation` are
     /// filled in at start.
@@ -62,6 +94,7 @@ impl NodeConfig {
             initial_ranges: 64,
             tick: Duration::from_millis(100),
             wal: tessera_wal::Config::default(),
+            storage: StorageMode::Disk,
             transport: TransportConfig::default(),
             store: None,
         }
@@ -95,10 +128,31 @@ struct NodeInner {
     id: NodeId,
     handle: StoreHandle,
     /// Taken at shutdown so the socket is released for a restart.
-    transport: parking_lot::Mutex<Option<Arc<QuicTransport>>>,
-    /// Taken at shutdown so the WAL is closed and its lock released.
+    transport: parking_lot::Mutex<Option<Net>>,
+    /// Taken at shutdown so the WAL is closed and its lock released. `None`
+    /// from the start with [`StorageMode::Memory`].
     wal: parking_lot::Mutex<Option<Arc<tessera_wal::Wal>>>,
     addr: SocketAddr,
+}
+
+/// The node's transport, with what its shutdown needs.
+#[derive(Debug, Clone)]
+enum Net {
+    Quic(Arc<QuicTransport>),
+    Memory {
+        transport: Arc<MemoryTransport>,
+        /// To leave it at shutdown.
+        network: Box<MemoryNetwork>,
+    },
+}
+
+impl Net {
+    fn transport(&self) -> Arc<dyn Transport> {
+        match self {
+            Net::Quic(t) => t.clone(),
+            Net::Memory { transport, .. } => transport.clone(),
+        }
+    }
 }
 
 impl Node {
@@ -126,8 +180,40 @@ impl Node {
     pub async fn start_with(
         cfg: NodeConfig,
         transport: QuicTransport,
-        mut incoming: tessera_transport::Incoming,
+        incoming: tessera_transport::Incoming,
     ) -> Result<Node, NodeError> {
+        Self::validate(&cfg)?;
+        for (&id, &addr) in &cfg.peers {
+            transport.set_peer_address(tessera_transport::NodeId(id), addr)?;
+        }
+        let addr = transport.local_addr()?;
+        Self::start_on(cfg, Net::Quic(Arc::new(transport)), incoming, addr).await
+    }
+
+    /// Starts a node on an in-memory network instead of QUIC (joining it as
+    /// `cfg.node_id`, replacing an earlier node with that id): no sockets,
+    /// no TLS, no encryption; `cfg.listen`, the peers' addresses and
+    /// `cfg.identity` are unused. For tests and for measuring the core.
+    pub async fn start_on_memory_network(
+        cfg: NodeConfig,
+        network: &MemoryNetwork,
+    ) -> Result<Node, NodeError> {
+        Self::validate(&cfg)?;
+        let (transport, incoming) = network.join(tessera_transport::NodeId(cfg.node_id));
+        let net = Net::Memory {
+            transport: Arc::new(transport),
+            network: Box::new(network.clone()),
+        };
+        let id = tessera_transport::NodeId(cfg.node_id);
+        let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+        let started = Self::start_on(cfg, net, incoming, addr).await;
+        if started.is_err() {
+            network.leave(id);
+        }
+        started
+    }
+
+    fn validate(cfg: &NodeConfig) -> Result<(), NodeError> {
         if cfg.node_id == 0 {
             return Err(NodeError::Config("node_id: 0 is reserved".into()));
         }
@@ -141,19 +227,40 @@ impl Node {
                 "peers: must not list the node itself".into(),
             ));
         }
-        for (&id, &addr) in &cfg.peers {
-            transport.set_peer_address(tessera_transport::NodeId(id), addr)?;
-        }
-        let addr = transport.local_addr()?;
+        Ok(())
+    }
+
+    /// Opens the storage, builds the store and starts its loop on `net`.
+    async fn start_on(
+        cfg: NodeConfig,
+        net: Net,
+        mut incoming: tessera_transport::Incoming,
+        addr: SocketAddr,
+    ) -> Result<Node, NodeError> {
         let datadir = Arc::new(DataDir::open(&cfg.data_dir, cfg.node_id)?);
-        let (wal, report) = tessera_wal::Wal::open(datadir.wal_dir(), cfg.wal.clone())?;
-        if let Some(torn) = &report.torn_tail {
-            tracing::warn!(
-                ?torn,
-                "WAL had a torn tail (power loss during the last write); cut off"
-            );
-        }
-        let wal = Arc::new(wal);
+        let wal = match cfg.storage {
+            StorageMode::Disk => {
+                let (wal, report) = tessera_wal::Wal::open(datadir.wal_dir(), cfg.wal.clone())?;
+                if let Some(torn) = &report.torn_tail {
+                    tracing::warn!(
+                        ?torn,
+                        "WAL had a torn tail (power loss during the last write); cut off"
+                    );
+                }
+                Some(Arc::new(wal))
+            }
+            StorageMode::Memory if !datadir.fresh => {
+                return Err(NodeError::Config(format!(
+                    "storage memory keeps nothing, so it cannot restart: {} is not a fresh data \
+                     directory",
+                    cfg.data_dir.display()
+                )));
+            }
+            StorageMode::Memory => {
+                tracing::warn!("storage memory: writes are NOT DURABLE");
+                None
+            }
+        };
 
         let mut sc = cfg
             .store
@@ -178,7 +285,9 @@ impl Node {
                     continue;
                 }
                 let (init, state) = initial_replica(desc, &layout);
-                datadir.write_snapshot(desc.id, &init.snapshot.meta, &init.snapshot.data)?;
+                if wal.is_some() {
+                    datadir.write_snapshot(desc.id, &init.snapshot.meta, &init.snapshot.data)?;
+                }
                 batch.compact(
                     desc.id,
                     tessera_wal::CompactionPoint {
@@ -193,24 +302,28 @@ impl Node {
                     .add_replica(desc.id, init, state)
                     .map_err(|e| NodeError::Config(e.to_string()))?;
             }
-            wal.write(batch)?;
+            if let Some(wal) = &wal {
+                wal.write(batch)?;
+            }
             datadir.mark_bootstrapped()?;
-        } else {
+        } else if let Some(wal) = &wal {
             for range in datadir.snapshot_ranges()? {
-                let (init, state) = datadir.recover_replica(&wal, range)?;
+                let (init, state) = datadir.recover_replica(wal, range)?;
                 store
                     .add_replica(range, init, state)
                     .map_err(|e| NodeError::Config(e.to_string()))?;
             }
         }
 
-        let transport = Arc::new(transport);
         let handle = runtime::spawn(
             store,
             runtime::Io {
-                wal: wal.clone(),
+                log: match &wal {
+                    Some(wal) => runtime::Log::Wal(wal.clone()),
+                    None => runtime::Log::Memory,
+                },
                 datadir,
-                transport: transport.clone() as Arc<dyn Transport>,
+                transport: net.transport(),
             },
             cfg.tick,
         );
@@ -243,8 +356,8 @@ impl Node {
             inner: Arc::new(NodeInner {
                 id: cfg.node_id,
                 handle,
-                transport: parking_lot::Mutex::new(Some(transport)),
-                wal: parking_lot::Mutex::new(Some(wal)),
+                transport: parking_lot::Mutex::new(Some(net)),
+                wal: parking_lot::Mutex::new(wal),
                 addr,
             }),
         })
@@ -254,7 +367,8 @@ impl Node {
         self.inner.id
     }
 
-    /// The peer (QUIC) address this node listens on.
+    /// The peer (QUIC) address this node listens on (`0.0.0.0:0` on a
+    /// [`MemoryNetwork`]).
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
     }
@@ -263,6 +377,8 @@ impl Node {
         &self.inner.handle
     }
 
+    /// The WAL's counters; `None` once shut down, or with
+    /// [`StorageMode::Memory`] (there is no WAL).
     pub fn wal_stats(&self) -> Option<tessera_wal::WalStats> {
         self.inner.wal.lock().as_ref().map(|w| w.stats())
     }
@@ -271,8 +387,8 @@ impl Node {
         self.transport().map(|t| t.metrics())
     }
 
-    fn transport(&self) -> Option<Arc<QuicTransport>> {
-        self.inner.transport.lock().clone()
+    fn transport(&self) -> Option<Arc<dyn Transport>> {
+        self.inner.transport.lock().as_ref().map(Net::transport)
     }
 
     /// Serves `req` on `to`: the local store, or a call to the peer.
@@ -301,7 +417,7 @@ impl Node {
     }
 
     /// Stops the store loop and the transport. Acknowledged writes are already
-    /// durable; requests still waiting are failed.
+    /// durable (with [`StorageMode::Disk`]); requests still waiting are failed.
     pub async fn shutdown(&self) {
         self.inner.handle.shutdown().await;
         // The loop's references go once its task ends; then the WAL is
@@ -315,11 +431,19 @@ impl Node {
             tracing::error!(error = %e, "closing the WAL");
         }
         let transport = self.inner.transport.lock().take();
-        if let Some(t) = transport {
-            t.close();
-            if let Some(t) = unwrap_soon(t).await {
-                t.shutdown().await;
+        match transport {
+            Some(Net::Quic(t)) => {
+                t.close();
+                if let Some(t) = unwrap_soon(t).await {
+                    t.shutdown().await;
+                }
             }
+            // Messages to this node are dropped from now on; its incoming
+            // channels close once the network's senders are gone.
+            Some(Net::Memory { network, .. }) => {
+                network.leave(tessera_transport::NodeId(self.inner.id));
+            }
+            None => {}
         }
     }
 }

@@ -142,9 +142,20 @@ impl StoreHandle {
     }
 }
 
+/// Where the loop's write batches go.
+pub(crate) enum Log {
+    /// The fsync'd WAL (snapshot files in the data dir first).
+    Wal(Arc<tessera_wal::Wal>),
+    /// NOT DURABLE ([`super::StorageMode::Memory`]): every batch is
+    /// acknowledged at once (an `Event::Persisted` on the loop's channel, as
+    /// a WAL completion would be) and nothing is kept, neither log records
+    /// nor snapshot files. It measures the core without the disk.
+    Memory,
+}
+
 /// What the loop talks to.
 pub(crate) struct Io {
-    pub wal: Arc<tessera_wal::Wal>,
+    pub log: Log,
     pub datadir: Arc<DataDir>,
     pub transport: Arc<dyn tessera_transport::Transport>,
 }
@@ -323,7 +334,8 @@ async fn say_goodbye(
 }
 
 /// Writes snapshot files, then submits one WAL batch; its completion comes
-/// back to the loop as an event.
+/// back to the loop as an event. With [`Log::Memory`] the batch is dropped
+/// and acknowledged at once.
 fn persist(
     io: &Io,
     write: WriteBatch,
@@ -331,6 +343,18 @@ fn persist(
     counters: &RuntimeCounters,
 ) -> Result<(), String> {
     let token = write.token;
+    let wal = match &io.log {
+        Log::Wal(wal) => wal,
+        Log::Memory => {
+            let entries: usize = write.groups.iter().map(|g| g.entries.len()).sum();
+            counters.wal_batches.fetch_add(1, Ordering::Relaxed);
+            counters
+                .wal_entries
+                .fetch_add(entries as u64, Ordering::Relaxed);
+            let _ = tx.send(Event::Persisted { token });
+            return Ok(());
+        }
+    };
     let mut batch = tessera_wal::LogBatch::new();
     for g in write.groups {
         add_group(io, &mut batch, g, counters)?;
@@ -340,7 +364,7 @@ fn persist(
         let _ = tx.send(Event::Persisted { token });
         return Ok(());
     }
-    let ticket = io.wal.submit(batch);
+    let ticket = wal.submit(batch);
     let tx = tx.clone();
     tokio::spawn(async move {
         let ev = match ticket.await {
