@@ -309,7 +309,7 @@ fn resp_metrics(out: &mut String, stats: &RespStats) {
 }
 
 fn store_metrics(out: &mut String, s: &StoreStats) {
-    let rows: [(&str, &str, u64); 11] = [
+    let rows: [(&str, &str, u64); 14] = [
         (
             "tessera_replicas",
             "Replicas on this node.",
@@ -364,6 +364,21 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
             "tessera_rejected_batches_total",
             "Peer batches refused (unknown peer or wiped node).",
             s.rejected_batches,
+        ),
+        (
+            "tessera_forwarded_total",
+            "Requests forwarded to a leader on another node.",
+            s.forwarded,
+        ),
+        (
+            "tessera_forwards_abandoned_total",
+            "Forwarded requests given up (no answer in time, or the leader's node down).",
+            s.forwards_abandoned,
+        ),
+        (
+            "tessera_forwards_served_total",
+            "Requests other nodes forwarded here.",
+            s.forwards_served,
         ),
     ];
     for (name, help, v) in rows {

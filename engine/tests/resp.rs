@@ -765,6 +765,8 @@ async fn metrics_show_the_resp_counters() {
         "tessera_resp_errors_total{kind=\"usage\"} 1".to_string(),
         "tessera_resp_errors_total{kind=\"store\"} 0".to_string(),
         "tessera_proposals_total".to_string(),
+        "tessera_forwarded_total".to_string(),
+        "tessera_forwards_served_total".to_string(),
     ] {
         assert!(
             body.lines().any(|l| l.starts_with(&line)),

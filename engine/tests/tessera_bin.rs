@@ -210,6 +210,22 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && table.contains("leader"), "{table}");
     assert_eq!(table.lines().count(), 9, "{table}");
+
+    // Piped into a reader that is gone before it prints (`| true`; as with
+    // `| head -1` on a long table), ctl ends quietly instead of panicking.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{BIN} ctl --admin {} ranges | true",
+            admin_addr(dir, 2)
+        ))
+        .output()
+        .expect("sh runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked"),
+        "ctl panicked on a closed pipe: {err}"
+    );
 }
 
 #[test]

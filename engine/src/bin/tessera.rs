@@ -88,7 +88,22 @@ fn main() -> Result<()> {
             password,
         } => init(nodes, &dir, initial_ranges, password),
         Command::Serve { config } => serve(&config),
-        Command::Ctl { admin, json, what } => ctl(admin, json, what),
+        Command::Ctl { admin, json, what } => {
+            die_quietly_on_closed_stdout();
+            ctl(admin, json, what)
+        }
+    }
+}
+
+/// `tessera ctl ... | head` must end quietly when `head` closes the pipe, as
+/// other command-line tools do: Rust ignores SIGPIPE, which turns the next
+/// print into a panic. Only for the short-lived commands that print; `serve`
+/// keeps ignoring it (a client closing its socket must not kill the node).
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: restoring a signal's default disposition at startup, before any
+    // thread is spawned, has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
