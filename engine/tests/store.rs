@@ -1371,3 +1371,45 @@ fn forwarding_controls_round_trip_through_the_codec() {
     let bytes = encode_batch(&batch);
     assert_eq!(decode_batch(&bytes), Ok(batch));
 }
+
+#[test]
+fn a_forward_the_transport_refused_is_sent_again_at_the_next_tick() {
+    let mut sim = Sim::new(4, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE + 3;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let follower = sim.followers(range, leader)[0];
+    let key = sim.key_in(range, "refused");
+    let write = sim.submit(follower, put_req(range, &key, &Bytes::from_static(b"v")));
+
+    // The host's transport refuses the batch carrying the forward: it hands
+    // the forward back instead of sending it.
+    let rd = sim.take_ready(follower);
+    let refused: Vec<Control> = forwarding_controls(&rd)
+        .into_iter()
+        .filter(|(to, c)| *to == leader && matches!(c, Control::Forward { .. }))
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(refused.len(), 1, "{rd:?}");
+    sim.stores
+        .get_mut(&follower)
+        .expect("store")
+        .resend_later(leader, refused);
+    // Not before the next tick (no busy retry while the queue is full).
+    let again = sim.take_ready(follower);
+    assert!(forwarding_controls(&again).is_empty(), "{again:?}");
+    assert_eq!(sim.reply(write), None);
+
+    sim.tick();
+    sim.settle();
+    assert_eq!(sim.reply(write), Some(&applied_done()));
+    assert_eq!(
+        sim.store(leader)
+            .replica_state(range)
+            .and_then(|st| st.get(&key)),
+        Some(Bytes::from_static(b"v"))
+    );
+    let fs = sim.store(follower).stats();
+    assert_eq!((fs.forwarded, fs.forwards_abandoned), (1, 0));
+    assert_eq!(sim.store(leader).stats().forwards_served, 1);
+}

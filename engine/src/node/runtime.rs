@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::raft::NodeId;
 use crate::store::codec::{decode_batch, encode_batch};
 use crate::store::{
-    GroupWrite, PeerBatch, Reply, ReqId, Request, Store, StoreError, StoreStats, WriteBatch,
+    Control, GroupWrite, PeerBatch, Reply, ReqId, Request, Store, StoreError, StoreStats,
+    WriteBatch,
 };
 
 use super::datadir::DataDir;
@@ -291,7 +292,10 @@ async fn run(
                 let _ = tx.send(Event::StorageFailed(why));
             }
             for (to, batch) in rd.messages {
-                send_to_peer(&io, to, batch, &counters);
+                let refused = send_to_peer(&io, to, batch, &counters);
+                if !refused.is_empty() {
+                    store.resend_later(to, refused);
+                }
             }
             for (id, reply) in rd.replies {
                 if let Some(w) = lp.waiting.remove(&id) {
@@ -323,7 +327,8 @@ async fn say_goodbye(
     // acknowledged. Replies already decided are delivered.
     let rd = store.ready();
     for (to, batch) in rd.messages {
-        send_to_peer(io, to, batch, counters);
+        // Refused controls are not retried: the node is going away.
+        let _ = send_to_peer(io, to, batch, counters);
     }
     for (id, reply) in rd.replies {
         if let Some(w) = waiting.remove(&id) {
@@ -428,7 +433,16 @@ fn add_group(
 }
 
 /// Sends one peer's batch, cut into frames of bounded payload.
-fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounters) {
+fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounters) -> Vec<Control> {
+    // Forwarded requests and their answers are not retransmitted the way
+    // Raft messages are: if the transport refuses the frame carrying them
+    // (never sent: its queue to the peer is full), they go back to the store.
+    let must_arrive: Vec<Control> = batch
+        .control
+        .iter()
+        .filter(|c| matches!(c, Control::Forward { .. } | Control::ForwardReply { .. }))
+        .cloned()
+        .collect();
     let mut frames = Vec::new();
     let mut cur = PeerBatch {
         incarnation: batch.incarnation,
@@ -453,15 +467,32 @@ fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounter
     counters
         .peer_frames
         .fetch_add(frames.len() as u64, Ordering::Relaxed);
-    match io.transport.send(tessera_transport::NodeId(to), frames) {
-        Ok(report) => {
-            counters
-                .peer_frames_dropped
-                .fetch_add(report.dropped as u64, Ordering::Relaxed);
+    // The controls ride in the first frame; it is sent on its own so that
+    // the transport's report says whether it was refused.
+    let rest = frames.split_off(1);
+    let mut first_refused = false;
+    for (i, part) in [frames, rest].into_iter().enumerate() {
+        if part.is_empty() {
+            continue;
         }
-        Err(e) => {
-            counters.peer_frames_dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(peer = to, error = %e, "send failed");
+        let n = part.len() as u64;
+        let dropped = match io.transport.send(tessera_transport::NodeId(to), part) {
+            Ok(report) => report.dropped as u64,
+            Err(e) => {
+                tracing::debug!(peer = to, error = %e, "send failed");
+                n
+            }
+        };
+        counters
+            .peer_frames_dropped
+            .fetch_add(dropped, Ordering::Relaxed);
+        if i == 0 && dropped > 0 {
+            first_refused = true;
         }
+    }
+    if first_refused {
+        must_arrive
+    } else {
+        Vec::new()
     }
 }

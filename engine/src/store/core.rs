@@ -125,6 +125,9 @@ pub struct Store {
     /// Requests peers forwarded here, by the local id they run under.
     serving: HashMap<ReqId, (NodeId, u64)>,
     next_serving: u64,
+    /// Forwards and their answers the host could not send (see
+    /// [`Store::resend_later`]), sent again at the next tick.
+    resend: BTreeMap<NodeId, Vec<Control>>,
     stats: StoreStats,
 }
 
@@ -164,6 +167,7 @@ impl Store {
             next_forward: 0,
             serving: HashMap::new(),
             next_serving: 0,
+            resend: BTreeMap::new(),
             stats: StoreStats::default(),
         }
     }
@@ -335,6 +339,24 @@ impl Store {
             && let Some(f) = self.forwarded.remove(&seq)
         {
             self.replies.push((f.id, reply));
+        }
+    }
+
+    /// The host's transport refused (never sent) a batch to `to` that
+    /// carried these forwards or answers: unlike Raft messages, nobody
+    /// retransmits them, so they go out again at the next tick, while `to` is
+    /// live. (A forward whose node goes down is given up as usual.)
+    pub fn resend_later(&mut self, to: NodeId, controls: Vec<Control>) {
+        let keep: Vec<Control> = controls
+            .into_iter()
+            .filter(|c| match c {
+                Control::Forward { seq, .. } => self.forwarded.contains_key(seq),
+                Control::ForwardReply { .. } => true,
+                _ => false,
+            })
+            .collect();
+        if !keep.is_empty() {
+            self.resend.entry(to).or_default().extend(keep);
         }
     }
 
@@ -522,6 +544,18 @@ impl Store {
         self.check_liveness();
         if !self.forwarded.is_empty() {
             self.abandon_forwards();
+        }
+        for (to, controls) in std::mem::take(&mut self.resend) {
+            if !self.peer_live(to) {
+                continue;
+            }
+            // A forward given up meanwhile stays given up.
+            let forwarded = &self.forwarded;
+            let still = controls.into_iter().filter(|c| match c {
+                Control::Forward { seq, .. } => forwarded.contains_key(seq),
+                _ => true,
+            });
+            self.outbox.entry(to).or_default().control.extend(still);
         }
         for _ in 0..self.cfg.wake_per_tick_max {
             let Some(range) = self.wake_queue.pop_front() else {
