@@ -1413,3 +1413,74 @@ fn a_forward_the_transport_refused_is_sent_again_at_the_next_tick() {
     assert_eq!((fs.forwarded, fs.forwards_abandoned), (1, 0));
     assert_eq!(sim.store(leader).stats().forwards_served, 1);
 }
+
+#[test]
+fn a_committed_command_that_does_not_decode_takes_the_replica_out() {
+    let mut sim = Sim::new(4, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE + 1;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let follower = sim.followers(range, leader)[0];
+    let raft = sim.store(follower).replica_raft(range).expect("replica");
+    let (term, last) = (raft.term(), raft.last_index());
+    let prev_term = raft.log_term(last).expect("last term");
+    let applied = sim
+        .store(follower)
+        .replica_state(range)
+        .expect("state")
+        .applied()
+        .0;
+
+    // The leader's node appends and commits an entry no command decodes from
+    // (what a node of an older version sees of a newer command).
+    let garbage = tessera_engine::raft::Entry {
+        index: last + 1,
+        term,
+        payload: tessera_engine::raft::EntryPayload::Normal(Bytes::from_static(
+            b"\xffnot a proposal",
+        )),
+    };
+    let incarnation = 100 + leader;
+    sim.stores.get_mut(&follower).expect("store").receive(
+        leader,
+        PeerBatch {
+            incarnation,
+            messages: vec![(
+                range,
+                Message {
+                    from: leader,
+                    to: follower,
+                    term,
+                    body: MessageBody::Append {
+                        prev_index: last,
+                        prev_term,
+                        entries: vec![garbage],
+                        commit: last + 1,
+                    },
+                },
+            )],
+            control: vec![],
+        },
+    );
+    // Its write becomes durable, then the entry is delivered for applying.
+    for _ in 0..4 {
+        let rd = sim.take_ready(follower);
+        if let Some(w) = rd.write {
+            sim.stores
+                .get_mut(&follower)
+                .expect("store")
+                .persisted(w.token);
+        }
+        if let Some(f) = rd.failures.first() {
+            assert!(f.contains("cannot decode"), "{f}");
+            assert!(sim.store(follower).replica_state(range).is_none());
+            return;
+        }
+    }
+    panic!(
+        "the replica went on (applied {applied} before; now {:?})",
+        sim.store(follower)
+            .replica_state(range)
+            .map(|s| s.applied())
+    );
+}

@@ -755,13 +755,22 @@ impl Store {
         let Some(r) = self.replicas.get_mut(&range) else {
             return;
         };
+        let mut undecodable = None;
         for e in rd.committed_entries {
             let result = match &e.payload {
                 EntryPayload::Normal(data) => match Proposal::decode(data) {
                     Ok(p) => Some(r.state.apply(e.index, e.term, &p)),
-                    Err(_) => {
-                        r.state.advance(e.index, e.term);
-                        None
+                    // Skipping a committed command would let this replica
+                    // diverge from the others (say, a node of an older
+                    // version that does not know a newer command): it stops
+                    // here instead, state untouched past the entry before.
+                    Err(err) => {
+                        undecodable = Some(format!(
+                            "committed entry {} holds a command this node cannot decode ({err}); \
+                             the replica stops rather than skip it",
+                            e.index
+                        ));
+                        break;
                     }
                 },
                 _ => {
@@ -787,6 +796,10 @@ impl Store {
                 };
                 self.replies.push((req, reply));
             }
+        }
+        if let Some(why) = undecodable {
+            self.fail_replica(range, why);
+            return;
         }
         for rs in rd.read_states {
             if let Some(op) = r.reads_unconfirmed.remove(&rs.ctx) {
