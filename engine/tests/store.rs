@@ -1065,22 +1065,19 @@ fn a_stale_read_on_a_follower_is_answered_locally() {
     sim.release_disk(follower);
 }
 
-#[test]
-fn a_forward_never_answered_is_given_up_after_the_timeout() {
-    const TIMEOUT: usize = 3;
-    let mut sim = Sim::new(4, |c| c.forward_timeout_ticks = TIMEOUT as u32);
+/// A write and a linearizable read of `range` sent to a follower, forwarded
+/// to the leader's node over a link that loses everything the follower sends
+/// it (the way back works): (leader, follower, key, write id, read id).
+fn stranded_forwards(
+    sim: &mut Sim,
+    range: RangeId,
+    suffix: &str,
+) -> (NodeId, NodeId, Bytes, ReqId, ReqId) {
     sim.run_until_quiesced(100);
-    let range = FIRST_USER_RANGE;
     let leader = sim.agreed_leader(range).expect("leader");
     let follower = sim.followers(range, leader)[0];
-    assert!(
-        TIMEOUT < sim.store(follower).config().liveness_timeout_ticks as usize,
-        "the leader's node must stay live meanwhile"
-    );
-    let key = sim.key_in(range, "lost");
-    // Everything the follower sends the leader's node is lost; the way back works.
+    let key = sim.key_in(range, suffix);
     sim.cut.insert((follower, leader));
-
     let write = sim.submit(follower, put_req(range, &key, &Bytes::from_static(b"x")));
     let read = sim.submit(
         follower,
@@ -1088,6 +1085,19 @@ fn a_forward_never_answered_is_given_up_after_the_timeout() {
     );
     sim.settle();
     assert_eq!(sim.forwards_sent().len(), 2);
+    (leader, follower, key, write, read)
+}
+
+#[test]
+fn a_forward_never_answered_is_given_up_after_the_timeout() {
+    const TIMEOUT: usize = 3;
+    let mut sim = Sim::new(4, |c| c.forward_timeout_ticks = TIMEOUT as u32);
+    let range = FIRST_USER_RANGE;
+    let (leader, follower, key, write, read) = stranded_forwards(&mut sim, range, "lost");
+    assert!(
+        TIMEOUT < sim.store(follower).config().liveness_timeout_ticks as usize,
+        "the leader's node must stay live meanwhile"
+    );
     for t in 1..=TIMEOUT {
         sim.tick();
         assert_eq!(sim.reply(write), None, "tick {t}: write answered early");
@@ -1125,19 +1135,8 @@ fn a_forward_never_answered_is_given_up_after_the_timeout() {
 #[test]
 fn a_leaving_leader_fails_its_pending_forwards_at_once_and_gets_no_more() {
     let mut sim = Sim::new(4, |_| {});
-    sim.run_until_quiesced(100);
     let range = FIRST_USER_RANGE + 1;
-    let leader = sim.agreed_leader(range).expect("leader");
-    let follower = sim.followers(range, leader)[0];
-    let key = sim.key_in(range, "leaving");
-    sim.cut.insert((follower, leader));
-    let write = sim.submit(follower, put_req(range, &key, &Bytes::from_static(b"x")));
-    let read = sim.submit(
-        follower,
-        get_req(range, &key, ReadConsistency::Linearizable),
-    );
-    sim.settle();
-    assert_eq!(sim.forwards_sent().len(), 2);
+    let (leader, follower, key, write, read) = stranded_forwards(&mut sim, range, "leaving");
     assert_eq!((sim.reply(write), sim.reply(read)), (None, None));
 
     sim.stores.get_mut(&leader).expect("store").leave();
