@@ -24,6 +24,7 @@ use tessera_transport::{
 use thiserror::Error;
 
 use crate::raft::NodeId;
+use crate::range::RangeDescriptor;
 use crate::store::{
     Reply, Request, Store, StoreConfig, StoreError, cluster_layout, initial_replica,
 };
@@ -133,6 +134,9 @@ struct NodeInner {
     /// from the start with [`StorageMode::Memory`].
     wal: parking_lot::Mutex<Option<Arc<tessera_wal::Wal>>>,
     addr: SocketAddr,
+    /// Descriptors the store asks to publish to the meta range, until a
+    /// `Db` takes them (see [`Node::take_publications`]).
+    publications: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RangeDescriptor>>>,
 }
 
 /// The node's transport, with what its shutdown needs.
@@ -315,6 +319,7 @@ impl Node {
             }
         }
 
+        let (publish_tx, publish_rx) = tokio::sync::mpsc::unbounded_channel();
         let handle = runtime::spawn(
             store,
             runtime::Io {
@@ -324,6 +329,7 @@ impl Node {
                 },
                 datadir,
                 transport: net.transport(),
+                publish: publish_tx,
             },
             cfg.tick,
         );
@@ -359,6 +365,7 @@ impl Node {
                 transport: parking_lot::Mutex::new(Some(net)),
                 wal: parking_lot::Mutex::new(wal),
                 addr,
+                publications: parking_lot::Mutex::new(Some(publish_rx)),
             }),
         })
     }
@@ -375,6 +382,16 @@ impl Node {
 
     pub fn handle(&self) -> &StoreHandle {
         &self.inner.handle
+    }
+
+    /// The descriptors this node's leaders ask to publish to the meta range
+    /// after a split (`StoreReady::publish`). The first caller gets them;
+    /// [`Db`](crate::Db) takes them when it opens on the node and writes
+    /// them, so a node without a `Db` leaves the meta range to the others.
+    pub fn take_publications(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<RangeDescriptor>> {
+        self.inner.publications.lock().take()
     }
 
     /// The WAL's counters; `None` once shut down, or with

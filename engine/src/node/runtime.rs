@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::NodeId;
+use crate::range::RangeDescriptor;
 use crate::store::codec::{decode_batch, encode_batch};
 use crate::store::{
     Control, GroupWrite, PeerBatch, Reply, ReqId, Request, Store, StoreError, StoreStats,
@@ -159,6 +160,9 @@ pub(crate) struct Io {
     pub log: Log,
     pub datadir: Arc<DataDir>,
     pub transport: Arc<dyn tessera_transport::Transport>,
+    /// Descriptors to write to the meta range (`StoreReady::publish`); the
+    /// node's `Db` does the writing.
+    pub publish: mpsc::UnboundedSender<RangeDescriptor>,
 }
 
 /// Starts the store loop on the current tokio runtime.
@@ -309,6 +313,9 @@ async fn run(
             }
             for f in rd.failures {
                 tracing::error!(failure = %f, "replica failed");
+            }
+            for d in rd.publish {
+                let _ = io.publish.send(d);
             }
         }
     }

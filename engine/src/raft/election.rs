@@ -164,6 +164,16 @@ impl Raft {
         result == VoteResult::Won
     }
 
+    /// Starts an election at once rather than after an election timeout, if
+    /// this replica is a voter that knows of no leader. For a range created
+    /// by a split, on the node that led the range it came from: without it,
+    /// the new range would stay unavailable for a whole election timeout.
+    pub fn campaign_now(&mut self) {
+        if self.role == Role::Follower && self.leader == NO_NODE && self.promotable() {
+            self.campaign(false, false);
+        }
+    }
+
     pub(super) fn handle_timeout_now(&mut self, from: NodeId) {
         if self.role == Role::Follower && self.leader == from && self.promotable() {
             self.campaign(false, true);

@@ -100,6 +100,18 @@ pub enum Command {
         /// Whether to answer the previous value (whether or not it wrote).
         return_old: bool,
     },
+    /// Cuts the range in two at `at`: this range keeps `[start, at)` and a new
+    /// range `new_range` gets `[at, end)`, with the same replicas; both get
+    /// the next epoch. Answers [`ApplyResult::Split`], or
+    /// [`ApplyError::InvalidSplit`] when `at` is not strictly inside the span
+    /// or `new_range` is this range's id. Proposed only by the store (for a
+    /// `Request::Split`), never as a client write.
+    Split {
+        /// First key of the new right-hand range.
+        at: Bytes,
+        /// Id of the new right-hand range (allocated by the caller).
+        new_range: u64,
+    },
 }
 
 impl Command {
@@ -113,6 +125,8 @@ impl Command {
             | Command::Append { key, .. }
             | Command::PutIf { key, .. } => (Some(key), &[]),
             Command::Batch(ops) => (None, ops),
+            // A split's key is a boundary, checked by the split itself.
+            Command::Split { .. } => (None, &[]),
         };
         single.into_iter().chain(batch.iter().map(BatchOp::key))
     }
@@ -171,6 +185,13 @@ pub enum ApplyError {
     /// `Increment` would overflow `i64`.
     #[error("increment or decrement would overflow")]
     Overflow,
+    /// A `Split` whose key is not strictly inside the span, or whose new id is
+    /// the range's own.
+    #[error("invalid split: {why}")]
+    InvalidSplit {
+        /// What was wrong.
+        why: String,
+    },
 }
 
 /// What applying a command produced (sent back to the client).
@@ -198,6 +219,13 @@ pub enum ApplyResult {
         written: bool,
         /// The value before the command, if asked for and present.
         old: Option<Bytes>,
+    },
+    /// `Split`: the two halves' descriptors after the split.
+    Split {
+        /// This range, now `[start, at)`.
+        left: super::RangeDescriptor,
+        /// The new range, `[at, end)`.
+        right: super::RangeDescriptor,
     },
     /// The command was refused and changed nothing.
     Error(ApplyError),
@@ -249,6 +277,10 @@ mod tests {
                 value: b("v"),
                 cond: PutCond::IfPresent,
                 return_old: true,
+            },
+            Command::Split {
+                at: b("m"),
+                new_range: 77,
             },
         ]
     }

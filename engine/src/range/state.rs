@@ -119,19 +119,109 @@ impl RangeState {
     /// if any key is outside the span, and the `Increment` errors.
     ///
     /// # Panics
-    /// If `index != applied + 1` or `term < applied term`.
+    /// If `index != applied + 1` or `term < applied term`, or if the command
+    /// is a [`Command::Split`] (whose new range would be lost: use
+    /// [`apply_entry`](Self::apply_entry)).
     pub fn apply(&mut self, index: u64, term: u64, proposal: &Proposal) -> ApplyResult {
+        let (result, right) = self.apply_entry(index, term, proposal);
+        assert!(
+            right.is_none(),
+            "range {}: a split applied through `apply` would lose its new range",
+            self.desc.id
+        );
+        result
+    }
+
+    /// [`apply`](Self::apply), for any command: a [`Command::Split`] that
+    /// succeeds also returns the new right-hand range's state, which starts at
+    /// applied (1, 0) like a freshly bootstrapped range, so every replica
+    /// builds the same one.
+    ///
+    /// # Panics
+    /// If `index != applied + 1` or `term < applied term`.
+    pub fn apply_entry(
+        &mut self,
+        index: u64,
+        term: u64,
+        proposal: &Proposal,
+    ) -> (ApplyResult, Option<RangeState>) {
         self.step_applied(index, term);
         if proposal.epoch != self.desc.epoch {
-            return ApplyResult::Error(ApplyError::EpochMismatch {
+            let e = ApplyError::EpochMismatch {
                 proposal: proposal.epoch,
                 current: self.desc.epoch,
-            });
+            };
+            return (ApplyResult::Error(e), None);
         }
         if let Some(key) = proposal.command.keys().find(|k| !self.desc.contains(k)) {
-            return ApplyResult::Error(ApplyError::KeyOutOfRange { key: key.clone() });
+            let e = ApplyError::KeyOutOfRange { key: key.clone() };
+            return (ApplyResult::Error(e), None);
         }
-        self.execute(&proposal.command)
+        if let Command::Split { at, new_range } = &proposal.command {
+            return match self.split(at, *new_range) {
+                Ok(right) => (
+                    ApplyResult::Split {
+                        left: self.desc.clone(),
+                        right: right.desc.clone(),
+                    },
+                    Some(right),
+                ),
+                Err(why) => (ApplyResult::Error(ApplyError::InvalidSplit { why }), None),
+            };
+        }
+        (self.execute(&proposal.command), None)
+    }
+
+    /// Cuts off `[at, end)` into a new range `new_range` at applied (1, 0);
+    /// both halves get the next epoch. Changes nothing if refused.
+    fn split(&mut self, at: &Bytes, new_range: u64) -> Result<RangeState, String> {
+        let d = &self.desc;
+        if at[..] <= d.start[..] || !d.contains(at) {
+            return Err(format!(
+                "key {at:?} is not strictly inside range {} [{:?}, {:?})",
+                d.id, d.start, d.end
+            ));
+        }
+        if new_range == d.id {
+            return Err(format!("new range id {new_range} is the range's own"));
+        }
+        let epoch = d.epoch + 1;
+        let right_desc = RangeDescriptor {
+            id: new_range,
+            start: at.clone(),
+            end: d.end.clone(),
+            replicas: d.replicas.clone(),
+            epoch,
+        };
+        let right_map = self.map.split_off(&at[..]);
+        // Recount the smaller side; the other is what remains of the totals.
+        let (mut right_bytes, mut right_sum) = (0u64, 0u64);
+        if right_map.len() <= self.map.len() {
+            for (k, v) in &right_map {
+                right_bytes += (k.len() + v.len()) as u64;
+                right_sum = right_sum.wrapping_add(hash::pair_hash(k, v));
+            }
+        } else {
+            let (mut left_bytes, mut left_sum) = (0u64, 0u64);
+            for (k, v) in &self.map {
+                left_bytes += (k.len() + v.len()) as u64;
+                left_sum = left_sum.wrapping_add(hash::pair_hash(k, v));
+            }
+            right_bytes = self.bytes - left_bytes;
+            right_sum = self.pairs_sum.wrapping_sub(left_sum);
+        }
+        self.bytes -= right_bytes;
+        self.pairs_sum = self.pairs_sum.wrapping_sub(right_sum);
+        self.desc.end = at.clone();
+        self.desc.epoch = epoch;
+        Ok(RangeState {
+            desc: right_desc,
+            applied_index: 1,
+            applied_term: 0,
+            map: right_map,
+            bytes: right_bytes,
+            pairs_sum: right_sum,
+        })
     }
 
     /// For entries without a command (empty entries, membership changes): only
@@ -238,6 +328,10 @@ impl RangeState {
                     old: if *return_old { old } else { None },
                 }
             }
+            // `apply_entry` runs splits itself.
+            Command::Split { .. } => ApplyResult::Error(ApplyError::InvalidSplit {
+                why: "a split cannot run as a plain command".into(),
+            }),
         }
     }
 

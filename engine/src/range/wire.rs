@@ -84,6 +84,11 @@ enum CommandWire {
         cond: PutCondWire,
         return_old: bool,
     },
+    // New variants go last: the tag is the variant's position.
+    Split {
+        at: Bytes,
+        new_range: u64,
+    },
 }
 
 #[derive(Archive, Serialize)]
@@ -182,6 +187,10 @@ pub(crate) fn encode_proposal(p: &Proposal) -> Bytes {
             },
             return_old: *return_old,
         },
+        Command::Split { at, new_range } => CommandWire::Split {
+            at: at.clone(),
+            new_range: *new_range,
+        },
     };
     let wire = ProposalWire {
         epoch: p.epoch,
@@ -239,6 +248,10 @@ pub(crate) fn decode_proposal(bytes: &[u8]) -> Result<Proposal, DecodeError> {
                 ArchivedPutCondWire::IfPresent => PutCond::IfPresent,
             },
             return_old: *return_old,
+        },
+        ArchivedCommandWire::Split { at, new_range } => Command::Split {
+            at: bytes_of(at),
+            new_range: new_range.to_native(),
         },
     };
     Ok(Proposal {

@@ -30,8 +30,11 @@ use crate::raft::{
     ConfigError, EntryPayload, InitialState, MessageBody, NO_NODE, NodeId, ProposeError, Raft,
     ReadMode,
 };
-use crate::range::{Proposal, RangeDescriptor, RangeId, RangeState};
+use crate::range::{
+    ApplyError, ApplyResult, Command, Proposal, RangeDescriptor, RangeId, RangeState,
+};
 
+use super::bootstrap::META_RANGE;
 use super::codec::{Control, PeerBatch, encode_payload};
 use super::config::StoreConfig;
 use super::persist::{AfterPersist, GroupWrite, PersistQueue, SnapshotWrite, WriteBatch};
@@ -68,6 +71,13 @@ pub struct StoreReady {
     /// Replicas that failed and were taken out (e.g. a leader's snapshot that
     /// does not decode), for the host's log.
     pub failures: Vec<String>,
+    /// Descriptors changed by a split that the meta range may not show yet:
+    /// write each to the meta range if it is newer than what is there
+    /// (compare-and-set on the epoch). Emitted by the leaders of the two
+    /// halves: the new range's first, so that routing sees an overlap
+    /// rather than a gap, and again by any later leader of a range whose
+    /// epoch is above 1 (repairing a write lost to a crash).
+    pub publish: Vec<RangeDescriptor>,
 }
 
 /// What a peer node looks like from here.
@@ -100,6 +110,8 @@ pub struct StoreStats {
     pub forwards_abandoned: u64,
     /// Requests other nodes forwarded here.
     pub forwards_served: u64,
+    /// Ranges this node created by applying a split.
+    pub splits_applied: u64,
 }
 
 /// Every replica on one node. See the module docs.
@@ -125,6 +137,8 @@ pub struct Store {
     /// Requests peers forwarded here, by the local id they run under.
     serving: HashMap<ReqId, (NodeId, u64)>,
     next_serving: u64,
+    /// See [`StoreReady::publish`].
+    publish: Vec<RangeDescriptor>,
     /// Forwards and their answers the host could not send (see
     /// [`Store::resend_later`]), sent again at the next tick.
     resend: BTreeMap<NodeId, Vec<Control>>,
@@ -168,6 +182,7 @@ impl Store {
             serving: HashMap::new(),
             next_serving: 0,
             resend: BTreeMap::new(),
+            publish: Vec::new(),
             stats: StoreStats::default(),
         }
     }
@@ -288,9 +303,9 @@ impl Store {
             return None;
         }
         match req {
-            Request::Write { .. } => {}
+            Request::Write { .. } | Request::Split { .. } => {}
             Request::Read { consistency, .. } if *consistency != ReadConsistency::Stale => {}
-            _ => return None,
+            Request::Read { .. } | Request::TransferLeader { .. } => return None,
         }
         let r = self.replicas.get(&req.range())?;
         if r.state.descriptor().epoch != req.epoch() || r.raft.is_leader() {
@@ -311,7 +326,7 @@ impl Store {
                 to,
                 range: request.range(),
                 sent_tick: self.ticks,
-                write: matches!(request, Request::Write { .. }),
+                write: matches!(request, Request::Write { .. } | Request::Split { .. }),
             },
         );
         self.stats.forwarded += 1;
@@ -423,17 +438,43 @@ impl Store {
                 })?;
                 self.replies.push((id, Ok(Reply::Accepted)));
             }
+            Request::Write {
+                command: Command::Split { .. },
+                ..
+            } => {
+                return Err(StoreError::Invalid {
+                    range,
+                    why: "a split is its own request, not a write".into(),
+                });
+            }
             Request::Write { epoch, command, .. } => {
-                let data = Proposal { epoch, command }.encode();
-                match r.raft.propose(data) {
-                    Ok((term, index)) => {
-                        r.proposals.insert(index, (term, id));
-                        self.stats.proposals += 1;
-                    }
-                    Err(ProposeError::NotLeader { leader }) => return Err(not_leader(leader)),
-                    Err(ProposeError::TransferInProgress) => return Err(not_leader(NO_NODE)),
-                    Err(_) => return Err(StoreError::Busy { range }),
+                propose(r, id, Proposal { epoch, command }, &mut self.stats)?;
+            }
+            Request::Split {
+                epoch,
+                at,
+                new_range,
+                ..
+            } => {
+                let invalid = |why: String| StoreError::Invalid { range, why };
+                if range == META_RANGE {
+                    return Err(invalid("the meta range is never split".into()));
                 }
+                if at[..] <= desc.start[..] || !desc.contains(&at) {
+                    return Err(invalid(format!(
+                        "split key {at:?} is not strictly inside [{:?}, {:?})",
+                        desc.start, desc.end
+                    )));
+                }
+                if new_range == range || new_range == META_RANGE {
+                    return Err(invalid(format!("{new_range} cannot be the new range's id")));
+                }
+                let conf = r.raft.conf_state();
+                if conf.is_joint() || !conf.learners_next.is_empty() {
+                    return Err(invalid("a membership change is in progress".into()));
+                }
+                let command = Command::Split { at, new_range };
+                propose(r, id, Proposal { epoch, command }, &mut self.stats)?;
             }
             Request::Read {
                 op, consistency, ..
@@ -443,8 +484,8 @@ impl Store {
                 let awake_long_enough = awake_long_enough || self.cfg.raft.bugs.lease_after_sleep;
                 let mode = match consistency {
                     ReadConsistency::Stale => {
-                        let reply = serve_read(&r.state, &op);
-                        self.replies.push((id, Ok(reply)));
+                        let reply = serve_read(range, &r.state, &op, epoch);
+                        self.replies.push((id, reply));
                         return Ok(());
                     }
                     // The clock stood still while the group slept: a lease
@@ -456,7 +497,7 @@ impl Store {
                 r.raft
                     .read_index(id, mode)
                     .map_err(|_| not_leader(r.raft.leader()))?;
-                r.reads_unconfirmed.insert(id, op);
+                r.reads_unconfirmed.insert(id, (op, epoch));
             }
         }
         self.wake(range);
@@ -604,6 +645,7 @@ impl Store {
             || !self.outbox.is_empty()
             || !self.replies.is_empty()
             || !self.failures.is_empty()
+            || !self.publish.is_empty()
     }
 
     /// Everything to do now, for all groups. See [`StoreReady`].
@@ -662,6 +704,7 @@ impl Store {
             replies,
             new_peer_incarnations: std::mem::take(&mut self.new_incarnations),
             failures: std::mem::take(&mut self.failures),
+            publish: std::mem::take(&mut self.publish),
         }
     }
 
@@ -756,10 +799,15 @@ impl Store {
             return;
         };
         let mut undecodable = None;
+        let mut split_off = Vec::new();
         for e in rd.committed_entries {
             let result = match &e.payload {
                 EntryPayload::Normal(data) => match Proposal::decode(data) {
-                    Ok(p) => Some(r.state.apply(e.index, e.term, &p)),
+                    Ok(p) => {
+                        let (result, right) = r.state.apply_entry(e.index, e.term, &p);
+                        split_off.extend(right);
+                        Some(result)
+                    }
                     // Skipping a committed command would let this replica
                     // diverge from the others (say, a node of an older
                     // version that does not know a newer command): it stops
@@ -788,6 +836,16 @@ impl Store {
                 }
                 r.proposals.remove(&i);
                 let reply = match (&result, i == e.index && term == e.term) {
+                    // Routed before a split: certainly not applied, and the
+                    // client learns the new span.
+                    (
+                        Some(ApplyResult::Error(ApplyError::EpochMismatch { proposal, .. })),
+                        true,
+                    ) => Err(StoreError::EpochMismatch {
+                        range,
+                        requested: *proposal,
+                        current: Box::new(r.state.descriptor().clone()),
+                    }),
                     (Some(res), true) => Ok(Reply::Applied(res.clone())),
                     (None, true) => Err(StoreError::Unavailable(format!(
                         "range {range}: entry {i} holds an undecodable command"
@@ -797,16 +855,29 @@ impl Store {
                 self.replies.push((req, reply));
             }
         }
+        let leads = r.raft.is_leader();
+        for right in split_off {
+            self.create_split_range(right, leads, groups);
+        }
         if let Some(why) = undecodable {
             self.fail_replica(range, why);
             return;
         }
+        let Some(r) = self.replicas.get_mut(&range) else {
+            return;
+        };
+        let desc = r.state.descriptor();
+        if desc.epoch > 1 && r.published_epoch < desc.epoch && r.raft.is_leader() {
+            r.published_epoch = desc.epoch;
+            self.publish.push(desc.clone());
+        }
         for rs in rd.read_states {
-            if let Some(op) = r.reads_unconfirmed.remove(&rs.ctx) {
+            if let Some((op, epoch)) = r.reads_unconfirmed.remove(&rs.ctx) {
                 r.reads_confirmed.push_back(ConfirmedRead {
                     index: rs.index,
                     req: rs.ctx,
                     op,
+                    epoch,
                 });
             }
         }
@@ -827,14 +898,55 @@ impl Store {
         while i < r.reads_confirmed.len() {
             if r.reads_confirmed[i].index <= applied {
                 if let Some(read) = r.reads_confirmed.remove(i) {
-                    self.replies
-                        .push((read.req, Ok(serve_read(&r.state, &read.op))));
+                    let reply = serve_read(range, &r.state, &read.op, read.epoch);
+                    self.replies.push((read.req, reply));
                 }
             } else {
                 i += 1;
             }
         }
         self.maybe_snapshot(range, groups);
+    }
+
+    /// A split's right-hand range, as this replica of the left one applied
+    /// it: becomes a replica here (same replicas as the left side, starting
+    /// from a snapshot at index 1 like a bootstrapped range, made durable in
+    /// this batch). If the range is already here (recovered from its own
+    /// snapshot file after a restart, when the left side replays the split),
+    /// that replica is kept: it may have moved on since. On the left side's
+    /// leader it campaigns at once.
+    fn create_split_range(&mut self, right: RangeState, leads: bool, groups: &mut Vec<GroupWrite>) {
+        let desc = right.descriptor().clone();
+        if self.replicas.contains_key(&desc.id) || !desc.replicas.contains(&self.cfg.node_id) {
+            return;
+        }
+        let mut init = InitialState::new_group(desc.replicas.iter().copied());
+        let data = right.snapshot();
+        init.snapshot.data = data.clone();
+        let meta = init.snapshot.meta.clone();
+        if let Err(e) = self.add_replica(desc.id, init, right) {
+            self.failures.push(format!(
+                "range {}: split-off range not created: {e}",
+                desc.id
+            ));
+            return;
+        }
+        self.stats.splits_applied += 1;
+        groups.push(GroupWrite {
+            range: desc.id,
+            snapshot: Some(SnapshotWrite {
+                meta,
+                data,
+                replaces_log: false,
+            }),
+            entries: Vec::new(),
+            hard_state: None,
+        });
+        if leads && let Some(r) = self.replicas.get_mut(&desc.id) {
+            r.raft.campaign_now();
+            r.published_epoch = desc.epoch;
+            self.publish.push(desc);
+        }
     }
 
     /// Takes a snapshot for log compaction once enough was applied since the
@@ -1024,8 +1136,70 @@ impl Store {
     }
 }
 
-/// Answers a read from a replica's applied state.
-fn serve_read(state: &RangeState, op: &ReadOp) -> Reply {
+/// Proposes a write on a replica that must lead its range; its reply comes
+/// when the entry is applied (or dropped).
+fn propose(
+    r: &mut Replica,
+    id: ReqId,
+    proposal: Proposal,
+    stats: &mut StoreStats,
+) -> Result<(), StoreError> {
+    let range = r.state.descriptor().id;
+    match r.raft.propose(proposal.encode()) {
+        Ok((term, index)) => {
+            r.proposals.insert(index, (term, id));
+            stats.proposals += 1;
+            Ok(())
+        }
+        Err(ProposeError::NotLeader { leader }) => Err(StoreError::NotLeader {
+            range,
+            leader: (leader != NO_NODE).then_some(leader),
+        }),
+        Err(ProposeError::TransferInProgress) => Err(StoreError::NotLeader {
+            range,
+            leader: None,
+        }),
+        Err(_) => Err(StoreError::Busy { range }),
+    }
+}
+
+/// Answers a read from a replica's applied state, if the descriptor is still
+/// the one the client routed with (a split applied since the read was
+/// accepted moved keys out of this range).
+fn serve_read(
+    range: RangeId,
+    state: &RangeState,
+    op: &ReadOp,
+    epoch: u64,
+) -> Result<Reply, StoreError> {
+    let desc = state.descriptor();
+    if desc.epoch != epoch {
+        return Err(StoreError::EpochMismatch {
+            range,
+            requested: epoch,
+            current: Box::new(desc.clone()),
+        });
+    }
+    // The client routed by its view of the meta range, which may lag a
+    // split: a key this range no longer holds must not read as absent.
+    let inside = match op {
+        ReadOp::Get { key } => desc.contains(key),
+        ReadOp::Scan { start, end, .. } => {
+            desc.contains(start)
+                && (desc.end.is_empty() || (!end.is_empty() && end[..] <= desc.end[..]))
+        }
+        ReadOp::Hash | ReadOp::Count => true,
+    };
+    if !inside {
+        return Err(StoreError::KeyNotInRange {
+            range,
+            current: Box::new(desc.clone()),
+        });
+    }
+    Ok(serve_read_now(state, op))
+}
+
+fn serve_read_now(state: &RangeState, op: &ReadOp) -> Reply {
     match op {
         ReadOp::Get { key } => Reply::Value(state.get(key)),
         ReadOp::Scan { start, end, limit } => Reply::Pairs(state.scan(start, end, *limit)),

@@ -29,6 +29,13 @@ enum WireRequest {
         epoch: u64,
         to: u64,
     },
+    // New variants go last: the tag is the variant's position.
+    Split {
+        range: u64,
+        epoch: u64,
+        at: Vec<u8>,
+        new_range: u64,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -89,6 +96,11 @@ enum WireReply {
         range: u64,
         why: String,
     },
+    // New variants go last: the tag is the variant's position.
+    KeyNotInRange {
+        range: u64,
+        descriptor: Vec<u8>,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -113,6 +125,14 @@ enum WireApply {
     },
     NotAnInteger,
     Overflow,
+    // New variants go last: the tag is the variant's position.
+    Split {
+        left: Vec<u8>,
+        right: Vec<u8>,
+    },
+    InvalidSplit {
+        why: String,
+    },
 }
 
 fn encode<T>(value: &T) -> Bytes
@@ -165,6 +185,17 @@ pub fn encode_request(req: &Request) -> Bytes {
             epoch: *epoch,
             to: *to,
         },
+        Request::Split {
+            range,
+            epoch,
+            at,
+            new_range,
+        } => WireRequest::Split {
+            range: *range,
+            epoch: *epoch,
+            at: at.to_vec(),
+            new_range: *new_range,
+        },
         Request::Read {
             range,
             epoch,
@@ -215,6 +246,17 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
         WireRequest::TransferLeader { range, epoch, to } => {
             Request::TransferLeader { range, epoch, to }
         }
+        WireRequest::Split {
+            range,
+            epoch,
+            at,
+            new_range,
+        } => Request::Split {
+            range,
+            epoch,
+            at: Bytes::from(at),
+            new_range,
+        },
         WireRequest::Read {
             range,
             epoch,
@@ -270,9 +312,14 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
                 WireApply::KeyOutOfRange { key: key.to_vec() }
             }
             ApplyResult::Error(ApplyError::NotAnInteger) => WireApply::NotAnInteger,
-            ApplyResult::Error(_) => WireApply::Overflow,
-            #[allow(unreachable_patterns)]
-            _ => WireApply::Done,
+            ApplyResult::Error(ApplyError::Overflow) => WireApply::Overflow,
+            ApplyResult::Error(ApplyError::InvalidSplit { why }) => {
+                WireApply::InvalidSplit { why: why.clone() }
+            }
+            ApplyResult::Split { left, right } => WireApply::Split {
+                left: left.encode().to_vec(),
+                right: right.encode().to_vec(),
+            },
         }),
         Ok(Reply::Value(v)) => WireReply::Value(b(v)),
         Ok(Reply::Pairs(ps)) => WireReply::Pairs(
@@ -312,6 +359,10 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
             range: *range,
             why: why.clone(),
         },
+        Err(StoreError::KeyNotInRange { range, current }) => WireReply::KeyNotInRange {
+            range: *range,
+            descriptor: current.encode().to_vec(),
+        },
     };
     encode(&wire)
 }
@@ -341,6 +392,11 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecErro
             }),
             WireApply::NotAnInteger => ApplyResult::Error(ApplyError::NotAnInteger),
             WireApply::Overflow => ApplyResult::Error(ApplyError::Overflow),
+            WireApply::InvalidSplit { why } => ApplyResult::Error(ApplyError::InvalidSplit { why }),
+            WireApply::Split { left, right } => ApplyResult::Split {
+                left: RangeDescriptor::decode(&left).map_err(archive_err)?,
+                right: RangeDescriptor::decode(&right).map_err(archive_err)?,
+            },
         })),
         WireReply::Value(v) => Ok(Reply::Value(b(v))),
         WireReply::Pairs(ps) => Ok(Reply::Pairs(
@@ -371,6 +427,10 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecErro
         WireReply::Stopped => Err(StoreError::Stopped),
         WireReply::Accepted => Ok(Reply::Accepted),
         WireReply::Invalid { range, why } => Err(StoreError::Invalid { range, why }),
+        WireReply::KeyNotInRange { range, descriptor } => Err(StoreError::KeyNotInRange {
+            range,
+            current: Box::new(RangeDescriptor::decode(&descriptor).map_err(archive_err)?),
+        }),
     })
 }
 

@@ -14,6 +14,9 @@ pub(super) struct ConfirmedRead {
     pub index: Index,
     pub req: ReqId,
     pub op: ReadOp,
+    /// The epoch the client routed with: checked again when served, since a
+    /// split applied meanwhile may have moved the keys away.
+    pub epoch: u64,
 }
 
 #[derive(Debug)]
@@ -23,7 +26,8 @@ pub(super) struct Replica {
     /// Writes proposed here, by log index, with the term they were proposed in.
     pub proposals: BTreeMap<Index, (Term, ReqId)>,
     /// Reads waiting for the leader to confirm them (by read ctx = request id).
-    pub reads_unconfirmed: BTreeMap<ReqId, ReadOp>,
+    /// (With the epoch the client routed with.)
+    pub reads_unconfirmed: BTreeMap<ReqId, (ReadOp, u64)>,
     /// Confirmed reads waiting for the state machine to catch up, in index order.
     pub reads_confirmed: VecDeque<ConfirmedRead>,
     /// Quiesced: no ticks, no heartbeats, until traffic wakes it.
@@ -36,6 +40,9 @@ pub(super) struct Replica {
     /// Entries applied since the last snapshot, and their bytes.
     pub entries_since_snapshot: u64,
     pub bytes_since_snapshot: u64,
+    /// Highest descriptor epoch this replica, as leader, asked the host to
+    /// publish to the meta range (see `StoreReady::publish`).
+    pub published_epoch: u64,
 }
 
 impl Replica {
@@ -51,6 +58,7 @@ impl Replica {
             awake_since: now,
             entries_since_snapshot: 0,
             bytes_since_snapshot: 0,
+            published_epoch: 0,
         }
     }
 

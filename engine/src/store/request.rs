@@ -65,6 +65,16 @@ pub enum Request {
         epoch: u64,
         to: NodeId,
     },
+    /// Split the range at `at` (strictly inside it): it keeps `[start, at)`
+    /// and the new range `new_range` (an id nobody uses, allocated by the
+    /// caller from the meta range) gets `[at, end)`. A write: answered with
+    /// `Reply::Applied(ApplyResult::Split { left, right })` once applied.
+    Split {
+        range: RangeId,
+        epoch: u64,
+        at: Bytes,
+        new_range: RangeId,
+    },
 }
 
 impl Request {
@@ -72,7 +82,8 @@ impl Request {
         match self {
             Request::Write { range, .. }
             | Request::Read { range, .. }
-            | Request::TransferLeader { range, .. } => *range,
+            | Request::TransferLeader { range, .. }
+            | Request::Split { range, .. } => *range,
         }
     }
 
@@ -80,7 +91,8 @@ impl Request {
         match self {
             Request::Write { epoch, .. }
             | Request::Read { epoch, .. }
-            | Request::TransferLeader { epoch, .. } => *epoch,
+            | Request::TransferLeader { epoch, .. }
+            | Request::Split { epoch, .. } => *epoch,
         }
     }
 }
@@ -120,6 +132,14 @@ pub enum StoreError {
         requested: u64,
         current: Box<RangeDescriptor>,
     },
+    /// The key (or scan span) lies outside the range as it is now: a split
+    /// moved it. Not served; route again by key with `current` (or a fresh
+    /// view of the meta range) and retry.
+    #[error("range {range}: key is outside [{:?}, {:?}) (epoch {})", current.start, current.end, current.epoch)]
+    KeyNotInRange {
+        range: RangeId,
+        current: Box<RangeDescriptor>,
+    },
     /// Too many uncommitted bytes. Not applied; back off and retry.
     #[error("range {range} is busy; retry later")]
     Busy { range: RangeId },
@@ -152,6 +172,7 @@ impl StoreError {
             StoreError::NotLeader { .. }
                 | StoreError::RangeNotFound { .. }
                 | StoreError::EpochMismatch { .. }
+                | StoreError::KeyNotInRange { .. }
                 | StoreError::Busy { .. }
                 | StoreError::Dropped { .. }
                 | StoreError::Stopped
