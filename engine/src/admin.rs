@@ -3,7 +3,9 @@
 //! range's descriptor and the leader this node knows of), `/metrics`
 //! (Prometheus text format: store, WAL, transport and Redis protocol
 //! counters), and
-//! `POST /transfer-leader?range=R&to=N` (routed to the range's leader).
+//! `POST /transfer-leader?range=R&to=N` (routed to the range's leader), and
+//! `POST /split?range=R&key=HEX` (splits range R at the key; answers the two
+//! halves as `/ranges` rows).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -81,6 +83,7 @@ pub async fn serve_admin(
         .route("/ranges", get(ranges))
         .route("/metrics", get(metrics))
         .route("/transfer-leader", post(transfer_leader))
+        .route("/split", post(split))
         .with_state(AdminState { db, resp });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -135,7 +138,16 @@ async fn status(State(db): State<Db>) -> impl IntoResponse {
 }
 
 async fn ranges(State(db): State<Db>) -> impl IntoResponse {
-    let descs = db.ranges();
+    // Splits made through other nodes reach this one's table through the
+    // meta range.
+    if let Err(e) = db.refresh_routes().await {
+        tracing::debug!(error = %e, "/ranges: route refresh failed; showing the cached table");
+    }
+    axum::Json(range_rows(&db, db.ranges()).await)
+}
+
+/// `/ranges` rows of `descs`, with the leaders this node knows of.
+async fn range_rows(db: &Db, descs: Vec<crate::range::RangeDescriptor>) -> Vec<RangeStatus> {
     let ids: Vec<RangeId> = descs.iter().map(|d| d.id).collect();
     let leaders = db
         .node()
@@ -156,7 +168,40 @@ async fn ranges(State(db): State<Db>) -> impl IntoResponse {
             leader: leaders.get(i).copied().flatten(),
         })
         .collect();
-    axum::Json(rows)
+    rows
+}
+
+/// Query of `POST /split`.
+#[derive(Debug, serde::Deserialize)]
+pub struct SplitQuery {
+    pub range: RangeId,
+    /// The split key in hex: the first key of the new range.
+    pub key: String,
+}
+
+async fn split(State(db): State<Db>, Query(q): Query<SplitQuery>) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let Some(key) = from_hex(&q.key) else {
+        return (StatusCode::BAD_REQUEST, "key: not hex\n".to_string()).into_response();
+    };
+    match db.split_range(q.range, bytes::Bytes::from(key)).await {
+        Ok((left, right)) => axum::Json(range_rows(&db, vec![left, right]).await).into_response(),
+        Err(e @ crate::db::DbError::Invalid(_)) => {
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Decodes lower- or upper-case hex; `None` if it is not hex.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Query of `POST /transfer-leader`.

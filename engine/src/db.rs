@@ -11,6 +11,7 @@
 //! snapshot that covered it): that is reported as [`DbError::Ambiguous`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +22,8 @@ use crate::node::{CallError, Node, NodeConfig, NodeError};
 use crate::raft::NodeId;
 use crate::range::{ApplyError, ApplyResult, BatchOp, Command, PutCond, RangeDescriptor, RangeId};
 use crate::store::{
-    META_PREFIX, META_RANGE, ReadConsistency, ReadOp, Reply, Request, StoreError, cluster_layout,
+    META_PREFIX, META_RANGE, NEXT_RANGE_ID_KEY, ReadConsistency, ReadOp, Reply, Request,
+    StoreError, cluster_layout, meta_key,
 };
 
 /// Errors of the embedded API.
@@ -48,6 +50,10 @@ pub enum DbError {
     Unavailable(String),
     #[error("unexpected reply: {0}")]
     Protocol(String),
+    /// The request makes no sense as asked (e.g. a split key outside the
+    /// range); nothing was changed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 /// Options of a [`Db`] handle.
@@ -128,6 +134,7 @@ impl Db {
             }),
         };
         db.refresh_routes().await?;
+        db.start_publisher();
         Ok(db)
     }
 
@@ -168,10 +175,10 @@ impl Db {
         consistency: ReadConsistency,
     ) -> Result<Option<Bytes>, DbError> {
         let key = Bytes::copy_from_slice(key.as_ref());
-        let reply = self
-            .on_key(&key, true, |epoch, range| Request::Read {
-                range,
-                epoch,
+        let (reply, _) = self
+            .on_key(&key, true, |d| Request::Read {
+                range: d.id,
+                epoch: d.epoch,
                 op: ReadOp::Get { key: key.clone() },
                 consistency,
             })
@@ -193,23 +200,19 @@ impl Db {
         let end = Bytes::copy_from_slice(end.as_ref());
         let mut from = Bytes::copy_from_slice(start.as_ref());
         let mut out = Vec::new();
-        while out.len() < limit {
-            let desc = self.route(&from);
-            let stop = if !end.is_empty() && (desc.end.is_empty() || end < desc.end) {
-                end.clone()
-            } else {
-                desc.end.clone()
-            };
+        let consistency = self.inner.opts.read_consistency;
+        while out.len() < limit && (end.is_empty() || from < end) {
             let want = limit - out.len();
-            let consistency = self.inner.opts.read_consistency;
-            let (f, s) = (from.clone(), stop.clone());
-            let reply = self
-                .on_key(&from, true, move |epoch, range| Request::Read {
-                    range,
-                    epoch,
+            // Each range is read up to its own end (or `end`): the range
+            // that serves is the one routing found, which may have changed
+            // by a split since the loop began.
+            let (reply, desc) = self
+                .on_key(&from, true, |d| Request::Read {
+                    range: d.id,
+                    epoch: d.epoch,
                     op: ReadOp::Scan {
-                        start: f.clone(),
-                        end: s.clone(),
+                        start: from.clone(),
+                        end: scan_stop(&end, d),
                         limit: want,
                     },
                     consistency,
@@ -258,17 +261,38 @@ impl Db {
             return Ok(());
         };
         let key = first.key().clone();
-        let range = self.route(&key);
-        for op in &ops[1..] {
-            let other = self.route(op.key());
-            if other.id != range.id {
-                return Err(DbError::CrossRange {
-                    first: range.id,
-                    second: other.id,
-                });
+        let (first_range, second_range) = self.ranges_of_ops(&ops).await?;
+        if let Some(second) = second_range {
+            return Err(DbError::CrossRange {
+                first: first_range,
+                second,
+            });
+        }
+        match self.write(&key, Command::Batch(ops.clone())).await {
+            // A split moved some keys away between the check and the apply.
+            Err(DbError::Protocol(why)) if why.starts_with(KEY_OUT_OF_RANGE) => {
+                self.refresh_routes_quietly().await;
+                match self.ranges_of_ops(&ops).await? {
+                    (first, Some(second)) => Err(DbError::CrossRange { first, second }),
+                    _ => Err(DbError::Protocol(why)),
+                }
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// The range of the first op, and another range an op falls in, if any.
+    async fn ranges_of_ops(&self, ops: &[BatchOp]) -> Result<(RangeId, Option<RangeId>), DbError> {
+        let mut first = None;
+        for op in ops {
+            let id = self.route_or_refresh(op.key()).await?.id;
+            match first {
+                None => first = Some(id),
+                Some(f) if f != id => return Ok((f, Some(id))),
+                Some(_) => {}
             }
         }
-        self.write(&key, Command::Batch(ops)).await.map(|_| ())
+        Ok((first.unwrap_or(META_RANGE), None))
     }
 
     /// Sets `key` to `new` (None: delete) if its value is `expected` (None: absent).
@@ -323,10 +347,10 @@ impl Db {
 
     /// Runs any command on the range that holds `key`.
     pub async fn write(&self, key: &Bytes, command: Command) -> Result<ApplyResult, DbError> {
-        let reply = self
-            .on_key(key, false, |epoch, range| Request::Write {
-                range,
-                epoch,
+        let (reply, _) = self
+            .on_key(key, false, |d| Request::Write {
+                range: d.id,
+                epoch: d.epoch,
                 command: command.clone(),
             })
             .await?;
@@ -335,6 +359,9 @@ impl Db {
                 Err(DbError::NotAnInteger)
             }
             Reply::Applied(ApplyResult::Error(ApplyError::Overflow)) => Err(DbError::Overflow),
+            Reply::Applied(ApplyResult::Error(e @ ApplyError::KeyOutOfRange { .. })) => {
+                Err(DbError::Protocol(format!("{KEY_OUT_OF_RANGE}: {e}")))
+            }
             Reply::Applied(ApplyResult::Error(e)) => Err(DbError::Protocol(e.to_string())),
             Reply::Applied(r) => Ok(r),
             other => Err(DbError::Protocol(format!("{other:?}"))),
@@ -359,16 +386,223 @@ impl Db {
         }
         // Asking twice is harmless, so it is retried like a read.
         match self
-            .send(&desc, true, |epoch, range| Request::TransferLeader {
-                range,
-                epoch,
+            .send(Some(desc), None, true, |d| Request::TransferLeader {
+                range: d.id,
+                epoch: d.epoch,
                 to,
             })
             .await?
+            .0
         {
             Reply::Accepted => Ok(()),
             other => Err(DbError::Protocol(format!("{other:?}"))),
         }
+    }
+
+    /// Splits the range holding `key` at `key`: that range keeps the keys
+    /// below it and a new range takes `key` and the keys above. Returns the
+    /// (left, right) descriptors. Idempotent: if a range already starts at
+    /// `key`, nothing is split and that range and its left neighbour are
+    /// returned.
+    pub async fn split(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<(RangeDescriptor, RangeDescriptor), DbError> {
+        let key = Bytes::copy_from_slice(key.as_ref());
+        let range = self.route_or_refresh(&key).await?.id;
+        self.split_range(range, key).await
+    }
+
+    /// Splits `range` at `at`, which must lie strictly inside the range as it
+    /// is now (a guard for operators working from an old view); see
+    /// [`split`](Self::split). The new range's id comes from the meta
+    /// range's counter; the split is a command in the range's own log,
+    /// applied by every replica at the same index; both halves' descriptors
+    /// are then written to the meta range (see docs/store.md, "Splits").
+    pub async fn split_range(
+        &self,
+        range: RangeId,
+        at: Bytes,
+    ) -> Result<(RangeDescriptor, RangeDescriptor), DbError> {
+        if range == META_RANGE {
+            return Err(DbError::Invalid("the meta range is never split".into()));
+        }
+        let mut retried = false;
+        loop {
+            self.refresh_routes().await?;
+            if let Some(done) = self.split_done(&at) {
+                return Ok(done);
+            }
+            let Some(desc) = self.ranges().into_iter().find(|d| d.id == range) else {
+                return Err(DbError::Invalid(format!("no range {range}")));
+            };
+            if !desc.contains(&at) || at == desc.start {
+                return Err(DbError::Invalid(format!(
+                    "key {at:?} is not strictly inside range {range} [{:?}, {:?})",
+                    desc.start, desc.end
+                )));
+            }
+            let new_range = self.allocate_range_id().await?;
+            let result = self
+                .send(Some(desc), None, false, |d| Request::Split {
+                    range: d.id,
+                    epoch: d.epoch,
+                    at: at.clone(),
+                    new_range,
+                })
+                .await;
+            match result {
+                Ok((Reply::Applied(ApplyResult::Split { left, right }), _)) => {
+                    // The leaders publish too; doing it here means the caller
+                    // sees the split in the meta range on return.
+                    self.publish_descriptor(&right).await?;
+                    self.publish_descriptor(&left).await?;
+                    let mut routes = self.inner.routes.write();
+                    merge_route(&mut routes.by_start, right.clone());
+                    merge_route(&mut routes.by_start, left.clone());
+                    return Ok((left, right));
+                }
+                Ok((Reply::Applied(ApplyResult::Error(e)), _)) => {
+                    return Err(DbError::Invalid(e.to_string()));
+                }
+                Ok((other, _)) => return Err(DbError::Protocol(format!("{other:?}"))),
+                // It may have been applied: look again (once).
+                Err(DbError::Ambiguous(why)) if !retried => {
+                    tracing::debug!(range, why, "split outcome unknown; checking");
+                    retried = true;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The two ranges meeting at `at`, if the table shows a split there.
+    fn split_done(&self, at: &[u8]) -> Option<(RangeDescriptor, RangeDescriptor)> {
+        let routes = self.inner.routes.read();
+        let right = routes.by_start.get(at)?.clone();
+        let left = routes
+            .by_start
+            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(at)))
+            .next_back()
+            .map(|(_, d)| d.clone())?;
+        (left.end[..] == *at).then_some((left, right))
+    }
+
+    /// A range id nobody has used: the meta range's counter
+    /// ([`NEXT_RANGE_ID_KEY`]), advanced by compare-and-set. A cluster
+    /// bootstrapped without the counter starts it above every id it lists.
+    async fn allocate_range_id(&self) -> Result<RangeId, DbError> {
+        let key = Bytes::from_static(NEXT_RANGE_ID_KEY);
+        loop {
+            let current = self.meta_get(&key).await?;
+            let highest = self
+                .ranges()
+                .iter()
+                .map(|d| d.id)
+                .max()
+                .unwrap_or(META_RANGE);
+            let next = match &current {
+                Some(v) => std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| DbError::Protocol(format!("meta {key:?} holds {v:?}")))?,
+                None => highest + 1,
+            };
+            let id = next.max(highest + 1);
+            let new = Bytes::from((id + 1).to_string());
+            if self.meta_cas(&key, current, new).await? {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Writes `d` to the meta range unless it already holds that range at
+    /// the same or a newer epoch (compare-and-set, so concurrent publishers
+    /// never put an older descriptor back).
+    pub(crate) async fn publish_descriptor(&self, d: &RangeDescriptor) -> Result<(), DbError> {
+        let key = meta_key(d.id);
+        loop {
+            let current = self.meta_get(&key).await?;
+            if let Some(raw) = &current
+                && RangeDescriptor::decode(raw).is_ok_and(|c| c.epoch >= d.epoch)
+            {
+                return Ok(());
+            }
+            if self.meta_cas(&key, current, d.encode()).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn meta_get(&self, key: &Bytes) -> Result<Option<Bytes>, DbError> {
+        let meta = self.inner.meta.clone();
+        match self
+            .send(Some(meta), None, true, |d| Request::Read {
+                range: d.id,
+                epoch: d.epoch,
+                op: ReadOp::Get { key: key.clone() },
+                consistency: ReadConsistency::Linearizable,
+            })
+            .await?
+            .0
+        {
+            Reply::Value(v) => Ok(v),
+            other => Err(DbError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Whether the meta key held `expected` and now holds `new`.
+    async fn meta_cas(
+        &self,
+        key: &Bytes,
+        expected: Option<Bytes>,
+        new: Bytes,
+    ) -> Result<bool, DbError> {
+        let meta = self.inner.meta.clone();
+        let command = Command::Cas {
+            key: key.clone(),
+            expected,
+            new: Some(new),
+        };
+        match self
+            .send(Some(meta), None, false, |d| Request::Write {
+                range: d.id,
+                epoch: d.epoch,
+                command: command.clone(),
+            })
+            .await?
+            .0
+        {
+            Reply::Applied(ApplyResult::Cas { swapped, .. }) => Ok(swapped),
+            other => Err(DbError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Writes the descriptors this node's leaders publish (see
+    /// `StoreReady::publish`) for as long as the node runs.
+    fn start_publisher(&self) {
+        let Some(mut rx) = self.inner.node.take_publications() else {
+            return;
+        };
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while let Some(d) = rx.recv().await {
+                let Some(inner) = weak.upgrade() else { break };
+                let db = Db { inner };
+                // A few tries; a descriptor that cannot be written now is
+                // written by the range's next leader, or by the next split.
+                for attempt in 0..5u32 {
+                    match db.publish_descriptor(&d).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::debug!(range = d.id, attempt, error = %e, "publishing a descriptor failed");
+                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     // ----- Introspection -----
@@ -384,9 +618,18 @@ impl Db {
             .collect()
     }
 
-    /// The range holding `key`.
+    /// The range holding `key`, as this handle's routing table knows it
+    /// (after a split it may be the old, wider range until the table learns).
     pub fn range_of(&self, key: &[u8]) -> RangeDescriptor {
-        self.route(key)
+        self.route(key).unwrap_or_else(|| {
+            let routes = self.inner.routes.read();
+            routes
+                .by_start
+                .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+                .next_back()
+                .map(|(_, d)| d.clone())
+                .unwrap_or_else(|| self.inner.meta.clone())
+        })
     }
 
     /// Each replica's (node, applied index, state hash) of `range`, read
@@ -422,10 +665,10 @@ impl Db {
             *last += 1;
         }
         let end = Bytes::from(end);
-        let reply = self
-            .send(&meta, true, |epoch, range| Request::Read {
-                range,
-                epoch,
+        let (reply, _) = self
+            .send(Some(meta), None, true, |d| Request::Read {
+                range: d.id,
+                epoch: d.epoch,
                 op: ReadOp::Scan {
                     start: Bytes::from_static(META_PREFIX),
                     end: end.clone(),
@@ -437,18 +680,24 @@ impl Db {
         let Reply::Pairs(pairs) = reply else {
             return Err(DbError::Protocol("meta scan".into()));
         };
-        let mut by_start = BTreeMap::new();
+        let mut fresh = Vec::new();
         for (_, v) in pairs {
             let d = RangeDescriptor::decode(&v)
                 .map_err(|e| DbError::Protocol(format!("meta range descriptor: {e}")))?;
             if d.id != META_RANGE {
-                by_start.insert(d.start.clone(), d);
+                fresh.push(d);
             }
         }
-        if by_start.is_empty() {
+        if fresh.is_empty() {
             return Err(DbError::Protocol("meta range holds no ranges".into()));
         }
-        self.inner.routes.write().by_start = by_start;
+        // The meta range may lag what errors already taught this handle
+        // (a split's halves are published after it applies): merging keeps
+        // the newer descriptor of every span.
+        let mut routes = self.inner.routes.write();
+        for d in fresh {
+            merge_route(&mut routes.by_start, d);
+        }
         Ok(())
     }
 
@@ -459,26 +708,45 @@ impl Db {
 
     // ----- Routing -----
 
-    fn route(&self, key: &[u8]) -> RangeDescriptor {
+    /// The cached descriptor that contains `key`, if any (none in the gap a
+    /// split leaves until both halves are known).
+    fn route(&self, key: &[u8]) -> Option<RangeDescriptor> {
         let routes = self.inner.routes.read();
         routes
             .by_start
-            .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(key)))
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
             .next_back()
-            .or_else(|| routes.by_start.values().next().map(|d| (&d.start, d)))
-            .map(|(_, d)| d.clone())
-            .unwrap_or_else(|| self.inner.meta.clone())
+            .map(|(_, d)| d)
+            .filter(|d| d.contains(key))
+            .cloned()
     }
 
+    /// [`route`](Self::route), reloading the table from the meta range once
+    /// when it has no range for `key`.
+    async fn route_or_refresh(&self, key: &[u8]) -> Result<RangeDescriptor, DbError> {
+        if let Some(d) = self.route(key) {
+            return Ok(d);
+        }
+        self.refresh_routes().await?;
+        self.route(key).ok_or_else(|| {
+            DbError::Unavailable(format!(
+                "no known range holds key {:?}",
+                Bytes::copy_from_slice(key)
+            ))
+        })
+    }
+
+    /// Sends the request `make` builds for the range holding `key`; returns
+    /// the reply and the descriptor that served it.
     async fn on_key(
         &self,
         key: &[u8],
         read: bool,
-        make: impl Fn(u64, RangeId) -> Request,
-    ) -> Result<Reply, DbError> {
+        make: impl Fn(&RangeDescriptor) -> Request,
+    ) -> Result<(Reply, RangeDescriptor), DbError> {
         let started = Instant::now();
         let desc = self.route(key);
-        let result = self.send(&desc, read, make).await;
+        let result = self.send(desc, Some(key), read, make).await;
         let latency = &self.inner.latency;
         match (&result, read) {
             (Err(_), _) => {
@@ -497,81 +765,111 @@ impl Db {
         &self.inner.latency
     }
 
-    /// Sends to the range's leader, retrying while that is safe.
+    /// Sends to the range's leader, retrying while that is safe. With a
+    /// `key`, the range is found again by key whenever an error says the
+    /// descriptor changed (a split), and `desc` may be `None` (not known
+    /// yet); without one, the request follows the range's own id.
     async fn send(
         &self,
-        desc: &RangeDescriptor,
+        desc: Option<RangeDescriptor>,
+        key: Option<&[u8]>,
         read: bool,
-        make: impl Fn(u64, RangeId) -> Request,
-    ) -> Result<Reply, DbError> {
-        if desc.replicas.is_empty() {
-            return Err(DbError::Protocol(format!(
-                "range {} lists no replicas",
-                desc.id
-            )));
-        }
+        make: impl Fn(&RangeDescriptor) -> Request,
+    ) -> Result<(Reply, RangeDescriptor), DbError> {
         let start = Instant::now();
         let deadline = start + self.inner.opts.request_timeout;
         let me = self.inner.node.id();
-        let mut desc = desc.clone();
         let mut backoff = Duration::from_millis(2);
         let mut rotate = 0usize;
-        let mut target = self.leader_guess(&desc, me);
+        let mut desc = desc;
+        let mut last = String::from("no range known for the key");
         // The first attempt goes to this node's own replica when there is
         // one: its store forwards to the leader inside the Raft batches,
         // cheaper than a call of its own. Retries route directly.
-        let mut via_local = desc.replicas.contains(&me);
+        let mut via_local = true;
+        let mut target = None;
         loop {
-            let req = make(desc.epoch, desc.id);
-            let to = if via_local { me } else { target };
-            let err = match self.inner.node.call_on(to, req).await {
-                Ok(reply) => {
-                    if !via_local {
-                        self.inner.routes.write().leaders.insert(desc.id, target);
+            if desc.is_none()
+                && let Some(k) = key
+            {
+                self.refresh_routes_quietly().await;
+                desc = self.route(k);
+                target = None;
+            }
+            if let Some(d) = desc.clone() {
+                if d.replicas.is_empty() {
+                    return Err(DbError::Protocol(format!(
+                        "range {} lists no replicas",
+                        d.id
+                    )));
+                }
+                let leader = *target.get_or_insert_with(|| self.leader_guess(&d, me));
+                let local = via_local && d.replicas.contains(&me);
+                let to = if local { me } else { leader };
+                via_local = false;
+                let err = match self.inner.node.call_on(to, make(&d)).await {
+                    Ok(reply) => {
+                        if !local {
+                            self.inner.routes.write().leaders.insert(d.id, to);
+                        }
+                        return Ok((reply, d));
                     }
-                    return Ok(reply);
+                    Err(e) => e,
+                };
+                last = err.to_string();
+                match err {
+                    CallError::Store(StoreError::NotLeader {
+                        leader: Some(l), ..
+                    }) if l != to
+                        && d.replicas.contains(&l)
+                        && !self.inner.node.handle().peer_down(l) =>
+                    {
+                        self.inner.routes.write().leaders.insert(d.id, l);
+                        target = Some(l);
+                        continue;
+                    }
+                    CallError::Store(
+                        StoreError::EpochMismatch { current, .. }
+                        | StoreError::KeyNotInRange { current, .. },
+                    ) => {
+                        let current = *current;
+                        merge_route(&mut self.inner.routes.write().by_start, current.clone());
+                        desc = match key {
+                            Some(k) => self.route(k),
+                            None => Some(current),
+                        };
+                        if desc.as_ref().is_some_and(|n| n.epoch > d.epoch) {
+                            target = None;
+                            continue;
+                        }
+                        // This replica lags the split we already know of:
+                        // ask another.
+                        rotate += 1;
+                        target = Some(self.next_replica(&d, rotate));
+                    }
+                    CallError::Store(e) if e.is_retryable() => {
+                        rotate += 1;
+                        target = Some(self.next_replica(&d, rotate));
+                    }
+                    CallError::Unreachable(_) => {
+                        rotate += 1;
+                        target = Some(self.next_replica(&d, rotate));
+                    }
+                    CallError::Transport(_) if read => {
+                        rotate += 1;
+                        target = Some(self.next_replica(&d, rotate));
+                    }
+                    CallError::Transport(e) => return Err(DbError::Ambiguous(e)),
+                    // A read has no effect: the next replica may serve it.
+                    CallError::Store(StoreError::Unavailable(_)) if read => {
+                        rotate += 1;
+                        target = Some(self.next_replica(&d, rotate));
+                    }
+                    CallError::Store(StoreError::Ambiguous { .. } | StoreError::Unavailable(_)) => {
+                        return Err(DbError::Ambiguous(last));
+                    }
+                    CallError::Store(e) => return Err(DbError::Unavailable(e.to_string())),
                 }
-                Err(e) => e,
-            };
-            via_local = false;
-            let last = err.to_string();
-            match err {
-                CallError::Store(StoreError::NotLeader {
-                    leader: Some(l), ..
-                }) if l != to
-                    && desc.replicas.contains(&l)
-                    && !self.inner.node.handle().peer_down(l) =>
-                {
-                    self.inner.routes.write().leaders.insert(desc.id, l);
-                    target = l;
-                    continue;
-                }
-                CallError::Store(StoreError::EpochMismatch { current, .. }) => {
-                    self.refresh_routes_quietly().await;
-                    desc = *current;
-                }
-                CallError::Store(e) if e.is_retryable() => {
-                    rotate += 1;
-                    target = self.next_replica(&desc, rotate);
-                }
-                CallError::Unreachable(_) => {
-                    rotate += 1;
-                    target = self.next_replica(&desc, rotate);
-                }
-                CallError::Transport(_) if read => {
-                    rotate += 1;
-                    target = self.next_replica(&desc, rotate);
-                }
-                CallError::Transport(e) => return Err(DbError::Ambiguous(e)),
-                // A read has no effect: the next replica may serve it.
-                CallError::Store(StoreError::Unavailable(_)) if read => {
-                    rotate += 1;
-                    target = self.next_replica(&desc, rotate);
-                }
-                CallError::Store(StoreError::Ambiguous { .. } | StoreError::Unavailable(_)) => {
-                    return Err(DbError::Ambiguous(last));
-                }
-                CallError::Store(e) => return Err(DbError::Unavailable(e.to_string())),
             }
             let now = Instant::now();
             if now + backoff > deadline {
@@ -616,4 +914,38 @@ impl Db {
             tracing::debug!(error = %e, "route refresh failed");
         }
     }
+}
+
+/// Marks the start of the `Protocol` error of a write with a key outside its
+/// range (a batch that a split cut in two).
+const KEY_OUT_OF_RANGE: &str = "key outside the range";
+
+/// Where a scan of `[.., end)` stops inside range `d`: the nearer of `end`
+/// and the range's end (empty = unbounded).
+fn scan_stop(end: &Bytes, d: &RangeDescriptor) -> Bytes {
+    if !end.is_empty() && (d.end.is_empty() || *end < d.end) {
+        end.clone()
+    } else {
+        d.end.clone()
+    }
+}
+
+/// Adds `d` to a routing table unless the table knows a newer descriptor of
+/// any part of its span; drops the older ones it overlaps. Overlapping
+/// descriptors are a range and what it was split from, and a split gives
+/// both halves a higher epoch than their parent, so for any key the higher
+/// epoch is the newer truth.
+fn merge_route(by_start: &mut BTreeMap<Bytes, RangeDescriptor>, d: RangeDescriptor) {
+    let overlaps = |o: &RangeDescriptor| {
+        (o.end.is_empty() || d.start < o.end) && (d.end.is_empty() || o.start < d.end)
+    };
+    let overlapping: Vec<RangeDescriptor> =
+        by_start.values().filter(|o| overlaps(o)).cloned().collect();
+    if overlapping.iter().any(|o| o.epoch > d.epoch || *o == d) {
+        return;
+    }
+    for o in overlapping {
+        by_start.remove(&o.start);
+    }
+    by_start.insert(d.start.clone(), d);
 }

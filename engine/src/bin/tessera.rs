@@ -76,6 +76,17 @@ enum CtlCommand {
         /// The node to lead it.
         node: u64,
     },
+    /// Splits a range in two at KEY: the range keeps the keys below KEY, a
+    /// new range takes KEY and above. Prints the two halves.
+    Split {
+        /// The range id (see `ranges`).
+        range: u64,
+        /// The first key of the new range (raw bytes; hex with --hex).
+        key: String,
+        /// KEY is hex (e.g. 8000 for the two bytes 0x80 0x00).
+        #[arg(long)]
+        hex: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -333,6 +344,30 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        CtlCommand::Split { range, key, hex } => {
+            let key_hex = if hex {
+                if tessera_engine::admin::from_hex(&key).is_none() {
+                    bail!("KEY {key:?} is not hex (two digits per byte)");
+                }
+                key.to_ascii_lowercase()
+            } else {
+                key.bytes().map(|b| format!("{b:02x}")).collect()
+            };
+            if key_hex.is_empty() {
+                bail!("KEY must not be empty (the empty key starts the key space)");
+            }
+            let body = http(
+                admin,
+                "POST",
+                &format!("/split?range={range}&key={key_hex}"),
+            )?;
+            if json {
+                println!("{body}");
+                return Ok(());
+            }
+            let rows: Vec<RangeStatus> = serde_json::from_str(&body).context("decoding /split")?;
+            print_range_rows(rows);
+        }
         CtlCommand::Ranges => {
             let body = http_get(admin, "/ranges")?;
             if json {
@@ -340,28 +375,33 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
                 return Ok(());
             }
             let rows: Vec<RangeStatus> = serde_json::from_str(&body).context("decoding /ranges")?;
-            println!(
-                "{:>6}  {:<10} {:<10} {:<12} {:>5}  leader",
-                "range", "start", "end", "replicas", "epoch"
-            );
-            for r in rows {
-                let replicas = r
-                    .replicas
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let leader = r.leader.map_or("?".to_string(), |l| l.to_string());
-                println!(
-                    "{:>6}  {:<10} {:<10} {:<12} {:>5}  {leader}",
-                    r.id,
-                    if r.start.is_empty() { "-" } else { &r.start },
-                    if r.end.is_empty() { "-" } else { &r.end },
-                    replicas,
-                    r.epoch
-                );
-            }
+            print_range_rows(rows);
         }
     }
     Ok(())
+}
+
+/// The `ctl ranges` table.
+fn print_range_rows(rows: Vec<RangeStatus>) {
+    println!(
+        "{:>6}  {:<10} {:<10} {:<12} {:>5}  leader",
+        "range", "start", "end", "replicas", "epoch"
+    );
+    for r in rows {
+        let replicas = r
+            .replicas
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let leader = r.leader.map_or("?".to_string(), |l| l.to_string());
+        println!(
+            "{:>6}  {:<10} {:<10} {:<12} {:>5}  {leader}",
+            r.id,
+            if r.start.is_empty() { "-" } else { &r.start },
+            if r.end.is_empty() { "-" } else { &r.end },
+            replicas,
+            r.epoch
+        );
+    }
 }

@@ -18,6 +18,9 @@ pub const FIRST_USER_RANGE: RangeId = 2;
 pub const REPLICATION: usize = 3;
 /// Prefix of the meta range's keys: `range/` + the id, big endian.
 pub const META_PREFIX: &[u8] = b"range/";
+/// The meta range's key holding the next unused range id (decimal ASCII),
+/// which splits take by compare-and-set. Outside [`META_PREFIX`].
+pub const NEXT_RANGE_ID_KEY: &[u8] = b"next-range-id";
 
 /// The descriptors of a new cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,12 +76,17 @@ pub fn cluster_layout(nodes: &[NodeId], initial_ranges: u32) -> Layout {
 pub fn initial_replica(desc: &RangeDescriptor, layout: &Layout) -> (InitialState, RangeState) {
     let mut state = RangeState::new(desc.clone());
     if desc.id == META_RANGE {
+        let next_id = layout.all().map(|d| d.id).max().unwrap_or(META_RANGE) + 1;
         let ops = layout
             .all()
             .map(|d| BatchOp::Put {
                 key: meta_key(d.id),
                 value: d.encode(),
             })
+            .chain(std::iter::once(BatchOp::Put {
+                key: Bytes::from_static(NEXT_RANGE_ID_KEY),
+                value: Bytes::from(next_id.to_string()),
+            }))
             .collect();
         let proposal = Proposal {
             epoch: desc.epoch,
