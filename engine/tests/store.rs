@@ -26,9 +26,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use tessera_engine::raft::{HardState, Message, MessageBody, NodeId};
-use tessera_engine::range::{ApplyResult, Command, RangeId};
+use tessera_engine::raft::{HardState, Message, MessageBody, NodeId, Snapshot};
+use tessera_engine::range::{ApplyError, ApplyResult, Command, RangeDescriptor, RangeId};
 use tessera_engine::store::codec::{decode_batch, encode_batch};
+use tessera_engine::store::recovery::{DurableLog, rebuild_replica};
 use tessera_engine::store::{
     Control, FIRST_USER_RANGE, FORWARDED_ID_BIT, Layout, META_RANGE, PeerBatch, ReadConsistency,
     ReadOp, Reply, ReqId, Request, Store, StoreConfig, StoreError, StoreReady, WriteBatch,
@@ -46,24 +47,83 @@ struct Disk {
     /// When set, writes are kept in `held` instead of completing.
     hold: bool,
     held: Vec<WriteBatch>,
+    /// What a restart reads back: each range's latest snapshot, its log
+    /// after it as (index -> (term, payload)), and its compaction point.
+    snapshots: BTreeMap<RangeId, Snapshot>,
+    log: BTreeMap<RangeId, BTreeMap<u64, (u64, Bytes)>>,
+    compacted: BTreeMap<RangeId, (u64, u64)>,
+}
+
+impl DurableLog for Disk {
+    fn hard_state(&self, range: RangeId) -> Option<HardState> {
+        self.hard_state.get(&range).copied()
+    }
+    fn compacted(&self, range: RangeId) -> Option<(u64, u64)> {
+        self.compacted.get(&range).copied()
+    }
+    fn first_index(&self, range: RangeId) -> Option<u64> {
+        self.log.get(&range)?.keys().next().copied()
+    }
+    fn last_index(&self, range: RangeId) -> Option<u64> {
+        self.log.get(&range)?.keys().next_back().copied()
+    }
+    fn entries(&self, range: RangeId, lo: u64, hi: u64) -> Result<Vec<(u64, u64, Bytes)>, String> {
+        Ok(self
+            .log
+            .get(&range)
+            .map(|l| {
+                l.range(lo..hi)
+                    .map(|(&i, (t, d))| (i, *t, d.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
 }
 
 impl Disk {
     fn new(layout: &Layout) -> Self {
         Disk {
             last_index: layout.all().map(|d| (d.id, 1)).collect(),
+            snapshots: layout
+                .all()
+                .map(|d| (d.id, initial_replica(d, layout).0.snapshot))
+                .collect(),
+            compacted: layout.all().map(|d| (d.id, (1, 0))).collect(),
             ..Disk::default()
         }
     }
 
     fn write(&mut self, w: &WriteBatch) {
         for g in &w.groups {
-            if let Some(s) = &g.snapshot
-                && s.replaces_log
-            {
-                self.last_index.insert(g.range, s.meta.index);
+            if let Some(s) = &g.snapshot {
+                let log = self.log.entry(g.range).or_default();
+                let last = self.last_index.entry(g.range).or_default();
+                if s.replaces_log {
+                    log.clear();
+                    *last = s.meta.index;
+                } else {
+                    // Compaction (or a split's new range, whose log starts
+                    // at its snapshot): everything up to it is durable.
+                    *log = log.split_off(&(s.meta.index + 1));
+                    *last = (*last).max(s.meta.index);
+                }
+                self.compacted.insert(g.range, (s.meta.index, s.meta.term));
+                self.snapshots.insert(
+                    g.range,
+                    Snapshot {
+                        meta: s.meta.clone(),
+                        data: s.data.clone(),
+                    },
+                );
             }
             // An entry at index i replaces any entry at i or later.
+            if let Some(&(first, _, _)) = g.entries.first() {
+                let log = self.log.entry(g.range).or_default();
+                log.split_off(&first);
+                for (i, t, data) in &g.entries {
+                    log.insert(*i, (*t, data.clone()));
+                }
+            }
             if let Some(&(last, _, _)) = g.entries.last() {
                 self.last_index.insert(g.range, last);
             }
@@ -97,6 +157,8 @@ struct Sim {
     /// Every Raft message sent, as (range, message), when `record` is on.
     record: bool,
     sent: Vec<(RangeId, Message)>,
+    /// Every descriptor a store asked to publish to the meta range, in order.
+    published: Vec<(NodeId, RangeDescriptor)>,
 }
 
 fn store_config(node: NodeId, tweak: &impl Fn(&mut StoreConfig)) -> StoreConfig {
@@ -147,6 +209,7 @@ impl Sim {
             control_msgs: 0,
             record: false,
             sent: Vec::new(),
+            published: Vec::new(),
         }
     }
 
@@ -205,6 +268,8 @@ impl Sim {
             );
         }
         assert!(rd.failures.is_empty(), "replicas failed: {:?}", rd.failures);
+        self.published
+            .extend(rd.publish.into_iter().map(|d| (from, d)));
         if let Some(w) = rd.write {
             let disk = self.disks.get_mut(&from).expect("disk");
             if disk.hold {
@@ -1482,4 +1547,600 @@ fn a_committed_command_that_does_not_decode_takes_the_replica_out() {
             .replica_state(range)
             .map(|s| s.applied())
     );
+}
+
+// ----- Range splits -----
+
+/// The range the split tests cut, and the id of its right-hand side.
+const LHS: RangeId = FIRST_USER_RANGE;
+const RHS: RangeId = 50;
+
+fn split_req(range: RangeId, epoch: u64, at: &Bytes, new_range: RangeId) -> Request {
+    Request::Split {
+        range,
+        epoch,
+        at: at.clone(),
+        new_range,
+    }
+}
+
+fn write_req(range: RangeId, epoch: u64, key: &Bytes, value: &str) -> Request {
+    Request::Write {
+        range,
+        epoch,
+        command: Command::Put {
+            key: key.clone(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        },
+    }
+}
+
+fn read_req(range: RangeId, epoch: u64, key: &Bytes, consistency: ReadConsistency) -> Request {
+    Request::Read {
+        range,
+        epoch,
+        op: ReadOp::Get { key: key.clone() },
+        consistency,
+    }
+}
+
+/// A quiesced 3-store cluster with two user ranges, a key on each side of
+/// the split point `at` in the LHS; returns (sim, at, left key, right key).
+fn split_setup() -> (Sim, Bytes, Bytes, Bytes) {
+    split_setup_with(|_| {})
+}
+
+fn split_setup_with(tweak: impl Fn(&mut StoreConfig)) -> (Sim, Bytes, Bytes, Bytes) {
+    let mut sim = Sim::new(2, tweak);
+    sim.run_until_quiesced(100);
+    let at = sim.key_in(LHS, "m");
+    let (lk, rk) = (sim.key_in(LHS, "c"), sim.key_in(LHS, "t"));
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    for (k, v) in [(&lk, "left"), (&rk, "right")] {
+        let w = sim.request(leader, write_req(LHS, 1, k, v));
+        assert_eq!(sim.reply(w), Some(&applied_done()));
+    }
+    (sim, at, lk, rk)
+}
+
+/// The two halves as every replica must see them after the split.
+fn split_descriptors(sim: &Sim, at: &Bytes) -> (RangeDescriptor, RangeDescriptor) {
+    let old = sim.layout.ranges[0].clone();
+    assert_eq!(old.id, LHS);
+    let left = RangeDescriptor {
+        end: at.clone(),
+        epoch: 2,
+        ..old.clone()
+    };
+    let right = RangeDescriptor {
+        id: RHS,
+        start: at.clone(),
+        epoch: 2,
+        ..old
+    };
+    (left, right)
+}
+
+/// Every node holds both halves with the expected descriptors, and each
+/// half's replicas agree on their state.
+fn assert_split_everywhere(sim: &Sim, at: &Bytes, rk: &Bytes) {
+    let (left, right) = split_descriptors(sim, at);
+    for range in [LHS, RHS] {
+        let hashes: BTreeSet<(u64, u64)> = NODES
+            .iter()
+            .map(|&n| {
+                let st = sim
+                    .store(n)
+                    .replica_state(range)
+                    .unwrap_or_else(|| panic!("node {n} has no replica of {range}"));
+                (st.applied().0, st.state_hash())
+            })
+            .collect();
+        assert_eq!(
+            hashes.len(),
+            1,
+            "range {range}: replicas differ: {hashes:?}"
+        );
+    }
+    for &n in &NODES {
+        let s = sim.store(n);
+        assert_eq!(s.descriptor(LHS), Some(&left), "node {n}");
+        assert_eq!(s.descriptor(RHS), Some(&right), "node {n}");
+        assert_eq!(s.replica_state(LHS).and_then(|st| st.get(rk)), None);
+        assert_eq!(
+            s.replica_state(RHS).and_then(|st| st.get(rk)),
+            Some(Bytes::from_static(b"right"))
+        );
+    }
+}
+
+/// Splits the LHS through `via`; checks the answer, both halves on every
+/// node, and what the LHS's leader published. Returns the LHS's leader.
+fn split_through(via_follower: bool) -> (Sim, Bytes, Bytes, Bytes, NodeId) {
+    let (mut sim, at, lk, rk) = split_setup();
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    let via = if via_follower {
+        sim.followers(LHS, leader)[0]
+    } else {
+        leader
+    };
+    let id = sim.request(via, split_req(LHS, 1, &at, RHS));
+    let (left, right) = split_descriptors(&sim, &at);
+    assert_eq!(
+        sim.reply(id),
+        Some(&Ok(Reply::Applied(ApplyResult::Split {
+            left: left.clone(),
+            right: right.clone()
+        })))
+    );
+    if via_follower {
+        assert!(
+            sim.forwards_sent()
+                .iter()
+                .any(|(from, to, _, r)| (*from, *to) == (via, leader)
+                    && matches!(r, Request::Split { .. })),
+            "the split was forwarded to the leader"
+        );
+    }
+    assert_split_everywhere(&sim, &at, &rk);
+    for &n in &NODES {
+        assert_eq!(sim.store(n).stats().splits_applied, 1, "node {n}");
+    }
+    // The LHS's leader asks for the RHS's descriptor first, then the LHS's:
+    // the meta range then shows an overlap, never a gap.
+    let from_leader: Vec<&RangeDescriptor> = sim
+        .published
+        .iter()
+        .filter(|(n, _)| *n == leader)
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(from_leader[..2], [&right, &left], "{:?}", sim.published);
+    (sim, at, lk, rk, leader)
+}
+
+/// After the split: old-epoch requests are refused with the new descriptor,
+/// keys that moved are not read as absent, and the new descriptors work.
+/// Every request goes to `leader` (a follower forwards them, and the
+/// answers cross the codec).
+fn check_routing_after_split(sim: &mut Sim, at: &Bytes, lk: &Bytes, rk: &Bytes, leader: NodeId) {
+    let (left, right) = split_descriptors(sim, at);
+    let epoch_mismatch = |requested| {
+        Err(StoreError::EpochMismatch {
+            range: LHS,
+            requested,
+            current: Box::new(left.clone()),
+        })
+    };
+    // The old epoch, for a key that moved and one that stayed.
+    for k in [rk, lk] {
+        let w = sim.request(leader, write_req(LHS, 1, k, "x"));
+        assert_eq!(sim.reply(w), Some(&epoch_mismatch(1)));
+        let r = sim.request(leader, read_req(LHS, 1, k, ReadConsistency::Linearizable));
+        assert_eq!(sim.reply(r), Some(&epoch_mismatch(1)));
+    }
+    // The LHS's new epoch with a key that moved: refused, not "absent".
+    for c in [
+        ReadConsistency::Linearizable,
+        ReadConsistency::Lease,
+        ReadConsistency::Stale,
+    ] {
+        let r = sim.request(leader, read_req(LHS, 2, rk, c));
+        assert_eq!(
+            sim.reply(r),
+            Some(&Err(StoreError::KeyNotInRange {
+                range: LHS,
+                current: Box::new(left.clone()),
+            })),
+            "{c:?}"
+        );
+    }
+    // Scans: inside the left half, or reaching past its end.
+    let scan = |start: &Bytes, end: &Bytes| Request::Read {
+        range: LHS,
+        epoch: 2,
+        op: ReadOp::Scan {
+            start: start.clone(),
+            end: end.clone(),
+            limit: 100,
+        },
+        consistency: ReadConsistency::Linearizable,
+    };
+    let r = sim.request(leader, scan(&left.start, at));
+    assert_eq!(
+        sim.reply(r),
+        Some(&Ok(Reply::Pairs(vec![(
+            lk.clone(),
+            Bytes::from_static(b"left")
+        )])))
+    );
+    for end in [Bytes::new(), rk.clone(), right.end.clone()] {
+        let r = sim.request(leader, scan(&left.start, &end));
+        assert_eq!(
+            sim.reply(r),
+            Some(&Err(StoreError::KeyNotInRange {
+                range: LHS,
+                current: Box::new(left.clone()),
+            })),
+            "scan to {end:?}"
+        );
+    }
+    let w = sim.request(leader, write_req(LHS, 2, rk, "x"));
+    assert_eq!(
+        sim.reply(w),
+        Some(&Ok(Reply::Applied(ApplyResult::Error(
+            ApplyError::KeyOutOfRange { key: rk.clone() }
+        ))))
+    );
+    // The new descriptors are served by the right ranges.
+    let w = sim.request(leader, write_req(LHS, 2, lk, "left2"));
+    assert_eq!(sim.reply(w), Some(&applied_done()));
+    for _ in 0..100 {
+        if sim.agreed_leader(RHS).is_some() {
+            break;
+        }
+        sim.tick();
+    }
+    assert!(
+        sim.agreed_leader(RHS).is_some(),
+        "the new range has a leader"
+    );
+    let w = sim.request(leader, write_req(RHS, right.epoch, rk, "right2"));
+    assert_eq!(sim.reply(w), Some(&applied_done()));
+    let r = sim.request(leader, read_req(RHS, 2, rk, ReadConsistency::Linearizable));
+    assert_eq!(
+        sim.reply(r),
+        Some(&Ok(Reply::Value(Some(Bytes::from_static(b"right2")))))
+    );
+    let r = sim.request(leader, read_req(LHS, 2, lk, ReadConsistency::Linearizable));
+    assert_eq!(
+        sim.reply(r),
+        Some(&Ok(Reply::Value(Some(Bytes::from_static(b"left2")))))
+    );
+    // A key on the left is not the RHS's.
+    let r = sim.request(leader, read_req(RHS, 2, lk, ReadConsistency::Linearizable));
+    assert!(
+        matches!(
+            sim.reply(r),
+            Some(Err(StoreError::KeyNotInRange { range: RHS, .. }))
+        ),
+        "{:?}",
+        sim.reply(r)
+    );
+}
+
+#[test]
+fn a_split_sent_to_the_leader_creates_the_right_range_on_every_node() {
+    let (mut sim, at, lk, rk, leader) = split_through(false);
+    check_routing_after_split(&mut sim, &at, &lk, &rk, leader);
+    // Both halves quiesce again, with one leader each.
+    sim.run_until_quiesced(200);
+    assert!(sim.agreed_leader(RHS).is_some());
+}
+
+#[test]
+fn a_split_sent_to_a_follower_is_forwarded_and_creates_the_right_range() {
+    let (mut sim, at, lk, rk, leader) = split_through(true);
+    let follower = sim.followers(LHS, leader)[0];
+    check_routing_after_split(&mut sim, &at, &lk, &rk, follower);
+}
+
+#[test]
+#[ignore = "bug: the LHS leader's RHS campaigns at once (term 1), but its vote requests reach \
+            the followers before they have applied the split; a follower drops messages for a \
+            range it does not hold, so the campaign gets no vote and the RHS waits a full \
+            election timeout (here 11 ticks, won by another node) - needs the uninitialized \
+            replicas of docs/splits.md section 3, or a campaign once the followers have the RHS"]
+fn the_new_range_elects_the_left_leaders_node_without_an_election_timeout() {
+    let (mut sim, _, _, _, leader) = split_through(false);
+    let election = sim.store(leader).config().raft.election_ticks as usize;
+    let mut ticks = 0;
+    while sim.agreed_leader(RHS).is_none() && ticks < 10 * election {
+        sim.tick();
+        ticks += 1;
+    }
+    assert_eq!(sim.agreed_leader(RHS), Some(leader), "after {ticks} ticks");
+    assert!(
+        ticks < election,
+        "the new range waited {ticks} ticks for a leader (election timeout {election})"
+    );
+}
+
+#[test]
+fn a_split_disguised_as_a_write_is_refused() {
+    let (mut sim, at, _, _) = split_setup();
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    let id = sim.request(
+        leader,
+        Request::Write {
+            range: LHS,
+            epoch: 1,
+            command: Command::Split {
+                at: at.clone(),
+                new_range: RHS,
+            },
+        },
+    );
+    assert!(
+        matches!(
+            sim.reply(id),
+            Some(Err(StoreError::Invalid { range: LHS, .. }))
+        ),
+        "{:?}",
+        sim.reply(id)
+    );
+    assert!(
+        NODES
+            .iter()
+            .all(|&n| sim.store(n).replica_state(RHS).is_none())
+    );
+    assert_eq!(
+        sim.store(leader).descriptor(LHS),
+        Some(&sim.layout.ranges[0])
+    );
+}
+
+#[test]
+fn bad_splits_are_refused_at_the_leader() {
+    let (mut sim, at, _, _) = split_setup();
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    let meta_leader = sim.agreed_leader(META_RANGE).expect("meta leader");
+    let start = sim.layout.ranges[0].start.clone();
+    let end = sim.layout.ranges[0].end.clone();
+    let other = sim.layout.ranges[1].id;
+    let cases = [
+        (meta_leader, split_req(META_RANGE, 1, &at, RHS)),
+        (leader, split_req(LHS, 1, &start, RHS)),
+        (leader, split_req(LHS, 1, &end, RHS)),
+        (leader, split_req(LHS, 1, &at, LHS)),
+        (leader, split_req(LHS, 1, &at, META_RANGE)),
+    ];
+    for (node, req) in cases {
+        let id = sim.request(node, req.clone());
+        assert!(
+            matches!(sim.reply(id), Some(Err(StoreError::Invalid { .. }))),
+            "{req:?}: {:?}",
+            sim.reply(id)
+        );
+    }
+    // A stale epoch.
+    let id = sim.request(leader, split_req(LHS, 7, &at, RHS));
+    assert!(
+        matches!(sim.reply(id), Some(Err(StoreError::EpochMismatch { .. }))),
+        "{:?}",
+        sim.reply(id)
+    );
+    for &n in &NODES {
+        let s = sim.store(n);
+        assert_eq!(s.stats().splits_applied, 0);
+        assert_eq!(s.descriptor(META_RANGE), Some(&sim.layout.meta));
+        assert_eq!(s.descriptor(LHS), Some(&sim.layout.ranges[0]));
+        assert_eq!(s.descriptor(other), Some(&sim.layout.ranges[1]));
+    }
+}
+
+#[test]
+fn a_split_into_an_id_this_node_already_holds_is_refused() {
+    // The id must be new: taking an existing range's id would leave the
+    // moved keys in no replica at all (the existing range is kept).
+    let (mut sim, at, _, rk) = split_setup();
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    let other = sim.layout.ranges[1].id;
+    let id = sim.request(leader, split_req(LHS, 1, &at, other));
+    assert!(
+        matches!(sim.reply(id), Some(Err(StoreError::Invalid { .. }))),
+        "{:?}",
+        sim.reply(id)
+    );
+    let s = sim.store(leader);
+    assert_eq!(
+        s.replica_state(LHS).and_then(|st| st.get(&rk)),
+        Some(Bytes::from_static(b"right"))
+    );
+}
+
+#[test]
+fn a_lagging_follower_applies_the_split_later_and_creates_the_new_range_then() {
+    let (mut sim, at, _, rk) = split_setup();
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    let lagging = sim.followers(LHS, leader)[0];
+    for &n in &NODES {
+        if n != lagging {
+            sim.cut.insert((n, lagging));
+            sim.cut.insert((lagging, n));
+        }
+    }
+    let id = sim.request(leader, split_req(LHS, 1, &at, RHS));
+    assert!(
+        matches!(
+            sim.reply(id),
+            Some(Ok(Reply::Applied(ApplyResult::Split { .. })))
+        ),
+        "{:?}",
+        sim.reply(id)
+    );
+    sim.ticks(3);
+    let s = sim.store(lagging);
+    assert!(
+        s.replica_state(RHS).is_none(),
+        "the lagging node has no RHS yet"
+    );
+    assert_eq!(s.descriptor(LHS), Some(&sim.layout.ranges[0]));
+    assert_eq!(s.stats().splits_applied, 0);
+    // Heal: it applies the split from the log and creates the RHS then.
+    sim.cut.clear();
+    sim.ticks(30);
+    assert_eq!(sim.store(lagging).stats().splits_applied, 1);
+    assert_split_everywhere(&sim, &at, &rk);
+}
+
+#[test]
+fn a_read_accepted_before_the_split_and_served_after_it_is_refused() {
+    let (mut sim, at, _, rk) = split_setup();
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    // The split is proposed, then a read of a key that moves is accepted at
+    // the old epoch; the heartbeat round that confirms the read also
+    // commits the split, which is applied before the read is served.
+    let split = sim.submit(leader, split_req(LHS, 1, &at, RHS));
+    let rd = sim.take_ready(leader);
+    sim.process(leader, rd);
+    // Accepted: the split is not applied yet, the epoch matches.
+    assert_eq!(sim.store(leader).descriptor(LHS).map(|d| d.epoch), Some(1));
+    let read = sim.submit(leader, read_req(LHS, 1, &rk, ReadConsistency::Linearizable));
+    sim.settle();
+    assert!(
+        matches!(
+            sim.reply(split),
+            Some(Ok(Reply::Applied(ApplyResult::Split { .. })))
+        ),
+        "{:?}",
+        sim.reply(split)
+    );
+    let (left, _) = split_descriptors(&sim, &at);
+    assert_eq!(
+        sim.reply(read),
+        Some(&Err(StoreError::EpochMismatch {
+            range: LHS,
+            requested: 1,
+            current: Box::new(left),
+        }))
+    );
+}
+
+/// Rebuilds `node`'s store from what its host was asked to write, as after
+/// a crash and a restart (same incarnation: the data directory is kept).
+fn restart(sim: &mut Sim, node: NodeId) {
+    let known = NODES
+        .iter()
+        .filter(|&&p| p != node)
+        .map(|&p| (p, 100 + p))
+        .collect();
+    let mut store = Store::new(store_config(node, &|_| {}), &known);
+    let disk = &sim.disks[&node];
+    for (&range, snap) in &disk.snapshots {
+        let (init, state) = rebuild_replica(range, snap.clone(), disk).expect("rebuilds");
+        store.add_replica(range, init, state).expect("replica");
+    }
+    sim.stores.insert(node, store);
+}
+
+#[test]
+fn after_a_restart_the_left_range_replaying_the_split_keeps_the_new_range() {
+    let (mut sim, at, _, rk) = split_setup();
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    let id = sim.request(leader, split_req(LHS, 1, &at, RHS));
+    assert!(matches!(sim.reply(id), Some(Ok(Reply::Applied(_)))));
+    for _ in 0..100 {
+        if sim.agreed_leader(RHS).is_some() {
+            break;
+        }
+        sim.tick();
+    }
+    let rhs_leader = sim.agreed_leader(RHS).expect("RHS leader");
+    let w = sim.request(rhs_leader, write_req(RHS, 2, &rk, "after"));
+    assert_eq!(sim.reply(w), Some(&applied_done()));
+    let node = sim.followers(LHS, leader)[0];
+    let disk = &sim.disks[&node];
+    // The RHS's snapshot at index 1 is on disk; the LHS has no snapshot
+    // past the split, so it replays the split from its log.
+    assert_eq!(disk.snapshots[&RHS].meta.index, 1);
+    assert!(
+        disk.snapshots[&LHS].meta.index
+            < sim.store(node).replica_state(LHS).expect("lhs").applied().0
+    );
+    let rhs_before = sim
+        .store(node)
+        .replica_state(RHS)
+        .expect("rhs")
+        .state_hash();
+
+    restart(&mut sim, node);
+    assert_eq!(sim.store(node).stats().splits_applied, 0);
+    sim.settle();
+    sim.ticks(5);
+    let s = sim.store(node);
+    assert_eq!(
+        s.stats().splits_applied,
+        0,
+        "the LHS made a new RHS instead of keeping the recovered one"
+    );
+    assert_eq!(s.replica_state(RHS).expect("rhs").state_hash(), rhs_before);
+    assert_eq!(
+        s.replica_state(RHS).and_then(|st| st.get(&rk)),
+        Some(Bytes::from_static(b"after"))
+    );
+    let (left, _) = split_descriptors(&sim, &at);
+    assert_eq!(s.descriptor(LHS), Some(&left));
+    for range in [LHS, RHS] {
+        let hashes: BTreeSet<u64> = NODES
+            .iter()
+            .map(|&n| {
+                sim.store(n)
+                    .replica_state(range)
+                    .expect("replica")
+                    .state_hash()
+            })
+            .collect();
+        assert_eq!(hashes.len(), 1, "range {range}");
+    }
+}
+
+#[test]
+fn after_a_restart_without_the_new_ranges_file_the_split_creates_it_again() {
+    // A crash after the split entry was durable but before the batch that
+    // applied it: the LHS replays the split and creates the RHS anew.
+    let (mut sim, at, _, rk) = split_setup();
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    let id = sim.request(leader, split_req(LHS, 1, &at, RHS));
+    assert!(matches!(sim.reply(id), Some(Ok(Reply::Applied(_)))));
+    let node = sim.followers(LHS, leader)[0];
+    {
+        let disk = sim.disks.get_mut(&node).expect("disk");
+        disk.snapshots.remove(&RHS);
+        disk.log.remove(&RHS);
+        disk.hard_state.remove(&RHS);
+        disk.compacted.remove(&RHS);
+        disk.last_index.remove(&RHS);
+    }
+    restart(&mut sim, node);
+    sim.settle();
+    sim.ticks(40);
+    assert_eq!(sim.store(node).stats().splits_applied, 1);
+    assert_split_everywhere(&sim, &at, &rk);
+}
+
+#[test]
+#[ignore = "known gap until part 3 of docs/splits.md: a follower that catches up through a \
+            snapshot of the LHS taken after the split never applies the split, so it never \
+            creates the RHS (whose messages it drops), and the RHS keeps two replicas of three"]
+fn a_follower_that_catches_up_by_snapshot_past_the_split_gets_the_new_range() {
+    let (mut sim, at, lk, rk) = split_setup_with(|c| c.snapshot_entries = 4);
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    let lagging = sim.followers(LHS, leader)[0];
+    for &n in &NODES {
+        if n != lagging {
+            sim.cut.insert((n, lagging));
+            sim.cut.insert((lagging, n));
+        }
+    }
+    let id = sim.request(leader, split_req(LHS, 1, &at, RHS));
+    assert!(matches!(sim.reply(id), Some(Ok(Reply::Applied(_)))));
+    // Enough writes on the left that its leader compacts past the split.
+    for i in 0..10 {
+        let w = sim.request(leader, write_req(LHS, 2, &lk, &format!("v{i}")));
+        assert_eq!(sim.reply(w), Some(&applied_done()));
+    }
+    let snap = sim.disks[&leader].snapshots[&LHS].meta.index;
+    let split_index = sim
+        .store(leader)
+        .replica_state(LHS)
+        .expect("lhs")
+        .applied()
+        .0
+        - 10;
+    assert!(snap > split_index, "the leader compacted past the split");
+    sim.cut.clear();
+    sim.ticks(50);
+    let (left, _) = split_descriptors(&sim, &at);
+    assert_eq!(sim.store(lagging).descriptor(LHS), Some(&left));
+    assert_split_everywhere(&sim, &at, &rk);
 }

@@ -324,6 +324,58 @@ mod tests {
         }
     }
 
+    /// Proposals are stored in every replica's log and replayed after a
+    /// restart or sent to a node of another build: the encoding of the
+    /// commands that existed before `Split` must not move. rkyv tags an enum
+    /// variant by its position in `CommandWire`, so inserting `Split` (or any
+    /// later variant) anywhere but last would silently turn old log entries
+    /// into other commands. These bytes were captured from the encoder when
+    /// `Split` was appended; a change here is a change of the log format.
+    #[test]
+    fn golden_encodings_of_older_commands_did_not_move() {
+        let golden: [(Command, &[u8]); 3] = [
+            (
+                samples()[0].clone(), // Put k = v, tag 0
+                &[
+                    1, 107, 118, 7, 0, 0, 0, 0, 0, 0, 0, 0, 245, 255, 255, 255, 1, 0, 0, 0, 238,
+                    255, 255, 255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+            ),
+            (
+                samples()[1].clone(), // Delete "", tag 1
+                &[
+                    1, 7, 0, 0, 0, 0, 0, 0, 0, 1, 247, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+            ),
+            (
+                samples()[8].clone(), // PutIf, the last variant before Split, tag 6
+                &[
+                    1, 107, 118, 7, 0, 0, 0, 0, 0, 0, 0, 6, 245, 255, 255, 255, 1, 0, 0, 0, 238,
+                    255, 255, 255, 1, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+            ),
+        ];
+        for (command, bytes) in golden {
+            let p = Proposal { epoch: 7, command };
+            assert_eq!(&p.encode()[..], bytes, "{p:?}");
+            assert_eq!(Proposal::decode(bytes), Ok(p));
+        }
+        // Split took the next tag, 7, after the seven older variants.
+        let split = Proposal {
+            epoch: 7,
+            command: samples()[9].clone(),
+        }
+        .encode();
+        assert_eq!(
+            &split[..],
+            &[
+                1, 109, 7, 0, 0, 0, 0, 0, 0, 0, 7, 246, 255, 255, 255, 1, 0, 0, 0, 77, 0, 0, 0, 0,
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ][..]
+        );
+    }
+
     #[test]
     fn keys_lists_every_key() {
         let keys: Vec<_> = samples()[3].keys().cloned().collect();

@@ -955,6 +955,341 @@ mod tests {
         s.advance(2, 1);
     }
 
+    // ----- Splits -----
+
+    fn split_cmd(at: &str, new_range: u64) -> Command {
+        Command::Split {
+            at: b(at),
+            new_range,
+        }
+    }
+
+    /// Applies a split at the next index (term 1) through `apply_entry`.
+    fn split_at(
+        s: &mut RangeState,
+        epoch: u64,
+        at: &str,
+        new_range: u64,
+    ) -> (ApplyResult, Option<RangeState>) {
+        let index = s.applied().0 + 1;
+        let command = split_cmd(at, new_range);
+        s.apply_entry(index, 1, &Proposal { epoch, command })
+    }
+
+    fn scanned_bytes(s: &RangeState) -> u64 {
+        s.pairs().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    }
+
+    /// The maintained counters of a state equal a full scan of it.
+    fn assert_counters_exact(s: &RangeState) {
+        assert_eq!(s.state_hash(), s.state_hash_by_scan(), "{s:?}");
+        assert_eq!(s.approximate_bytes(), scanned_bytes(s), "{s:?}");
+    }
+
+    /// `t` with keys c, f, k, p, w (all inside [b, y)).
+    fn five_keys() -> T {
+        let mut t = T::new();
+        for (k, v) in [
+            ("c", "1"),
+            ("f", "22"),
+            ("k", "333"),
+            ("p", "4444"),
+            ("w", ""),
+        ] {
+            t.put(k, v);
+        }
+        t
+    }
+
+    /// Splits `t` at `at` into range 10 and checks both halves: spans,
+    /// epochs, replicas, applied positions, counters, contents and snapshots.
+    fn split_and_check(t: &mut T, at: &str) -> RangeState {
+        let before: Vec<(Bytes, Bytes)> =
+            t.s.pairs().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let index = t.s.applied().0 + 1;
+        let (result, right) = split_at(&mut t.s, 5, at, 10);
+        let right = right.expect("the split produces the right-hand range");
+        let left_desc = RangeDescriptor {
+            id: 9,
+            start: b("b"),
+            end: b(at),
+            replicas: vec![1, 2, 3],
+            epoch: 6,
+        };
+        let right_desc = RangeDescriptor {
+            id: 10,
+            start: b(at),
+            end: b("y"),
+            replicas: vec![1, 2, 3],
+            epoch: 6,
+        };
+        assert_eq!(
+            result,
+            ApplyResult::Split {
+                left: left_desc.clone(),
+                right: right_desc.clone()
+            }
+        );
+        assert_eq!(t.s.descriptor(), &left_desc);
+        assert_eq!(right.descriptor(), &right_desc);
+        assert_eq!(t.s.applied(), (index, 1), "the left keeps its position");
+        assert_eq!(right.applied(), (1, 0), "the right starts like a new range");
+        assert_counters_exact(&t.s);
+        assert_counters_exact(&right);
+        let (left_pairs, right_pairs): (Vec<_>, Vec<_>) = before
+            .into_iter()
+            .partition(|(k, _)| k[..] < *at.as_bytes());
+        let pairs = |s: &RangeState| -> Vec<(Bytes, Bytes)> {
+            s.pairs().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        assert_eq!(pairs(&t.s), left_pairs);
+        assert_eq!(pairs(&right), right_pairs);
+        for half in [&t.s, &right] {
+            let restored = RangeState::restore(&half.snapshot()).expect("snapshot restores");
+            assert_eq!(restored.state_hash(), half.state_hash());
+            assert_eq!(restored.descriptor(), half.descriptor());
+        }
+        right
+    }
+
+    #[test]
+    fn split_between_keys() {
+        let mut t = five_keys();
+        let right = split_and_check(&mut t, "h");
+        assert_eq!(t.s.len(), 2);
+        assert_eq!(right.len(), 3);
+        assert_eq!(right.get(b"k"), Some(b("333")));
+        assert_eq!(t.get("k"), None);
+    }
+
+    #[test]
+    fn split_at_the_first_key() {
+        // "c" is the first key present (the span starts at "b"): it moves right.
+        let mut t = five_keys();
+        let right = split_and_check(&mut t, "c");
+        assert!(t.s.is_empty());
+        assert_eq!(t.s.approximate_bytes(), 0);
+        assert_eq!(right.len(), 5);
+    }
+
+    #[test]
+    fn split_at_the_last_key() {
+        let mut t = five_keys();
+        let right = split_and_check(&mut t, "w");
+        assert_eq!(t.s.len(), 4);
+        assert_eq!(right.len(), 1);
+        assert_eq!(right.get(b"w"), Some(Bytes::new()));
+        assert_eq!(right.approximate_bytes(), 1);
+    }
+
+    #[test]
+    fn split_just_after_the_start() {
+        // The smallest key strictly after "b".
+        let mut t = five_keys();
+        let at = "b\0";
+        let right = split_and_check(&mut t, at);
+        assert_eq!(right.len(), 5);
+    }
+
+    #[test]
+    fn split_an_empty_range() {
+        let mut t = T::new();
+        t.s.advance(1, 1);
+        let right = split_and_check(&mut t, "m");
+        assert!(t.s.is_empty() && right.is_empty());
+        assert_eq!((t.s.approximate_bytes(), right.approximate_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn split_of_a_range_without_end_gives_the_right_no_end() {
+        let mut s = RangeState::new(RangeDescriptor {
+            id: 9,
+            start: b(""),
+            end: b(""),
+            replicas: vec![4],
+            epoch: 1,
+        });
+        s.advance(1, 1);
+        let p = |k: &str| Proposal {
+            epoch: 1,
+            command: Command::Put {
+                key: b(k),
+                value: b("v"),
+            },
+        };
+        s.apply(2, 1, &p(""));
+        s.apply(3, 1, &p("zzz"));
+        let (_, right) = split_at(&mut s, 1, "m", 10);
+        let right = right.expect("split");
+        assert_eq!(
+            (&s.descriptor().start[..], &s.descriptor().end[..]),
+            (&b""[..], &b"m"[..])
+        );
+        assert_eq!(
+            (&right.descriptor().start[..], &right.descriptor().end[..]),
+            (&b"m"[..], &b""[..])
+        );
+        assert_eq!(right.descriptor().replicas, vec![4]);
+        assert_eq!(s.get(b""), Some(b("v")));
+        assert_eq!(right.get(b"zzz"), Some(b("v")));
+        assert_counters_exact(&s);
+        assert_counters_exact(&right);
+        // The empty key is the start: not a split point.
+        let (r, none) = split_at(&mut s, 2, "", 11);
+        assert!(none.is_none());
+        assert!(
+            matches!(r, ApplyResult::Error(ApplyError::InvalidSplit { .. })),
+            "{r:?}"
+        );
+    }
+
+    /// A refused split consumes its entry and changes nothing else.
+    fn assert_split_refused(
+        epoch: u64,
+        at: &str,
+        new_range: u64,
+        expect: fn(&ApplyResult) -> bool,
+    ) {
+        let mut t = five_keys();
+        let (hash_before, desc_before) = (t.s.state_hash_by_scan(), t.s.descriptor().clone());
+        let (len, bytes, index) = (t.s.len(), t.s.approximate_bytes(), t.s.applied().0);
+        let (result, right) = split_at(&mut t.s, epoch, at, new_range);
+        assert!(right.is_none(), "at {at:?} id {new_range}: {right:?}");
+        assert!(expect(&result), "at {at:?} id {new_range}: {result:?}");
+        assert_eq!(t.s.applied(), (index + 1, 1), "the entry is consumed");
+        assert_eq!(t.s.descriptor(), &desc_before);
+        assert_eq!((t.s.len(), t.s.approximate_bytes()), (len, bytes));
+        assert_counters_exact(&t.s);
+        // Only the applied index moved: undo it in a copy to compare hashes.
+        let mut same = five_keys();
+        same.s.advance(index + 1, 1);
+        assert_eq!(same.s.state_hash(), t.s.state_hash());
+        assert_ne!(hash_before, t.s.state_hash());
+    }
+
+    #[test]
+    fn refused_splits_change_nothing_but_the_applied_index() {
+        let invalid =
+            |r: &ApplyResult| matches!(r, ApplyResult::Error(ApplyError::InvalidSplit { .. }));
+        // At the start, before it, at the end, after it.
+        for at in ["b", "a", "", "y", "yy", "z"] {
+            assert_split_refused(5, at, 10, invalid);
+        }
+        // The new id is the range's own.
+        assert_split_refused(5, "h", 9, invalid);
+        // A split routed with an older (or newer) epoch.
+        for epoch in [4, 6] {
+            assert_split_refused(epoch, "h", 10, |r| {
+                matches!(
+                    r,
+                    ApplyResult::Error(ApplyError::EpochMismatch { current: 5, .. })
+                )
+            });
+        }
+    }
+
+    #[test]
+    fn a_split_at_an_old_epoch_after_a_split_is_refused() {
+        // The same split proposed twice (say, a client retry): the second
+        // carries the epoch before the first and changes nothing.
+        let mut t = five_keys();
+        split_and_check(&mut t, "h");
+        let (before, index) = (t.s.state_hash(), t.s.applied().0);
+        let (r, right) = split_at(&mut t.s, 5, "h", 10);
+        assert!(right.is_none());
+        assert_eq!(
+            r,
+            ApplyResult::Error(ApplyError::EpochMismatch {
+                proposal: 5,
+                current: 6
+            })
+        );
+        assert_eq!(t.s.applied().0, index + 1);
+        assert_eq!(t.s.descriptor().end, b("h"));
+        assert_ne!(before, t.s.state_hash());
+        // A write to a key that moved right is now out of range.
+        let r = t.run_epoch(
+            6,
+            Command::Put {
+                key: b("k"),
+                value: b("x"),
+            },
+        );
+        assert_eq!(
+            r,
+            ApplyResult::Error(ApplyError::KeyOutOfRange { key: b("k") })
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "would lose its new range")]
+    fn apply_panics_on_a_split_that_succeeds() {
+        let mut t = five_keys();
+        let index = t.s.applied().0 + 1;
+        t.s.apply(
+            index,
+            1,
+            &Proposal {
+                epoch: 5,
+                command: split_cmd("h", 10),
+            },
+        );
+    }
+
+    #[test]
+    fn apply_answers_a_refused_split() {
+        // Only a split that succeeds has a right-hand range to lose.
+        let mut t = five_keys();
+        let r = t.run(split_cmd("b", 10));
+        assert!(
+            matches!(r, ApplyResult::Error(ApplyError::InvalidSplit { .. })),
+            "{r:?}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn split_halves_add_up_and_restore(
+            pairs in proptest::collection::btree_map(
+                proptest::collection::vec(b'a'..=b'z', 1..6),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+                0..60,
+            ),
+            at in proptest::collection::vec(b'c'..=b'x', 1..4),
+        ) {
+            let mut s = RangeState::new(desc());
+            s.advance(1, 1);
+            let ops: Vec<BatchOp> = pairs
+                .iter()
+                .filter(|(k, _)| desc().contains(k))
+                .map(|(k, v)| BatchOp::Put { key: Bytes::from(k.clone()), value: Bytes::from(v.clone()) })
+                .collect();
+            let r = s.apply(2, 1, &Proposal { epoch: 5, command: Command::Batch(ops) });
+            proptest::prop_assert_eq!(r, ApplyResult::Done);
+            let (len, bytes) = (s.len(), s.approximate_bytes());
+            let at = Bytes::from(at);
+            let (r, right) = s.apply_entry(3, 1, &Proposal {
+                epoch: 5,
+                command: Command::Split { at: at.clone(), new_range: 10 },
+            });
+            let right = right.expect("at is strictly inside [b, y)");
+            let is_split = matches!(r, ApplyResult::Split { .. });
+            proptest::prop_assert!(is_split, "{:?}", r);
+            proptest::prop_assert_eq!(s.len() + right.len(), len);
+            proptest::prop_assert_eq!(s.approximate_bytes() + right.approximate_bytes(), bytes);
+            proptest::prop_assert!(s.pairs().all(|(k, _)| k[..] < at[..]));
+            proptest::prop_assert!(right.pairs().all(|(k, _)| k[..] >= at[..]));
+            for half in [&s, &right] {
+                proptest::prop_assert_eq!(half.state_hash(), half.state_hash_by_scan());
+                proptest::prop_assert_eq!(half.approximate_bytes(), scanned_bytes(half));
+                let restored = RangeState::restore(&half.snapshot()).expect("restores");
+                proptest::prop_assert_eq!(restored.state_hash(), half.state_hash());
+                proptest::prop_assert_eq!(restored.applied(), half.applied());
+                proptest::prop_assert_eq!(restored.descriptor(), half.descriptor());
+            }
+        }
+    }
+
     #[test]
     fn parse_i64_is_canonical() {
         assert_eq!(parse_i64(b"0"), Some(0));

@@ -411,6 +411,10 @@ impl Store {
         let range = req.range();
         let election_ticks = self.cfg.raft.election_ticks as u64;
         let now = self.ticks;
+        // A split into an id this node already holds would keep that
+        // replica and drop the moved keys (see `create_split_range`).
+        let new_range_taken = matches!(&req, Request::Split { new_range, .. }
+            if self.replicas.contains_key(new_range));
         let r = self
             .replicas
             .get_mut(&range)
@@ -466,7 +470,7 @@ impl Store {
                         desc.start, desc.end
                     )));
                 }
-                if new_range == range || new_range == META_RANGE {
+                if new_range == range || new_range == META_RANGE || new_range_taken {
                     return Err(invalid(format!("{new_range} cannot be the new range's id")));
                 }
                 let conf = r.raft.conf_state();
