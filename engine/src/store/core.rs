@@ -27,8 +27,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::raft::{
-    ConfigError, EntryPayload, InitialState, MessageBody, NO_NODE, NodeId, ProposeError, Raft,
-    ReadMode,
+    ConfigError, EntryPayload, InitialState, Message, MessageBody, NO_NODE, NodeId, ProposeError,
+    Raft, ReadMode,
 };
 use crate::range::{
     ApplyError, ApplyResult, Command, Proposal, RangeDescriptor, RangeId, RangeState,
@@ -44,6 +44,9 @@ use super::request::{ReadConsistency, ReadOp, Reply, ReqId, Request, StoreError}
 /// Ids with this bit are the store's own: requests peers forwarded here. The
 /// host's request ids must not use it.
 pub const FORWARDED_ID_BIT: ReqId = 1 << 63;
+
+/// Messages held for ranges this node does not hold yet (see `Store::held`).
+const HELD_MESSAGES_MAX: usize = 1024;
 
 /// A request this node forwarded to the leader's node, waiting for its answer.
 #[derive(Debug, Clone)]
@@ -139,6 +142,14 @@ pub struct Store {
     next_serving: u64,
     /// See [`StoreReady::publish`].
     publish: Vec<RangeDescriptor>,
+    /// Messages for ranges this node does not hold (yet), with the tick they
+    /// came: a split's new range campaigns on the left side's leader as soon
+    /// as it applies the split, usually before the followers have; its vote
+    /// requests wait here until the followers create the range, instead of
+    /// costing it an election timeout. At most [`HELD_MESSAGES_MAX`], kept
+    /// one election timeout.
+    held: BTreeMap<RangeId, Vec<(u64, Message)>>,
+    held_count: usize,
     /// Forwards and their answers the host could not send (see
     /// [`Store::resend_later`]), sent again at the next tick.
     resend: BTreeMap<NodeId, Vec<Control>>,
@@ -183,6 +194,8 @@ impl Store {
             next_serving: 0,
             resend: BTreeMap::new(),
             publish: Vec::new(),
+            held: BTreeMap::new(),
+            held_count: 0,
             stats: StoreStats::default(),
         }
     }
@@ -530,6 +543,7 @@ impl Store {
                 continue;
             }
             let Some(r) = self.replicas.get_mut(&range) else {
+                self.hold_for_unknown_range(range, msg);
                 continue;
             };
             // Late acknowledgements to a quiesced leader change nothing.
@@ -556,6 +570,28 @@ impl Store {
                 Control::Leaving => self.peer_left(from),
             }
         }
+    }
+
+    /// Keeps a message for a range this node does not hold, in case a split
+    /// it is about to apply creates it (see `Store::held`).
+    fn hold_for_unknown_range(&mut self, range: RangeId, msg: Message) {
+        if self.held_count < HELD_MESSAGES_MAX {
+            self.held_count += 1;
+            self.held.entry(range).or_default().push((self.ticks, msg));
+        }
+    }
+
+    /// Forgets held messages older than an election timeout: by then the
+    /// sender has moved on (a candidate campaigns again, a leader resends).
+    fn expire_held(&mut self) {
+        let horizon = self
+            .ticks
+            .saturating_sub(self.cfg.raft.election_ticks as u64);
+        self.held.retain(|_, msgs| {
+            msgs.retain(|(at, _)| *at >= horizon);
+            !msgs.is_empty()
+        });
+        self.held_count = self.held.values().map(Vec::len).sum();
     }
 
     /// This node is about to stop. Tells every peer, so that they stop
@@ -587,6 +623,9 @@ impl Store {
     pub fn tick(&mut self) {
         self.ticks += 1;
         self.check_liveness();
+        if !self.held.is_empty() {
+            self.expire_held();
+        }
         if !self.forwarded.is_empty() {
             self.abandon_forwards();
         }
@@ -946,6 +985,14 @@ impl Store {
             entries: Vec::new(),
             hard_state: None,
         });
+        if let Some(held) = self.held.remove(&desc.id)
+            && let Some(r) = self.replicas.get_mut(&desc.id)
+        {
+            self.held_count -= held.len();
+            for (_, msg) in held {
+                r.raft.step(msg);
+            }
+        }
         if leads && let Some(r) = self.replicas.get_mut(&desc.id) {
             r.raft.campaign_now();
             r.published_epoch = desc.epoch;
