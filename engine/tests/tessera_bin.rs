@@ -172,6 +172,56 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
         assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
     }
 
+    // Split the range holding "k3" at "k3" through node 2's admin endpoint;
+    // every key still reads back, through a node that learns of the split
+    // from its errors.
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let at = hex(b"k3");
+    let holder = rows
+        .as_array()
+        .and_then(|rs| {
+            rs.iter().find(|r| {
+                let (start, end) = (
+                    r["start"].as_str().unwrap_or(""),
+                    r["end"].as_str().unwrap_or(""),
+                );
+                start <= at.as_str() && (end.is_empty() || at.as_str() < end)
+            })
+        })
+        .and_then(|r| r["id"].as_u64())
+        .expect("a range holds k3");
+    let split = Command::new(BIN)
+        .args(["ctl", "--admin", &admin_addr(dir, 2), "split"])
+        .arg(holder.to_string())
+        .arg("k3")
+        .output()
+        .expect("ctl runs");
+    let out = String::from_utf8_lossy(&split.stdout);
+    assert!(
+        split.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&split.stderr)
+    );
+    assert_eq!(out.lines().count(), 3, "header and the two halves: {out}");
+    assert!(out.contains(&at), "{out}");
+    for i in 0..50 {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query(&mut c1)
+            .expect("GET");
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
+    }
+    // A key outside the range, and a KEY that is not hex, are refused.
+    for args in [vec!["0"], vec!["zz", "--hex"]] {
+        let bad = Command::new(BIN)
+            .args(["ctl", "--admin", &admin_addr(dir, 2), "split"])
+            .arg(holder.to_string())
+            .args(&args)
+            .output()
+            .expect("ctl runs");
+        assert!(!bad.status.success(), "split {args:?} was accepted");
+    }
+
     // kill -9 node 3: the others report it unreachable. Both must: a write
     // that reaches a node still counting on node 3 (as its range's leader)
     // is forwarded there and lost, an ambiguous outcome.
@@ -213,7 +263,7 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
         .expect("ctl runs");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && table.contains("leader"), "{table}");
-    assert_eq!(table.lines().count(), 9, "{table}");
+    assert_eq!(table.lines().count(), 10, "8 ranges, one split: {table}");
 
     // Piped into a reader that is gone before it prints (`| true`; as with
     // `| head -1` on a long table), ctl ends quietly instead of panicking.
