@@ -27,7 +27,9 @@ fn sim_store() {
     say(format!(
         "sim_store: totals over {seeds} seeds: {} ranges, {} client ops answered, {} unknown, {} crashes, \
          {} snapshots installed, {} quiesced, {} woken, {} entries in {} write batches, \
-         {} requests forwarded to leaders ({} given up)",
+         {} requests forwarded to leaders ({} given up); {} splits done ({} ranges at the end), \
+         {} split-off ranges rebuilt at a restart before their left side replayed the split, \
+         {} split-off replicas missing for the known reason (docs/splits.md §3) in {} seeds",
         sum(|r| r.ranges as u64),
         sum(|r| r.ops_ok as u64),
         sum(|r| r.ops_unknown as u64),
@@ -39,11 +41,25 @@ fn sim_store() {
         sum(|r| r.write_batches),
         sum(|r| r.forwarded),
         sum(|r| r.forwards_abandoned),
+        sum(|r| r.splits as u64),
+        sum(|r| r.ranges_after as u64),
+        sum(|r| r.split_restarts_replay as u64),
+        sum(|r| r.split_replicas_missing as u64),
+        reports
+            .iter()
+            .filter(|r| r.split_replicas_missing > 0)
+            .count(),
     ));
     // Clients that reached a follower had their requests forwarded: the
     // checks above covered forwarding, not only direct requests.
     if seeds >= 20 {
         assert!(sum(|r| r.forwarded) > 0, "no request was forwarded");
+        // Ranges were split under the faults: the checks covered splits too.
+        assert!(
+            sum(|r| r.splits as u64) >= seeds,
+            "too few splits: {}",
+            sum(|r| r.splits as u64)
+        );
     }
     say(format!("sim: {seeds} seeds passed"));
 }

@@ -7,6 +7,14 @@
 //! real codec); per-node clocks; and clients that route, retry what is safe
 //! to retry, and record what they learn.
 //!
+//! During the faults a splitter splits ranges (`Request::Split`) at keys the
+//! clients use, with ids from a counter standing in for the meta range's
+//! allocator. Clients route by key with a table of descriptors, updated from
+//! the `current` descriptor of `EpochMismatch`/`KeyNotInRange` and, for a key
+//! no entry holds, from the newest descriptors on the running nodes (the meta
+//! range's stand-in). A write so refused was not applied and is sent again on
+//! the new route, so splits are invisible to the history's model.
+//!
 //! Recovery after a crash goes through [`rebuild_replica`], the function the
 //! node runtime uses, over the model's durable state. A crash in the middle of
 //! applying needs no separate case: applied state is never stored outside
@@ -14,9 +22,12 @@
 //!
 //! Checked while running: one leader per (range, term); replicas at the same
 //! applied index have the same state hash. After the faults stop: every client
-//! operation finishes, every replica of every range converges to one state,
-//! and the client history, with a final read of every key, is linearizable
-//! (so no acknowledged write was lost).
+//! operation finishes, every replica of every range (split-off ones included)
+//! converges to one state, the newest descriptors tile the key space with no
+//! gap and no overlap, no node holds two overlapping replicas, and the client
+//! history, with a final read of every key, is linearizable (so no
+//! acknowledged write was lost). One known gap is tolerated, by name: see
+//! `World::missing_by_known_gap`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -31,8 +42,8 @@ use crate::range::{ApplyResult, Command, RangeDescriptor, RangeId};
 use crate::store::codec::{decode_batch, encode_batch};
 use crate::store::recovery::{DurableLog, rebuild_replica};
 use crate::store::{
-    ReadConsistency, ReadOp, Reply, ReqId, Request, Store, StoreConfig, StoreError, StoreReady,
-    WriteBatch, cluster_layout, initial_replica,
+    META_RANGE, ReadConsistency, ReadOp, Reply, ReqId, Request, Store, StoreConfig, StoreError,
+    StoreReady, WriteBatch, cluster_layout, initial_replica,
 };
 
 type Time = u64;
@@ -82,6 +93,17 @@ pub struct StoreSimReport {
     /// Requests a follower forwarded to its leader's node, and those given up.
     pub forwarded: u64,
     pub forwards_abandoned: u64,
+    /// Splits the splitter saw done, and user ranges at the end.
+    pub splits: usize,
+    pub ranges_after: usize,
+    /// Split-off ranges rebuilt at a restart from their own snapshot file
+    /// while the range they came from is back from before the split (its
+    /// records after the split were lost or its snapshot predates it), so it
+    /// replays the split and must keep the rebuilt replica.
+    pub split_restarts_replay: usize,
+    /// Replicas of split-off ranges missing at the end for the known reason
+    /// (see `missing_by_known_gap`: a left side caught up by a snapshot).
+    pub split_replicas_missing: usize,
 }
 
 /// Runs one seed.
@@ -202,18 +224,33 @@ struct SimNode {
     sync_scheduled: bool,
     incarnation: u64,
     tick_ms: Time,
-    /// Requests the store holds: its id -> (client, op seq).
-    waiting: HashMap<ReqId, (usize, u64)>,
+    /// Requests the store holds: its id -> (client, op seq, range).
+    waiting: HashMap<ReqId, (usize, u64, RangeId)>,
     next_req: ReqId,
+}
+
+/// What an operation asks of its range, whichever range that turns out to be.
+#[derive(Clone, Debug)]
+enum OpKind {
+    Write(Command),
+    Read(ReadOp, ReadConsistency),
+    /// Split the range holding `at` there, the new range getting `new_range`.
+    Split {
+        new_range: RangeId,
+    },
 }
 
 #[derive(Clone, Debug)]
 struct PendingOp {
     seq: u64,
-    input: Input,
+    /// For the history; `None` for a split, which the model does not see.
+    input: Option<Input>,
+    kind: OpKind,
+    /// The key the operation is routed by (a split's `at`).
+    key: Bytes,
     call: Time,
-    range: RangeDescriptor,
-    request: Request,
+    /// The route of the latest attempt.
+    range: Option<RangeDescriptor>,
     target: NodeId,
     last_sent: Time,
 }
@@ -224,6 +261,43 @@ struct SimClient {
     values: u64,
     leaders: BTreeMap<RangeId, NodeId>,
     last_seen: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Routing table: descriptors by start key, never overlapping, updated
+    /// from the `current` descriptor of `EpochMismatch`/`KeyNotInRange` and,
+    /// for a key no entry contains, from the live replicas (the meta range).
+    routes: BTreeMap<Bytes, RangeDescriptor>,
+    /// The client that splits ranges (its operations stay out of the history).
+    splitter: bool,
+}
+
+/// Whether two spans share a key.
+fn overlaps(a: &RangeDescriptor, b: &RangeDescriptor) -> bool {
+    (b.end.is_empty() || a.start[..] < b.end[..]) && (a.end.is_empty() || b.start[..] < a.end[..])
+}
+
+impl SimClient {
+    /// The descriptor in the table that contains `key`.
+    fn lookup(&self, key: &[u8]) -> Option<&RangeDescriptor> {
+        self.routes
+            .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(key)))
+            .next_back()
+            .map(|(_, d)| d)
+            .filter(|d| d.contains(key))
+    }
+
+    /// Learns `d`: kept unless a descriptor it overlaps is as new or newer
+    /// (for a given key the higher epoch is the newer descriptor), and then
+    /// replaces every (older) descriptor it overlaps.
+    fn learn(&mut self, d: &RangeDescriptor) {
+        if self
+            .routes
+            .values()
+            .any(|e| overlaps(e, d) && e.epoch >= d.epoch)
+        {
+            return;
+        }
+        self.routes.retain(|_, e| !overlaps(e, d));
+        self.routes.insert(d.start.clone(), d.clone());
+    }
 }
 
 #[derive(Debug)]
@@ -245,9 +319,16 @@ enum Ev {
         client: usize,
         seq: u64,
         from: NodeId,
+        range: RangeId,
         result: Result<Reply, StoreError>,
     },
     ClientNext(usize),
+    /// Sends a client's operation again, routed afresh.
+    Resend {
+        client: usize,
+        seq: u64,
+        hint: Option<NodeId>,
+    },
     ClientCheck {
         client: usize,
         seq: u64,
@@ -277,8 +358,13 @@ struct World {
     next_ev: u64,
     nodes: BTreeMap<NodeId, SimNode>,
     clients: Vec<SimClient>,
-    layout: Vec<RangeDescriptor>,
-    keys: Vec<(Vec<u8>, RangeDescriptor)>,
+    keys: Vec<Vec<u8>>,
+    /// The next range id a split gets (the meta range's allocator).
+    next_range_id: RangeId,
+    /// Splits still to start.
+    splits_left: u64,
+    /// Every split started: new range -> split key.
+    split_of: BTreeMap<RangeId, Bytes>,
     faults: Faults,
     snapshot_entries: u64,
     wake_max: usize,
@@ -286,6 +372,8 @@ struct World {
     isolated: Option<NodeId>,
     history: Vec<Op>,
     leaders_by_term: HashMap<(RangeId, u64), NodeId>,
+    /// Every (node, range) that a node held a replica of, ever.
+    held: std::collections::BTreeSet<(NodeId, RangeId)>,
     hash_at: HashMap<(RangeId, u64), u64>,
     trace: VecDeque<String>,
     report: StoreSimReport,
@@ -353,19 +441,29 @@ impl World {
             for k in 0..2u8 {
                 let mut key = d.start.to_vec();
                 key.extend_from_slice(&[0, k]);
-                keys.push((key, d.clone()));
+                keys.push(key);
             }
         }
         let n_clients = rng.range(2, 7) as usize;
-        let clients = (0..n_clients)
-            .map(|_| SimClient {
+        let splits_left = rng.range(2, 8);
+        let routes: BTreeMap<Bytes, RangeDescriptor> = layout
+            .ranges
+            .iter()
+            .map(|d| (d.start.clone(), d.clone()))
+            .collect();
+        // The last client is the splitter.
+        let clients = (0..=n_clients)
+            .map(|c| SimClient {
                 op: None,
                 seq: 0,
                 values: 0,
                 leaders: BTreeMap::new(),
                 last_seen: HashMap::new(),
+                routes: routes.clone(),
+                splitter: c == n_clients,
             })
             .collect();
+        let next_range_id = layout.ranges.iter().map(|d| d.id).max().unwrap_or(0) + 1;
         let report = StoreSimReport {
             nodes: n_nodes,
             ranges: n_ranges as usize,
@@ -380,8 +478,10 @@ impl World {
             next_ev: 0,
             nodes,
             clients,
-            layout: layout.ranges.clone(),
             keys,
+            next_range_id,
+            splits_left,
+            split_of: BTreeMap::new(),
             faults,
             snapshot_entries,
             wake_max,
@@ -389,6 +489,7 @@ impl World {
             isolated: None,
             history: Vec::new(),
             leaders_by_term: HashMap::new(),
+            held: Default::default(),
             hash_at: HashMap::new(),
             trace: VecDeque::new(),
             report,
@@ -415,7 +516,11 @@ impl World {
             self.at(t, Ev::Tick(id));
         }
         for c in 0..self.clients.len() {
-            let t = self.rng.range(0, 50);
+            let t = if self.clients[c].splitter {
+                self.rng.range(100, 1500)
+            } else {
+                self.rng.range(0, 50)
+            };
             self.at(t, Ev::ClientNext(c));
         }
         if self.faults.crash_every_ms > 0 {
@@ -458,22 +563,68 @@ impl World {
     fn unfinished(&self) -> String {
         let busy = self.clients.iter().filter(|c| c.op.is_some()).count();
         let mut lagging = Vec::new();
-        for d in &self.layout {
-            let states = self.replica_states(d);
-            if states.windows(2).any(|w| w[0] != w[1]) {
-                lagging.push(format!("range {}: {states:?}", d.id));
+        for d in self.meta_view().values() {
+            let holders = self.holders(d);
+            let states = self.replica_states(d.id, &holders);
+            if states.len() != holders.len() || states.windows(2).any(|w| w[0] != w[1]) {
+                lagging.push(format!("range {} on {holders:?}: {states:?}", d.id));
+                for n in &holders {
+                    let store = self.nodes[n].store.as_ref();
+                    if let Some((s, r)) = store.and_then(|s| Some((s, s.replica_raft(d.id)?))) {
+                        lagging.push(format!(
+                            "node {n}: term {} leader {} commit {} last {} quiesced {}",
+                            r.term(),
+                            r.leader(),
+                            r.commit_index(),
+                            r.last_index(),
+                            s.is_quiesced(d.id)
+                        ));
+                    }
+                }
             }
         }
         format!("{busy} clients busy; ranges not converged: {lagging:?}")
     }
 
-    /// (applied index, hash) of every replica of `d` on a running node.
-    fn replica_states(&self, d: &RangeDescriptor) -> Vec<(u64, u64)> {
-        d.replicas
+    /// (applied index, hash) of every replica of `range` on `nodes`, if running.
+    fn replica_states(&self, range: RangeId, nodes: &[NodeId]) -> Vec<(u64, u64)> {
+        nodes
             .iter()
-            .filter_map(|n| self.nodes.get(n)?.store.as_ref()?.replica_state(d.id))
+            .filter_map(|n| self.nodes.get(n)?.store.as_ref()?.replica_state(range))
             .map(|s| (s.applied().0, s.state_hash()))
             .collect()
+    }
+
+    /// The nodes that must hold a replica of `d`: its replicas, except those
+    /// missing it for the known reason below.
+    fn holders(&self, d: &RangeDescriptor) -> Vec<NodeId> {
+        d.replicas
+            .iter()
+            .copied()
+            .filter(|&n| !self.missing_by_known_gap(n, d))
+            .collect()
+    }
+
+    /// KNOWN LIMITATION (docs/splits.md §3, "Messages for a range this node
+    /// does not have"; uninitialized replicas are not built yet): a node
+    /// whose left-hand replica caught up by installing a snapshot taken after
+    /// the split never applies the split, so it never creates the right-hand
+    /// range (nor, then, any range later split off that one), and it drops
+    /// that range's traffic. Tolerated exactly when: `d` was made by a split,
+    /// node `n` never held `d` in any incarnation (had its left side applied
+    /// the split, it would have, and losing it would be a bug this does not
+    /// hide), and no replica on `n` holds `d`'s first key (so `n`'s left side
+    /// is past the split, and nothing there overlaps `d`).
+    fn missing_by_known_gap(&self, n: NodeId, d: &RangeDescriptor) -> bool {
+        let Some(store) = self.nodes.get(&n).and_then(|x| x.store.as_ref()) else {
+            return false;
+        };
+        self.split_of.contains_key(&d.id)
+            && !self.held.contains(&(n, d.id))
+            && !store
+                .range_ids()
+                .filter(|&r| r != META_RANGE)
+                .any(|r| store.descriptor(r).is_some_and(|x| x.contains(&d.start)))
     }
 
     fn start_heal(&mut self) {
@@ -493,7 +644,7 @@ impl World {
     }
 
     /// Healed: no client is busy and every range's replicas agree and have
-    /// a leader.
+    /// a leader (the ranges split off included).
     fn done(&self) -> bool {
         if self.clients.iter().any(|c| c.op.is_some()) {
             return false;
@@ -501,11 +652,13 @@ impl World {
         if self.nodes.values().any(|n| n.store.is_none()) {
             return false;
         }
-        self.layout.iter().all(|d| {
-            let states = self.replica_states(d);
-            states.len() == d.replicas.len()
+        self.meta_view().values().all(|d| {
+            let holders = self.holders(d);
+            let states = self.replica_states(d.id, &holders);
+            !holders.is_empty()
+                && states.len() == holders.len()
                 && states.windows(2).all(|w| w[0] == w[1])
-                && d.replicas.iter().any(|n| {
+                && holders.iter().any(|n| {
                     self.nodes[n]
                         .store
                         .as_ref()
@@ -515,14 +668,79 @@ impl World {
         })
     }
 
+    /// After healing: the newest descriptors tile the key space (no gap, no
+    /// overlap: every key is in exactly one range), and no node holds two
+    /// replicas whose spans overlap.
+    fn check_layout(&self) -> Result<(), Violation> {
+        let view = self.meta_view();
+        let mut spans: Vec<&RangeDescriptor> = view.values().collect();
+        spans.sort_by(|a, b| a.start.cmp(&b.start));
+        let show = |spans: &[&RangeDescriptor]| {
+            spans
+                .iter()
+                .map(|d| format!("{}@{} [{:?}, {:?})", d.id, d.epoch, d.start, d.end))
+                .collect::<Vec<_>>()
+        };
+        let mut next = Some(Bytes::new());
+        for d in &spans {
+            if next.as_ref() != Some(&d.start) {
+                return Err(fail(
+                    "split tiling",
+                    format!(
+                        "range {} starts at {:?} where {next:?} was expected: {:?}",
+                        d.id,
+                        d.start,
+                        show(&spans)
+                    ),
+                ));
+            }
+            next = (!d.end.is_empty()).then(|| d.end.clone());
+        }
+        if next.is_some() {
+            return Err(fail(
+                "split tiling",
+                format!("the key space ends uncovered: {:?}", show(&spans)),
+            ));
+        }
+        for node in self.nodes.values() {
+            let Some(s) = &node.store else {
+                continue;
+            };
+            let mut mine: Vec<&RangeDescriptor> = s
+                .range_ids()
+                .filter(|&r| r != META_RANGE)
+                .filter_map(|r| s.descriptor(r))
+                .collect();
+            mine.sort_by(|a, b| a.start.cmp(&b.start));
+            if mine.windows(2).any(|w| overlaps(w[0], w[1])) {
+                return Err(fail(
+                    "split overlap",
+                    format!("node {}: replicas overlap: {:?}", node.id, show(&mine)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn finish(&mut self) -> Result<(), Violation> {
+        self.check_layout()?;
+        let view = self.meta_view();
+        for d in view.values() {
+            if self.split_of.contains_key(&d.id) {
+                let missing = d.replicas.len() - self.holders(d).len();
+                self.report.split_replicas_missing += missing;
+            }
+        }
+        self.report.ranges_after = view.len();
         // A final read of every key, straight from the converged state,
         // after every operation: it must reflect every acknowledged write.
         let t = self.now + 1;
-        for (key, d) in self.keys.clone() {
-            let leader = d
-                .replicas
-                .iter()
+        for key in self.keys.clone() {
+            let d = newest_containing(&view, &key)
+                .ok_or_else(|| fail("split tiling", format!("no range holds {key:?}")))?;
+            let leader = self
+                .holders(d)
+                .into_iter()
                 .find(|n| {
                     self.nodes[n]
                         .store
@@ -530,7 +748,6 @@ impl World {
                         .and_then(|s| s.replica_raft(d.id))
                         .is_some_and(|r| r.is_leader())
                 })
-                .copied()
                 .ok_or_else(|| fail("liveness", format!("range {} has no leader", d.id)))?;
             let value = self.nodes[&leader]
                 .store
@@ -619,7 +836,7 @@ impl World {
                 };
                 n.next_req += 1;
                 let id = n.next_req;
-                n.waiting.insert(id, (client, seq));
+                n.waiting.insert(id, (client, seq, req.range()));
                 store.request(id, req);
                 self.drain(node)?;
             }
@@ -627,9 +844,11 @@ impl World {
                 client,
                 seq,
                 from,
+                range,
                 result,
-            } => self.on_reply(client, seq, from, result),
+            } => self.on_reply(client, seq, from, range, result),
             Ev::ClientNext(c) => self.client_next(c),
+            Ev::Resend { client, seq, hint } => self.send_op(client, seq, hint, false),
             Ev::ClientCheck { client, seq } => self.client_check(client, seq),
             Ev::Crash(n) => {
                 if self.chaos {
@@ -736,7 +955,8 @@ impl World {
             self.at(t, Ev::Deliver { from: n, to, bytes });
         }
         for (id, result) in rd.replies {
-            if let Some((client, seq)) = self.nodes.get_mut(&n).expect("node").waiting.remove(&id) {
+            let waiting = self.nodes.get_mut(&n).expect("node").waiting.remove(&id);
+            if let Some((client, seq, range)) = waiting {
                 let t = self.now + self.rng.range(1, 4);
                 self.at(
                     t,
@@ -744,6 +964,7 @@ impl World {
                         client,
                         seq,
                         from: n,
+                        range,
                         result,
                     },
                 );
@@ -775,6 +996,7 @@ impl World {
             }
             let (index, _) = state.applied();
             seen.push((range, index, Some(state.state_hash())));
+            self.held.insert((n, range));
         }
         for (range, x, hash) in seen {
             match hash {
@@ -850,6 +1072,22 @@ impl World {
                 .add_replica(range, init, state)
                 .map_err(|e| fail("recovery", format!("node {n}: {e}")))?;
         }
+        // A split-off range back from its file while the range it came from
+        // is back from before the split: a crash between the two (the left
+        // side replays the split and keeps this replica).
+        let mid = self
+            .split_of
+            .iter()
+            .filter(|(r, at)| {
+                store.replica_state(**r).is_some()
+                    && store.range_ids().any(|o| {
+                        o != **r
+                            && o != META_RANGE
+                            && store.descriptor(o).is_some_and(|d| d.contains(at))
+                    })
+            })
+            .count();
+        self.report.split_restarts_replay += mid;
         node.store = Some(store);
         self.note(format!("node {n} restarted"));
         self.drain(n)
@@ -858,32 +1096,36 @@ impl World {
     // ----- Clients -----
 
     fn client_next(&mut self, c: usize) {
+        if self.clients[c].splitter {
+            self.split_next(c);
+            return;
+        }
         if !self.chaos && self.clients[c].op.is_none() && self.now > self.opts.chaos_ms + 500 {
             return; // healed: clients stop so the world can settle
         }
-        let (key, range) = self.keys[self.rng.range(0, self.keys.len() as u64) as usize].clone();
+        let key = self.keys[self.rng.range(0, self.keys.len() as u64) as usize].clone();
         let client = &mut self.clients[c];
         client.seq += 1;
         client.values += 1;
         let value = format!("c{c}-{}", client.values).into_bytes();
         let roll = self.rng.range(0, 100);
-        let (input, request) = if roll < 40 {
+        let (input, kind) = if roll < 40 {
             (
                 Input::Put {
                     key: key.clone(),
                     value: value.clone(),
                 },
-                Command::Put {
+                OpKind::Write(Command::Put {
                     key: Bytes::from(key.clone()),
                     value: Bytes::from(value),
-                },
+                }),
             )
         } else if roll < 50 {
             (
                 Input::Delete { key: key.clone() },
-                Command::Delete {
+                OpKind::Write(Command::Delete {
                     key: Bytes::from(key.clone()),
-                },
+                }),
             )
         } else if roll < 65 {
             let expected = client.last_seen.get(&key).cloned().flatten();
@@ -893,11 +1135,11 @@ impl World {
                     expected: expected.clone(),
                     new: Some(value.clone()),
                 },
-                Command::Cas {
+                OpKind::Write(Command::Cas {
                     key: Bytes::from(key.clone()),
                     expected: expected.map(Bytes::from),
                     new: Some(Bytes::from(value)),
-                },
+                }),
             )
         } else {
             let consistency = if self.rng.chance(1, 2) {
@@ -905,57 +1147,160 @@ impl World {
             } else {
                 ReadConsistency::Lease
             };
-            let req = Request::Read {
-                range: range.id,
-                epoch: range.epoch,
-                op: ReadOp::Get {
-                    key: Bytes::from(key.clone()),
-                },
-                consistency,
+            let op = ReadOp::Get {
+                key: Bytes::from(key.clone()),
             };
-            self.start_op(c, Input::Get { key }, range, req);
-            return;
+            (
+                Input::Get { key: key.clone() },
+                OpKind::Read(op, consistency),
+            )
         };
-        let req = Request::Write {
-            range: range.id,
-            epoch: range.epoch,
-            command: request,
-        };
-        self.start_op(c, input, range, req);
+        self.start_op(c, Some(input), kind, Bytes::from(key));
     }
 
-    fn start_op(&mut self, c: usize, input: Input, range: RangeDescriptor, request: Request) {
-        let target = self.clients[c]
-            .leaders
-            .get(&range.id)
-            .copied()
-            .unwrap_or_else(|| {
-                range.replicas[self.rng.range(0, range.replicas.len() as u64) as usize]
-            });
+    /// The splitter's next split, during the faults only: one of the
+    /// clients' keys strictly inside the range that holds it now (so the
+    /// split moves data), with a new id from the world's counter (the meta
+    /// range's allocator, which the simulator does not model).
+    fn split_next(&mut self, c: usize) {
+        if !self.chaos || self.splits_left == 0 {
+            return;
+        }
+        let view = self.meta_view();
+        let candidates: Vec<Bytes> = self
+            .keys
+            .iter()
+            .filter(|k| newest_containing(&view, k).is_some_and(|d| d.start[..] < k[..]))
+            .map(|k| Bytes::from(k.clone()))
+            .collect();
+        if candidates.is_empty() {
+            let t = self.now + 200;
+            self.at(t, Ev::ClientNext(c));
+            return;
+        }
+        let at = candidates[self.rng.range(0, candidates.len() as u64) as usize].clone();
+        self.splits_left -= 1;
+        let new_range = self.next_range_id;
+        self.next_range_id += 1;
+        self.split_of.insert(new_range, at.clone());
+        self.note(format!("split at {at:?} into new range {new_range} starts"));
+        self.clients[c].seq += 1;
+        self.start_op(c, None, OpKind::Split { new_range }, at);
+    }
+
+    /// The newest descriptor of every user range that some running node
+    /// holds: what the meta range converges to (the simulator's stand-in for
+    /// it; an isolated node counts, a stale answer costs a retry).
+    fn meta_view(&self) -> BTreeMap<RangeId, RangeDescriptor> {
+        let mut view: BTreeMap<RangeId, RangeDescriptor> = BTreeMap::new();
+        for node in self.nodes.values() {
+            let Some(s) = &node.store else {
+                continue;
+            };
+            for id in s.range_ids() {
+                let Some(d) = s.descriptor(id) else {
+                    continue;
+                };
+                if id != META_RANGE && view.get(&id).is_none_or(|v| v.epoch < d.epoch) {
+                    view.insert(id, d.clone());
+                }
+            }
+        }
+        view
+    }
+
+    /// Client `c`'s route for `key`: its table, or, when no descriptor there
+    /// contains the key, the table refreshed from [`World::meta_view`].
+    fn route(&mut self, c: usize, key: &[u8]) -> Option<RangeDescriptor> {
+        if let Some(d) = self.clients[c].lookup(key) {
+            return Some(d.clone());
+        }
+        let mut view: Vec<RangeDescriptor> = self.meta_view().into_values().collect();
+        view.sort_by_key(|d| Reverse(d.epoch));
+        for d in &view {
+            self.clients[c].learn(d);
+        }
+        self.clients[c].lookup(key).cloned()
+    }
+
+    fn start_op(&mut self, c: usize, input: Option<Input>, kind: OpKind, key: Bytes) {
         let seq = self.clients[c].seq;
         self.clients[c].op = Some(PendingOp {
             seq,
             input,
+            kind,
+            key,
             call: self.now,
-            range,
-            request,
-            target,
+            range: None,
+            target: 0,
             last_sent: self.now,
         });
-        self.send_op(c);
+        self.send_op(c, seq, None, true);
     }
 
-    fn send_op(&mut self, c: usize) {
+    /// Routes the operation by its key and sends it: to `hint` if that is a
+    /// replica of the route, else (first attempt) to the leader last seen,
+    /// else to a random replica. A split whose key already starts a range is
+    /// done (it is idempotent); an operation whose key no live replica holds
+    /// waits and tries again.
+    fn send_op(&mut self, c: usize, seq: u64, hint: Option<NodeId>, first: bool) {
+        let Some(key) = self.clients[c]
+            .op
+            .as_ref()
+            .filter(|op| op.seq == seq)
+            .map(|op| op.key.clone())
+        else {
+            return;
+        };
+        let Some(desc) = self.route(c, &key) else {
+            self.retry(c, None);
+            return;
+        };
+        let is_split = matches!(
+            self.clients[c].op.as_ref().map(|op| &op.kind),
+            Some(OpKind::Split { .. })
+        );
+        if is_split && desc.start == key {
+            self.split_done(c);
+            return;
+        }
+        let leader = self.clients[c].leaders.get(&desc.id).copied();
+        let target = match (hint, leader) {
+            (Some(h), _) if desc.replicas.contains(&h) => h,
+            (_, Some(l)) if first && desc.replicas.contains(&l) => l,
+            _ => desc.replicas[self.rng.range(0, desc.replicas.len() as u64) as usize],
+        };
         let Some(op) = self.clients[c].op.as_mut() else {
             return;
         };
+        let (range, epoch) = (desc.id, desc.epoch);
+        let req = match &op.kind {
+            OpKind::Write(command) => Request::Write {
+                range,
+                epoch,
+                command: command.clone(),
+            },
+            OpKind::Read(read, consistency) => Request::Read {
+                range,
+                epoch,
+                op: read.clone(),
+                consistency: *consistency,
+            },
+            OpKind::Split { new_range } => Request::Split {
+                range,
+                epoch,
+                at: key,
+                new_range: *new_range,
+            },
+        };
+        op.range = Some(desc);
+        op.target = target;
         op.last_sent = self.now;
-        let (node, seq, req) = (op.target, op.seq, op.request.clone());
         let t = self.now + self.rng.range(1, 4);
         self.at(
             t,
             Ev::Request {
-                node,
+                node: target,
                 client: c,
                 seq,
                 req,
@@ -973,50 +1318,64 @@ impl World {
             return;
         }
         // No answer: a write may or may not have happened; a read can just
-        // be asked again (it changes nothing).
-        if matches!(op.input, Input::Get { .. }) {
-            self.retry(c, None);
-        } else {
+        // be asked again (it changes nothing), and so can a split (it is
+        // idempotent: routing shows whether it happened).
+        if matches!(op.kind, OpKind::Write(_)) {
             self.complete(c, Output::Unknown);
+        } else {
+            self.retry(c, None);
         }
     }
 
+    /// Sends the operation again after a backoff, routed afresh.
     fn retry(&mut self, c: usize, hint: Option<NodeId>) {
         let Some(op) = self.clients[c].op.as_mut() else {
             return;
         };
-        let replicas = &op.range.replicas;
-        op.target = match hint {
-            Some(h) if replicas.contains(&h) => h,
-            _ => replicas[self.rng.range(0, replicas.len() as u64) as usize],
-        };
         let backoff = self.rng.range(5, 60);
-        let seq = op.seq;
-        let (node, req) = (op.target, op.request.clone());
         op.last_sent = self.now + backoff;
+        let seq = op.seq;
         self.at(
             self.now + backoff,
-            Ev::Request {
-                node,
+            Ev::Resend {
                 client: c,
                 seq,
-                req,
+                hint,
             },
         );
-        let t = self.now + backoff + CLIENT_TIMEOUT_MS;
-        self.at(t, Ev::ClientCheck { client: c, seq });
     }
 
-    fn on_reply(&mut self, c: usize, seq: u64, from: NodeId, result: Result<Reply, StoreError>) {
+    fn on_reply(
+        &mut self,
+        c: usize,
+        seq: u64,
+        from: NodeId,
+        range: RangeId,
+        result: Result<Reply, StoreError>,
+    ) {
         let Some(op) = self.clients[c].op.as_ref() else {
             return;
         };
         if op.seq != seq {
             return;
         }
-        let range = op.range.id;
-        let is_read = matches!(op.input, Input::Get { .. });
+        let is_read = matches!(op.kind, OpKind::Read(..));
+        let is_split = matches!(op.kind, OpKind::Split { .. });
+        let key = op.key.clone();
         match result {
+            Ok(reply) if is_split => {
+                self.clients[c].leaders.insert(range, from);
+                if let Reply::Applied(ApplyResult::Split { left, right }) = reply {
+                    self.clients[c].learn(&left);
+                    self.clients[c].learn(&right);
+                    self.split_done(c);
+                } else {
+                    // Refused when applied (the range changed meanwhile):
+                    // route again, which shows whether it is done.
+                    self.note(format!("split at {key:?}: {reply:?}"));
+                    self.retry(c, None);
+                }
+            }
             Ok(reply) => {
                 self.clients[c].leaders.insert(range, from);
                 let output = match reply {
@@ -1038,18 +1397,40 @@ impl World {
                 }
                 self.retry(c, leader);
             }
+            // Not served (a write so answered was not applied): learn the
+            // range as it is now and route again by key.
+            Err(
+                StoreError::EpochMismatch { current, .. }
+                | StoreError::KeyNotInRange { current, .. },
+            ) => {
+                self.clients[c].learn(&current);
+                self.retry(c, None);
+            }
             Err(e) if e.is_retryable() => self.retry(c, None),
-            Err(_) if is_read => self.retry(c, None),
+            Err(_) if is_read || is_split => self.retry(c, None),
             Err(_) => self.complete(c, Output::Unknown),
         }
+    }
+
+    fn split_done(&mut self, c: usize) {
+        let Some(op) = self.clients[c].op.take() else {
+            return;
+        };
+        self.report.splits += 1;
+        self.note(format!("split at {:?} done", op.key));
+        let t = self.now + self.rng.range(100, 1000);
+        self.at(t, Ev::ClientNext(c));
     }
 
     fn complete(&mut self, c: usize, output: Output) {
         let Some(op) = self.clients[c].op.take() else {
             return;
         };
+        let Some(input) = op.input else {
+            return;
+        };
         let ret = (output != Output::Unknown).then_some(self.now);
-        match (&op.input, &output) {
+        match (&input, &output) {
             (Input::Get { key }, Output::Value(v)) => {
                 self.clients[c].last_seen.insert(key.clone(), v.clone());
             }
@@ -1075,10 +1456,20 @@ impl World {
             client: c as u64,
             call: op.call,
             ret,
-            input: op.input,
+            input,
             output,
         });
         let t = self.now + self.rng.range(1, 30);
         self.at(t, Ev::ClientNext(c));
     }
+}
+
+/// The highest-epoch descriptor in `view` that contains `key`.
+fn newest_containing<'a>(
+    view: &'a BTreeMap<RangeId, RangeDescriptor>,
+    key: &[u8],
+) -> Option<&'a RangeDescriptor> {
+    view.values()
+        .filter(|d| d.contains(key))
+        .max_by_key(|d| d.epoch)
 }

@@ -78,8 +78,17 @@ pub fn rebuild_replica(
     let mut hard_state = log.hard_state(range).unwrap_or_default();
     hard_state.term = hard_state.term.max(snapshot.meta.term);
 
-    // Does the durable log continue this snapshot's history?
+    // Does the durable log continue this snapshot's history? A snapshot at
+    // (1, 0) is a group's first state, the same on every replica (bootstrap,
+    // or a split's right-hand range), so every entry of the group follows
+    // it. That case needs no compaction record: a split writes the new
+    // range's snapshot file before the WAL batch that records its compaction
+    // point, and a crash can lose that batch; entries appended after the
+    // restart then start at 2 with nothing at 1, and must not be dropped at
+    // the next restart (they may have been acknowledged).
+    let first_state = at == 1 && snapshot.meta.term == 0;
     let continues = log.compacted(range) == Some((at, snapshot.meta.term))
+        || (first_state && log.compacted(range).is_none() && log.first_index(range) == Some(2))
         || (log.first_index(range).is_some_and(|f| f <= at)
             && log
                 .entries(range, at, at + 1)
@@ -203,6 +212,28 @@ mod tests {
             init.hard_state.commit, 4,
             "commit is capped at the last entry"
         );
+    }
+
+    /// A split-off range's snapshot file (index 1, term 0) survived a crash
+    /// that lost the batch with its compaction record; the entries the next
+    /// process appended (from 2) are kept at the restart after.
+    #[test]
+    fn entries_after_a_first_snapshot_without_compaction_record_are_replayed() {
+        let snap = snapshot_at_1();
+        let mut log = Log {
+            hs: Some(HardState {
+                term: 2,
+                vote: 1,
+                commit: 3,
+            }),
+            ..Default::default()
+        };
+        for i in 2..=4 {
+            log.entries.insert(i, (2, put(i as u8)));
+        }
+        let (init, _) = rebuild_replica(2, snap, &log).expect("rebuilds");
+        assert_eq!(init.entries.len(), 3);
+        assert_eq!(init.hard_state.commit, 3);
     }
 
     #[test]
