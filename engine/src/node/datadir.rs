@@ -30,7 +30,7 @@ use thiserror::Error;
 use crate::raft::{HardState, InitialState, NodeId, Snapshot, SnapshotMeta};
 use crate::range::{RangeId, RangeState};
 use crate::store::codec::{decode_snapshot_meta, encode_snapshot_meta};
-use crate::store::recovery::{DurableLog, RecoveryError, rebuild_replica};
+use crate::store::recovery::{DurableLog, RecoveryError, log_rewrite, rebuild_replica};
 
 const SNAP_MAGIC: &[u8; 4] = b"TSNP";
 const SNAP_VERSION: u32 = 1;
@@ -237,14 +237,56 @@ impl DataDir {
 
     /// Rebuilds one replica: its snapshot, then every WAL entry after it
     /// (see [`crate::store::recovery`] for the rules).
+    ///
+    /// When the WAL does not record the snapshot's compaction point (its
+    /// batch was lost in a crash), the group's records are rewritten to what
+    /// recovery decided, added to `fix` (see [`log_rewrite`]); the caller
+    /// writes `fix` durably before the node runs.
     pub fn recover_replica(
         &self,
         wal: &tessera_wal::Wal,
         range: RangeId,
+        fix: &mut tessera_wal::LogBatch,
     ) -> Result<(InitialState, RangeState), DataDirError> {
         let snapshot = self.read_snapshot(range)?;
-        rebuild_replica(range, snapshot, &WalLog(wal))
-            .map_err(|e| DataDirError::Recovery(Box::new(e)))
+        let log = WalLog(wal);
+        let (init, state) = rebuild_replica(range, snapshot, &log)
+            .map_err(|e| DataDirError::Recovery(Box::new(e)))?;
+        if let Some(rw) = log_rewrite(range, &init, &log) {
+            fix.remove_group(range);
+            fix.compact(
+                range,
+                tessera_wal::CompactionPoint {
+                    index: rw.compact.0,
+                    term: rw.compact.1,
+                    meta: Bytes::from(crate::store::codec::encode_snapshot_meta(
+                        &init.snapshot.meta,
+                    )),
+                },
+            );
+            if !rw.entries.is_empty() {
+                let entries = rw
+                    .entries
+                    .into_iter()
+                    .map(|(index, term, data)| tessera_wal::Entry { index, term, data })
+                    .collect();
+                fix.add_entries(range, entries).map_err(|e| {
+                    DataDirError::Recovery(Box::new(RecoveryError::Log {
+                        range,
+                        why: e.to_string(),
+                    }))
+                })?;
+            }
+            fix.set_hard_state(
+                range,
+                tessera_wal::HardState {
+                    term: rw.hard_state.term,
+                    vote: rw.hard_state.vote,
+                    commit: rw.hard_state.commit,
+                },
+            );
+        }
+        Ok((init, state))
     }
 }
 

@@ -311,11 +311,15 @@ impl Node {
             }
             datadir.mark_bootstrapped()?;
         } else if let Some(wal) = &wal {
+            let mut fix = tessera_wal::LogBatch::new();
             for range in datadir.snapshot_ranges()? {
-                let (init, state) = datadir.recover_replica(wal, range)?;
+                let (init, state) = datadir.recover_replica(wal, range, &mut fix)?;
                 store
                     .add_replica(range, init, state)
                     .map_err(|e| NodeError::Config(e.to_string()))?;
+            }
+            if !fix.is_empty() {
+                wal.write(fix)?;
             }
         }
 

@@ -40,7 +40,7 @@ use super::linearizability::{self, Input, Op, Output};
 use crate::raft::{HardState, NodeId, Rng, Snapshot};
 use crate::range::{ApplyResult, Command, RangeDescriptor, RangeId};
 use crate::store::codec::{decode_batch, encode_batch};
-use crate::store::recovery::{DurableLog, rebuild_replica};
+use crate::store::recovery::{DurableLog, log_rewrite, rebuild_replica};
 use crate::store::{
     META_RANGE, ReadConsistency, ReadOp, Reply, ReqId, Request, Store, StoreConfig, StoreError,
     StoreReady, WriteBatch, cluster_layout, initial_replica,
@@ -1065,12 +1065,23 @@ impl World {
             sc.raft.bugs = self.opts.bugs;
         }
         let mut store = Store::new(sc, &node.disk.peers);
+        let mut rewrites = Vec::new();
         for (&range, snap) in &node.disk.snapshots {
             let (init, state) = rebuild_replica(range, snap.clone(), &node.disk)
                 .map_err(|e| fail("recovery", format!("node {n}: {e}")))?;
+            rewrites.extend(log_rewrite(range, &init, &node.disk).map(|rw| (range, rw)));
             store
                 .add_replica(range, init, state)
                 .map_err(|e| fail("recovery", format!("node {n}: {e}")))?;
+        }
+        // As the node does: the rewrites are durable before the store runs.
+        for (range, rw) in rewrites {
+            node.disk.apply(&[
+                WalOp::Remove(range),
+                WalOp::Compact(range, rw.compact.0, rw.compact.1),
+                WalOp::Entries(range, rw.entries),
+                WalOp::HardState(range, rw.hard_state),
+            ]);
         }
         // A split-off range back from its file while the range it came from
         // is back from before the split: a crash between the two (the left

@@ -131,6 +131,45 @@ pub fn rebuild_replica(
     ))
 }
 
+/// A group's durable log as recovery decided it must be: compacted at the
+/// snapshot, then `entries`, then `hard_state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRewrite {
+    /// The snapshot's (index, term).
+    pub compact: (u64, u64),
+    /// (index, term, payload as `codec::encode_payload` makes it).
+    pub entries: Vec<(u64, u64, Bytes)>,
+    pub hard_state: HardState,
+}
+
+/// What the host must write (replacing the group's records, durably, before
+/// the store runs) when the log does not record the snapshot's compaction
+/// point: a snapshot file can be durable while the WAL batch that compacted
+/// the log there was lost (a leader's snapshot, a split's new range). The
+/// entries recovery kept (or dropped as another history) would otherwise be
+/// judged again at the next restart against a log that has grown since, and
+/// acknowledged entries appended after this restart could be dropped then.
+/// `None` when the log already records the snapshot's point.
+pub fn log_rewrite(
+    range: RangeId,
+    init: &InitialState,
+    log: &impl DurableLog,
+) -> Option<LogRewrite> {
+    let meta = &init.snapshot.meta;
+    if log.compacted(range) == Some((meta.index, meta.term)) {
+        return None;
+    }
+    Some(LogRewrite {
+        compact: (meta.index, meta.term),
+        entries: init
+            .entries
+            .iter()
+            .map(|e| (e.index, e.term, super::codec::encode_payload(&e.payload)))
+            .collect(),
+        hard_state: init.hard_state,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
