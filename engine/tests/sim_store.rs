@@ -29,7 +29,7 @@ fn sim_store() {
          {} snapshots installed, {} quiesced, {} woken, {} entries in {} write batches, \
          {} requests forwarded to leaders ({} given up); {} splits done ({} ranges at the end), \
          {} split-off ranges rebuilt at a restart before their left side replayed the split, \
-         {} split-off replicas missing for the known reason (docs/splits.md §3) in {} seeds",
+         {} uninitialized replicas created for a range's messages (in {} seeds)",
         sum(|r| r.ranges as u64),
         sum(|r| r.ops_ok as u64),
         sum(|r| r.ops_unknown as u64),
@@ -44,10 +44,10 @@ fn sim_store() {
         sum(|r| r.splits as u64),
         sum(|r| r.ranges_after as u64),
         sum(|r| r.split_restarts_replay as u64),
-        sum(|r| r.split_replicas_missing as u64),
+        sum(|r| r.uninitialized_created),
         reports
             .iter()
-            .filter(|r| r.split_replicas_missing > 0)
+            .filter(|r| r.uninitialized_created > 0)
             .count(),
     ));
     // Clients that reached a follower had their requests forwarded: the

@@ -1980,10 +1980,13 @@ fn a_lagging_follower_applies_the_split_later_and_creates_the_new_range_then() {
     );
     assert_eq!(s.descriptor(LHS), Some(&sim.layout.ranges[0]));
     assert_eq!(s.stats().splits_applied, 0);
-    // Heal: it applies the split from the log and creates the RHS then.
+    // Heal: it gets the RHS, either by applying the split from the log, or
+    // (when the RHS's leader reaches it first) as an uninitialized replica
+    // that installs the leader's snapshot; the split then keeps it.
     sim.cut.clear();
     sim.ticks(30);
-    assert_eq!(sim.store(lagging).stats().splits_applied, 1);
+    let stats = sim.store(lagging).stats();
+    assert_eq!(stats.splits_applied + stats.uninitialized_created, 1);
     assert_split_everywhere(&mut sim, &at, &rk);
 }
 
@@ -2134,9 +2137,6 @@ fn after_a_restart_without_the_new_ranges_file_the_split_creates_it_again() {
 }
 
 #[test]
-#[ignore = "known gap until part 3 of docs/splits.md: a follower that catches up through a \
-            snapshot of the LHS taken after the split never applies the split, so it never \
-            creates the RHS (whose messages it drops), and the RHS keeps two replicas of three"]
 fn a_follower_that_catches_up_by_snapshot_past_the_split_gets_the_new_range() {
     let (mut sim, at, lk, rk) = split_setup_with(|c| c.snapshot_entries = 4);
     let leader = sim.agreed_leader(LHS).expect("leader");
@@ -2168,4 +2168,117 @@ fn a_follower_that_catches_up_by_snapshot_past_the_split_gets_the_new_range() {
     let (left, _) = split_descriptors(&sim, &at);
     assert_eq!(sim.store(lagging).descriptor(LHS), Some(&left));
     assert_split_everywhere(&mut sim, &at, &rk);
+}
+
+// ----- Uninitialized replicas (docs/splits.md, "Messages for a range this node does not have") -----
+
+/// A vote request from `from` at `term` for `range`, in a batch.
+fn vote_batch(range: RangeId, from: NodeId, to: NodeId, term: u64) -> PeerBatch {
+    PeerBatch {
+        incarnation: 100 + from,
+        messages: vec![(
+            range,
+            Message {
+                from,
+                to,
+                term,
+                body: MessageBody::Vote {
+                    pre_vote: false,
+                    last_log_index: 1,
+                    last_log_term: 0,
+                    force: false,
+                },
+            },
+        )],
+        control: vec![],
+    }
+}
+
+/// Runs a store's ready loop with every write durable at once; returns the
+/// vote answers it sent and the hard states it wrote for `range`.
+fn drain_votes(store: &mut Store, range: RangeId) -> (Vec<(NodeId, bool)>, Vec<HardState>) {
+    let (mut votes, mut hard_states) = (Vec::new(), Vec::new());
+    while store.has_ready() {
+        let rd = store.ready();
+        for (_, batch) in &rd.messages {
+            for (r, m) in &batch.messages {
+                if let (true, MessageBody::VoteResponse { granted, .. }) = (*r == range, &m.body) {
+                    votes.push((m.to, *granted));
+                }
+            }
+        }
+        if let Some(w) = rd.write {
+            hard_states.extend(
+                w.groups
+                    .iter()
+                    .filter(|g| g.range == range)
+                    .filter_map(|g| g.hard_state),
+            );
+            store.persisted(w.token);
+        }
+    }
+    (votes, hard_states)
+}
+
+#[test]
+fn an_uninitialized_replica_votes_once_per_term_even_across_a_restart() {
+    const NEW: RangeId = 77;
+    let mut store = Store::new(store_config(2, &|_| {}), &BTreeMap::new());
+    store.receive(1, vote_batch(NEW, 1, 2, 5));
+    let (votes, hard_states) = drain_votes(&mut store, NEW);
+    assert_eq!(votes, vec![(1, true)], "an empty replica may vote");
+    let hs = *hard_states.last().expect("the vote is persisted");
+    assert_eq!((hs.term, hs.vote), (5, 1));
+    // It serves nothing and is not listed as a range here.
+    assert_eq!(store.range_ids().count(), 0);
+    assert_eq!(store.uninitialized_ids().collect::<Vec<_>>(), vec![NEW]);
+    let id = 1;
+    store.request(
+        id,
+        Request::Read {
+            range: NEW,
+            epoch: 0,
+            op: ReadOp::Count,
+            consistency: ReadConsistency::Stale,
+        },
+    );
+    let rd = store.ready();
+    assert_eq!(
+        rd.replies,
+        vec![(id, Err(StoreError::RangeNotFound { range: NEW }))]
+    );
+
+    // Restarted from what it wrote: it remembers the vote.
+    let known = BTreeMap::from([(1, 101), (3, 103)]);
+    let mut store = Store::new(store_config(2, &|_| {}), &known);
+    assert!(store.add_uninitialized_replica(NEW, hs));
+    store.receive(3, vote_batch(NEW, 3, 2, 5));
+    let (votes, _) = drain_votes(&mut store, NEW);
+    assert_eq!(votes, vec![(3, false)], "a second vote in term 5");
+    // (A restarted replica ignores vote requests for an election timeout.)
+    for _ in 0..2 * store.config().raft.election_ticks {
+        store.tick();
+    }
+    drain_votes(&mut store, NEW);
+    store.receive(3, vote_batch(NEW, 3, 2, 6));
+    let (votes, _) = drain_votes(&mut store, NEW);
+    assert_eq!(votes, vec![(3, true)], "a new term, a new vote");
+}
+
+#[test]
+fn uninitialized_replicas_are_capped_and_never_made_for_the_meta_range_or_answers() {
+    let mut store = Store::new(store_config(2, &|_| {}), &BTreeMap::new());
+    store.receive(1, vote_batch(META_RANGE, 1, 2, 5));
+    let mut answer = vote_batch(500, 1, 2, 5);
+    answer.messages[0].1.body = MessageBody::VoteResponse {
+        pre_vote: false,
+        granted: true,
+    };
+    store.receive(1, answer);
+    assert_eq!(store.uninitialized_ids().count(), 0);
+    for range in 1000..1000 + 1100 {
+        store.receive(1, vote_batch(range, 1, 2, 5));
+    }
+    assert_eq!(store.uninitialized_ids().count(), 1024);
+    assert_eq!(store.stats().uninitialized_created, 1024);
 }

@@ -312,11 +312,28 @@ impl Node {
             datadir.mark_bootstrapped()?;
         } else if let Some(wal) = &wal {
             let mut fix = tessera_wal::LogBatch::new();
-            for range in datadir.snapshot_ranges()? {
+            let with_files = datadir.snapshot_ranges()?;
+            for &range in &with_files {
                 let (init, state) = datadir.recover_replica(wal, range, &mut fix)?;
                 store
                     .add_replica(range, init, state)
                     .map_err(|e| NodeError::Config(e.to_string()))?;
+            }
+            // A group with a hard state and no snapshot file is an
+            // uninitialized replica (it may have voted): it comes back as one.
+            for range in wal.groups() {
+                if !with_files.contains(&range)
+                    && let Some(h) = wal.hard_state(range)
+                {
+                    store.add_uninitialized_replica(
+                        range,
+                        crate::raft::HardState {
+                            term: h.term,
+                            vote: h.vote,
+                            commit: 0,
+                        },
+                    );
+                }
             }
             if !fix.is_empty() {
                 wal.write(fix)?;

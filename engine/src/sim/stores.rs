@@ -26,8 +26,7 @@
 //! converges to one state, the newest descriptors tile the key space with no
 //! gap and no overlap, no node holds two overlapping replicas, and the client
 //! history, with a final read of every key, is linearizable (so no
-//! acknowledged write was lost). One known gap is tolerated, by name: see
-//! `World::missing_by_known_gap`.
+//! acknowledged write was lost).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -101,9 +100,9 @@ pub struct StoreSimReport {
     /// records after the split were lost or its snapshot predates it), so it
     /// replays the split and must keep the rebuilt replica.
     pub split_restarts_replay: usize,
-    /// Replicas of split-off ranges missing at the end for the known reason
-    /// (see `missing_by_known_gap`: a left side caught up by a snapshot).
-    pub split_replicas_missing: usize,
+    /// Uninitialized replicas the stores created for a range's messages
+    /// (a split's new range not yet, or never, created by its split here).
+    pub uninitialized_created: u64,
 }
 
 /// Runs one seed.
@@ -595,36 +594,9 @@ impl World {
             .collect()
     }
 
-    /// The nodes that must hold a replica of `d`: its replicas, except those
-    /// missing it for the known reason below.
+    /// The nodes that must hold a replica of `d`: all of its replicas.
     fn holders(&self, d: &RangeDescriptor) -> Vec<NodeId> {
-        d.replicas
-            .iter()
-            .copied()
-            .filter(|&n| !self.missing_by_known_gap(n, d))
-            .collect()
-    }
-
-    /// KNOWN LIMITATION (docs/splits.md §3, "Messages for a range this node
-    /// does not have"; uninitialized replicas are not built yet): a node
-    /// whose left-hand replica caught up by installing a snapshot taken after
-    /// the split never applies the split, so it never creates the right-hand
-    /// range (nor, then, any range later split off that one), and it drops
-    /// that range's traffic. Tolerated exactly when: `d` was made by a split,
-    /// node `n` never held `d` in any incarnation (had its left side applied
-    /// the split, it would have, and losing it would be a bug this does not
-    /// hide), and no replica on `n` holds `d`'s first key (so `n`'s left side
-    /// is past the split, and nothing there overlaps `d`).
-    fn missing_by_known_gap(&self, n: NodeId, d: &RangeDescriptor) -> bool {
-        let Some(store) = self.nodes.get(&n).and_then(|x| x.store.as_ref()) else {
-            return false;
-        };
-        self.split_of.contains_key(&d.id)
-            && !self.held.contains(&(n, d.id))
-            && !store
-                .range_ids()
-                .filter(|&r| r != META_RANGE)
-                .any(|r| store.descriptor(r).is_some_and(|x| x.contains(&d.start)))
+        d.replicas.clone()
     }
 
     fn start_heal(&mut self) {
@@ -725,12 +697,12 @@ impl World {
     fn finish(&mut self) -> Result<(), Violation> {
         self.check_layout()?;
         let view = self.meta_view();
-        for d in view.values() {
-            if self.split_of.contains_key(&d.id) {
-                let missing = d.replicas.len() - self.holders(d).len();
-                self.report.split_replicas_missing += missing;
-            }
-        }
+        self.report.uninitialized_created = self
+            .nodes
+            .values()
+            .filter_map(|n| n.store.as_ref())
+            .map(|s| s.stats().uninitialized_created)
+            .sum();
         self.report.ranges_after = view.len();
         // A final read of every key, straight from the converged state,
         // after every operation: it must reflect every acknowledged write.
@@ -1073,6 +1045,15 @@ impl World {
             store
                 .add_replica(range, init, state)
                 .map_err(|e| fail("recovery", format!("node {n}: {e}")))?;
+        }
+        // As the node does: groups with a hard state and no snapshot file
+        // come back uninitialized.
+        for (&range, g) in &node.disk.wal {
+            if !node.disk.snapshots.contains_key(&range)
+                && let Some(hs) = g.hard_state
+            {
+                store.add_uninitialized_replica(range, hs);
+            }
         }
         // As the node does: the rewrites are durable before the store runs.
         for (range, rw) in rewrites {

@@ -26,9 +26,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use bytes::Bytes;
+
 use crate::raft::{
-    ConfigError, EntryPayload, InitialState, Message, MessageBody, NO_NODE, NodeId, ProposeError,
-    Raft, ReadMode,
+    ConfigError, EntryPayload, HardState, InitialState, Message, MessageBody, NO_NODE, NodeId,
+    ProposeError, Raft, ReadMode,
 };
 use crate::range::{
     ApplyError, ApplyResult, Command, Proposal, RangeDescriptor, RangeId, RangeState,
@@ -45,8 +47,9 @@ use super::request::{ReadConsistency, ReadOp, Reply, ReqId, Request, StoreError}
 /// host's request ids must not use it.
 pub const FORWARDED_ID_BIT: ReqId = 1 << 63;
 
-/// Messages held for ranges this node does not hold yet (see `Store::held`).
-const HELD_MESSAGES_MAX: usize = 1024;
+/// At most this many uninitialized replicas (see `Store::create_uninitialized`)
+/// exist at once on a node.
+const UNINITIALIZED_MAX: usize = 1024;
 
 /// A request this node forwarded to the leader's node, waiting for its answer.
 #[derive(Debug, Clone)]
@@ -115,6 +118,8 @@ pub struct StoreStats {
     pub forwards_served: u64,
     /// Ranges this node created by applying a split.
     pub splits_applied: u64,
+    /// Uninitialized replicas created for peers' messages (or recovered).
+    pub uninitialized_created: u64,
 }
 
 /// Every replica on one node. See the module docs.
@@ -142,14 +147,9 @@ pub struct Store {
     next_serving: u64,
     /// See [`StoreReady::publish`].
     publish: Vec<RangeDescriptor>,
-    /// Messages for ranges this node does not hold (yet), with the tick they
-    /// came: a split's new range campaigns on the left side's leader as soon
-    /// as it applies the split, usually before the followers have; its vote
-    /// requests wait here until the followers create the range, instead of
-    /// costing it an election timeout. At most [`HELD_MESSAGES_MAX`], kept
-    /// one election timeout.
-    held: BTreeMap<RangeId, Vec<(u64, Message)>>,
-    held_count: usize,
+    /// Replicas created empty for a peer's message about a range this node
+    /// does not hold (see [`Store::create_uninitialized`]).
+    uninitialized: BTreeSet<RangeId>,
     /// Forwards and their answers the host could not send (see
     /// [`Store::resend_later`]), sent again at the next tick.
     resend: BTreeMap<NodeId, Vec<Control>>,
@@ -194,8 +194,7 @@ impl Store {
             next_serving: 0,
             resend: BTreeMap::new(),
             publish: Vec::new(),
-            held: BTreeMap::new(),
-            held_count: 0,
+            uninitialized: BTreeSet::new(),
             stats: StoreStats::default(),
         }
     }
@@ -238,12 +237,22 @@ impl Store {
 
     // ----- Introspection -----
 
+    /// The ranges this node holds an initialized replica of.
     pub fn range_ids(&self) -> impl Iterator<Item = RangeId> + '_ {
-        self.replicas.keys().copied()
+        self.replicas
+            .keys()
+            .copied()
+            .filter(|r| !self.uninitialized.contains(r))
+    }
+
+    /// Ranges this node holds only an uninitialized replica of (waiting for
+    /// its leader's snapshot or for a split to apply here).
+    pub fn uninitialized_ids(&self) -> impl Iterator<Item = RangeId> + '_ {
+        self.uninitialized.iter().copied()
     }
 
     pub fn descriptor(&self, range: RangeId) -> Option<&RangeDescriptor> {
-        self.replicas.get(&range).map(|r| r.state.descriptor())
+        self.replica_state(range).map(|s| s.descriptor())
     }
 
     /// The leader this replica knows of, if any.
@@ -258,7 +267,11 @@ impl Store {
         self.replicas.get(&range).map(|r| &r.raft)
     }
 
+    /// The state of an initialized replica.
     pub fn replica_state(&self, range: RangeId) -> Option<&RangeState> {
+        if self.uninitialized.contains(&range) {
+            return None;
+        }
         self.replicas.get(&range).map(|r| &r.state)
     }
 
@@ -428,6 +441,9 @@ impl Store {
         // replica and drop the moved keys (see `create_split_range`).
         let new_range_taken = matches!(&req, Request::Split { new_range, .. }
             if self.replicas.contains_key(new_range));
+        if self.uninitialized.contains(&range) {
+            return Err(StoreError::RangeNotFound { range });
+        }
         let r = self
             .replicas
             .get_mut(&range)
@@ -542,8 +558,10 @@ impl Store {
             if msg.to != self.cfg.node_id || msg.from != from {
                 continue;
             }
+            if !self.replicas.contains_key(&range) && !self.create_uninitialized(range, &msg) {
+                continue;
+            }
             let Some(r) = self.replicas.get_mut(&range) else {
-                self.hold_for_unknown_range(range, msg);
                 continue;
             };
             // Late acknowledgements to a quiesced leader change nothing.
@@ -572,26 +590,79 @@ impl Store {
         }
     }
 
-    /// Keeps a message for a range this node does not hold, in case a split
-    /// it is about to apply creates it (see `Store::held`).
-    fn hold_for_unknown_range(&mut self, range: RangeId, msg: Message) {
-        if self.held_count < HELD_MESSAGES_MAX {
-            self.held_count += 1;
-            self.held.entry(range).or_default().push((self.ticks, msg));
+    /// A peer's Raft group asks something of a replica this node does not
+    /// hold: a split's new range whose split this node has not applied yet
+    /// (its vote requests usually come first), or one it will never apply
+    /// because its replica of the left side caught up through a snapshot
+    /// taken after the split. Either way the replica is created empty
+    /// (*uninitialized*: no log, no configuration, no state) and answers
+    /// like any replica: it may vote (so a new range elects its leader at
+    /// once even while a member lags), and an append it cannot match makes
+    /// the leader send its snapshot, which initializes it. It serves no
+    /// request until then (`RangeNotFound`). Its hard state is persisted
+    /// like any group's, and the host recreates it at a restart
+    /// ([`Store::add_uninitialized_replica`]): a forgotten vote or term could
+    /// elect two leaders in a term or confirm a deposed leader's read.
+    ///
+    /// Overlap with this node's other replicas is harmless here, unlike in
+    /// engines whose ranges share one key space on disk (TiKV checks a
+    /// snapshot's span before installing it for that reason): every range
+    /// has its own state, and requests are checked against the serving
+    /// replica's epoch and span.
+    ///
+    /// Only requests create one (a response is about something this node
+    /// asked, so it cannot be for a range it lacks), never for the meta
+    /// range, and at most `UNINITIALIZED_MAX` at once.
+    fn create_uninitialized(&mut self, range: RangeId, msg: &Message) -> bool {
+        let asks = matches!(
+            msg.body,
+            MessageBody::Vote { .. }
+                | MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::SnapshotChunk { .. }
+        );
+        if !asks || range == META_RANGE || self.uninitialized.len() >= UNINITIALIZED_MAX {
+            return false;
         }
+        self.add_uninitialized_replica(range, HardState::default())
     }
 
-    /// Forgets held messages older than an election timeout: by then the
-    /// sender has moved on (a candidate campaigns again, a leader resends).
-    fn expire_held(&mut self) {
-        let horizon = self
-            .ticks
-            .saturating_sub(self.cfg.raft.election_ticks as u64);
-        self.held.retain(|_, msgs| {
-            msgs.retain(|(at, _)| *at >= horizon);
-            !msgs.is_empty()
-        });
-        self.held_count = self.held.values().map(Vec::len).sum();
+    /// Recreates an uninitialized replica (see `create_uninitialized`) with
+    /// its persisted hard state, for the host's recovery: a group with a
+    /// hard state in the log and no snapshot file. False if the range is
+    /// already here.
+    pub fn add_uninitialized_replica(&mut self, range: RangeId, hard_state: HardState) -> bool {
+        if self.replicas.contains_key(&range) {
+            return false;
+        }
+        let placeholder = RangeDescriptor {
+            id: range,
+            start: Bytes::new(),
+            end: Bytes::new(),
+            replicas: Vec::new(),
+            epoch: 0,
+        };
+        let init = InitialState {
+            hard_state: HardState {
+                commit: 0,
+                ..hard_state
+            },
+            ..InitialState::joining()
+        };
+        if self
+            .add_replica(range, init, RangeState::new(placeholder))
+            .is_err()
+        {
+            return false;
+        }
+        self.uninitialized.insert(range);
+        self.stats.uninitialized_created += 1;
+        true
+    }
+
+    /// Whether `range` is here and initialized (has a state to serve).
+    fn initialized(&self, range: RangeId) -> bool {
+        self.replicas.contains_key(&range) && !self.uninitialized.contains(&range)
     }
 
     /// This node is about to stop. Tells every peer, so that they stop
@@ -623,9 +694,6 @@ impl Store {
     pub fn tick(&mut self) {
         self.ticks += 1;
         self.check_liveness();
-        if !self.held.is_empty() {
-            self.expire_held();
-        }
         if !self.forwarded.is_empty() {
             self.abandon_forwards();
         }
@@ -796,6 +864,7 @@ impl Store {
                             .push((req, Err(StoreError::Ambiguous { range })));
                     }
                     r.state = state;
+                    self.uninitialized.remove(&range);
                     self.stats.snapshots_installed += 1;
                     r.entries_since_snapshot = 0;
                     r.bytes_since_snapshot = 0;
@@ -900,7 +969,7 @@ impl Store {
         }
         let leads = r.raft.is_leader();
         for right in split_off {
-            self.create_split_range(right, leads, groups);
+            self.create_split_range(right, leads, groups, after);
         }
         if let Some(why) = undecodable {
             self.fail_replica(range, why);
@@ -958,12 +1027,48 @@ impl Store {
     /// snapshot file after a restart, when the left side replays the split),
     /// that replica is kept: it may have moved on since. On the left side's
     /// leader it campaigns at once.
-    fn create_split_range(&mut self, right: RangeState, leads: bool, groups: &mut Vec<GroupWrite>) {
+    fn create_split_range(
+        &mut self,
+        right: RangeState,
+        leads: bool,
+        groups: &mut Vec<GroupWrite>,
+        after: &mut AfterPersist,
+    ) {
         let desc = right.descriptor().clone();
-        if self.replicas.contains_key(&desc.id) || !desc.replicas.contains(&self.cfg.node_id) {
+        if self.initialized(desc.id) || !desc.replicas.contains(&self.cfg.node_id) {
             return;
         }
         let mut init = InitialState::new_group(desc.replicas.iter().copied());
+        // An uninitialized replica made for the new range's messages may
+        // have voted: its term and vote carry over (CockroachDB #44615).
+        let mut carried = None;
+        if self.uninitialized.remove(&desc.id)
+            && let Some(mut old) = self.replicas.remove(&desc.id)
+        {
+            self.awake.remove(&desc.id);
+            let hs = old.raft.hard_state();
+            if hs.term > init.hard_state.term {
+                init.hard_state.term = hs.term;
+                init.hard_state.vote = hs.vote;
+            }
+            carried = Some(init.hard_state);
+            // What it said and has not sent yet (say, the vote just granted)
+            // goes out; what waits for durability waits for the carried hard
+            // state, written in this batch.
+            if old.raft.has_ready() {
+                let rd = old.raft.ready();
+                for m in rd.messages {
+                    self.outbox
+                        .entry(m.to)
+                        .or_default()
+                        .messages
+                        .push((desc.id, m));
+                }
+                if !rd.persisted_messages.is_empty() {
+                    after.groups.push((desc.id, None, rd.persisted_messages));
+                }
+            }
+        }
         let data = right.snapshot();
         init.snapshot.data = data.clone();
         let meta = init.snapshot.meta.clone();
@@ -983,16 +1088,8 @@ impl Store {
                 replaces_log: false,
             }),
             entries: Vec::new(),
-            hard_state: None,
+            hard_state: carried,
         });
-        if let Some(held) = self.held.remove(&desc.id)
-            && let Some(r) = self.replicas.get_mut(&desc.id)
-        {
-            self.held_count -= held.len();
-            for (_, msg) in held {
-                r.raft.step(msg);
-            }
-        }
         if leads && let Some(r) = self.replicas.get_mut(&desc.id) {
             r.raft.campaign_now();
             r.published_epoch = desc.epoch;
@@ -1068,6 +1165,7 @@ impl Store {
             }
         }
         self.awake.remove(&range);
+        self.uninitialized.remove(&range);
         self.failures.push(format!("range {range}: {why}"));
     }
 
