@@ -1,1 +1,61 @@
-//! Placement: pure decisions to split, merge and move ranges over a view of the cluster.
+//! Placement: pure decisions to split ranges and move their leaders, made
+//! from a view of the cluster.
+//!
+//! # What it is
+//!
+//! One placement *round* is a pure function: [`plan`] takes a
+//! [`ClusterView`] (the nodes, and every range with its span, epoch,
+//! replicas, leader, size and a sampled middle key) and a [`Policy`], and
+//! returns a short list of [`Operator`]s. It does no IO, keeps no state
+//! between rounds and reads no clock, so the same view and policy always give
+//! the same plan, and a test can state exactly what it expects.
+//!
+//! The crate does not depend on `tessera-engine` (the engine depends on
+//! placement, never the reverse): ids are plain `u64`, keys are
+//! [`bytes::Bytes`] like the engine's range descriptors.
+//!
+//! # What a round decides, in order
+//!
+//! 1. **Splits** ([`Operator::Split`]): a splittable range at or above
+//!    [`Policy::split_bytes`] or [`Policy::split_keys`] is split at the key its
+//!    leader sampled, if that key lies strictly inside the range. Largest
+//!    first.
+//! 2. **Leader moves** ([`Operator::TransferLeader`]): while the live node
+//!    leading the most ranges leads more than [`Policy::leader_tolerance`]
+//!    ranges more than the one leading the fewest, one of its ranges' leadership
+//!    goes to the least-loaded live node holding a replica of it.
+//!
+//! A range gets at most one operator per round, and a round has at most
+//! [`Policy::max_operators`]. [`plan`]'s own docs give each rule and its
+//! reason.
+//!
+//! # Stale and odd views
+//!
+//! The view is assembled from the meta range, which converges after a split
+//! rather than changing with it (docs/splits.md §4), so overlaps and gaps are
+//! expected for a moment. [`check_view`] lists what is wrong with a view (for
+//! logs and tests); [`plan`] never refuses one and never panics on one. See
+//! [`plan`] for what it does with each oddity.
+//!
+//! # Who runs it
+//!
+//! Not built yet: the driver on the meta range's leader that builds the view,
+//! calls [`plan`] and executes each operator (`Db::split_range`,
+//! `Db::transfer_leader`), one at a time per range. Merges, replica repair and
+//! rebalancing, and load-based splitting are not built either (docs/placement.md).
+
+mod operator;
+mod plan;
+mod policy;
+mod view;
+
+pub use operator::Operator;
+pub use plan::plan;
+pub use policy::Policy;
+pub use view::{ClusterView, NodeView, RangeView, ViewIssue, check_view};
+
+/// A node's id (the engine's `NodeId`).
+pub type NodeId = u64;
+
+/// A range's id, also its Raft group id (the engine's `RangeId`).
+pub type RangeId = u64;

@@ -1,0 +1,206 @@
+//! One placement round: from a view and a policy to a list of operators.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::view::{ClusterView, RangeView, overlapping};
+use crate::{NodeId, Operator, Policy, RangeId};
+
+/// Plans one round: the operators to execute now, at most
+/// `policy.max_operators`, at most one per range, splits before leader moves.
+///
+/// Deterministic: the same view and policy give the same list (every map is
+/// ordered, every tie is broken by id).
+///
+/// # Splits
+///
+/// A range is split when `bytes >= split_bytes` or `keys >= split_keys`,
+/// at its `split_key`, largest (`bytes`, then `keys`) first, ties by id.
+/// It is not split when:
+/// - it is not `splittable` (the meta range: routing depends on finding
+///   every descriptor in one range);
+/// - it has no `split_key` (the planner reads no data, so it has nowhere
+///   to cut), or that key is not strictly inside `(start, end)` (a cut at
+///   `start` or outside would leave an empty half; the engine refuses it);
+/// - its span overlaps another range in the view (see below).
+///
+/// Splits go first because an oversized range is the costlier problem
+/// (snapshots, recovery time and hot spots grow with it), while a leader
+/// imbalance only costs some throughput and a move is cheap to postpone.
+///
+/// # Leader moves
+///
+/// Only live nodes take part: each counts the ranges whose leader it is.
+/// While the most-loaded live node leads more than
+/// `policy.leader_tolerance` ranges more than the least-loaded one, one
+/// range leaves a most-loaded node (lowest id first) for the least-loaded
+/// live node holding a replica of that range (a transfer can only go to a
+/// replica), choosing the range whose target leads the fewest, ties by
+/// range id, and only if the target leads at least two fewer than the
+/// source. That last condition makes every move shrink or keep the spread:
+/// both nodes end up between their old counts, so the maximum never grows
+/// and the minimum never drops; a difference of one would only swap them.
+/// The round stops when the spread is within tolerance, no most-loaded node
+/// has such a move, or the cap is reached.
+///
+/// Never moved: a range already given an operator this round (one change
+/// at a time per range; a split changes its descriptor anyway); a range
+/// without a known leader (a transfer is asked of the leader); a range
+/// whose leader is on a dead node, which is also not counted (that range
+/// is electing a new leader among the live replicas, and where it lands is
+/// not ours to predict); never to a dead node (it could not take over).
+/// A range split this round still counts for its leader; the new right-hand
+/// range it creates is seen by the next round.
+///
+/// # Stale or malformed views
+///
+/// The plan never fails and never panics:
+/// - A range id listed twice: the entry with the highest epoch is used
+///   (the newer descriptor), the first of equal ones; the others are ignored.
+/// - Nodes listed twice: live only if every entry says live. A node named by
+///   a range but not listed is dead.
+/// - Overlapping ranges (the moment after a split before the meta range has
+///   both halves): none of them is split this round, since at least one
+///   descriptor is stale and the engine would refuse the split by epoch or
+///   by span; their leaders still count and may move, because a transfer
+///   does not depend on the span.
+/// - Gaps: nothing to do; a missing range is neither counted nor moved.
+/// - A range with an empty span (`end <= start`): never split.
+/// - A leader not among the replicas: counted and may be moved; the target
+///   is always a replica.
+pub fn plan(view: &ClusterView, policy: &Policy) -> Vec<Operator> {
+    let mut ops = Vec::new();
+    if policy.max_operators == 0 {
+        return ops;
+    }
+    let ranges = current_ranges(view);
+    let live = live_nodes(view);
+    plan_splits(&ranges, policy, &mut ops);
+    plan_leader_moves(&ranges, &live, policy, &mut ops);
+    ops
+}
+
+/// One entry per range id, the highest epoch (first among equals), in id
+/// order.
+fn current_ranges(view: &ClusterView) -> Vec<&RangeView> {
+    let mut by_id: BTreeMap<RangeId, &RangeView> = BTreeMap::new();
+    for r in &view.ranges {
+        by_id
+            .entry(r.id)
+            .and_modify(|cur| {
+                if r.epoch > cur.epoch {
+                    *cur = r;
+                }
+            })
+            .or_insert(r);
+    }
+    by_id.into_values().collect()
+}
+
+/// The live nodes: listed, and never listed as dead.
+fn live_nodes(view: &ClusterView) -> BTreeSet<NodeId> {
+    let mut live: BTreeMap<NodeId, bool> = BTreeMap::new();
+    for n in &view.nodes {
+        *live.entry(n.id).or_insert(true) &= n.live;
+    }
+    live.into_iter()
+        .filter(|&(_, l)| l)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+fn plan_splits(ranges: &[&RangeView], policy: &Policy, ops: &mut Vec<Operator>) {
+    let overlapping = overlapping(ranges);
+    let mut due: Vec<&RangeView> = ranges
+        .iter()
+        .copied()
+        .filter(|r| {
+            r.splittable
+                && (r.bytes >= policy.split_bytes || r.keys >= policy.split_keys)
+                && r.split_key.as_ref().is_some_and(|k| r.strictly_inside(k))
+                && !overlapping.contains(&r.id)
+        })
+        .collect();
+    // Largest first: if the cap cuts the list, the ranges most over the
+    // limit are the ones that go now.
+    due.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then(b.keys.cmp(&a.keys))
+            .then(a.id.cmp(&b.id))
+    });
+    for r in due {
+        if ops.len() >= policy.max_operators {
+            break;
+        }
+        let at = r.split_key.clone().expect("filtered on split_key");
+        ops.push(Operator::Split {
+            range: r.id,
+            epoch: r.epoch,
+            at,
+        });
+    }
+}
+
+fn plan_leader_moves(
+    ranges: &[&RangeView],
+    live: &BTreeSet<NodeId>,
+    policy: &Policy,
+    ops: &mut Vec<Operator>,
+) {
+    if live.len() < 2 {
+        return;
+    }
+    let mut touched: BTreeSet<RangeId> = ops.iter().map(Operator::range).collect();
+    let mut count: BTreeMap<NodeId, u64> = live.iter().map(|&n| (n, 0)).collect();
+    // The ranges each live node leads, in id order.
+    let mut led: BTreeMap<NodeId, Vec<&RangeView>> = BTreeMap::new();
+    for &r in ranges {
+        let Some(l) = r.leader else { continue };
+        let Some(c) = count.get_mut(&l) else { continue };
+        *c += 1;
+        led.entry(l).or_default().push(r);
+    }
+
+    while ops.len() < policy.max_operators {
+        let max = *count.values().max().expect("two or more live nodes");
+        let min = *count.values().min().expect("two or more live nodes");
+        if max - min <= policy.leader_tolerance {
+            break;
+        }
+        let mut chosen = None;
+        for (&from, _) in count.iter().filter(|&(_, &c)| c == max) {
+            // Best move off `from`: the range whose least-loaded live
+            // replica holder leads the fewest.
+            let best = led
+                .get(&from)
+                .into_iter()
+                .flatten()
+                .filter(|r| !touched.contains(&r.id))
+                .filter_map(|r| {
+                    let to = r
+                        .replicas
+                        .iter()
+                        .copied()
+                        .filter(|&n| n != from && live.contains(&n))
+                        .min_by_key(|n| (count[n], *n))?;
+                    Some((count[&to], r.id, to))
+                })
+                .filter(|&(to_count, _, _)| max >= to_count + 2)
+                .min();
+            if let Some((_, range, to)) = best {
+                chosen = Some((range, from, to));
+                break;
+            }
+        }
+        let Some((range, from, to)) = chosen else {
+            break;
+        };
+        touched.insert(range);
+        *count.get_mut(&from).expect("live") -= 1;
+        *count.get_mut(&to).expect("live") += 1;
+        ops.push(Operator::TransferLeader { range, from, to });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,459 @@
+use bytes::Bytes;
+
+use crate::{ClusterView, NodeView, Operator, Policy, RangeView, ViewIssue, check_view, plan};
+
+const MIB: u64 = 1024 * 1024;
+
+fn nodes(live: &[u64], dead: &[u64]) -> Vec<NodeView> {
+    let mut v: Vec<NodeView> = live.iter().map(|&id| NodeView { id, live: true }).collect();
+    v.extend(dead.iter().map(|&id| NodeView { id, live: false }));
+    v
+}
+
+/// A small range `[start, end)` on nodes 1-3, led by 1, with no split key.
+fn range(id: u64, start: &str, end: &str) -> RangeView {
+    RangeView {
+        id,
+        start: Bytes::copy_from_slice(start.as_bytes()),
+        end: Bytes::copy_from_slice(end.as_bytes()),
+        epoch: 1,
+        replicas: vec![1, 2, 3],
+        leader: Some(1),
+        keys: 10,
+        bytes: 1000,
+        split_key: None,
+        splittable: true,
+    }
+}
+
+fn big(mut r: RangeView, bytes: u64, key: &str) -> RangeView {
+    r.bytes = bytes;
+    r.split_key = Some(Bytes::copy_from_slice(key.as_bytes()));
+    r
+}
+
+fn led(mut r: RangeView, leader: Option<u64>, replicas: &[u64]) -> RangeView {
+    r.leader = leader;
+    r.replicas = replicas.to_vec();
+    r
+}
+
+fn split(range: u64, epoch: u64, at: &str) -> Operator {
+    Operator::Split {
+        range,
+        epoch,
+        at: Bytes::copy_from_slice(at.as_bytes()),
+    }
+}
+
+fn moved(range: u64, from: u64, to: u64) -> Operator {
+    Operator::TransferLeader { range, from, to }
+}
+
+fn view(nodes: Vec<NodeView>, ranges: Vec<RangeView>) -> ClusterView {
+    ClusterView { nodes, ranges }
+}
+
+/// Ranges 1..=n tiling the key space at "k01", "k02", ..., all led by
+/// `leader(i)`.
+fn tiled(n: u64, leader: impl Fn(u64) -> u64, replicas: &[u64]) -> Vec<RangeView> {
+    (1..=n)
+        .map(|i| {
+            let start = if i == 1 {
+                String::new()
+            } else {
+                format!("k{i:02}")
+            };
+            let end = if i == n {
+                String::new()
+            } else {
+                format!("k{:02}", i + 1)
+            };
+            led(range(i, &start, &end), Some(leader(i)), replicas)
+        })
+        .collect()
+}
+
+#[test]
+fn policy_defaults() {
+    let p = Policy::default();
+    assert_eq!(p.split_bytes, 64 * MIB);
+    assert_eq!(p.split_keys, 1_000_000);
+    assert_eq!(p.leader_tolerance, 1);
+    assert_eq!(p.max_operators, 4);
+}
+
+#[test]
+fn splits_by_bytes() {
+    let mut r = big(range(7, "a", "z"), 64 * MIB, "m");
+    r.epoch = 3;
+    let v = view(nodes(&[1, 2, 3], &[]), vec![r.clone()]);
+    assert_eq!(plan(&v, &Policy::default()), vec![split(7, 3, "m")]);
+
+    // One byte under the limit: nothing.
+    r.bytes = 64 * MIB - 1;
+    let v = view(nodes(&[1, 2, 3], &[]), vec![r]);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+}
+
+#[test]
+fn splits_by_keys() {
+    let mut r = big(range(7, "a", "z"), 1, "m");
+    r.keys = 1_000_000;
+    let v = view(nodes(&[1, 2, 3], &[]), vec![r.clone()]);
+    assert_eq!(plan(&v, &Policy::default()), vec![split(7, 1, "m")]);
+
+    r.keys = 999_999;
+    let v = view(nodes(&[1, 2, 3], &[]), vec![r]);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+}
+
+#[test]
+fn no_split_without_a_key_strictly_inside() {
+    let p = Policy::default();
+    let ns = || nodes(&[1, 2, 3], &[]);
+    // Not sampled.
+    let mut r = range(7, "b", "y");
+    r.bytes = 100 * MIB;
+    assert_eq!(plan(&view(ns(), vec![r]), &p), vec![]);
+    // At start, before start, at end, after end.
+    for key in ["b", "a", "y", "z"] {
+        let r = big(range(7, "b", "y"), 100 * MIB, key);
+        assert_eq!(plan(&view(ns(), vec![r]), &p), vec![], "key {key}");
+    }
+    // Just inside either end.
+    for key in ["b\0", "x"] {
+        let r = big(range(7, "b", "y"), 100 * MIB, key);
+        assert_eq!(plan(&view(ns(), vec![r]), &p), vec![split(7, 1, key)]);
+    }
+    // No upper bound: any key after start is inside; the empty key is not
+    // inside a range that starts at the empty key.
+    let r = big(range(7, "b", ""), 100 * MIB, "zzzz");
+    assert_eq!(plan(&view(ns(), vec![r]), &p), vec![split(7, 1, "zzzz")]);
+    let r = big(range(7, "", ""), 100 * MIB, "");
+    assert_eq!(plan(&view(ns(), vec![r]), &p), vec![]);
+}
+
+#[test]
+fn meta_range_is_never_split() {
+    let mut meta = big(range(1, "", "a"), 1024 * MIB, "\x01");
+    meta.keys = 10_000_000;
+    meta.splittable = false;
+    let v = view(nodes(&[1, 2, 3], &[]), vec![meta]);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+}
+
+#[test]
+fn largest_first_under_the_cap() {
+    let ranges = vec![
+        big(range(1, "a", "b"), 70 * MIB, "a5"),
+        big(range(2, "b", "c"), 300 * MIB, "b5"),
+        big(range(3, "c", "d"), 100 * MIB, "c5"),
+        big(range(4, "d", "e"), 200 * MIB, "d5"),
+        big(range(5, "e", "f"), 100 * MIB, "e5"),
+    ];
+    let p = Policy {
+        max_operators: 3,
+        ..Policy::default()
+    };
+    let v = view(nodes(&[1, 2, 3], &[]), ranges);
+    // 3 and 5 tie on bytes: the lower id goes first.
+    assert_eq!(
+        plan(&v, &p),
+        vec![split(2, 1, "b5"), split(4, 1, "d5"), split(3, 1, "c5")]
+    );
+}
+
+#[test]
+fn leader_moves_to_the_least_loaded_replica_holder() {
+    // Node 1 leads all four ranges; node 4 leads nothing but holds no replica
+    // of ranges 1-3, node 2 leads one more range elsewhere, node 3 none.
+    let mut ranges = tiled(4, |_| 1, &[1, 2, 3]);
+    ranges[3].replicas = vec![1, 2, 4];
+    ranges.push(led(range(5, "z", ""), Some(2), &[2, 3, 4]));
+    // Fix the tiling: range 4 ended at infinity.
+    ranges[3].end = Bytes::from_static(b"z");
+    let v = view(nodes(&[1, 2, 3, 4], &[]), ranges);
+    // Counts: 1→4, 2→1, 3→0, 4→0. Range 1's least-loaded holder is 3 (0).
+    // Then 1→3, 2→1, 3→1, 4→0: range 4 can reach node 4.
+    // Then 1→2, 2→1, 3→1, 4→1: spread 1, done.
+    assert_eq!(
+        plan(&v, &Policy::default()),
+        vec![moved(1, 1, 3), moved(4, 1, 4)]
+    );
+    assert_eq!(check_view(&v), vec![]);
+}
+
+#[test]
+fn leader_moves_respect_the_tolerance() {
+    // 3, 2, 1 over three nodes: spread 2.
+    let lead = [1, 1, 1, 2, 2, 3];
+    let ranges = tiled(6, |i| lead[i as usize - 1], &[1, 2, 3]);
+    let v = view(nodes(&[1, 2, 3], &[]), ranges);
+    assert_eq!(plan(&v, &Policy::default()), vec![moved(1, 1, 3)]);
+    let lax = Policy {
+        leader_tolerance: 2,
+        ..Policy::default()
+    };
+    assert_eq!(plan(&v, &lax), vec![]);
+
+    // 2, 1 over two nodes: within the default, and with tolerance 0 there is
+    // no move that helps (it would only swap the two).
+    let ranges = tiled(3, |i| if i < 3 { 1 } else { 2 }, &[1, 2]);
+    let v = view(nodes(&[1, 2], &[]), ranges);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+    let strict = Policy {
+        leader_tolerance: 0,
+        ..Policy::default()
+    };
+    assert_eq!(plan(&v, &strict), vec![]);
+}
+
+#[test]
+fn no_move_when_no_replica_holder_is_less_loaded_by_two() {
+    // Node 1 leads ranges 1 and 2 and only shares them with node 2 (which
+    // leads one); node 3 leads nothing but holds neither: spread 2, no move.
+    let ranges = vec![
+        led(range(1, "", "b"), Some(1), &[1, 2]),
+        led(range(2, "b", "c"), Some(1), &[1, 2]),
+        led(range(3, "c", ""), Some(2), &[2, 3]),
+    ];
+    let v = view(nodes(&[1, 2, 3], &[]), ranges);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+}
+
+#[test]
+fn dead_nodes_take_no_part() {
+    // Node 4 is dead: it leads two ranges (ignored: those ranges are electing
+    // elsewhere), and as the least-loaded holder it would be the target.
+    let ranges = vec![
+        led(range(1, "", "b"), Some(1), &[1, 4, 2]),
+        led(range(2, "b", "c"), Some(1), &[1, 4, 2]),
+        led(range(3, "c", "d"), Some(1), &[1, 4, 2]),
+        led(range(4, "d", "e"), Some(4), &[4, 1, 2]),
+        led(range(5, "e", ""), Some(4), &[4, 1, 2]),
+    ];
+    let v = view(nodes(&[1, 2], &[4]), ranges.clone());
+    // Live counts: 1→3, 2→0. Moves go to 2, never to 4, never off 4.
+    assert_eq!(
+        plan(&v, &Policy::default()),
+        vec![moved(1, 1, 2)],
+        "3-0 → 2-1"
+    );
+
+    // A dead node leading nothing is not the minimum either: 1→2, 2→1 is
+    // balanced among the live ones.
+    let ranges = tiled(3, |i| if i < 3 { 1 } else { 2 }, &[1, 2, 3]);
+    let v = view(nodes(&[1, 2], &[3]), ranges.clone());
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+    // A node the view does not list counts as dead.
+    let v = view(nodes(&[1, 2], &[]), ranges);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+
+    // A dead leader's ranges are not moved even when its node is overloaded
+    // in the view.
+    let ranges = tiled(4, |_| 3, &[1, 2, 3]);
+    let v = view(nodes(&[1, 2], &[3]), ranges);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+}
+
+#[test]
+fn ranges_without_a_leader_are_not_moved() {
+    let mut ranges = tiled(4, |_| 1, &[1, 2]);
+    for r in &mut ranges[..3] {
+        r.leader = None;
+    }
+    // Counts 1→1, 2→0: balanced.
+    let v = view(nodes(&[1, 2], &[]), ranges);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+}
+
+#[test]
+fn a_range_split_this_round_is_not_moved() {
+    // Node 1 leads three ranges, node 2 none; range 1 (the lowest id, the
+    // one a move would pick first) is due for a split.
+    let mut ranges = tiled(3, |_| 1, &[1, 2]);
+    ranges[0] = big(ranges[0].clone(), 100 * MIB, "a");
+    let v = view(nodes(&[1, 2], &[]), ranges);
+    assert_eq!(
+        plan(&v, &Policy::default()),
+        vec![split(1, 1, "a"), moved(2, 1, 2)]
+    );
+}
+
+#[test]
+fn operators_are_capped() {
+    // Six oversized ranges and a badly skewed leadership.
+    let mut ranges = tiled(12, |_| 1, &[1, 2, 3]);
+    for r in &mut ranges[..6] {
+        let key = format!("{}5", String::from_utf8_lossy(&r.start));
+        *r = big(r.clone(), 100 * MIB, &key);
+    }
+    let v = view(nodes(&[1, 2, 3], &[]), ranges);
+    let ops = plan(&v, &Policy::default());
+    assert_eq!(ops.len(), 4);
+    assert!(ops.iter().all(|o| matches!(o, Operator::Split { .. })));
+
+    let p = Policy {
+        max_operators: 8,
+        ..Policy::default()
+    };
+    let ops = plan(&v, &p);
+    assert_eq!(ops.len(), 8);
+    assert_eq!(ops[6], moved(7, 1, 2));
+    assert_eq!(ops[7], moved(8, 1, 3));
+
+    let none = Policy {
+        max_operators: 0,
+        ..Policy::default()
+    };
+    assert_eq!(plan(&v, &none), vec![]);
+}
+
+#[test]
+fn plans_are_deterministic() {
+    let mut ranges = tiled(
+        9,
+        |i| [1, 1, 1, 1, 1, 2, 2, 3, 4][i as usize - 1],
+        &[1, 2, 3, 4],
+    );
+    ranges[2] = big(ranges[2].clone(), 100 * MIB, "k035");
+    ranges[5] = big(ranges[5].clone(), 100 * MIB, "k065");
+    let mut ns = nodes(&[1, 2, 3, 4], &[5]);
+    let p = Policy::default();
+    let first = plan(&view(ns.clone(), ranges.clone()), &p);
+    assert_eq!(first.len(), 4);
+    for _ in 0..3 {
+        assert_eq!(plan(&view(ns.clone(), ranges.clone()), &p), first);
+    }
+    // The input order does not matter either.
+    ranges.reverse();
+    ns.reverse();
+    assert_eq!(plan(&view(ns.clone(), ranges.clone()), &p), first);
+    ranges.rotate_left(4);
+    ns.rotate_left(2);
+    assert_eq!(plan(&view(ns, ranges), &p), first);
+}
+
+#[test]
+fn overlapping_ranges_are_not_split_but_still_balanced() {
+    // Just after range 1 split at "m": the meta range has the new right-hand
+    // range 2 but still the old descriptor of range 1.
+    let old_left = big(led(range(1, "", ""), Some(1), &[1, 2]), 100 * MIB, "f");
+    let mut right = big(led(range(2, "m", ""), Some(1), &[1, 2]), 100 * MIB, "t");
+    right.epoch = 2;
+    let other = big(led(range(3, "a", "b"), Some(1), &[1, 2]), 100 * MIB, "a5");
+    let v = view(nodes(&[1, 2], &[]), vec![old_left, right, other]);
+    assert_eq!(
+        check_view(&v),
+        vec![
+            ViewIssue::Overlap { left: 1, right: 3 },
+            ViewIssue::Overlap { left: 1, right: 2 },
+        ]
+    );
+    // Every range overlaps range 1, so nothing splits; node 1 leads 3, node
+    // 2 none, so one leader moves.
+    assert_eq!(plan(&v, &Policy::default()), vec![moved(1, 1, 2)]);
+}
+
+#[test]
+fn duplicate_range_ids_use_the_newest_epoch() {
+    let old = big(range(1, "a", "z"), 100 * MIB, "c");
+    let mut new = big(range(1, "a", "m"), 100 * MIB, "g");
+    new.epoch = 2;
+    let v = view(nodes(&[1, 2, 3], &[]), vec![new.clone(), old.clone()]);
+    assert_eq!(plan(&v, &Policy::default()), vec![split(1, 2, "g")]);
+    let v = view(nodes(&[1, 2, 3], &[]), vec![old, new]);
+    assert_eq!(plan(&v, &Policy::default()), vec![split(1, 2, "g")]);
+    assert!(check_view(&v).contains(&ViewIssue::DuplicateRange { range: 1 }));
+}
+
+#[test]
+fn a_node_listed_dead_anywhere_is_dead() {
+    let ranges = tiled(4, |_| 1, &[1, 2]);
+    let mut ns = nodes(&[1, 2], &[2]);
+    let v = view(ns.clone(), ranges.clone());
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+    ns.pop();
+    let v = view(ns, ranges);
+    assert_eq!(
+        plan(&v, &Policy::default()),
+        vec![moved(1, 1, 2), moved(2, 1, 2)]
+    );
+}
+
+#[test]
+fn check_view_finds_gaps_and_odd_entries() {
+    let ns = || nodes(&[1, 2, 3], &[]);
+    assert_eq!(check_view(&view(ns(), tiled(5, |_| 1, &[1, 2, 3]))), vec![]);
+
+    assert_eq!(
+        check_view(&view(ns(), vec![])),
+        vec![ViewIssue::Gap {
+            start: Bytes::new(),
+            end: Bytes::new()
+        }]
+    );
+
+    let gappy = vec![range(1, "b", "c"), range(2, "d", "e")];
+    let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+    assert_eq!(
+        check_view(&view(ns(), gappy)),
+        vec![
+            ViewIssue::Gap {
+                start: b(""),
+                end: b("b")
+            },
+            ViewIssue::Gap {
+                start: b("c"),
+                end: b("d")
+            },
+            ViewIssue::Gap {
+                start: b("e"),
+                end: b("")
+            },
+        ]
+    );
+
+    let mut ns2 = ns();
+    ns2.push(NodeView { id: 2, live: true });
+    let odd = vec![
+        led(range(1, "", "b"), Some(9), &[1, 8]),
+        range(2, "c", "b"),
+        range(3, "b", ""),
+    ];
+    assert_eq!(
+        check_view(&view(ns2, odd)),
+        vec![
+            ViewIssue::DuplicateNode { node: 2 },
+            ViewIssue::LeaderNotReplica {
+                range: 1,
+                leader: 9
+            },
+            ViewIssue::UnknownNode { range: 1, node: 8 },
+            ViewIssue::UnknownNode { range: 1, node: 9 },
+            ViewIssue::EmptySpan { range: 2 },
+        ]
+    );
+}
+
+#[test]
+fn malformed_views_do_not_panic() {
+    let mut empty_span = big(range(1, "m", "c"), 100 * MIB, "d");
+    empty_span.leader = Some(77);
+    let ranges = vec![empty_span, led(range(2, "", ""), None, &[])];
+    let v = view(vec![], ranges);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+    assert_eq!(plan(&ClusterView::default(), &Policy::default()), vec![]);
+}
+
+#[test]
+fn operators_serialize() {
+    // Reports carry plans as JSON-like data; the shape is the serde default.
+    fn is_serialize<T: serde::Serialize>(_: &T) {}
+    is_serialize(&split(1, 1, "a"));
+    is_serialize(&Policy::default());
+    is_serialize(&ClusterView::default());
+    assert_eq!(split(4, 2, "k").range(), 4);
+    assert_eq!(moved(5, 1, 2).range(), 5);
+}

@@ -1,0 +1,53 @@
+//! The knobs of a round.
+
+use serde::{Deserialize, Serialize};
+
+/// Thresholds and limits for [`plan`](crate::plan). `Default` gives the
+/// values below; a config file may set any subset of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Policy {
+    /// Split a range holding at least this many bytes (keys + values).
+    /// Default 64 MiB: a range is the unit of snapshots, recovery and
+    /// rebalancing, and 64 MiB sends in about a second on a modest link and
+    /// rebuilds quickly, while keeping the number of Raft groups (heartbeats,
+    /// memory) modest; CockroachDB and TiKV use ranges of the same order.
+    pub split_bytes: u64,
+    /// Split a range holding at least this many keys. Default 1,000,000:
+    /// caps the work of a range made of many small pairs (scans, snapshot
+    /// rebuilds, the in-memory map) that `split_bytes` alone would let grow.
+    pub split_keys: u64,
+    /// A live node may lead at most this many ranges more than the live node
+    /// leading the fewest. Default 1: with `n` ranges over `k` nodes, a
+    /// spread of 1 is the best possible when `k` does not divide `n`, so 0
+    /// would only make leaders move back and forth.
+    pub leader_tolerance: u64,
+    /// At most this many operators per round. Default 4: each operator
+    /// costs the cluster something (a split snapshots a range, a transfer
+    /// pauses writes for a moment), and the next round sees the result, so
+    /// small steps correct themselves instead of overshooting on a stale
+    /// view.
+    pub max_operators: usize,
+}
+
+impl Policy {
+    /// 64 MiB.
+    pub const DEFAULT_SPLIT_BYTES: u64 = 64 * 1024 * 1024;
+    /// One million keys.
+    pub const DEFAULT_SPLIT_KEYS: u64 = 1_000_000;
+    /// One range.
+    pub const DEFAULT_LEADER_TOLERANCE: u64 = 1;
+    /// Four operators.
+    pub const DEFAULT_MAX_OPERATORS: usize = 4;
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            split_bytes: Self::DEFAULT_SPLIT_BYTES,
+            split_keys: Self::DEFAULT_SPLIT_KEYS,
+            leader_tolerance: Self::DEFAULT_LEADER_TOLERANCE,
+            max_operators: Self::DEFAULT_MAX_OPERATORS,
+        }
+    }
+}
