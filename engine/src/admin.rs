@@ -228,6 +228,32 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let mut out = String::new();
     store_metrics(&mut out, &stats);
     db.latency().write_prometheus(&mut out);
+    let p = db.placement_counters();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    for (name, help, v) in [
+        (
+            "tessera_placement_rounds_total",
+            "Placement rounds this node ran (it led the meta range).",
+            load(&p.rounds),
+        ),
+        (
+            "tessera_placement_splits_total",
+            "Ranges the placement driver split.",
+            load(&p.splits),
+        ),
+        (
+            "tessera_placement_transfers_total",
+            "Leaderships the placement driver moved.",
+            load(&p.transfers),
+        ),
+        (
+            "tessera_placement_failed_total",
+            "Placement operators that failed (retried next round if still due).",
+            load(&p.failed),
+        ),
+    ] {
+        metric(&mut out, name, help, v);
+    }
     if let Some(w) = node.wal_stats() {
         let rows: [(&str, &str, u64); 7] = [
             (
@@ -354,7 +380,7 @@ fn resp_metrics(out: &mut String, stats: &RespStats) {
 }
 
 fn store_metrics(out: &mut String, s: &StoreStats) {
-    let rows: [(&str, &str, u64); 14] = [
+    let rows: [(&str, &str, u64); 16] = [
         (
             "tessera_replicas",
             "Replicas on this node.",
@@ -424,6 +450,16 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
             "tessera_forwards_served_total",
             "Requests other nodes forwarded here.",
             s.forwards_served,
+        ),
+        (
+            "tessera_splits_applied_total",
+            "Ranges this node created by applying a split.",
+            s.splits_applied,
+        ),
+        (
+            "tessera_uninitialized_replicas_total",
+            "Empty replicas created for a range's messages (a split not applied here yet).",
+            s.uninitialized_created,
         ),
     ];
     for (name, help, v) in rows {

@@ -17,6 +17,14 @@
 //! [[peers]]
 //! id = 2
 //! addr = "127.0.0.1:7102"
+//!
+//! [placement]                      # optional; these are the defaults
+//! enabled = true
+//! interval_ms = 10000
+//! split_bytes = 67108864
+//! split_keys = 1000000
+//! leader_tolerance = 1
+//! max_operators = 4
 //! ```
 
 use std::collections::BTreeMap;
@@ -109,6 +117,57 @@ pub struct NodeFile {
     /// Log filter (`info`, `tessera_engine=debug`, ...); `RUST_LOG` wins. Default `info`.
     #[serde(default = "default_log")]
     pub log: String,
+    /// The placement driver (`[placement]`): splits ranges that grow large
+    /// and spreads the leaders over the nodes. On by default.
+    #[serde(default)]
+    pub placement: PlacementFile,
+}
+
+/// `[placement]`: see docs/placement.md.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementFile {
+    /// Run the driver (only the node leading the meta range acts). Default true.
+    pub enabled: bool,
+    /// Milliseconds between rounds. Default 10000.
+    pub interval_ms: u64,
+    /// Split a range holding this many bytes. Default 64 MiB.
+    pub split_bytes: u64,
+    /// Split a range holding this many keys. Default 1,000,000.
+    pub split_keys: u64,
+    /// A node may lead this many more ranges than the one leading the fewest. Default 1.
+    pub leader_tolerance: u64,
+    /// Operators per round at most. Default 4.
+    pub max_operators: usize,
+}
+
+impl Default for PlacementFile {
+    fn default() -> Self {
+        let p = tessera_placement::Policy::default();
+        PlacementFile {
+            enabled: true,
+            interval_ms: 10_000,
+            split_bytes: p.split_bytes,
+            split_keys: p.split_keys,
+            leader_tolerance: p.leader_tolerance,
+            max_operators: p.max_operators,
+        }
+    }
+}
+
+impl PlacementFile {
+    /// The driver's configuration.
+    pub fn config(&self) -> crate::placement::PlacementConfig {
+        crate::placement::PlacementConfig {
+            interval: Duration::from_millis(self.interval_ms),
+            policy: tessera_placement::Policy {
+                split_bytes: self.split_bytes,
+                split_keys: self.split_keys,
+                leader_tolerance: self.leader_tolerance,
+                max_operators: self.max_operators,
+            },
+        }
+    }
 }
 
 fn default_ranges() -> u32 {
@@ -193,6 +252,16 @@ impl NodeFile {
             if a.port() != 0 && a == self.peer_addr {
                 return Err(invalid(name, "is the same as peer_addr"));
             }
+        }
+        let p = &self.placement;
+        if !(100..=3_600_000).contains(&p.interval_ms) {
+            return Err(invalid("placement.interval_ms", "must be in 100..=3600000"));
+        }
+        if p.split_bytes < 4096 {
+            return Err(invalid("placement.split_bytes", "must be at least 4096"));
+        }
+        if p.split_keys < 2 {
+            return Err(invalid("placement.split_keys", "must be at least 2"));
         }
         if self.client_addr.port() != 0 && self.client_addr == self.admin_addr {
             return Err(invalid("admin_addr", "is the same as client_addr"));

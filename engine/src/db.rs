@@ -96,13 +96,15 @@ pub struct Db {
 }
 
 #[derive(Debug)]
-struct DbInner {
+pub(crate) struct DbInner {
     node: Node,
     /// Shared by every handle on this node.
     latency: std::sync::Arc<crate::latency::RequestLatency>,
     meta: RangeDescriptor,
     routes: RwLock<Routes>,
     opts: DbOptions,
+    /// What the placement driver did on this node (shared by every handle).
+    placement: crate::placement::SharedCounters,
 }
 
 impl Db {
@@ -131,6 +133,7 @@ impl Db {
                 meta,
                 routes: RwLock::new(Routes::default()),
                 opts,
+                placement: Default::default(),
             }),
         };
         db.refresh_routes().await?;
@@ -159,6 +162,7 @@ impl Db {
                     leaders: routes.leaders.clone(),
                 }),
                 opts,
+                placement: self.inner.placement.clone(),
             }),
         }
     }
@@ -579,17 +583,45 @@ impl Db {
         }
     }
 
+    /// A handle that does not keep the node's `Db` alive (background tasks).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<DbInner> {
+        std::sync::Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<DbInner>) -> Option<Db> {
+        weak.upgrade().map(|inner| Db { inner })
+    }
+
+    /// What the placement driver did on this node.
+    pub fn placement_counters(&self) -> &crate::placement::PlacementCounters {
+        &self.inner.placement
+    }
+
+    /// The meta range's descriptor (it never splits).
+    pub fn meta_descriptor(&self) -> RangeDescriptor {
+        self.inner.meta.clone()
+    }
+
+    /// Sends a request to range `d` (its id, not a key), retrying as usual.
+    pub(crate) async fn send_to_range(
+        &self,
+        d: &RangeDescriptor,
+        make: impl Fn(&RangeDescriptor) -> Request,
+    ) -> Result<Reply, DbError> {
+        let read = matches!(make(d), Request::Read { .. });
+        Ok(self.send(Some(d.clone()), None, read, make).await?.0)
+    }
+
     /// Writes the descriptors this node's leaders publish (see
     /// `StoreReady::publish`) for as long as the node runs.
     fn start_publisher(&self) {
         let Some(mut rx) = self.inner.node.take_publications() else {
             return;
         };
-        let weak = std::sync::Arc::downgrade(&self.inner);
+        let weak = self.downgrade();
         tokio::spawn(async move {
             while let Some(d) = rx.recv().await {
-                let Some(inner) = weak.upgrade() else { break };
-                let db = Db { inner };
+                let Some(db) = Db::upgrade(&weak) else { break };
                 // A few tries; a descriptor that cannot be written now is
                 // written by the range's next leader, or by the next split.
                 for attempt in 0..5u32 {

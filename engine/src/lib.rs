@@ -8,6 +8,7 @@ pub mod config;
 mod db;
 pub mod latency;
 pub mod node;
+pub mod placement;
 pub mod raft;
 pub mod range;
 pub mod resp;

@@ -247,13 +247,20 @@ pub(crate) fn by_start(a: &RangeView, b: &RangeView) -> Ordering {
 }
 
 /// The ids of the well-formed ranges among `ranges` that share a key with
-/// another one. Ranges with an empty span hold no key and overlap nothing.
+/// another one. Ranges with an empty span hold no key and overlap nothing,
+/// and ranges that never split (the meta range) are left out: their keys
+/// are a space of their own (the meta range spans everything and holds only
+/// descriptors).
 ///
 /// In start order a range overlaps another iff some earlier range reaches
 /// past its start, or the next range starts before its end (any later range
 /// that overlaps it starts no earlier than the next one).
 pub(crate) fn overlapping(ranges: &[&RangeView]) -> BTreeSet<RangeId> {
-    let mut spans: Vec<&RangeView> = ranges.iter().copied().filter(|r| r.well_formed()).collect();
+    let mut spans: Vec<&RangeView> = ranges
+        .iter()
+        .copied()
+        .filter(|r| r.well_formed() && r.splittable)
+        .collect();
     spans.sort_by(|a, b| by_start(a, b));
     let mut out = BTreeSet::new();
     let mut reach: Option<End<'_>> = None;

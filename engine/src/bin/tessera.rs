@@ -186,6 +186,7 @@ fn init(nodes: u64, dir: &Path, initial_ranges: u32, password: Option<String>) -
             password: password.clone(),
             wal_sync: true,
             log: "info".into(),
+            placement: Default::default(),
         };
         let text = toml::to_string(&file)?;
         std::fs::write(dir.join(format!("node{id}.toml")), text)?;
@@ -222,6 +223,9 @@ async fn run_node(file: NodeFile) -> Result<()> {
     )
     .await
     .context("reading the range descriptors (is a majority of the meta range's nodes up?)")?;
+    if file.placement.enabled {
+        db.start_placement(file.placement.config());
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = tokio::net::TcpListener::bind(file.admin_addr)
         .await

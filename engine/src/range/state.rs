@@ -382,6 +382,18 @@ impl RangeState {
             .collect()
     }
 
+    /// A key near the middle of the range by count, strictly after the
+    /// range's start: where a split leaves two halves of about equal size.
+    /// `None` with fewer than two pairs. Walks half the map.
+    pub fn middle_key(&self) -> Option<Bytes> {
+        if self.map.len() < 2 {
+            return None;
+        }
+        // Index >= 1, so the key is greater than the first key, hence than
+        // the start.
+        self.map.keys().nth(self.map.len() / 2).cloned()
+    }
+
     /// Number of pairs.
     pub fn len(&self) -> usize {
         self.map.len()

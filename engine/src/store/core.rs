@@ -517,7 +517,7 @@ impl Store {
                 let awake_long_enough = awake_long_enough || self.cfg.raft.bugs.lease_after_sleep;
                 let mode = match consistency {
                     ReadConsistency::Stale => {
-                        let reply = serve_read(range, &r.state, &op, epoch);
+                        let reply = serve_read(range, r, &op, epoch);
                         self.replies.push((id, reply));
                         return Ok(());
                     }
@@ -1010,7 +1010,7 @@ impl Store {
         while i < r.reads_confirmed.len() {
             if r.reads_confirmed[i].index <= applied {
                 if let Some(read) = r.reads_confirmed.remove(i) {
-                    let reply = serve_read(range, &r.state, &read.op, read.epoch);
+                    let reply = serve_read(range, r, &read.op, read.epoch);
                     self.replies.push((read.req, reply));
                 }
             } else {
@@ -1315,12 +1315,8 @@ fn propose(
 /// Answers a read from a replica's applied state, if the descriptor is still
 /// the one the client routed with (a split applied since the read was
 /// accepted moved keys out of this range).
-fn serve_read(
-    range: RangeId,
-    state: &RangeState,
-    op: &ReadOp,
-    epoch: u64,
-) -> Result<Reply, StoreError> {
+fn serve_read(range: RangeId, r: &Replica, op: &ReadOp, epoch: u64) -> Result<Reply, StoreError> {
+    let state = &r.state;
     let desc = state.descriptor();
     if desc.epoch != epoch {
         return Err(StoreError::EpochMismatch {
@@ -1337,7 +1333,7 @@ fn serve_read(
             desc.contains(start)
                 && (desc.end.is_empty() || (!end.is_empty() && end[..] <= desc.end[..]))
         }
-        ReadOp::Hash | ReadOp::Count => true,
+        ReadOp::Hash | ReadOp::Count | ReadOp::Stats { .. } => true,
     };
     if !inside {
         return Err(StoreError::KeyNotInRange {
@@ -1345,10 +1341,11 @@ fn serve_read(
             current: Box::new(desc.clone()),
         });
     }
-    Ok(serve_read_now(state, op))
+    let leader = Some(r.raft.leader()).filter(|&l| l != NO_NODE);
+    Ok(serve_read_now(state, op, leader))
 }
 
-fn serve_read_now(state: &RangeState, op: &ReadOp) -> Reply {
+fn serve_read_now(state: &RangeState, op: &ReadOp, leader: Option<NodeId>) -> Reply {
     match op {
         ReadOp::Get { key } => Reply::Value(state.get(key)),
         ReadOp::Scan { start, end, limit } => Reply::Pairs(state.scan(start, end, *limit)),
@@ -1357,5 +1354,19 @@ fn serve_read_now(state: &RangeState, op: &ReadOp) -> Reply {
             hash: state.state_hash(),
         },
         ReadOp::Count => Reply::Count(state.len() as u64),
+        ReadOp::Stats {
+            split_keys,
+            split_bytes,
+        } => {
+            let (keys, bytes) = (state.len() as u64, state.approximate_bytes());
+            Reply::Stats {
+                keys,
+                bytes,
+                split_key: (keys >= *split_keys || bytes >= *split_bytes)
+                    .then(|| state.middle_key())
+                    .flatten(),
+                leader,
+            }
+        }
     }
 }

@@ -50,6 +50,11 @@ enum WireReadOp {
     },
     Hash,
     Count,
+    // New variants go last: the tag is the variant's position.
+    Stats {
+        split_keys: u64,
+        split_bytes: u64,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -100,6 +105,12 @@ enum WireReply {
     KeyNotInRange {
         range: u64,
         descriptor: Vec<u8>,
+    },
+    Stats {
+        keys: u64,
+        bytes: u64,
+        split_key: Option<Vec<u8>>,
+        leader: u64,
     },
 }
 
@@ -213,6 +224,13 @@ pub fn encode_request(req: &Request) -> Bytes {
                 },
                 ReadOp::Hash => WireReadOp::Hash,
                 ReadOp::Count => WireReadOp::Count,
+                ReadOp::Stats {
+                    split_keys,
+                    split_bytes,
+                } => WireReadOp::Stats {
+                    split_keys: *split_keys,
+                    split_bytes: *split_bytes,
+                },
             },
             consistency: match consistency {
                 ReadConsistency::Linearizable => 0,
@@ -276,6 +294,13 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
                 },
                 WireReadOp::Hash => ReadOp::Hash,
                 WireReadOp::Count => ReadOp::Count,
+                WireReadOp::Stats {
+                    split_keys,
+                    split_bytes,
+                } => ReadOp::Stats {
+                    split_keys,
+                    split_bytes,
+                },
             },
             consistency: match consistency {
                 0 => ReadConsistency::Linearizable,
@@ -335,6 +360,17 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
             hash: *hash,
         },
         Ok(Reply::Count(n)) => WireReply::Count(*n),
+        Ok(Reply::Stats {
+            keys,
+            bytes,
+            split_key,
+            leader,
+        }) => WireReply::Stats {
+            keys: *keys,
+            bytes: *bytes,
+            split_key: b(split_key),
+            leader: leader.unwrap_or(0),
+        },
         Err(StoreError::NotLeader { range, leader }) => WireReply::NotLeader {
             range: *range,
             leader: leader.unwrap_or(0),
@@ -406,6 +442,17 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecErro
         )),
         WireReply::Hash { index, hash } => Ok(Reply::Hash { index, hash }),
         WireReply::Count(n) => Ok(Reply::Count(n)),
+        WireReply::Stats {
+            keys,
+            bytes,
+            split_key,
+            leader,
+        } => Ok(Reply::Stats {
+            keys,
+            bytes,
+            split_key: b(split_key),
+            leader: (leader != 0).then_some(leader),
+        }),
         WireReply::NotLeader { range, leader } => Err(StoreError::NotLeader {
             range,
             leader: (leader != 0).then_some(leader),

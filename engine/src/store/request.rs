@@ -40,6 +40,13 @@ pub enum ReadOp {
     Hash,
     /// Number of keys in the range.
     Count,
+    /// Size and leadership as this replica sees them (for placement), and a
+    /// middle key when the range holds at least `split_keys` keys or
+    /// `split_bytes` bytes (finding it costs a walk over half the keys).
+    Stats {
+        split_keys: u64,
+        split_bytes: u64,
+    },
 }
 
 /// A request for one range. `epoch` is the epoch of the descriptor the client
@@ -110,6 +117,17 @@ pub enum Reply {
     Count(u64),
     /// An administrative request was accepted.
     Accepted,
+    /// Answer to `ReadOp::Stats`.
+    Stats {
+        keys: u64,
+        /// Keys' and values' bytes.
+        bytes: u64,
+        /// A key near the middle (by count), strictly inside the range, when
+        /// asked for and the range has at least two keys.
+        split_key: Option<Bytes>,
+        /// The leader the serving replica knows of.
+        leader: Option<NodeId>,
+    },
 }
 
 /// Why a request was not served. Each variant says whether retrying is safe.

@@ -457,3 +457,17 @@ fn operators_serialize() {
     assert_eq!(split(4, 2, "k").range(), 4);
     assert_eq!(moved(5, 1, 2).range(), 5);
 }
+
+/// The meta range spans every key but lives in a key space of its own: it
+/// does not stop the user ranges it "overlaps" from splitting.
+#[test]
+fn the_meta_range_does_not_count_as_an_overlap() {
+    let mut meta = range(1, "", "");
+    meta.splittable = false;
+    let user = big(range(2, "", ""), 100 * MIB, "m");
+    let ops = plan(
+        &view(nodes(&[1, 2, 3], &[]), vec![meta, user]),
+        &Policy::default(),
+    );
+    assert!(ops.contains(&split(2, 1, "m")), "{ops:?}");
+}

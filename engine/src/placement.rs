@@ -1,0 +1,182 @@
+//! The placement driver: every `interval`, on the node that leads the meta
+//! range (and only there, so one driver acts at a time), it gathers a view
+//! of the cluster, asks the planner (`tessera-placement`, pure) what to do,
+//! and does it through the same `Db` calls an operator would use:
+//! `Db::split_range` for a range grown past the policy's size, and
+//! `Db::transfer_leader` to even out the leaders across live nodes.
+//!
+//! The view is gathered without waking idle ranges: each range's size and
+//! leader come from a stale read of a replica (this node's own when it has
+//! one), which never goes through Raft; a middle key is only computed for
+//! ranges over a split threshold. It may be a little out of date; the planner
+//! is built for that, and each operator is checked again when it runs (a
+//! split refuses a key its range no longer holds; a transfer to a node that
+//! no longer holds a replica is refused).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tessera_placement::{ClusterView, NodeView, Operator, Policy, RangeView, plan};
+
+use crate::db::{Db, DbError};
+use crate::range::RangeDescriptor;
+use crate::store::{META_RANGE, ReadConsistency, ReadOp, Reply, Request};
+
+/// How and how often the driver runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacementConfig {
+    /// Time between rounds. Default 10 s.
+    pub interval: Duration,
+    /// What the planner aims for (sizes, leader balance, operators per round).
+    pub policy: Policy,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            interval: Duration::from_secs(10),
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// What the driver did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PlacementCounters {
+    /// Rounds run on this node (it led the meta range).
+    pub rounds: AtomicU64,
+    pub splits: AtomicU64,
+    pub transfers: AtomicU64,
+    /// Operators that failed (refused or timed out); the next round retries
+    /// what still applies.
+    pub failed: AtomicU64,
+}
+
+impl Db {
+    /// Starts the placement driver for as long as the node runs (see the
+    /// module docs). Every node may start it: only the one leading the meta
+    /// range acts in a given round.
+    pub fn start_placement(&self, cfg: PlacementConfig) {
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(cfg.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(db) = Db::upgrade(&weak) else { break };
+                if db.node().handle().stats().await.is_none() {
+                    break; // the node stopped
+                }
+                if let Err(e) = placement_round(&db, &cfg.policy).await {
+                    tracing::debug!(error = %e, "placement round failed");
+                }
+            }
+        });
+    }
+}
+
+/// One round: if this node leads the meta range, plan and run the operators.
+/// Returns what was planned (empty when this node is not the driver).
+pub async fn placement_round(db: &Db, policy: &Policy) -> Result<Vec<Operator>, DbError> {
+    let node = db.node();
+    let leads_meta = node
+        .handle()
+        .inspect(|s| s.leader_of(META_RANGE) == Some(s.node_id()))
+        .await
+        .unwrap_or(false);
+    if !leads_meta {
+        return Ok(Vec::new());
+    }
+    let counters = db.placement_counters();
+    counters.rounds.fetch_add(1, Ordering::Relaxed);
+    db.refresh_routes().await?;
+    let view = gather(db, policy).await;
+    let ops = plan(&view, policy);
+    for op in &ops {
+        let result = match op {
+            Operator::Split { range, at, .. } => {
+                db.split_range(*range, at.clone()).await.map(|(l, r)| {
+                    tracing::info!(range, left = ?l, right = ?r, "placement: split");
+                    counters.splits.fetch_add(1, Ordering::Relaxed);
+                })
+            }
+            Operator::TransferLeader { range, from, to } => {
+                db.transfer_leader(*range, *to).await.map(|()| {
+                    tracing::info!(range, from, to, "placement: leader moved");
+                    counters.transfers.fetch_add(1, Ordering::Relaxed);
+                })
+            }
+        };
+        if let Err(e) = result {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(operator = ?op, error = %e, "placement: operator failed");
+        }
+    }
+    Ok(ops)
+}
+
+/// The cluster as the planner sees it: every range of the routing table and
+/// the meta range, with sizes and leaders from stale reads.
+pub async fn gather(db: &Db, policy: &Policy) -> ClusterView {
+    let node = db.node();
+    let me = node.id();
+    let mut descs: Vec<RangeDescriptor> = db.ranges();
+    descs.push(db.meta_descriptor());
+    let mut ranges = Vec::with_capacity(descs.len());
+    for d in descs {
+        let op = ReadOp::Stats {
+            split_keys: policy.split_keys,
+            split_bytes: policy.split_bytes,
+        };
+        let stats = db
+            .send_to_range(&d, |d| Request::Read {
+                range: d.id,
+                epoch: d.epoch,
+                op: op.clone(),
+                consistency: ReadConsistency::Stale,
+            })
+            .await;
+        let (keys, bytes, split_key, leader) = match stats {
+            Ok(Reply::Stats {
+                keys,
+                bytes,
+                split_key,
+                leader,
+            }) => (keys, bytes, split_key, leader),
+            // Unknown sizes and leader: the planner leaves the range alone.
+            _ => (0, 0, None, None),
+        };
+        ranges.push(RangeView {
+            id: d.id,
+            start: d.start.clone(),
+            end: d.end.clone(),
+            epoch: d.epoch,
+            replicas: d.replicas.clone(),
+            leader,
+            keys,
+            bytes,
+            split_key,
+            splittable: d.id != META_RANGE,
+        });
+    }
+    let ids: BTreeSet<u64> = ranges
+        .iter()
+        .flat_map(|r| r.replicas.iter().copied())
+        .chain(std::iter::once(me))
+        .collect();
+    let handle = node.handle();
+    let nodes = ids
+        .into_iter()
+        .map(|id| NodeView {
+            id,
+            live: id == me || !handle.peer_down(id),
+        })
+        .collect();
+    ClusterView { nodes, ranges }
+}
+
+/// Shared by every handle on a node.
+pub(crate) type SharedCounters = Arc<PlacementCounters>;
