@@ -54,6 +54,11 @@ pub enum DbError {
     /// range); nothing was changed.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The range changed (split) while an administrative request for it was
+    /// under way; this is its descriptor now. Nothing was changed by the
+    /// request.
+    #[error("range changed meanwhile; now {0:?}")]
+    RangeChanged(Box<RangeDescriptor>),
 }
 
 /// Options of a [`Db`] handle.
@@ -96,7 +101,7 @@ pub struct Db {
 }
 
 #[derive(Debug)]
-pub(crate) struct DbInner {
+struct DbInner {
     node: Node,
     /// Shared by every handle on this node.
     latency: std::sync::Arc<crate::latency::RequestLatency>,
@@ -431,7 +436,7 @@ impl Db {
         if range == META_RANGE {
             return Err(DbError::Invalid("the meta range is never split".into()));
         }
-        let mut retried = false;
+        let mut attempts = 0;
         loop {
             self.refresh_routes().await?;
             if let Some(done) = self.split_done(&at) {
@@ -459,8 +464,14 @@ impl Db {
                 Ok((Reply::Applied(ApplyResult::Split { left, right }), _)) => {
                     // The leaders publish too; doing it here means the caller
                     // sees the split in the meta range on return.
-                    self.publish_descriptor(&right).await?;
-                    self.publish_descriptor(&left).await?;
+                    // The split is done whatever happens here: if the meta
+                    // range cannot be written now, the leader's publisher
+                    // keeps trying.
+                    for d in [&right, &left] {
+                        if let Err(e) = self.publish_descriptor(d).await {
+                            tracing::warn!(range = d.id, error = %e, "split applied; its descriptor is not in the meta range yet");
+                        }
+                    }
                     let mut routes = self.inner.routes.write();
                     merge_route(&mut routes.by_start, right.clone());
                     merge_route(&mut routes.by_start, left.clone());
@@ -470,14 +481,46 @@ impl Db {
                     return Err(DbError::Invalid(e.to_string()));
                 }
                 Ok((other, _)) => return Err(DbError::Protocol(format!("{other:?}"))),
-                // It may have been applied: look again (once).
-                Err(DbError::Ambiguous(why)) if !retried => {
+                // It may have been applied (an unanswered forward), or the
+                // range changed under us: look again, a few times.
+                Err(DbError::Ambiguous(why)) if attempts < 5 => {
                     tracing::debug!(range, why, "split outcome unknown; checking");
-                    retried = true;
+                    attempts += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(DbError::RangeChanged(current)) if attempts < 5 => {
+                    attempts += 1;
+                    // This range now ends at `at`: the split happened (ours,
+                    // answered ambiguously before, or someone else's). Its
+                    // right half reaches the meta range shortly.
+                    if current.id == range && current.end[..] == at[..] {
+                        return self.wait_for_split(&at).await;
+                    }
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Waits until the meta range shows the two ranges meeting at `at`.
+    async fn wait_for_split(
+        &self,
+        at: &[u8],
+    ) -> Result<(RangeDescriptor, RangeDescriptor), DbError> {
+        let started = Instant::now();
+        loop {
+            self.refresh_routes().await?;
+            if let Some(done) = self.split_done(at) {
+                return Ok(done);
+            }
+            if started.elapsed() > self.inner.opts.request_timeout {
+                return Err(DbError::Timeout {
+                    elapsed: started.elapsed(),
+                    last: "the split is applied; its right half is not in the meta range yet"
+                        .into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -583,15 +626,6 @@ impl Db {
         }
     }
 
-    /// A handle that does not keep the node's `Db` alive (background tasks).
-    pub(crate) fn downgrade(&self) -> std::sync::Weak<DbInner> {
-        std::sync::Arc::downgrade(&self.inner)
-    }
-
-    pub(crate) fn upgrade(weak: &std::sync::Weak<DbInner>) -> Option<Db> {
-        weak.upgrade().map(|inner| Db { inner })
-    }
-
     /// What the placement driver did on this node.
     pub fn placement_counters(&self) -> &crate::placement::PlacementCounters {
         &self.inner.placement
@@ -618,18 +652,24 @@ impl Db {
         let Some(mut rx) = self.inner.node.take_publications() else {
             return;
         };
-        let weak = self.downgrade();
+        // The task ends with the node: its store loop holds the sender.
+        let db = self.clone();
         tokio::spawn(async move {
             while let Some(d) = rx.recv().await {
-                let Some(db) = Db::upgrade(&weak) else { break };
-                // A few tries; a descriptor that cannot be written now is
-                // written by the range's next leader, or by the next split.
-                for attempt in 0..5u32 {
+                // Until it is written: the meta range is the only way other
+                // clients learn where a split's keys went (in order, so a
+                // split's right half still goes in before its left).
+                let mut backoff = Duration::from_millis(100);
+                loop {
                     match db.publish_descriptor(&d).await {
                         Ok(()) => break,
                         Err(e) => {
-                            tracing::debug!(range = d.id, attempt, error = %e, "publishing a descriptor failed");
-                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                            if db.node().handle().stats().await.is_none() {
+                                return; // the node stopped
+                            }
+                            tracing::debug!(range = d.id, error = %e, "publishing a descriptor failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
                         }
                     }
                 }
@@ -839,7 +879,11 @@ impl Db {
                 let local = via_local && d.replicas.contains(&me);
                 let to = if local { me } else { leader };
                 via_local = false;
-                let err = match self.inner.node.call_on(to, make(&d)).await {
+                let req = make(&d);
+                // A split is re-checked by its caller, never resent at
+                // another epoch here (it may have been applied already).
+                let is_split = matches!(req, Request::Split { .. });
+                let err = match self.inner.node.call_on(to, req).await {
                     Ok(reply) => {
                         if !local {
                             self.inner.routes.write().leaders.insert(d.id, to);
@@ -866,6 +910,9 @@ impl Db {
                     ) => {
                         let current = *current;
                         merge_route(&mut self.inner.routes.write().by_start, current.clone());
+                        if is_split {
+                            return Err(DbError::RangeChanged(Box::new(current)));
+                        }
                         desc = match key {
                             Some(k) => self.route(k),
                             None => Some(current),

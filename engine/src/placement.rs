@@ -59,14 +59,13 @@ impl Db {
     /// module docs). Every node may start it: only the one leading the meta
     /// range acts in a given round.
     pub fn start_placement(&self, cfg: PlacementConfig) {
-        let weak = self.downgrade();
+        let db = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(cfg.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let Some(db) = Db::upgrade(&weak) else { break };
                 if db.node().handle().stats().await.is_none() {
                     break; // the node stopped
                 }

@@ -1538,6 +1538,13 @@ fn a_committed_command_that_does_not_decode_takes_the_replica_out() {
         if let Some(f) = rd.failures.first() {
             assert!(f.contains("cannot decode"), "{f}");
             assert!(sim.store(follower).replica_state(range).is_none());
+            // A vote request for it afterwards does not bring it back blank
+            // (it would have forgotten its term and vote).
+            let store = sim.stores.get_mut(&follower).expect("store");
+            store.receive(leader, vote_batch(range, leader, follower, term + 1));
+            let (votes, _) = drain_votes(store, range);
+            assert!(votes.is_empty(), "{votes:?}");
+            assert_eq!(store.uninitialized_ids().count(), 0);
             return;
         }
     }

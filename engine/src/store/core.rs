@@ -150,6 +150,10 @@ pub struct Store {
     /// Replicas created empty for a peer's message about a range this node
     /// does not hold (see [`Store::create_uninitialized`]).
     uninitialized: BTreeSet<RangeId>,
+    /// Ranges whose replica failed and was taken out: never recreated in
+    /// this process (a blank replica would have forgotten the failed one's
+    /// term and vote, and could vote twice in a term).
+    failed: BTreeSet<RangeId>,
     /// Forwards and their answers the host could not send (see
     /// [`Store::resend_later`]), sent again at the next tick.
     resend: BTreeMap<NodeId, Vec<Control>>,
@@ -195,6 +199,7 @@ impl Store {
             resend: BTreeMap::new(),
             publish: Vec::new(),
             uninitialized: BTreeSet::new(),
+            failed: BTreeSet::new(),
             stats: StoreStats::default(),
         }
     }
@@ -621,7 +626,11 @@ impl Store {
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::SnapshotChunk { .. }
         );
-        if !asks || range == META_RANGE || self.uninitialized.len() >= UNINITIALIZED_MAX {
+        if !asks
+            || range == META_RANGE
+            || self.failed.contains(&range)
+            || self.uninitialized.len() >= UNINITIALIZED_MAX
+        {
             return false;
         }
         self.add_uninitialized_replica(range, HardState::default())
@@ -1035,13 +1044,17 @@ impl Store {
         after: &mut AfterPersist,
     ) {
         let desc = right.descriptor().clone();
-        if self.initialized(desc.id) || !desc.replicas.contains(&self.cfg.node_id) {
+        if self.initialized(desc.id)
+            || self.failed.contains(&desc.id)
+            || !desc.replicas.contains(&self.cfg.node_id)
+        {
             return;
         }
         let mut init = InitialState::new_group(desc.replicas.iter().copied());
         // An uninitialized replica made for the new range's messages may
         // have voted: its term and vote carry over (CockroachDB #44615).
         let mut carried = None;
+        let mut replaced = None;
         if self.uninitialized.remove(&desc.id)
             && let Some(mut old) = self.replicas.remove(&desc.id)
         {
@@ -1052,9 +1065,11 @@ impl Store {
                 init.hard_state.vote = hs.vote;
             }
             carried = Some(init.hard_state);
-            // What it said and has not sent yet (say, the vote just granted)
-            // goes out; what waits for durability waits for the carried hard
-            // state, written in this batch.
+            // What it said and has not sent yet goes out: the answers that
+            // need no durability, and its votes once the carried hard state
+            // (written in this batch) is durable. Not a snapshot's
+            // acknowledgement: the snapshot is dropped with the replica, and
+            // the leader must not count it as installed (it sends it again).
             if old.raft.has_ready() {
                 let rd = old.raft.ready();
                 for m in rd.messages {
@@ -1064,15 +1079,27 @@ impl Store {
                         .messages
                         .push((desc.id, m));
                 }
-                if !rd.persisted_messages.is_empty() {
-                    after.groups.push((desc.id, None, rd.persisted_messages));
+                let votes: Vec<Message> = rd
+                    .persisted_messages
+                    .into_iter()
+                    .filter(|m| matches!(m.body, MessageBody::VoteResponse { .. }))
+                    .collect();
+                if !votes.is_empty() {
+                    after.groups.push((desc.id, None, votes));
                 }
             }
+            replaced = Some(old);
         }
         let data = right.snapshot();
         init.snapshot.data = data.clone();
         let meta = init.snapshot.meta.clone();
         if let Err(e) = self.add_replica(desc.id, init, right) {
+            // Keep the uninitialized replica: its term and vote live on.
+            if let Some(old) = replaced {
+                self.replicas.insert(desc.id, old);
+                self.uninitialized.insert(desc.id);
+                self.awake.insert(desc.id);
+            }
             self.failures.push(format!(
                 "range {}: split-off range not created: {e}",
                 desc.id
@@ -1166,6 +1193,7 @@ impl Store {
         }
         self.awake.remove(&range);
         self.uninitialized.remove(&range);
+        self.failed.insert(range);
         self.failures.push(format!("range {range}: {why}"));
     }
 
