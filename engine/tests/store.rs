@@ -347,6 +347,16 @@ impl Sim {
     }
 
     /// One tick of every live store's clock, then everything it causes.
+    /// Cuts every link to and from `node` (`cut.clear()` heals).
+    fn isolate(&mut self, node: NodeId) {
+        for &n in &NODES {
+            if n != node {
+                self.cut.insert((n, node));
+                self.cut.insert((node, n));
+            }
+        }
+    }
+
     fn tick(&mut self) {
         for n in self.up() {
             self.stores.get_mut(&n).expect("store").tick();
@@ -1964,12 +1974,7 @@ fn a_lagging_follower_applies_the_split_later_and_creates_the_new_range_then() {
     let (mut sim, at, _, rk) = split_setup();
     let leader = sim.agreed_leader(LHS).expect("leader");
     let lagging = sim.followers(LHS, leader)[0];
-    for &n in &NODES {
-        if n != lagging {
-            sim.cut.insert((n, lagging));
-            sim.cut.insert((lagging, n));
-        }
-    }
+    sim.isolate(lagging);
     let id = sim.request(leader, split_req(LHS, 1, &at, RHS));
     assert!(
         matches!(
@@ -2148,12 +2153,7 @@ fn a_follower_that_catches_up_by_snapshot_past_the_split_gets_the_new_range() {
     let (mut sim, at, lk, rk) = split_setup_with(|c| c.snapshot_entries = 4);
     let leader = sim.agreed_leader(LHS).expect("leader");
     let lagging = sim.followers(LHS, leader)[0];
-    for &n in &NODES {
-        if n != lagging {
-            sim.cut.insert((n, lagging));
-            sim.cut.insert((lagging, n));
-        }
-    }
+    sim.isolate(lagging);
     let id = sim.request(leader, split_req(LHS, 1, &at, RHS));
     assert!(matches!(sim.reply(id), Some(Ok(Reply::Applied(_)))));
     // Enough writes on the left that its leader compacts past the split.
