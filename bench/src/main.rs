@@ -4,6 +4,12 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tessera_bench::cli::Args;
 
+/// mimalloc, as the `tessera` binary uses: the store's many small
+/// allocations made the system allocator about a tenth of the CPU (see
+/// README.md, "Numbers").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");

@@ -89,6 +89,12 @@ enum CtlCommand {
     },
 }
 
+/// mimalloc: the store's many small allocations (entries, messages, keys)
+/// made the system allocator about a tenth of the CPU; see bench/README.md.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
