@@ -230,7 +230,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     db.latency().write_prometheus(&mut out);
     let p = db.placement_counters();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    for (name, help, v) in [
+    let rows = [
         (
             "tessera_placement_rounds_total",
             "Placement rounds this node ran (it led the meta range).",
@@ -251,9 +251,8 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             "Placement operators that failed (retried next round if still due).",
             load(&p.failed),
         ),
-    ] {
-        metric(&mut out, name, help, v);
-    }
+    ];
+    metric_rows(&mut out, &rows);
     if let Some(w) = node.wal_stats() {
         let rows: [(&str, &str, u64); 7] = [
             (
@@ -288,9 +287,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
                 w.disk_bytes,
             ),
         ];
-        for (name, help, v) in rows {
-            metric(&mut out, name, help, v);
-        }
+        metric_rows(&mut out, &rows);
     }
     if let Some(t) = node.transport_metrics() {
         let rows: [(&str, &str, u64); 6] = [
@@ -325,9 +322,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
                 t.handshake_failures,
             ),
         ];
-        for (name, help, v) in rows {
-            metric(&mut out, name, help, v);
-        }
+        metric_rows(&mut out, &rows);
     }
     if let Some(resp) = &state.resp {
         resp_metrics(&mut out, resp);
@@ -359,9 +354,7 @@ fn resp_metrics(out: &mut String, stats: &RespStats) {
             s.commands,
         ),
     ];
-    for (name, help, v) in rows {
-        metric(out, name, help, v);
-    }
+    metric_rows(out, &rows);
     let name = "tessera_resp_errors_total";
     let _ = writeln!(
         out,
@@ -462,8 +455,13 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
             s.uninitialized_created,
         ),
     ];
-    for (name, help, v) in rows {
-        metric(out, name, help, v);
+    metric_rows(out, &rows);
+}
+
+/// [`metric`] for each (name, help, value) row.
+fn metric_rows(out: &mut String, rows: &[(&str, &str, u64)]) {
+    for &(name, help, value) in rows {
+        metric(out, name, help, value);
     }
 }
 
