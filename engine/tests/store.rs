@@ -2043,7 +2043,9 @@ fn restart(sim: &mut Sim, node: NodeId) {
         .filter(|&&p| p != node)
         .map(|&p| (p, 100 + p))
         .collect();
-    let mut store = Store::new(store_config(node, &|_| {}), &known);
+    // A new life numbers its forwards from a new boot number, as the node does.
+    let boot = (1 << 32) | sim.next_req;
+    let mut store = Store::new(store_config(node, &|c| c.boot = boot), &known);
     let disk = &sim.disks[&node];
     for (&range, snap) in &disk.snapshots {
         let (init, state) = rebuild_replica(range, snap.clone(), disk).expect("rebuilds");
@@ -2288,4 +2290,72 @@ fn uninitialized_replicas_are_capped_and_never_made_for_the_meta_range_or_answer
     }
     assert_eq!(store.uninitialized_ids().count(), 1024);
     assert_eq!(store.stats().uninitialized_created, 1024);
+}
+
+/// A node that restarts numbers its forwards from a new `StoreConfig::boot`:
+/// an answer to a forward of its earlier life, arriving late, is dropped
+/// rather than taken for the answer to a new forward with the same number.
+#[test]
+fn a_late_answer_to_a_forward_of_an_earlier_life_is_not_taken_for_a_new_one() {
+    let mut sim = Sim::new(4, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE + 1;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let follower = sim.followers(range, leader)[0];
+    let key = sim.key_in(range, "late");
+    let one = Bytes::from_static(b"one");
+
+    // The leader's answer to a forwarded write is lost on its way back.
+    sim.cut.insert((leader, follower));
+    let first = sim.submit(follower, put_req(range, &key, &one));
+    sim.settle();
+    assert_eq!(sim.reply(first), None);
+    let late = sim
+        .forwarding
+        .iter()
+        .find(|(from, to, c)| {
+            *from == leader && *to == follower && matches!(c, Control::ForwardReply { .. })
+        })
+        .map(|(_, _, c)| c.clone())
+        .expect("the leader answered the forward");
+
+    // The follower restarts and forwards a read of the key.
+    restart(&mut sim, follower);
+    sim.cut.clear();
+    sim.ticks(20);
+    let read = sim.submit(follower, get_req(range, &key, ReadConsistency::Linearizable));
+    let rd = sim.take_ready(follower);
+    let forwarded: Vec<u64> = forwarding_controls(&rd)
+        .into_iter()
+        .filter_map(|(_, c)| match c {
+            Control::Forward { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(forwarded.len(), 1, "the read is forwarded");
+    let Control::ForwardReply { seq: late_seq, .. } = late else {
+        unreachable!()
+    };
+    assert_ne!(forwarded[0], late_seq, "a new life numbers its forwards anew");
+    sim.process(follower, rd);
+
+    // The late answer arrives before the read's: it answers nothing.
+    let store = sim.stores.get_mut(&follower).expect("store");
+    store.receive(
+        leader,
+        PeerBatch {
+            incarnation: 100 + leader,
+            messages: Vec::new(),
+            control: vec![late],
+        },
+    );
+    let rd = sim.take_ready(follower);
+    assert!(
+        rd.replies.iter().all(|(id, _)| *id != read),
+        "the late answer was taken for the read's: {:?}",
+        rd.replies
+    );
+    sim.process(follower, rd);
+    sim.settle();
+    assert_eq!(sim.reply(read), Some(&Ok(Reply::Value(Some(one)))));
 }

@@ -273,6 +273,7 @@ impl Node {
         sc.node_id = cfg.node_id;
         sc.peers = cfg.peers.keys().copied().collect();
         sc.incarnation = datadir.identity.incarnation;
+        sc.boot = boot_number();
         sc.raft.id = cfg.node_id;
         sc.raft
             .validate()
@@ -524,4 +525,16 @@ pub enum CallError {
     /// The request may have reached the peer; its outcome is unknown.
     #[error("call failed: {0}")]
     Transport(String),
+}
+
+/// A number that differs at every start of the process (see `StoreConfig::boot`):
+/// the standard library's per-process random hash keys, mixed with the clock.
+fn boot_number() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    h.write_u64(now);
+    h.finish()
 }

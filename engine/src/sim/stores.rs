@@ -400,6 +400,7 @@ impl World {
             let mut sc = StoreConfig::new(id, ids.iter().copied().filter(|&p| p != id).collect());
             sc.incarnation = 1000 + id;
             sc.seed = opts.seed.wrapping_mul(31).wrapping_add(id);
+            sc.boot = sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             sc.snapshot_entries = snapshot_entries;
             sc.wake_per_tick_max = wake_max;
             #[cfg(feature = "bug-injection")]
@@ -1030,6 +1031,7 @@ impl World {
             .wrapping_mul(37)
             .wrapping_add(n)
             .wrapping_add(self.now);
+        sc.boot = sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         sc.snapshot_entries = self.snapshot_entries;
         sc.wake_per_tick_max = self.wake_max;
         #[cfg(feature = "bug-injection")]

@@ -36,6 +36,12 @@ pub struct StoreConfig {
     pub forward_timeout_ticks: u32,
     /// Seed of the replicas' election timers.
     pub seed: u64,
+    /// A number the host picks anew at every start of the store (random in
+    /// the node, from the simulation's seed in the simulator). Forwarded
+    /// requests are numbered from it, so that an answer meant for a request
+    /// of an earlier life of this node, arriving late, is never taken for the
+    /// answer to a request of this one.
+    pub boot: u64,
 }
 
 impl StoreConfig {
@@ -54,6 +60,7 @@ impl StoreConfig {
             forward_requests: true,
             forward_timeout_ticks: 50,
             seed: node_id,
+            boot: 0,
         }
     }
 }

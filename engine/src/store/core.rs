@@ -164,6 +164,7 @@ impl Store {
     /// A store with no replicas. `known_incarnations` are the peers'
     /// incarnations this node persisted earlier.
     pub fn new(cfg: StoreConfig, known_incarnations: &BTreeMap<NodeId, u64>) -> Self {
+        let boot = cfg.boot;
         let peers = cfg
             .peers
             .iter()
@@ -193,7 +194,7 @@ impl Store {
             new_incarnations: Vec::new(),
             failures: Vec::new(),
             forwarded: BTreeMap::new(),
-            next_forward: 0,
+            next_forward: boot,
             serving: HashMap::new(),
             next_serving: 0,
             resend: BTreeMap::new(),
@@ -349,7 +350,7 @@ impl Store {
 
     fn forward(&mut self, id: ReqId, to: NodeId, request: Request) {
         let seq = self.next_forward;
-        self.next_forward += 1;
+        self.next_forward = self.next_forward.wrapping_add(1);
         self.forwarded.insert(
             seq,
             Forwarded {
@@ -1398,3 +1399,4 @@ fn serve_read_now(state: &RangeState, op: &ReadOp, leader: Option<NodeId>) -> Re
         }
     }
 }
+
