@@ -909,6 +909,7 @@ impl Store {
             .iter()
             .map(|e| (e.index, e.term, encode_payload(&e.payload)))
             .collect();
+        defer_commit_only(r, &mut gw);
         if point.is_some() || !rd.persisted_messages.is_empty() {
             after.groups.push((range, point, rd.persisted_messages));
         }
@@ -1400,3 +1401,29 @@ fn serve_read_now(state: &RangeState, op: &ReadOp, leader: Option<NodeId>) -> Re
     }
 }
 
+/// A change of the commit index alone is not written on its own: it rides
+/// with the group's next entries, snapshot or term/vote change. A write of
+/// nothing but commit indexes would cost a whole sync of the log and delay
+/// the writes queued behind it, and nothing depends on its durability: the
+/// commit index is relearned from the leader after a restart (recovery clamps
+/// it between the snapshot and the last entry), and entries are applied once
+/// they are durable, whatever commit index is on disk. Term and vote are
+/// always written before anything that depends on them is sent.
+fn defer_commit_only(r: &mut Replica, gw: &mut GroupWrite) {
+    let carries_log = !gw.entries.is_empty() || gw.snapshot.is_some();
+    match gw.hard_state {
+        Some(hs) if (hs.term, hs.vote) == r.written_term_vote && !carries_log => {
+            gw.hard_state = None;
+            r.commit_unwritten = true;
+        }
+        Some(hs) => {
+            r.written_term_vote = (hs.term, hs.vote);
+            r.commit_unwritten = false;
+        }
+        None if carries_log && r.commit_unwritten => {
+            gw.hard_state = Some(r.raft.hard_state());
+            r.commit_unwritten = false;
+        }
+        None => {}
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::raft::{Index, Raft, Term};
+use crate::raft::{Index, NodeId, Raft, Term};
 use crate::range::RangeState;
 
 use super::request::{ReadOp, ReqId};
@@ -43,11 +43,20 @@ pub(super) struct Replica {
     /// Highest descriptor epoch this replica, as leader, asked the host to
     /// publish to the meta range (see `StoreReady::publish`).
     pub published_epoch: u64,
+    /// Term and vote of the last hard state handed to the host to write, and
+    /// whether a newer commit index is still unwritten (see
+    /// `Store::ready_group`: a change of the commit index alone is written
+    /// with the group's next entries, not on its own).
+    pub written_term_vote: (Term, NodeId),
+    pub commit_unwritten: bool,
 }
 
 impl Replica {
     pub fn new(raft: Raft, state: RangeState, now: u64) -> Self {
+        let hs = raft.hard_state();
         Replica {
+            written_term_vote: (hs.term, hs.vote),
+            commit_unwritten: false,
             raft,
             state,
             proposals: BTreeMap::new(),
