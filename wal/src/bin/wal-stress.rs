@@ -220,6 +220,7 @@ fn main() -> Result<()> {
 
 /// Plain pwrite + fdatasync of `n` bytes per sync into a preallocated file.
 fn baseline(args: &Args, dir: &std::path::Path, n: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let path = dir.join("baseline.dat");
     let f = std::fs::OpenOptions::new()
         .create(true)
