@@ -2323,7 +2323,10 @@ fn a_late_answer_to_a_forward_of_an_earlier_life_is_not_taken_for_a_new_one() {
     restart(&mut sim, follower);
     sim.cut.clear();
     sim.ticks(20);
-    let read = sim.submit(follower, get_req(range, &key, ReadConsistency::Linearizable));
+    let read = sim.submit(
+        follower,
+        get_req(range, &key, ReadConsistency::Linearizable),
+    );
     let rd = sim.take_ready(follower);
     let forwarded: Vec<u64> = forwarding_controls(&rd)
         .into_iter()
@@ -2336,7 +2339,10 @@ fn a_late_answer_to_a_forward_of_an_earlier_life_is_not_taken_for_a_new_one() {
     let Control::ForwardReply { seq: late_seq, .. } = late else {
         unreachable!()
     };
-    assert_ne!(forwarded[0], late_seq, "a new life numbers its forwards anew");
+    assert_ne!(
+        forwarded[0], late_seq,
+        "a new life numbers its forwards anew"
+    );
     sim.process(follower, rd);
 
     // The late answer arrives before the read's: it answers nothing.
