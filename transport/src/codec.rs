@@ -132,6 +132,104 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> Result<(), CodecError> 
     Ok(())
 }
 
+/// Payloads at least this long are referenced by [`encode_frame_chunks`]
+/// instead of copied; shorter ones are cheaper to copy than to track.
+pub const ZERO_COPY_PAYLOAD_MIN_BYTES: usize = 1024;
+
+/// The payloads `frame` carries, in the order rkyv serializes them.
+fn payloads(frame: &Frame) -> &[Bytes] {
+    match frame {
+        Frame::Messages(messages) => messages,
+        Frame::SnapshotBegin(b)
+        | Frame::SnapshotChunk(b)
+        | Frame::Request(b)
+        | Frame::Response(b) => std::slice::from_ref(b),
+        Frame::SnapshotEnd | Frame::SnapshotAck | Frame::Refused(_) => &[],
+    }
+}
+
+/// An rkyv writer that lays a frame out as a list of `Bytes`: the archive's
+/// own bytes (headers, relative pointers, small payloads) are copied into
+/// segments, while a write that is exactly one of the frame's large payloads
+/// becomes a reference to it. The concatenation is byte for byte the archive
+/// `encode_frame` produces.
+struct ChunkWriter<'a> {
+    /// The frame's payloads not yet seen, in serialization order.
+    payloads: &'a [Bytes],
+    chunks: Vec<Bytes>,
+    segment: Vec<u8>,
+    pos: usize,
+}
+
+impl ChunkWriter<'_> {
+    fn flush(&mut self) {
+        if !self.segment.is_empty() {
+            let rest = self.segment.capacity() - self.segment.len();
+            let full = std::mem::replace(&mut self.segment, Vec::with_capacity(rest));
+            self.chunks.push(Bytes::from(full));
+        }
+    }
+}
+
+impl rkyv::ser::Positional for ChunkWriter<'_> {
+    fn pos(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<E> rkyv::ser::Writer<E> for ChunkWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.pos += bytes.len();
+        if bytes.len() >= ZERO_COPY_PAYLOAD_MIN_BYTES {
+            // rkyv writes a byte vector's contents in one call, straight from
+            // the `Bytes` being serialized, in order; anything else is copied.
+            let at = self
+                .payloads
+                .iter()
+                .position(|p| p.as_ptr() == bytes.as_ptr() && p.len() == bytes.len());
+            if let Some(at) = at {
+                self.flush();
+                self.chunks.push(self.payloads[at].clone());
+                self.payloads = &self.payloads[at + 1..];
+                return Ok(());
+            }
+        }
+        self.segment.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Encodes `frame` (length prefix + archive) as a list of chunks for a
+/// vectored write: the same bytes as [`encode_frame`], but payloads of at
+/// least [`ZERO_COPY_PAYLOAD_MIN_BYTES`] are referenced rather than copied.
+/// Returns the chunks and their total length.
+pub fn encode_frame_chunks(frame: &Frame) -> Result<(Vec<Bytes>, usize), CodecError> {
+    let payloads = payloads(frame);
+    let (referenced, copied): (Vec<&Bytes>, Vec<&Bytes>) = payloads
+        .iter()
+        .partition(|p| p.len() >= ZERO_COPY_PAYLOAD_MIN_BYTES);
+    let copied_bytes: usize = copied.iter().map(|p| p.len()).sum();
+    let writer = ChunkWriter {
+        payloads,
+        chunks: Vec::with_capacity(2 * referenced.len() + 2),
+        // Room for everything that is copied, so the segment never regrows.
+        segment: Vec::with_capacity(messages_frame_bound(payloads.len(), copied_bytes)),
+        pos: 0,
+    };
+    let mut writer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(frame, writer)
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    writer.flush();
+    let len = writer.pos;
+    let len_u32 = u32::try_from(len).map_err(|_| CodecError::Oversized {
+        len,
+        max: u32::MAX as usize,
+    })?;
+    let mut chunks = Vec::with_capacity(writer.chunks.len() + 1);
+    chunks.push(Bytes::copy_from_slice(&len_u32.to_le_bytes()));
+    chunks.append(&mut writer.chunks);
+    Ok((chunks, LENGTH_PREFIX_BYTES + len))
+}
+
 /// Encodes one frame into a fresh buffer.
 pub fn encode_frame_to_bytes(frame: &Frame) -> Result<Bytes, CodecError> {
     let mut out = Vec::new();
@@ -270,6 +368,48 @@ mod tests {
                 prop_assert!(truncated);
             }
         }
+    }
+
+    fn concat(chunks: &[Bytes]) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_encoding_matches_the_contiguous_one(
+            sizes in proptest::collection::vec(0usize..5000, 0..12),
+            single in 0usize..20_000,
+        ) {
+            let messages: Vec<Bytes> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Bytes::from(vec![i as u8; n]))
+                .collect();
+            for f in [
+                Frame::Messages(messages),
+                Frame::SnapshotChunk(Bytes::from(vec![3; single])),
+                Frame::Response(Bytes::from(vec![4; single])),
+                Frame::SnapshotEnd,
+                Frame::Refused("no".into()),
+            ] {
+                let (chunks, len) = encode_frame_chunks(&f).unwrap();
+                let contiguous = encode_frame_to_bytes(&f).unwrap();
+                prop_assert_eq!(len, contiguous.len());
+                prop_assert_eq!(concat(&chunks), contiguous.to_vec());
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_encoding_references_large_payloads() {
+        let big = Bytes::from(vec![9; 64 << 10]);
+        let small = Bytes::from_static(b"heartbeat");
+        let frame = Frame::Messages(vec![big.clone(), small, big.clone()]);
+        let (chunks, _) = encode_frame_chunks(&frame).unwrap();
+        let referenced = chunks.iter().filter(|c| c.as_ptr() == big.as_ptr()).count();
+        assert_eq!(referenced, 2, "64 KiB payloads must not be copied");
+        let decoded = decode_frames(&Bytes::from(concat(&chunks)), 1 << 20).unwrap();
+        assert_eq!(decoded, vec![frame]);
     }
 
     #[test]

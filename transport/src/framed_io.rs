@@ -1,8 +1,15 @@
 //! Reading frames from a byte stream (a QUIC stream, or TCP in the benchmark
 //! baseline), with the size limit applied before allocation and truncation
 //! reported with how much was missing.
+//!
+//! A frame is read as one `Bytes` (rkyv validates a contiguous archive). From
+//! a QUIC stream the bytes come as quinn's own chunks (`read_chunk`, no copy
+//! into a caller buffer): a frame that arrives in one chunk is used as is, a
+//! longer one is gathered into a buffer of exactly its length, never zeroed.
 
-use bytes::Bytes;
+use std::future::Future;
+
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::codec::{self, Frame, LENGTH_PREFIX_BYTES, STREAM_HEADER_BYTES, StreamKind};
@@ -19,30 +26,83 @@ pub enum ReadError {
     Io(#[from] std::io::Error),
 }
 
-/// Fills `buf` completely. Returns how many bytes were read if the stream ended
-/// first (0 means it ended exactly where the caller started).
-async fn fill<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut [u8],
-) -> std::io::Result<Result<(), usize>> {
-    let mut got = 0;
-    while got < buf.len() {
-        let n = r.read(&mut buf[got..]).await?;
-        if n == 0 {
-            return Ok(Err(got));
-        }
-        got += n;
+/// A byte stream frames are read from.
+pub trait FrameSource: Send {
+    /// Reads exactly `n` bytes. `Ok(Err(got))` if the stream ended after
+    /// `got < n` bytes (0: it ended exactly where the caller started).
+    fn read_exact_bytes(
+        &mut self,
+        n: usize,
+    ) -> impl Future<Output = std::io::Result<Result<Bytes, usize>>> + Send;
+}
+
+/// Reads exactly `n` bytes from a QUIC stream: quinn's own chunk when one
+/// holds them all (no copy), else gathered into a buffer from `alloc`.
+async fn read_quic_exact(
+    stream: &mut quinn::RecvStream,
+    n: usize,
+    alloc: impl FnOnce(usize) -> BytesMut + Send,
+) -> std::io::Result<Result<Bytes, usize>> {
+    // `max_length` keeps quinn from handing out bytes past this frame.
+    let first = match stream
+        .read_chunk(n, true)
+        .await
+        .map_err(std::io::Error::from)?
+    {
+        Some(chunk) => chunk.bytes,
+        None => return Ok(Err(0)),
+    };
+    if first.len() == n {
+        return Ok(Ok(first));
     }
-    Ok(Ok(()))
+    let mut buf = alloc(n);
+    buf.extend_from_slice(&first);
+    while buf.len() < n {
+        match stream
+            .read_chunk(n - buf.len(), true)
+            .await
+            .map_err(std::io::Error::from)?
+        {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            None => return Ok(Err(buf.len())),
+        }
+    }
+    Ok(Ok(buf.freeze()))
+}
+
+impl FrameSource for quinn::RecvStream {
+    async fn read_exact_bytes(&mut self, n: usize) -> std::io::Result<Result<Bytes, usize>> {
+        read_quic_exact(self, n, BytesMut::with_capacity).await
+    }
+}
+
+/// Any `AsyncRead` (TCP, a byte slice in tests) as a frame source.
+#[derive(Debug)]
+pub struct AsyncSource<R>(pub R);
+
+impl<R: AsyncRead + Unpin + Send> FrameSource for AsyncSource<R> {
+    async fn read_exact_bytes(&mut self, n: usize) -> std::io::Result<Result<Bytes, usize>> {
+        let mut buf = BytesMut::with_capacity(n);
+        while buf.len() < n {
+            let want = n - buf.len();
+            if self.0.read_buf(&mut (&mut buf).limit(want)).await? == 0 {
+                return Ok(Err(buf.len()));
+            }
+        }
+        Ok(Ok(buf.freeze()))
+    }
 }
 
 /// Reads the stream header. `Ok(None)` if the stream ended before any byte.
-pub async fn read_stream_header<R: AsyncRead + Unpin>(
-    r: &mut R,
+pub async fn read_stream_header<S: FrameSource>(
+    r: &mut S,
 ) -> Result<Option<StreamKind>, ReadError> {
-    let mut header = [0; STREAM_HEADER_BYTES];
-    match fill(r, &mut header).await? {
-        Ok(()) => Ok(Some(codec::parse_stream_header(header)?)),
+    match r.read_exact_bytes(STREAM_HEADER_BYTES).await? {
+        Ok(bytes) => {
+            let mut header = [0; STREAM_HEADER_BYTES];
+            header.copy_from_slice(&bytes);
+            Ok(Some(codec::parse_stream_header(header)?))
+        }
         Err(0) => Ok(None),
         Err(got) => Err(CodecError::Truncated {
             expected: STREAM_HEADER_BYTES,
@@ -54,13 +114,16 @@ pub async fn read_stream_header<R: AsyncRead + Unpin>(
 
 /// Reads one frame's archive bytes. `Ok(None)` at a clean end of stream (on a
 /// frame boundary); a stream that ends inside a frame is `Truncated`.
-pub async fn read_frame_bytes<R: AsyncRead + Unpin>(
-    r: &mut R,
+pub async fn read_frame_bytes<S: FrameSource>(
+    r: &mut S,
     max_frame_bytes: usize,
 ) -> Result<Option<Bytes>, ReadError> {
-    let mut prefix = [0; LENGTH_PREFIX_BYTES];
-    match fill(r, &mut prefix).await? {
-        Ok(()) => {}
+    let prefix = match r.read_exact_bytes(LENGTH_PREFIX_BYTES).await? {
+        Ok(bytes) => {
+            let mut prefix = [0; LENGTH_PREFIX_BYTES];
+            prefix.copy_from_slice(&bytes);
+            prefix
+        }
         Err(0) => return Ok(None),
         Err(got) => {
             return Err(CodecError::Truncated {
@@ -69,18 +132,18 @@ pub async fn read_frame_bytes<R: AsyncRead + Unpin>(
             }
             .into());
         }
-    }
+    };
+    // Checked before anything of that size is allocated.
     let len = codec::parse_length_prefix(prefix, max_frame_bytes)?;
-    let mut archive = vec![0; len];
-    if let Err(got) = fill(r, &mut archive).await? {
-        return Err(CodecError::Truncated { expected: len, got }.into());
+    match r.read_exact_bytes(len).await? {
+        Ok(archive) => Ok(Some(archive)),
+        Err(got) => Err(CodecError::Truncated { expected: len, got }.into()),
     }
-    Ok(Some(Bytes::from(archive)))
 }
 
 /// Reads and validates one frame. `Ok(None)` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
+pub async fn read_frame<S: FrameSource>(
+    r: &mut S,
     max_frame_bytes: usize,
 ) -> Result<Option<Frame>, ReadError> {
     match read_frame_bytes(r, max_frame_bytes).await? {
@@ -98,7 +161,7 @@ mod tests {
         let mut wire = stream_header(StreamKind::Call).to_vec();
         codec::encode_frame(&Frame::Request(Bytes::from_static(b"ping")), &mut wire).unwrap();
         codec::encode_frame(&Frame::SnapshotEnd, &mut wire).unwrap();
-        let mut r = &wire[..];
+        let mut r = AsyncSource(&wire[..]);
         assert_eq!(
             read_stream_header(&mut r).await.unwrap(),
             Some(StreamKind::Call)
@@ -118,12 +181,12 @@ mod tests {
     async fn truncated_and_oversized_frames_are_errors() {
         let mut wire = Vec::new();
         codec::encode_frame(&Frame::Response(Bytes::from(vec![7; 100])), &mut wire).unwrap();
-        let mut cut = &wire[..wire.len() - 10];
+        let mut cut = AsyncSource(&wire[..wire.len() - 10]);
         let err = read_frame(&mut cut, 1024).await.unwrap_err();
         assert!(
             matches!(err, ReadError::Codec(CodecError::Truncated { got, .. }) if got == wire.len() - 14)
         );
-        let mut whole = &wire[..];
+        let mut whole = AsyncSource(&wire[..]);
         let err = read_frame(&mut whole, 16).await.unwrap_err();
         assert!(matches!(
             err,

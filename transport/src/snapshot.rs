@@ -104,13 +104,12 @@ impl SnapshotSender {
         }
         match &mut self.inner {
             SenderInner::Quic { send, metrics, .. } => {
-                let frame = codec::encode_frame_to_bytes(&Frame::SnapshotChunk(chunk))?;
-                let len = frame.len() as u64;
-                send.write_chunk(frame)
+                let (mut frame, len) = codec::encode_frame_chunks(&Frame::SnapshotChunk(chunk))?;
+                send.write_all_chunks(&mut frame)
                     .await
                     .map_err(|e| TransportError::SnapshotAborted(e.to_string()))?;
                 Metrics::add(&metrics.frames_sent, 1);
-                Metrics::add(&metrics.bytes_sent, len);
+                Metrics::add(&metrics.bytes_sent, len as u64);
                 Ok(())
             }
             SenderInner::Memory { tx, .. } => {

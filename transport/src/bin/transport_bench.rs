@@ -152,7 +152,8 @@ async fn bench_tcp(size: usize, args: &Args) -> anyhow::Result<Measured> {
     let receiver = tokio::spawn(async move {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
-        let mut reader = tokio::io::BufReader::with_capacity(256 << 10, stream);
+        let mut reader =
+            framed_io::AsyncSource(tokio::io::BufReader::with_capacity(256 << 10, stream));
         while let Some(frame) = framed_io::read_frame(&mut reader, frame_bytes_max).await? {
             if let Frame::Messages(messages) = frame {
                 let bytes: usize = messages.iter().map(Bytes::len).sum();

@@ -304,7 +304,6 @@ async fn send_batches(
     {
         return;
     }
-    let mut frame = Vec::new();
     loop {
         let batch = loop {
             let batch = peer.queue.lock().take_batch(shared.config.batch_bytes_max);
@@ -325,24 +324,25 @@ async fn send_batches(
             }
         };
         let count = batch.len() as u64;
-        frame.clear();
-        if let Err(e) = codec::encode_frame(&Frame::Messages(batch), &mut frame) {
-            // Cannot happen for sizes `send` accepted; drop rather than wedge.
-            debug_assert!(false, "encoding a messages frame failed: {e}");
-            Metrics::add(&metrics.messages_dropped, count);
-            continue;
-        }
-        debug_assert!(frame.len() - codec::LENGTH_PREFIX_BYTES <= shared.config.frame_bytes_max);
-        let bytes = Bytes::from(std::mem::take(&mut frame));
-        let len = bytes.len() as u64;
-        if let Err(e) = stream.write_chunk(bytes).await {
+        // Large payloads go to quinn by reference (no copy into a frame buffer).
+        let (mut chunks, len) = match codec::encode_frame_chunks(&Frame::Messages(batch)) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                // Cannot happen for sizes `send` accepted; drop rather than wedge.
+                debug_assert!(false, "encoding a messages frame failed: {e}");
+                Metrics::add(&metrics.messages_dropped, count);
+                continue;
+            }
+        };
+        debug_assert!(len - codec::LENGTH_PREFIX_BYTES <= shared.config.frame_bytes_max);
+        if let Err(e) = stream.write_all_chunks(&mut chunks).await {
             Metrics::add(&metrics.messages_dropped, count);
             tracing::debug!(peer = %peer.id, error = %e, "messages stream failed");
             return;
         }
         Metrics::add(&metrics.messages_sent, count);
         Metrics::add(&metrics.frames_sent, 1);
-        Metrics::add(&metrics.bytes_sent, len);
+        Metrics::add(&metrics.bytes_sent, len as u64);
     }
 }
 
