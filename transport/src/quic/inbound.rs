@@ -158,9 +158,15 @@ async fn serve_uni(shared: Arc<Shared>, from: crate::NodeId, mut recv: quinn::Re
         None => return,
     }
     let metrics = &shared.metrics;
+    // Frames are gathered into reused buffers (see `BufferPool`).
+    let mut pool = framed_io::BufferPool::default();
     loop {
+        let mut source = framed_io::PooledQuicStream {
+            stream: &mut recv,
+            pool: &mut pool,
+        };
         let archive =
-            match framed_io::read_frame_bytes(&mut recv, shared.config.frame_bytes_max).await {
+            match framed_io::read_frame_bytes(&mut source, shared.config.frame_bytes_max).await {
                 Ok(Some(archive)) => archive,
                 Ok(None) => return,
                 Err(ReadError::Codec(e)) => return refuse_stream(&shared, from, &mut recv, &e),
