@@ -135,6 +135,7 @@ impl Wal {
             .map_err(|e| WalError::io("spawn completer", &dir, e))?;
         let writer = Writer {
             done_tx,
+            round_bytes: 0,
             shared: shared.clone(),
             rx,
             active,
