@@ -117,6 +117,13 @@ pub struct NodeFile {
     /// Log filter (`info`, `tessera_engine=debug`, ...); `RUST_LOG` wins. Default `info`.
     #[serde(default = "default_log")]
     pub log: String,
+    /// Largest UDP payload QUIC's path MTU discovery may try between nodes,
+    /// in 1200..=65527. Default 1452 (Ethernet). Raise it where the path
+    /// carries more (jumbo frames: 8952; a cluster on loopback: 65527): fewer,
+    /// larger packets cut the transport's CPU per byte several times
+    /// (docs/transport.md). Above 6548 quinn's segmentation offload is off.
+    #[serde(default = "default_peer_mtu_max")]
+    pub peer_mtu_max: u16,
     /// The placement driver (`[placement]`): splits ranges that grow large
     /// and spreads the leaders over the nodes. On by default.
     #[serde(default)]
@@ -176,6 +183,10 @@ fn default_ranges() -> u32 {
 fn default_tick_ms() -> u64 {
     100
 }
+fn default_peer_mtu_max() -> u16 {
+    tessera_transport::TransportConfig::default().mtu_upper_bound_bytes
+}
+
 fn default_election_ticks() -> u32 {
     10
 }
@@ -244,6 +255,9 @@ impl NodeFile {
         if self.election_ticks < 3 {
             return Err(invalid("election_ticks", "must be at least 3"));
         }
+        if !(1200..=65527).contains(&self.peer_mtu_max) {
+            return Err(invalid("peer_mtu_max", "must be in 1200..=65527"));
+        }
         let addrs = [
             ("client_addr", self.client_addr),
             ("admin_addr", self.admin_addr),
@@ -277,6 +291,7 @@ impl NodeFile {
         cfg.initial_ranges = self.initial_ranges;
         cfg.tick = Duration::from_millis(self.tick_ms);
         cfg.wal.sync = self.wal_sync;
+        cfg.transport.mtu_upper_bound_bytes = self.peer_mtu_max;
         let mut store = crate::store::StoreConfig::new(self.node_id, vec![]);
         store.raft.election_ticks = self.election_ticks;
         store.raft.lease_ticks = self
@@ -344,6 +359,7 @@ mod tests {
         assert!(f.wal_sync);
         assert_eq!(f.initial_ranges, 64);
         assert_eq!(f.password, None);
+        assert_eq!(f.peer_mtu_max, 1452);
         f.validate().expect("valid");
     }
 
@@ -359,6 +375,14 @@ mod tests {
         let mut f = sample();
         f.admin_addr = f.client_addr;
         assert!(f.validate().unwrap_err().to_string().contains("admin_addr"));
+        let mut f = sample();
+        f.peer_mtu_max = 1000;
+        assert!(
+            f.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("peer_mtu_max")
+        );
         let unknown = toml::from_str::<NodeFile>("node_id = 1\nbogus = 2");
         assert!(unknown.unwrap_err().to_string().contains("bogus"));
     }

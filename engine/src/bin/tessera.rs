@@ -192,6 +192,9 @@ fn init(nodes: u64, dir: &Path, initial_ranges: u32, password: Option<String>) -
             password: password.clone(),
             wal_sync: true,
             log: "info".into(),
+            // The default, though these nodes talk over loopback: the bench
+            // harness and redis-benchmark figures are measured with it.
+            peer_mtu_max: tessera_transport::TransportConfig::default().mtu_upper_bound_bytes,
             placement: Default::default(),
         };
         let text = toml::to_string(&file)?;
@@ -219,7 +222,10 @@ fn serve(config: &Path) -> Result<()> {
 
 async fn run_node(file: NodeFile) -> Result<()> {
     let cfg = file.node_config()?;
-    let node = Node::start(cfg).await.context("starting the node")?;
+    // Binding peer_addr is the likeliest failure here (in use): name it.
+    let node = Node::start(cfg)
+        .await
+        .with_context(|| format!("starting the node (peer_addr {})", file.peer_addr))?;
     tracing::info!(node = file.node_id, peer_addr = %node.addr(), "node started; waiting for the cluster");
     let db = Db::on_node(
         node,
