@@ -277,11 +277,15 @@ impl Db {
                 second,
             });
         }
-        match self.write(&key, Command::Batch(ops.clone())).await {
+        let command = Command::Batch(ops);
+        match self.write_ref(&key, &command).await {
             // A split moved some keys away between the check and the apply.
             Err(DbError::Protocol(why)) if why.starts_with(KEY_OUT_OF_RANGE) => {
                 self.refresh_routes_quietly().await;
-                match self.ranges_of_ops(&ops).await? {
+                let Command::Batch(ops) = &command else {
+                    unreachable!("built as a batch above")
+                };
+                match self.ranges_of_ops(ops).await? {
                     (first, Some(second)) => Err(DbError::CrossRange { first, second }),
                     _ => Err(DbError::Protocol(why)),
                 }
@@ -292,6 +296,27 @@ impl Db {
 
     /// The range of the first op, and another range an op falls in, if any.
     async fn ranges_of_ops(&self, ops: &[BatchOp]) -> Result<(RangeId, Option<RangeId>), DbError> {
+        // Usually every key is routed by the table as it is: one look, under
+        // one lock.
+        {
+            let routes = self.inner.routes.read();
+            let mut first = None;
+            let mut known = true;
+            for op in ops {
+                let Some(d) = lookup(&routes.by_start, op.key()) else {
+                    known = false;
+                    break;
+                };
+                match first {
+                    None => first = Some(d.id),
+                    Some(f) if f != d.id => return Ok((f, Some(d.id))),
+                    Some(_) => {}
+                }
+            }
+            if known {
+                return Ok((first.unwrap_or(META_RANGE), None));
+            }
+        }
         let mut first = None;
         for op in ops {
             let id = self.route_or_refresh(op.key()).await?.id;
@@ -356,6 +381,11 @@ impl Db {
 
     /// Runs any command on the range that holds `key`.
     pub async fn write(&self, key: &Bytes, command: Command) -> Result<ApplyResult, DbError> {
+        self.write_ref(key, &command).await
+    }
+
+    /// [`write`](Self::write) of a borrowed command (each attempt sends a copy).
+    async fn write_ref(&self, key: &[u8], command: &Command) -> Result<ApplyResult, DbError> {
         let (reply, _) = self
             .on_key(key, false, |d| Request::Write {
                 range: d.id,
@@ -693,15 +723,32 @@ impl Db {
     /// The range holding `key`, as this handle's routing table knows it
     /// (after a split it may be the old, wider range until the table learns).
     pub fn range_of(&self, key: &[u8]) -> RangeDescriptor {
-        self.route(key).unwrap_or_else(|| {
-            let routes = self.inner.routes.read();
-            routes
-                .by_start
-                .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
-                .next_back()
-                .map(|(_, d)| d.clone())
-                .unwrap_or_else(|| self.inner.meta.clone())
-        })
+        if let Some(d) = lookup(&self.inner.routes.read().by_start, key) {
+            return d.clone();
+        }
+        self.inner
+            .routes
+            .read()
+            .by_start
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| self.inner.meta.clone())
+    }
+
+    /// The id of [`range_of`](Self::range_of) `key`, without copying the
+    /// descriptor (the Redis front end asks it for every key of a pipeline).
+    pub fn range_id_of(&self, key: &[u8]) -> RangeId {
+        let routes = self.inner.routes.read();
+        lookup(&routes.by_start, key)
+            .or_else(|| {
+                routes
+                    .by_start
+                    .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+                    .next_back()
+                    .map(|(_, d)| d)
+            })
+            .map_or(self.inner.meta.id, |d| d.id)
     }
 
     /// Each replica's (node, applied index, state hash) of `range`, read
@@ -783,14 +830,7 @@ impl Db {
     /// The cached descriptor that contains `key`, if any (none in the gap a
     /// split leaves until both halves are known).
     fn route(&self, key: &[u8]) -> Option<RangeDescriptor> {
-        let routes = self.inner.routes.read();
-        routes
-            .by_start
-            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
-            .next_back()
-            .map(|(_, d)| d)
-            .filter(|d| d.contains(key))
-            .cloned()
+        lookup(&self.inner.routes.read().by_start, key).cloned()
     }
 
     /// [`route`](Self::route), reloading the table from the meta range once
@@ -1014,6 +1054,18 @@ fn scan_stop(end: &Bytes, d: &RangeDescriptor) -> Bytes {
 /// descriptors are a range and what it was split from, and a split gives
 /// both halves a higher epoch than their parent, so for any key the higher
 /// epoch is the newer truth.
+/// The range of the table that holds `key`, if the table has one.
+fn lookup<'a>(
+    by_start: &'a BTreeMap<Bytes, RangeDescriptor>,
+    key: &[u8],
+) -> Option<&'a RangeDescriptor> {
+    by_start
+        .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+        .next_back()
+        .map(|(_, d)| d)
+        .filter(|d| d.contains(key))
+}
+
 fn merge_route(by_start: &mut BTreeMap<Bytes, RangeDescriptor>, d: RangeDescriptor) {
     let overlaps = |o: &RangeDescriptor| {
         (o.end.is_empty() || d.start < o.end) && (d.end.is_empty() || o.start < d.end)

@@ -1103,6 +1103,11 @@ fn malformed_requests_are_refused() {
         (b"*1\r\n$-1\r\n", "invalid bulk length"),
         (b"*1\r\n$+1\r\n", "invalid bulk length"),
         (b"*1\r\n$2000\r\n", "request is larger than 1024 bytes"),
+        (b"*1\r\n$1\r\nab\r\n", "expected CRLF after a bulk string"),
+        (
+            b"*2\r\n$1\r\na\r\n$1\r\nb\n\n",
+            "expected CRLF after a bulk string",
+        ),
         (b"*1000\r\n", "invalid multibulk length"),
         (b"*1\rx", "invalid mbulk count"),
         (b"set \"a\"b\n", "unbalanced quotes in request"),

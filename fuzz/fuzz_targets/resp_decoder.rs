@@ -1,6 +1,6 @@
 //! The Redis protocol front end's request decoder
-//! (`tessera_engine::resp::RequestDecoder`: multibulk arrays through
-//! redis-protocol, inline commands, size limits) on arbitrary client bytes.
+//! (`tessera_engine::resp::RequestDecoder`: multibulk arrays, inline
+//! commands, size limits) on arbitrary client bytes.
 //!
 //! The first byte picks where the input is cut in two; the decoder is fed the
 //! first part, then both. It must never panic; it must give the same requests

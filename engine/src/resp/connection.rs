@@ -66,7 +66,7 @@ pub(crate) async fn run(
         let mut rest = &decoded.requests[..];
         while !rest.is_empty() {
             let (kind, len) =
-                pipeline::next_run(rest, session.authenticated, |k| shared.db.range_of(k).id);
+                pipeline::next_run(rest, session.authenticated, |k| shared.db.range_id_of(k));
             let (run, after) = rest.split_at(len);
             rest = after;
             match execute_run(shared, &mut session, kind, run, &mut wbuf).await {
@@ -164,7 +164,7 @@ async fn execute_run(
     }
     match kind {
         RunKind::Writes => {
-            let range_of = |k: &[u8]| db.range_of(k).id;
+            let range_of = |k: &[u8]| db.range_id_of(k);
             let outcomes = pipeline::write_run(run, range_of, |ops| db.batch(ops)).await;
             for o in outcomes {
                 let result = commands::write_reply(o.as_ref().map_err(|e| &**e));

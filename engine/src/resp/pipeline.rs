@@ -124,7 +124,7 @@ pub fn next_run(
 }
 
 /// The ops of a plain write (`SET k v`, `MSET k v ...`).
-fn write_ops(req: &[Bytes]) -> Vec<BatchOp> {
+fn write_ops(req: &[Bytes]) -> impl Iterator<Item = BatchOp> + '_ {
     req.get(1..)
         .unwrap_or_default()
         .chunks_exact(2)
@@ -132,7 +132,6 @@ fn write_ops(req: &[Bytes]) -> Vec<BatchOp> {
             key: kv[0].clone(),
             value: kv[1].clone(),
         })
-        .collect()
 }
 
 /// Executes a run of plain writes: one batch per range with the ops in
@@ -149,27 +148,29 @@ where
     F: Fn(Vec<BatchOp>) -> Fut,
     Fut: Future<Output = Result<(), DbError>>,
 {
-    let ops: Vec<Vec<BatchOp>> = reqs.iter().map(|r| write_ops(r)).collect();
-    // Commands by range, each group in pipeline order.
+    // Commands by range (of their first key), each group in pipeline order.
     let mut groups: Vec<(RangeId, Vec<usize>)> = Vec::new();
-    for (i, o) in ops.iter().enumerate() {
-        debug_assert!(!o.is_empty(), "not a plain write: {:?}", reqs[i]);
-        let Some(op) = o.first() else { continue };
-        let range = range_of(op.key());
+    for (i, req) in reqs.iter().enumerate() {
+        debug_assert!(
+            req.len() >= 3 && req.len() % 2 == 1,
+            "not a plain write: {req:?}"
+        );
+        let Some(key) = req.get(1) else { continue };
+        let range = range_of(key);
         match groups.iter_mut().find(|(r, _)| *r == range) {
             Some((_, cmds)) => cmds.push(i),
             None => groups.push((range, vec![i])),
         }
     }
     let submit = &submit;
-    let ops = &ops;
     let outcomes = join_all(groups.iter().map(|(_, cmds)| async move {
-        let batch = cmds.iter().flat_map(|&c| ops[c].iter().cloned()).collect();
+        let batch = cmds.iter().flat_map(|&c| write_ops(&reqs[c])).collect();
         match submit(batch).await {
             Err(DbError::CrossRange { .. }) if cmds.len() > 1 => {
                 let mut each = Vec::with_capacity(cmds.len());
                 for &c in cmds {
-                    each.push(submit(ops[c].clone()).await.map_err(Arc::new));
+                    let ops = write_ops(&reqs[c]).collect();
+                    each.push(submit(ops).await.map_err(Arc::new));
                 }
                 each
             }
