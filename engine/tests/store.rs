@@ -27,7 +27,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use tessera_engine::raft::{HardState, Message, MessageBody, NodeId, Snapshot};
-use tessera_engine::range::{ApplyError, ApplyResult, Command, RangeDescriptor, RangeId};
+use tessera_engine::range::{
+    ApplyError, ApplyResult, Command, EncodedProposal, Proposal, RangeDescriptor, RangeId,
+};
 use tessera_engine::store::codec::{decode_batch, encode_batch};
 use tessera_engine::store::recovery::{DurableLog, rebuild_replica};
 use tessera_engine::store::{
@@ -1443,7 +1445,29 @@ fn forwarding_controls_round_trip_through_the_codec() {
         ],
     };
     let bytes = encode_batch(&batch);
-    assert_eq!(decode_batch(&bytes), Ok(batch));
+    // A forwarded write arrives as the proposal its sender encoded, to be
+    // proposed as it is.
+    let mut expected = batch;
+    let Control::Forward { request, .. } = &mut expected.control[0] else {
+        unreachable!()
+    };
+    let Request::Write {
+        range,
+        epoch,
+        command,
+    } = request.clone()
+    else {
+        unreachable!()
+    };
+    let proposal = Proposal { epoch, command }.encode();
+    *request = Request::WriteEncoded {
+        range,
+        epoch,
+        proposal: EncodedProposal::new(proposal).expect("a valid proposal"),
+    };
+    assert_eq!(decode_batch(&bytes), Ok(expected.clone()));
+    // Forwarded on, it stays the same.
+    assert_eq!(decode_batch(&encode_batch(&expected)), Ok(expected));
 }
 
 #[test]

@@ -159,6 +159,39 @@ impl Proposal {
     }
 }
 
+/// A proposal already encoded by the node that took the write ([`Proposal::
+/// encode`]'s bytes), validated: a forwarded write is proposed as it came,
+/// not decoded and encoded again. Its bytes are the log entry's data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedProposal {
+    bytes: Bytes,
+    epoch: u64,
+}
+
+impl EncodedProposal {
+    /// Checks `bytes` as [`Proposal::decode`] would (never panics). A split is
+    /// refused: it is its own request, not a write.
+    pub fn new(bytes: Bytes) -> Result<EncodedProposal, DecodeError> {
+        let (epoch, split) = wire::peek_proposal(&bytes)?;
+        if split {
+            return Err(DecodeError::Archive(
+                "a split is not proposed as a write".into(),
+            ));
+        }
+        Ok(EncodedProposal { bytes, epoch })
+    }
+
+    /// The epoch the proposal carries.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The encoded proposal.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
 /// Why a command was refused at apply. A refused command changes nothing (the
 /// applied index still moves forward: the entry is consumed).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -93,7 +93,7 @@ mod state;
 mod wire;
 
 pub use crate::raft::NodeId;
-pub use command::{ApplyError, ApplyResult, BatchOp, Command, Proposal, PutCond};
+pub use command::{ApplyError, ApplyResult, BatchOp, Command, EncodedProposal, Proposal, PutCond};
 pub use descriptor::{RangeDescriptor, initial_layout};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC, SnapshotError};
 pub use state::RangeState;

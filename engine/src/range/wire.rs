@@ -260,6 +260,15 @@ pub(crate) fn decode_proposal(bytes: &[u8]) -> Result<Proposal, DecodeError> {
     })
 }
 
+/// Validates an encoded proposal (as [`decode_proposal`] does) without
+/// decoding its command: its epoch, and whether it is a split.
+pub(crate) fn peek_proposal(bytes: &[u8]) -> Result<(u64, bool), DecodeError> {
+    let body = versioned(bytes, PROPOSAL_FORMAT_VERSION)?;
+    let a = rkyv::access::<ArchivedProposalWire, RkyvError>(body).map_err(archive_err)?;
+    let split = matches!(a.command, ArchivedCommandWire::Split { .. });
+    Ok((a.epoch.to_native(), split))
+}
+
 pub(crate) fn encode_descriptor(d: &RangeDescriptor) -> Bytes {
     let wire = DescriptorWire {
         id: d.id,

@@ -335,7 +335,7 @@ impl Store {
             return None;
         }
         match req {
-            Request::Write { .. } | Request::Split { .. } => {}
+            Request::Write { .. } | Request::WriteEncoded { .. } | Request::Split { .. } => {}
             Request::Read { consistency, .. } if *consistency != ReadConsistency::Stale => {}
             Request::Read { .. } | Request::TransferLeader { .. } => return None,
         }
@@ -358,7 +358,10 @@ impl Store {
                 to,
                 range: request.range(),
                 sent_tick: self.ticks,
-                write: matches!(request, Request::Write { .. } | Request::Split { .. }),
+                write: matches!(
+                    request,
+                    Request::Write { .. } | Request::WriteEncoded { .. } | Request::Split { .. }
+                ),
             },
         );
         self.stats.forwarded += 1;
@@ -487,7 +490,11 @@ impl Store {
                 });
             }
             Request::Write { epoch, command, .. } => {
-                propose(r, id, Proposal { epoch, command }, &mut self.stats)?;
+                propose(r, id, Proposal { epoch, command }.encode(), &mut self.stats)?;
+            }
+            Request::WriteEncoded { proposal, .. } => {
+                debug_assert_eq!(proposal.epoch(), epoch);
+                propose(r, id, proposal.bytes().clone(), &mut self.stats)?;
             }
             Request::Split {
                 epoch,
@@ -513,7 +520,7 @@ impl Store {
                     return Err(invalid("a membership change is in progress".into()));
                 }
                 let command = Command::Split { at, new_range };
-                propose(r, id, Proposal { epoch, command }, &mut self.stats)?;
+                propose(r, id, Proposal { epoch, command }.encode(), &mut self.stats)?;
             }
             Request::Read {
                 op, consistency, ..
@@ -1320,11 +1327,11 @@ impl Store {
 fn propose(
     r: &mut Replica,
     id: ReqId,
-    proposal: Proposal,
+    proposal: Bytes,
     stats: &mut StoreStats,
 ) -> Result<(), StoreError> {
     let range = r.state.descriptor().id;
-    match r.raft.propose(proposal.encode()) {
+    match r.raft.propose(proposal) {
         Ok((term, index)) => {
             r.proposals.insert(index, (term, id));
             stats.proposals += 1;

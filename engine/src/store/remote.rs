@@ -7,7 +7,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use super::codec::CodecError;
 use super::{ReadConsistency, ReadOp, Reply, Request, StoreError};
-use crate::range::{ApplyError, ApplyResult, Proposal, RangeDescriptor};
+use crate::range::{ApplyError, ApplyResult, EncodedProposal, Proposal, RangeDescriptor};
 
 const VERSION: u8 = 1;
 
@@ -191,6 +191,15 @@ pub fn encode_request(req: &Request) -> Bytes {
             .encode()
             .to_vec(),
         },
+        Request::WriteEncoded {
+            range,
+            epoch,
+            proposal,
+        } => WireRequest::Write {
+            range: *range,
+            epoch: *epoch,
+            proposal: proposal.bytes().to_vec(),
+        },
         Request::TransferLeader { range, epoch, to } => WireRequest::TransferLeader {
             range: *range,
             epoch: *epoch,
@@ -251,14 +260,16 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
             epoch,
             proposal,
         } => {
-            let p = Proposal::decode(&proposal).map_err(archive_err)?;
-            if p.epoch != epoch {
+            // Validated, not decoded: the leader proposes these bytes as they
+            // are (every replica decodes them again when it applies them).
+            let proposal = EncodedProposal::new(Bytes::from(proposal)).map_err(archive_err)?;
+            if proposal.epoch() != epoch {
                 return Err(CodecError::Archive("proposal epoch differs".into()));
             }
-            Request::Write {
+            Request::WriteEncoded {
                 range,
                 epoch,
-                command: p.command,
+                proposal,
             }
         }
         WireRequest::TransferLeader { range, epoch, to } => {
@@ -509,7 +520,34 @@ mod tests {
             },
         ];
         for r in reqs {
-            assert_eq!(decode_request(&encode_request(&r)), Ok(r));
+            let back = decode_request(&encode_request(&r));
+            match (&r, back) {
+                // A write arrives as its encoded proposal, proposed as is.
+                (
+                    Request::Write {
+                        range,
+                        epoch,
+                        command,
+                    },
+                    Ok(Request::WriteEncoded {
+                        range: r2,
+                        epoch: e2,
+                        proposal,
+                    }),
+                ) => {
+                    assert_eq!((*range, *epoch), (r2, e2));
+                    let p = Proposal::decode(proposal.bytes()).expect("valid proposal");
+                    assert_eq!((p.epoch, &p.command), (*epoch, command));
+                    // And forwarded again, it is the same request.
+                    let again = Request::WriteEncoded {
+                        range: r2,
+                        epoch: e2,
+                        proposal,
+                    };
+                    assert_eq!(decode_request(&encode_request(&again)), Ok(again));
+                }
+                (_, back) => assert_eq!(back, Ok(r)),
+            }
         }
         let replies = vec![
             Ok(Reply::Applied(ApplyResult::Cas {
@@ -530,6 +568,40 @@ mod tests {
         for r in replies {
             assert_eq!(decode_reply(&encode_reply(&r)), Ok(r));
         }
+    }
+
+    #[test]
+    fn a_forwarded_write_is_checked_before_it_is_proposed() {
+        let forward = |epoch: u64, command: Command| {
+            encode(&WireRequest::Write {
+                range: 4,
+                epoch,
+                proposal: Proposal { epoch: 7, command }.encode().to_vec(),
+            })
+        };
+        let put = Command::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        };
+        assert!(matches!(
+            decode_request(&forward(7, put.clone())),
+            Ok(Request::WriteEncoded { epoch: 7, .. })
+        ));
+        // The epoch it was routed with must be the proposal's.
+        assert!(decode_request(&forward(8, put)).is_err());
+        // A split is never proposed as a write.
+        let split = Command::Split {
+            at: Bytes::from_static(b"m"),
+            new_range: 9,
+        };
+        assert!(decode_request(&forward(7, split)).is_err());
+        // Nor are bytes that are not a proposal.
+        let junk = encode(&WireRequest::Write {
+            range: 4,
+            epoch: 7,
+            proposal: vec![crate::range::PROPOSAL_FORMAT_VERSION, 1, 2, 3],
+        });
+        assert!(decode_request(&junk).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::raft::NodeId;
-use crate::range::{ApplyResult, Command, RangeDescriptor, RangeId};
+use crate::range::{ApplyResult, Command, EncodedProposal, RangeDescriptor, RangeId};
 
 /// Identifies one request to the store; its reply carries it back.
 pub type ReqId = u64;
@@ -58,6 +58,13 @@ pub enum Request {
         epoch: u64,
         command: Command,
     },
+    /// A write another node took and forwarded here, as it encoded it (the
+    /// proposal's epoch equals `epoch`). Behaves as [`Request::Write`].
+    WriteEncoded {
+        range: RangeId,
+        epoch: u64,
+        proposal: EncodedProposal,
+    },
     Read {
         range: RangeId,
         epoch: u64,
@@ -88,6 +95,7 @@ impl Request {
     pub fn range(&self) -> RangeId {
         match self {
             Request::Write { range, .. }
+            | Request::WriteEncoded { range, .. }
             | Request::Read { range, .. }
             | Request::TransferLeader { range, .. }
             | Request::Split { range, .. } => *range,
@@ -97,6 +105,7 @@ impl Request {
     pub fn epoch(&self) -> u64 {
         match self {
             Request::Write { epoch, .. }
+            | Request::WriteEncoded { epoch, .. }
             | Request::Read { epoch, .. }
             | Request::TransferLeader { epoch, .. }
             | Request::Split { epoch, .. } => *epoch,
