@@ -231,12 +231,13 @@ impl LocalCluster {
             self.dbs[i] = Some(db);
             return Ok(());
         }
-        // The old socket may take a moment to be released.
+        // The old socket is released once its connections have drained
+        // (bounded by the idle timeout; see `QuicTransport::shutdown`).
         let mut tries = 0;
         let node = loop {
             match Node::start(cfg.clone()).await {
                 Ok(n) => break n,
-                Err(NodeError::Transport(e)) if tries < 50 => {
+                Err(NodeError::Transport(e)) if tries < 120 => {
                     tries += 1;
                     tracing::debug!(error = %e, "rebinding");
                     tokio::time::sleep(Duration::from_millis(100)).await;

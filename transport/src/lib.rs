@@ -76,5 +76,5 @@ pub use error::{CertError, CodecError, TransportError};
 pub use memory::{MemoryNetwork, MemoryTransport};
 pub use metrics::MetricsSnapshot;
 pub use node_id::NodeId;
-pub use quic::QuicTransport;
+pub use quic::{QuicTransport, SHUTDOWN_WAIT_MAX};
 pub use snapshot::{IncomingSnapshot, SnapshotSender};
