@@ -20,7 +20,9 @@ use thiserror::Error;
 
 use crate::node::{CallError, Node, NodeConfig, NodeError};
 use crate::raft::NodeId;
-use crate::range::{ApplyError, ApplyResult, BatchOp, Command, PutCond, RangeDescriptor, RangeId};
+use crate::range::{
+    ApplyError, ApplyResult, BatchOp, Command, EncodedProposal, PutCond, RangeDescriptor, RangeId,
+};
 use crate::store::{
     META_PREFIX, META_RANGE, NEXT_RANGE_ID_KEY, ReadConsistency, ReadOp, Reply, Request,
     StoreError, cluster_layout, meta_key,
@@ -386,11 +388,32 @@ impl Db {
 
     /// [`write`](Self::write) of a borrowed command (each attempt sends a copy).
     async fn write_ref(&self, key: &[u8], command: &Command) -> Result<ApplyResult, DbError> {
+        // Encoded once (again only if a retry goes out at another epoch): the
+        // store proposes these bytes, here or on the leader it forwards to.
+        let encoded: parking_lot::Mutex<Option<EncodedProposal>> = parking_lot::Mutex::new(None);
         let (reply, _) = self
-            .on_key(key, false, |d| Request::Write {
-                range: d.id,
-                epoch: d.epoch,
-                command: command.clone(),
+            .on_key(key, false, |d| {
+                let mut cached = encoded.lock();
+                let proposal = match &*cached {
+                    Some(p) if p.epoch() == d.epoch => Some(p.clone()),
+                    _ => EncodedProposal::encode(d.epoch, command),
+                };
+                match proposal {
+                    Some(proposal) => {
+                        *cached = Some(proposal.clone());
+                        Request::WriteEncoded {
+                            range: d.id,
+                            epoch: d.epoch,
+                            proposal,
+                        }
+                    }
+                    // A split command is refused by the store, with its reason.
+                    None => Request::Write {
+                        range: d.id,
+                        epoch: d.epoch,
+                        command: command.clone(),
+                    },
+                }
             })
             .await?;
         match reply {

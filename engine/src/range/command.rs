@@ -149,7 +149,7 @@ impl Proposal {
     /// # Panics
     /// Only if the proposal is over 2 GiB (rkyv's 32-bit offsets).
     pub fn encode(&self) -> Bytes {
-        wire::encode_proposal(self)
+        wire::encode_proposal(self.epoch, &self.command)
     }
 
     /// Decodes [`encode`](Self::encode)'s bytes. Validates the archive before
@@ -179,6 +179,18 @@ impl EncodedProposal {
             ));
         }
         Ok(EncodedProposal { bytes, epoch })
+    }
+
+    /// Encodes `command` at `epoch` (trusted: not validated again). A split
+    /// is refused, as by [`new`](Self::new).
+    pub fn encode(epoch: u64, command: &Command) -> Option<EncodedProposal> {
+        if matches!(command, Command::Split { .. }) {
+            return None;
+        }
+        Some(EncodedProposal {
+            bytes: wire::encode_proposal(epoch, command),
+            epoch,
+        })
     }
 
     /// The epoch the proposal carries.

@@ -141,8 +141,8 @@ fn opt_bytes_of(v: &rkyv::option::ArchivedOption<rkyv::vec::ArchivedVec<u8>>) ->
     v.as_ref().map(bytes_of)
 }
 
-pub(crate) fn encode_proposal(p: &Proposal) -> Bytes {
-    let command = match &p.command {
+pub(crate) fn encode_proposal(epoch: u64, command: &Command) -> Bytes {
+    let command = match command {
         Command::Put { key, value } => CommandWire::Put {
             key: key.clone(),
             value: value.clone(),
@@ -192,10 +192,7 @@ pub(crate) fn encode_proposal(p: &Proposal) -> Bytes {
             new_range: *new_range,
         },
     };
-    let wire = ProposalWire {
-        epoch: p.epoch,
-        command,
-    };
+    let wire = ProposalWire { epoch, command };
     let buf = rkyv::api::high::to_bytes_in::<_, RkyvError>(&wire, vec![PROPOSAL_FORMAT_VERSION])
         .expect(TOO_BIG);
     Bytes::from(buf)

@@ -58,8 +58,10 @@ pub enum Request {
         epoch: u64,
         command: Command,
     },
-    /// A write another node took and forwarded here, as it encoded it (the
-    /// proposal's epoch equals `epoch`). Behaves as [`Request::Write`].
+    /// A write whose proposal is already encoded (the proposal's epoch equals
+    /// `epoch`): `Db` encodes each write once, and a forwarded write arrives
+    /// as its sender encoded it. The store proposes the bytes as they are.
+    /// Behaves as [`Request::Write`].
     WriteEncoded {
         range: RangeId,
         epoch: u64,
