@@ -123,7 +123,7 @@ impl RangeState {
     /// is a [`Command::Split`] (whose new range would be lost: use
     /// [`apply_entry`](Self::apply_entry)).
     pub fn apply(&mut self, index: u64, term: u64, proposal: &Proposal) -> ApplyResult {
-        let (result, right) = self.apply_entry(index, term, proposal);
+        let (result, right) = self.apply_entry(index, term, proposal.clone());
         assert!(
             right.is_none(),
             "range {}: a split applied through `apply` would lose its new range",
@@ -137,13 +137,16 @@ impl RangeState {
     /// applied (1, 0) like a freshly bootstrapped range, so every replica
     /// builds the same one.
     ///
+    /// Takes the proposal by value: its keys and values move into the map
+    /// (a copy of a `Bytes` made from a `Vec` costs an allocation).
+    ///
     /// # Panics
     /// If `index != applied + 1` or `term < applied term`.
     pub fn apply_entry(
         &mut self,
         index: u64,
         term: u64,
-        proposal: &Proposal,
+        proposal: Proposal,
     ) -> (ApplyResult, Option<RangeState>) {
         self.step_applied(index, term);
         if proposal.epoch != self.desc.epoch {
@@ -169,7 +172,7 @@ impl RangeState {
                 Err(why) => (ApplyResult::Error(ApplyError::InvalidSplit { why }), None),
             };
         }
-        (self.execute(&proposal.command), None)
+        (self.execute(proposal.command), None)
     }
 
     /// Cuts off `[at, end)` into a new range `new_range` at applied (1, 0);
@@ -234,69 +237,69 @@ impl RangeState {
     }
 
     /// Runs a command whose epoch and keys have been checked.
-    fn execute(&mut self, command: &Command) -> ApplyResult {
+    fn execute(&mut self, command: Command) -> ApplyResult {
         match command {
             Command::Put { key, value } => {
-                self.put(key, value.clone());
+                self.put(key, value);
                 ApplyResult::Done
             }
-            Command::Delete { key } => ApplyResult::Deleted(self.remove(key).is_some()),
+            Command::Delete { key } => ApplyResult::Deleted(self.remove(&key).is_some()),
             Command::Batch(ops) => {
                 for op in ops {
                     match op {
                         BatchOp::Put { key, value } => {
-                            self.put(key, value.clone());
+                            self.put(key, value);
                         }
                         BatchOp::Delete { key } => {
-                            self.remove(key);
+                            self.remove(&key);
                         }
                     }
                 }
                 ApplyResult::Done
             }
             Command::Cas { key, expected, new } => {
-                let current = self.map.get(key);
+                let current = self.map.get(&key);
                 if current != expected.as_ref() {
                     return ApplyResult::Cas {
                         swapped: false,
                         current: current.cloned(),
                     };
                 }
-                match new {
+                match &new {
                     Some(v) => {
                         self.put(key, v.clone());
                     }
                     None => {
-                        self.remove(key);
+                        self.remove(&key);
                     }
                 }
                 ApplyResult::Cas {
                     swapped: true,
-                    current: new.clone(),
+                    current: new,
                 }
             }
             Command::Increment { key, delta } => {
-                let old = match self.map.get(key) {
+                let old = match self.map.get(&key) {
                     None => 0,
                     Some(v) => match parse_i64(v) {
                         Some(n) => n,
                         None => return ApplyResult::Error(ApplyError::NotAnInteger),
                     },
                 };
-                let Some(new) = old.checked_add(*delta) else {
+                let Some(new) = old.checked_add(delta) else {
                     return ApplyResult::Error(ApplyError::Overflow);
                 };
                 self.put(key, Bytes::from(new.to_string()));
                 ApplyResult::Int(new)
             }
             Command::Append { key, value } => {
-                let new = match self.map.get(key) {
-                    None => value.clone(),
+                let new = match self.map.get(&key) {
+                    None => value,
                     Some(old) if value.is_empty() => old.clone(),
                     Some(old) => {
                         let mut v = BytesMut::with_capacity(old.len() + value.len());
                         v.extend_from_slice(old);
-                        v.extend_from_slice(value);
+                        v.extend_from_slice(&value);
                         v.freeze()
                     }
                 };
@@ -310,22 +313,22 @@ impl RangeState {
                 cond,
                 return_old,
             } => {
-                let present = self.map.contains_key(key);
+                let present = self.map.contains_key(&key);
                 let write = match cond {
                     PutCond::Always => true,
                     PutCond::IfAbsent => !present,
                     PutCond::IfPresent => present,
                 };
                 let old = if write {
-                    self.put(key, value.clone())
-                } else if *return_old {
-                    self.map.get(key).cloned()
+                    self.put(key, value)
+                } else if return_old {
+                    self.map.get(&key).cloned()
                 } else {
                     None
                 };
                 ApplyResult::PutIf {
                     written: write,
-                    old: if *return_old { old } else { None },
+                    old: if return_old { old } else { None },
                 }
             }
             // `apply_entry` runs splits itself.
@@ -336,20 +339,18 @@ impl RangeState {
     }
 
     /// Stores a pair, keeping the byte count and the hash sum; returns the old value.
-    fn put(&mut self, key: &Bytes, value: Bytes) -> Option<Bytes> {
-        debug_assert!(self.desc.contains(key));
+    fn put(&mut self, key: Bytes, value: Bytes) -> Option<Bytes> {
+        debug_assert!(self.desc.contains(&key));
         self.bytes += value.len() as u64;
-        self.pairs_sum = self.pairs_sum.wrapping_add(hash::pair_hash(key, &value));
-        // An overwrite keeps the stored key: copying `key` for the map costs an
-        // allocation (the first clone of a `Bytes` made from a `Vec` does).
+        self.pairs_sum = self.pairs_sum.wrapping_add(hash::pair_hash(&key, &value));
         if let Some(slot) = self.map.get_mut(&key[..]) {
             let old = std::mem::replace(slot, value);
             self.bytes -= old.len() as u64;
-            self.pairs_sum = self.pairs_sum.wrapping_sub(hash::pair_hash(key, &old));
+            self.pairs_sum = self.pairs_sum.wrapping_sub(hash::pair_hash(&key, &old));
             return Some(old);
         }
         self.bytes += key.len() as u64;
-        self.map.insert(key.clone(), value);
+        self.map.insert(key, value);
         None
     }
 
@@ -598,7 +599,7 @@ mod tests {
         // Only the applied index moved.
         let mut same = RangeState::new(desc());
         same.advance(1, 1);
-        same.put(&b("c"), b("1"));
+        same.put(b("c"), b("1"));
         for i in 2..=5 {
             same.advance(i, 1);
         }
@@ -987,7 +988,7 @@ mod tests {
     ) -> (ApplyResult, Option<RangeState>) {
         let index = s.applied().0 + 1;
         let command = split_cmd(at, new_range);
-        s.apply_entry(index, 1, &Proposal { epoch, command })
+        s.apply_entry(index, 1, Proposal { epoch, command })
     }
 
     fn scanned_bytes(s: &RangeState) -> u64 {
@@ -1282,7 +1283,7 @@ mod tests {
             proptest::prop_assert_eq!(r, ApplyResult::Done);
             let (len, bytes) = (s.len(), s.approximate_bytes());
             let at = Bytes::from(at);
-            let (r, right) = s.apply_entry(3, 1, &Proposal {
+            let (r, right) = s.apply_entry(3, 1, Proposal {
                 epoch: 5,
                 command: Command::Split { at: at.clone(), new_range: 10 },
             });

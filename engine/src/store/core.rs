@@ -934,7 +934,7 @@ impl Store {
             let result = match &e.payload {
                 EntryPayload::Normal(data) => match Proposal::decode(data) {
                     Ok(p) => {
-                        let (result, right) = r.state.apply_entry(e.index, e.term, &p);
+                        let (result, right) = r.state.apply_entry(e.index, e.term, p);
                         split_off.extend(right);
                         Some(result)
                     }
