@@ -428,4 +428,37 @@ mod tests {
         let keys: Vec<_> = samples()[0].keys().cloned().collect();
         assert_eq!(keys, vec![b("k")]);
     }
+
+    #[test]
+    fn an_encoded_proposal_is_the_proposal_s_bytes_and_never_a_split() {
+        for command in samples() {
+            let split = matches!(command, Command::Split { .. });
+            let bytes = Proposal {
+                epoch: 4,
+                command: command.clone(),
+            }
+            .encode();
+            match EncodedProposal::encode(4, &command) {
+                None => assert!(split, "{command:?}"),
+                Some(e) => {
+                    assert!(!split);
+                    assert_eq!(e.bytes(), &bytes);
+                    assert_eq!(e.epoch(), 4);
+                    // What a receiving node builds from those bytes.
+                    assert_eq!(EncodedProposal::new(bytes.clone()), Ok(e));
+                }
+            }
+            if split {
+                assert!(EncodedProposal::new(bytes).is_err());
+            }
+        }
+        assert!(samples().iter().any(|c| matches!(c, Command::Split { .. })));
+        for junk in [
+            &b""[..],
+            &[wire::PROPOSAL_FORMAT_VERSION][..],
+            &[0xff, 1, 2, 3][..],
+        ] {
+            assert!(EncodedProposal::new(Bytes::copy_from_slice(junk)).is_err());
+        }
+    }
 }
