@@ -746,32 +746,15 @@ impl Db {
     /// The range holding `key`, as this handle's routing table knows it
     /// (after a split it may be the old, wider range until the table learns).
     pub fn range_of(&self, key: &[u8]) -> RangeDescriptor {
-        if let Some(d) = lookup(&self.inner.routes.read().by_start, key) {
-            return d.clone();
-        }
-        self.inner
-            .routes
-            .read()
-            .by_start
-            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
-            .next_back()
-            .map(|(_, d)| d.clone())
-            .unwrap_or_else(|| self.inner.meta.clone())
+        let routes = self.inner.routes.read();
+        known_range(&routes.by_start, key).map_or_else(|| self.inner.meta.clone(), |d| d.clone())
     }
 
     /// The id of [`range_of`](Self::range_of) `key`, without copying the
     /// descriptor (the Redis front end asks it for every key of a pipeline).
     pub fn range_id_of(&self, key: &[u8]) -> RangeId {
         let routes = self.inner.routes.read();
-        lookup(&routes.by_start, key)
-            .or_else(|| {
-                routes
-                    .by_start
-                    .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
-                    .next_back()
-                    .map(|(_, d)| d)
-            })
-            .map_or(self.inner.meta.id, |d| d.id)
+        known_range(&routes.by_start, key).map_or(self.inner.meta.id, |d| d.id)
     }
 
     /// Each replica's (node, applied index, state hash) of `range`, read
@@ -1082,11 +1065,20 @@ fn lookup<'a>(
     by_start: &'a BTreeMap<Bytes, RangeDescriptor>,
     key: &[u8],
 ) -> Option<&'a RangeDescriptor> {
+    known_range(by_start, key).filter(|d| d.contains(key))
+}
+
+/// The last range of the table starting at or before `key`: the one that
+/// holds it, or (in the gap a split leaves until both halves are known) the
+/// one that did.
+fn known_range<'a>(
+    by_start: &'a BTreeMap<Bytes, RangeDescriptor>,
+    key: &[u8],
+) -> Option<&'a RangeDescriptor> {
     by_start
         .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
         .next_back()
         .map(|(_, d)| d)
-        .filter(|d| d.contains(key))
 }
 
 fn merge_route(by_start: &mut BTreeMap<Bytes, RangeDescriptor>, d: RangeDescriptor) {
