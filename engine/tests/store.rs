@@ -1904,8 +1904,18 @@ fn the_new_range_elects_the_left_leaders_node_without_an_election_timeout() {
 fn a_split_disguised_as_a_write_is_refused() {
     let (mut sim, at, _, _) = split_setup();
     let leader = sim.agreed_leader(LHS).expect("leader");
+    // Sent to the leader, and to a follower (which refuses it itself rather
+    // than forward it: a forwarded write travels as an encoded proposal,
+    // which is never a split).
+    let follower = sim.followers(LHS, leader)[0];
+    for node in [leader, follower] {
+        refuse_disguised_split(&mut sim, node, &at);
+    }
+}
+
+fn refuse_disguised_split(sim: &mut Sim, node: NodeId, at: &Bytes) {
     let id = sim.request(
-        leader,
+        node,
         Request::Write {
             range: LHS,
             epoch: 1,
@@ -1928,10 +1938,7 @@ fn a_split_disguised_as_a_write_is_refused() {
             .iter()
             .all(|&n| sim.store(n).replica_state(RHS).is_none())
     );
-    assert_eq!(
-        sim.store(leader).descriptor(LHS),
-        Some(&sim.layout.ranges[0])
-    );
+    assert_eq!(sim.store(node).descriptor(LHS), Some(&sim.layout.ranges[0]));
 }
 
 #[test]

@@ -319,6 +319,19 @@ impl Store {
             0,
             "request id {id:#x} uses the store's bit"
         );
+        // Refused here, not by the leader: a forwarded write travels as its
+        // encoded proposal, which a leader never accepts as a split (the peer
+        // batch carrying it would be refused whole).
+        if let Request::Write {
+            range,
+            command: Command::Split { .. },
+            ..
+        } = &req
+        {
+            let e = split_as_write(*range);
+            self.replies.push((id, Err(e)));
+            return;
+        }
         if let Some(leader) = self.forward_target(&req) {
             self.forward(id, leader, req);
             return;
@@ -483,12 +496,7 @@ impl Store {
             Request::Write {
                 command: Command::Split { .. },
                 ..
-            } => {
-                return Err(StoreError::Invalid {
-                    range,
-                    why: "a split is its own request, not a write".into(),
-                });
-            }
+            } => return Err(split_as_write(range)),
             Request::Write { epoch, command, .. } => {
                 propose(r, id, Proposal { epoch, command }.encode(), &mut self.stats)?;
             }
@@ -1319,6 +1327,14 @@ impl Store {
                 self.wake_queue.push_back(range);
             }
         }
+    }
+}
+
+/// The refusal of a split sent as a plain write.
+fn split_as_write(range: RangeId) -> StoreError {
+    StoreError::Invalid {
+        range,
+        why: "a split is its own request, not a write".into(),
     }
 }
 
