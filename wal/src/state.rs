@@ -158,6 +158,8 @@ pub(crate) struct Shared {
     pub fail_next_sync: std::sync::atomic::AtomicBool,
     /// Test hook: the next write fails with this errno (0: none).
     pub fail_next_write: std::sync::atomic::AtomicI32,
+    /// Where blocking ticket waiters sleep.
+    pub bell: Arc<crate::ticket::Bell>,
 }
 
 /// A record's payload kept alive by its segment: lets `Bytes` point into a map.

@@ -117,6 +117,7 @@ impl Wal {
             pool,
             fail_next_sync: Default::default(),
             fail_next_write: Default::default(),
+            bell: Default::default(),
         });
         let (active, tail, next_seq) = match rec.active {
             Some((seg, tail)) => (seg, tail, rec.next_seq),
@@ -131,11 +132,15 @@ impl Wal {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let completer = std::thread::Builder::new()
             .name("tessera-wal-complete".into())
-            .spawn(move || complete_loop(done_rx))
+            .spawn({
+                let bell = shared.bell.clone();
+                move || complete_loop(bell, done_rx)
+            })
             .map_err(|e| WalError::io("spawn completer", &dir, e))?;
         let writer = Writer {
             done_tx,
             round_bytes: 0,
+            round: 0,
             shared: shared.clone(),
             rx,
             active,
@@ -185,7 +190,7 @@ impl Wal {
         if batch.is_empty() {
             return Ticket::resolved(Ok(()));
         }
-        let (ticket, done) = Ticket::new();
+        let (ticket, done) = Ticket::new(&self.shared.bell);
         match &self.tx {
             Some(tx) => {
                 if tx.send(Msg::Write { batch, done }).is_err() {
@@ -205,7 +210,7 @@ impl Wal {
     /// Asks the writer to reclaim disk now. `rewrite_all` moves every live record
     /// to a fresh segment and frees everything older (used by repair, tests).
     pub fn reclaim(&self, rewrite_all: bool) -> Ticket {
-        let (ticket, done) = Ticket::new();
+        let (ticket, done) = Ticket::new(&self.shared.bell);
         match &self.tx {
             Some(tx) if tx.send(Msg::Reclaim { rewrite_all, done }).is_ok() => ticket,
             _ => Ticket::resolved(Err(WalError::Closed)),

@@ -1,0 +1,124 @@
+//! Waking waiters: many threads, blocking and async, across many writer rounds,
+//! small rounds woken on the writer thread and large ones on the completer
+//! thread. Every ticket must resolve (a lost wake-up hangs a waiter forever,
+//! which the watchdog turns into a failure) and every entry must read back.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tessera_wal::{Config, Entry, LogBatch, Wal};
+
+const THREADS: u64 = 24;
+const ASYNC_THREADS: u64 = 4;
+const WRITES: u64 = 200;
+/// Entries this large make a round exceed the inline-wake limit, so its
+/// waiters are woken by the completer thread.
+const LARGE: usize = 200 << 10;
+
+fn data(group: u64, index: u64) -> Vec<u8> {
+    let len = if group == 0 && index % 10 == 0 {
+        LARGE
+    } else {
+        64
+    };
+    (0..len)
+        .map(|i| (group as usize * 31 + index as usize * 7 + i) as u8)
+        .collect()
+}
+
+fn batch(group: u64, index: u64) -> LogBatch {
+    let mut b = LogBatch::new();
+    b.add_entries(
+        group,
+        vec![Entry {
+            index,
+            term: 1,
+            data: Bytes::from(data(group, index)),
+        }],
+    )
+    .expect("entries");
+    b
+}
+
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `f` to completion on this thread, parking between polls.
+fn block_on<F: Future>(f: F) -> F::Output {
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => thread::park(),
+        }
+    }
+}
+
+fn run(sync: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        sync,
+        segment_bytes: 16 << 20,
+        ..Config::default()
+    };
+    let (wal, _) = Wal::open(dir.path(), config).expect("open");
+    let wal = Arc::new(wal);
+    let (done_tx, done_rx) = mpsc::channel();
+    for group in 0..THREADS {
+        let (wal, done_tx) = (wal.clone(), done_tx.clone());
+        thread::spawn(move || {
+            for index in 1..=WRITES {
+                let ticket = wal.submit(batch(group, index));
+                let r = if group < ASYNC_THREADS {
+                    block_on(ticket)
+                } else {
+                    ticket.wait()
+                };
+                r.expect("durable");
+            }
+            let _ = done_tx.send(group);
+        });
+    }
+    drop(done_tx);
+    for _ in 0..THREADS {
+        // Generous: the whole test takes about a second; only a lost wake-up
+        // can take this long.
+        done_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("a writer thread never saw its ticket resolve");
+    }
+    for group in 0..THREADS {
+        assert_eq!(wal.last_index(group), Some(WRITES));
+        let es = wal.entries(group, 1, WRITES + 1, usize::MAX).expect("read");
+        assert_eq!(es.len() as u64, WRITES);
+        for e in es {
+            assert_eq!(&e.data[..], &data(group, e.index)[..], "group {group}");
+        }
+    }
+    let s = wal.stats();
+    assert_eq!(s.requests, THREADS * WRITES);
+    assert_eq!(s.syncs > 0, sync, "{s:?}");
+}
+
+#[test]
+fn every_waiter_wakes_without_sync() {
+    run(false);
+}
+
+#[test]
+fn every_waiter_wakes_with_sync() {
+    run(true);
+}
