@@ -451,9 +451,10 @@ fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounter
         .cloned()
         .collect();
     let mut frames = Vec::new();
+    let mut left = batch.messages.len();
     let mut cur = PeerBatch {
         incarnation: batch.incarnation,
-        messages: Vec::new(),
+        messages: Vec::with_capacity(left),
         control: batch.control,
     };
     let mut bytes = 0u64;
@@ -463,11 +464,13 @@ fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounter
             frames.push(encode_batch(&cur));
             cur = PeerBatch {
                 incarnation: batch.incarnation,
-                ..Default::default()
+                messages: Vec::with_capacity(left),
+                control: Vec::new(),
             };
             bytes = 0;
         }
         bytes += size;
+        left -= 1;
         cur.messages.push((range, m));
     }
     frames.push(encode_batch(&cur));

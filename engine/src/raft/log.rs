@@ -19,6 +19,9 @@ use std::collections::VecDeque;
 
 use super::types::{Entry, Index, Snapshot, Term};
 
+/// Most entries `slice` makes room for before it starts.
+const SLICE_CAPACITY_MAX: u64 = 1024;
+
 #[derive(Debug, Default)]
 pub struct RaftLog {
     snapshot_index: Index,
@@ -202,7 +205,9 @@ impl RaftLog {
     /// Entries in `[lo, hi)`, at least one (if any) and then up to `max_bytes`.
     pub fn slice(&self, lo: Index, hi: Index, max_bytes: u64) -> Vec<Entry> {
         let hi = hi.min(self.last_index() + 1);
-        let mut out = Vec::new();
+        // Room for the whole span up front (bounded: a byte budget may stop it
+        // early), rather than growing and copying along the way.
+        let mut out = Vec::with_capacity(hi.saturating_sub(lo).min(SLICE_CAPACITY_MAX) as usize);
         let mut bytes = 0;
         let mut i = lo;
         while i < hi {

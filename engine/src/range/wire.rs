@@ -142,7 +142,18 @@ fn opt_bytes_of(v: &rkyv::option::ArchivedOption<rkyv::vec::ArchivedVec<u8>>) ->
 }
 
 pub(crate) fn encode_proposal(epoch: u64, command: &Command) -> Bytes {
-    let command = match command {
+    let wire = ProposalWire {
+        epoch,
+        command: command_wire(command),
+    };
+    let mut out = Vec::with_capacity(archive_size_hint(&wire.command));
+    out.push(PROPOSAL_FORMAT_VERSION);
+    let buf = rkyv::api::high::to_bytes_in::<_, RkyvError>(&wire, out).expect(TOO_BIG);
+    Bytes::from(buf)
+}
+
+fn command_wire(command: &Command) -> CommandWire {
+    match command {
         Command::Put { key, value } => CommandWire::Put {
             key: key.clone(),
             value: value.clone(),
@@ -191,11 +202,33 @@ pub(crate) fn encode_proposal(epoch: u64, command: &Command) -> Bytes {
             at: at.clone(),
             new_range: *new_range,
         },
-    };
-    let wire = ProposalWire { epoch, command };
-    let buf = rkyv::api::high::to_bytes_in::<_, RkyvError>(&wire, vec![PROPOSAL_FORMAT_VERSION])
-        .expect(TOO_BIG);
-    Bytes::from(buf)
+    }
+}
+
+/// About the size of a proposal's archive: enough that serializing it does
+/// not grow the buffer (each growth copies what was written so far, and a
+/// small write grew its buffer five times).
+fn archive_size_hint(command: &CommandWire) -> usize {
+    const FIXED: usize = 64;
+    const PER_FIELD: usize = 16;
+    let field = |b: &Bytes| PER_FIELD + b.len();
+    let opt = |b: &Option<Bytes>| b.as_ref().map_or(PER_FIELD, field);
+    FIXED
+        + match command {
+            CommandWire::Put { key, value }
+            | CommandWire::Append { key, value }
+            | CommandWire::PutIf { key, value, .. } => field(key) + field(value),
+            CommandWire::Delete { key } | CommandWire::Increment { key, .. } => field(key),
+            CommandWire::Cas { key, expected, new } => field(key) + opt(expected) + opt(new),
+            CommandWire::Batch(ops) => ops
+                .iter()
+                .map(|op| match op {
+                    BatchOpWire::Put { key, value } => PER_FIELD + field(key) + field(value),
+                    BatchOpWire::Delete { key } => PER_FIELD + field(key),
+                })
+                .sum(),
+            CommandWire::Split { at, .. } => field(at),
+        }
 }
 
 pub(crate) fn decode_proposal(bytes: &[u8]) -> Result<Proposal, DecodeError> {
@@ -293,4 +326,68 @@ pub(crate) fn decode_descriptor(bytes: &[u8]) -> Result<RangeDescriptor, DecodeE
         return Err(DecodeError::InvalidSpan);
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_size_hint_covers_the_archive() {
+        let b = |n: usize| Bytes::from(vec![7u8; n]);
+        let mut commands = Vec::new();
+        for n in [0, 1, 16, 100, 5000] {
+            commands.extend([
+                Command::Put {
+                    key: b(n),
+                    value: b(n + 3),
+                },
+                Command::Delete { key: b(n) },
+                Command::Cas {
+                    key: b(n),
+                    expected: None,
+                    new: Some(b(n)),
+                },
+                Command::Cas {
+                    key: b(n),
+                    expected: Some(b(1)),
+                    new: None,
+                },
+                Command::Increment {
+                    key: b(n),
+                    delta: -4,
+                },
+                Command::Append {
+                    key: b(1),
+                    value: b(n),
+                },
+                Command::PutIf {
+                    key: b(n),
+                    value: b(n),
+                    cond: PutCond::IfAbsent,
+                    return_old: true,
+                },
+                Command::Split {
+                    at: b(n),
+                    new_range: 3,
+                },
+                Command::Batch(
+                    (0..n.min(50))
+                        .map(|i| match i % 2 {
+                            0 => BatchOp::Put {
+                                key: b(i),
+                                value: b(n),
+                            },
+                            _ => BatchOp::Delete { key: b(i) },
+                        })
+                        .collect(),
+                ),
+            ]);
+        }
+        for c in commands {
+            let hint = archive_size_hint(&command_wire(&c));
+            let len = encode_proposal(u64::MAX, &c).len();
+            assert!(hint >= len, "hint {hint} < {len} bytes for {c:?}");
+        }
+    }
 }

@@ -135,6 +135,9 @@ pub struct Store {
     peers: BTreeMap<NodeId, Peer>,
     wake_queue: VecDeque<RangeId>,
     outbox: BTreeMap<NodeId, PeerBatch>,
+    /// Messages to one peer in the last `ready`: room made for as many in the
+    /// next batch, so that it does not grow (and copy) its way up.
+    outbox_hint: usize,
     replies: Vec<(ReqId, Result<Reply, StoreError>)>,
     persist: PersistQueue,
     new_incarnations: Vec<(NodeId, u64)>,
@@ -189,6 +192,7 @@ impl Store {
             peers,
             wake_queue: VecDeque::new(),
             outbox: BTreeMap::new(),
+            outbox_hint: 0,
             replies: Vec::new(),
             persist: PersistQueue::default(),
             new_incarnations: Vec::new(),
@@ -786,7 +790,7 @@ impl Store {
 
     /// Everything to do now, for all groups. See [`StoreReady`].
     pub fn ready(&mut self) -> StoreReady {
-        let mut groups = Vec::new();
+        let mut groups = Vec::with_capacity(self.dirty.len());
         let mut after = AfterPersist::default();
         let dirty = std::mem::take(&mut self.dirty);
         for range in dirty {
@@ -811,6 +815,7 @@ impl Store {
         }
         // Answers to forwarded requests travel back in the batches.
         let mut replies = std::mem::take(&mut self.replies);
+        self.replies = Vec::with_capacity(replies.len());
         if !self.serving.is_empty() {
             replies.retain(|(id, reply)| {
                 let Some((to, seq)) = self.serving.remove(id) else {
@@ -828,6 +833,12 @@ impl Store {
             });
         }
         let incarnation = self.cfg.incarnation;
+        self.outbox_hint = self
+            .outbox
+            .values()
+            .map(|b| b.messages.len())
+            .max()
+            .unwrap_or(0);
         StoreReady {
             write,
             messages: std::mem::take(&mut self.outbox)
@@ -862,9 +873,7 @@ impl Store {
         let rd = r.raft.ready();
         let point = rd.persist_point();
         for m in rd.messages {
-            self.outbox
-                .entry(m.to)
-                .or_default()
+            peer_batch(&mut self.outbox, m.to, self.outbox_hint)
                 .messages
                 .push((range, m));
         }
@@ -1180,9 +1189,7 @@ impl Store {
                 continue;
             };
             for m in messages {
-                self.outbox
-                    .entry(m.to)
-                    .or_default()
+                peer_batch(&mut self.outbox, m.to, self.outbox_hint)
                     .messages
                     .push((range, m));
             }
@@ -1449,4 +1456,12 @@ fn defer_commit_only(r: &mut Replica, gw: &mut GroupWrite) {
         }
         None => {}
     }
+}
+
+/// The batch to peer `to`, made with room for `hint` messages.
+fn peer_batch(outbox: &mut BTreeMap<NodeId, PeerBatch>, to: NodeId, hint: usize) -> &mut PeerBatch {
+    outbox.entry(to).or_insert_with(|| PeerBatch {
+        messages: Vec::with_capacity(hint),
+        ..PeerBatch::default()
+    })
 }
