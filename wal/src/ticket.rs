@@ -111,10 +111,24 @@ fn futex_wake_all(word: &AtomicU32) {
     }
 }
 
-#[derive(Debug, Default)]
+/// Run by the thread that resolves a ticket; see [`Ticket::on_done`].
+type Callback = Box<dyn FnOnce(Result<()>) + Send>;
+
+#[derive(Default)]
 struct State {
     result: Option<Result<()>>,
     waker: Option<Waker>,
+    callback: Option<Callback>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("result", &self.result)
+            .field("waker", &self.waker)
+            .field("callback", &self.callback.is_some())
+            .finish()
+    }
 }
 
 /// The writer's side of a ticket.
@@ -132,15 +146,19 @@ impl Completion {
     /// Resolves the ticket and wakes an async waiter, but not a blocking one:
     /// the caller rings the bell once after resolving a round's tickets.
     pub fn resolve(&self, result: Result<()>) {
-        let waker = {
+        let (waker, callback) = {
             let mut s = self.state.lock();
             debug_assert!(s.result.is_none(), "ticket completed twice");
+            let callback = s.callback.take().map(|f| (f, result.clone()));
             s.result = Some(result);
             self.done.store(true, Ordering::SeqCst);
-            s.waker.take()
+            (s.waker.take(), callback)
         };
         if let Some(w) = waker {
             w.wake();
+        }
+        if let Some((f, result)) = callback {
+            f(result);
         }
     }
 
@@ -209,6 +227,33 @@ impl Ticket {
         match &c.state.lock().result {
             Some(r) => r.clone(),
             None => unreachable!("a done ticket holds its result"),
+        }
+    }
+
+    /// Runs `f` with the outcome once it is known: at once on this thread if
+    /// it already is, otherwise on the WAL's thread that resolves the ticket,
+    /// right after the batch is durable (or failed). `f` must be quick and must
+    /// not block (it delays the waiters of the same round): send the outcome
+    /// on a channel, say. This spares an async caller the task that would
+    /// `.await` the ticket only to pass its outcome on.
+    pub fn on_done(self, f: impl FnOnce(Result<()>) + Send + 'static) {
+        let mut s = self.inner.state.lock();
+        match &s.result {
+            Some(r) => {
+                let r = r.clone();
+                drop(s);
+                f(r);
+            }
+            // A clone of the ticket may have registered one already: both run.
+            None => {
+                s.callback = Some(match s.callback.take() {
+                    None => Box::new(f),
+                    Some(earlier) => Box::new(move |r: Result<()>| {
+                        earlier(r.clone());
+                        f(r);
+                    }),
+                })
+            }
         }
     }
 

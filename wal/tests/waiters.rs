@@ -2,6 +2,7 @@
 //! small rounds woken on the writer thread and large ones on the completer
 //! thread. Every ticket must resolve (a lost wake-up hangs a waiter forever,
 //! which the watchdog turns into a failure) and every entry must read back.
+//! Completion callbacks (`Ticket::on_done`) run once per registration.
 
 use std::future::Future;
 use std::pin::pin;
@@ -121,4 +122,43 @@ fn every_waiter_wakes_without_sync() {
 #[test]
 fn every_waiter_wakes_with_sync() {
     run(true);
+}
+
+#[test]
+fn callbacks_run_once_per_ticket_with_the_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        sync: false,
+        ..Config::default()
+    };
+    let (wal, _) = Wal::open(dir.path(), config).expect("open");
+    let (tx, rx) = mpsc::channel();
+    for index in 1..=100u64 {
+        let ticket = wal.submit(batch(1, index));
+        // A clone registering too: both run.
+        let (a, b) = (tx.clone(), tx.clone());
+        ticket
+            .clone()
+            .on_done(move |r| a.send((index, r.is_ok())).expect("send"));
+        ticket.on_done(move |r| b.send((index, r.is_ok())).expect("send"));
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        let (index, ok) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a callback never ran");
+        assert!(ok, "entry {index} failed");
+        *seen.entry(index).or_insert(0) += 1;
+    }
+    assert!(
+        seen.values().all(|&n| n == 2) && seen.len() == 100,
+        "{seen:?}"
+    );
+    // A ticket already resolved runs its callback at once, here: an invalid
+    // append (a gap after index 100) fails.
+    let bad = wal.submit(batch(1, 300));
+    let _ = bad.clone().wait();
+    let (tx, rx) = mpsc::channel();
+    bad.on_done(move |r| tx.send(r.is_err()).expect("send"));
+    assert_eq!(rx.try_recv(), Ok(true));
 }

@@ -376,10 +376,12 @@ fn persist(
         let _ = tx.send(Event::Persisted { token });
         return Ok(());
     }
-    let ticket = wal.submit(batch);
+    // The WAL's thread sends the outcome straight to the loop: a task that
+    // awaited the ticket would add a spawn and a scheduling hop to every
+    // write, on the commit path of leader and followers alike.
     let tx = tx.clone();
-    tokio::spawn(async move {
-        let ev = match ticket.await {
+    wal.submit(batch).on_done(move |r| {
+        let ev = match r {
             Ok(()) => Event::Persisted { token },
             Err(e) => Event::StorageFailed(format!("wal write failed: {e}")),
         };
