@@ -162,3 +162,69 @@ fn callbacks_run_once_per_ticket_with_the_outcome() {
     bad.on_done(move |r| tx.send(r.is_err()).expect("send"));
     assert_eq!(rx.try_recv(), Ok(true));
 }
+
+/// Drains capped at about one request: tickets often land a round or more
+/// after the one their waiter guessed, and the last writes of each thread
+/// have no later traffic to wake them by accident.
+#[test]
+fn every_waiter_wakes_with_one_request_per_round() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            sync: false,
+            batch_bytes_max: 1,
+            ..Config::default()
+        };
+        let (wal, _) = Wal::open(dir.path(), config).expect("open");
+        let wal = Arc::new(wal);
+        let (done_tx, done_rx) = mpsc::channel();
+        for group in 1..=16u64 {
+            let (wal, done_tx) = (wal.clone(), done_tx.clone());
+            thread::spawn(move || {
+                for index in 1..=50 {
+                    wal.submit(batch(group, index)).wait().expect("durable");
+                }
+                let _ = done_tx.send(());
+            });
+        }
+        for _ in 0..16 {
+            done_rx
+                .recv_timeout(Duration::from_secs(120))
+                .expect("a writer thread never saw its ticket resolve");
+        }
+    }
+}
+
+#[test]
+fn a_panicking_callback_does_not_strand_the_round() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        sync: false,
+        ..Config::default()
+    };
+    let (wal, _) = Wal::open(dir.path(), config).expect("open");
+    let wal = Arc::new(wal);
+    // Many writers, so that panicking callbacks share rounds with waiters.
+    let (done_tx, done_rx) = mpsc::channel();
+    for group in 1..=8u64 {
+        let (wal, done_tx) = (wal.clone(), done_tx.clone());
+        thread::spawn(move || {
+            for index in 1..=50 {
+                let t = wal.submit(batch(group, index));
+                if index % 5 == 0 {
+                    t.clone()
+                        .on_done(|_| panic!("a callback that panics (expected)"));
+                }
+                t.wait().expect("durable");
+            }
+            let _ = done_tx.send(());
+        });
+    }
+    for _ in 0..8 {
+        done_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("a waiter stranded by a panicking callback");
+    }
+    // And the WAL still works.
+    wal.write(batch(1, 51)).expect("write after the panics");
+}
