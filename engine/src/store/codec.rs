@@ -162,8 +162,8 @@ enum WireControl {
     Quiesce { range: u64, term: u64, commit: u64 },
     // Requests and replies keep the encoding of `remote` (its own version
     // byte), so that there is one wire form of each.
-    Forward { seq: u64, request: Vec<u8> },
-    ForwardReply { seq: u64, reply: Vec<u8> },
+    Forward { seq: u64, request: Bytes },
+    ForwardReply { seq: u64, reply: Bytes },
     Leaving,
 }
 
@@ -180,7 +180,7 @@ struct WireMessage {
 struct WireEntry {
     index: u64,
     term: u64,
-    payload: Vec<u8>,
+    payload: Bytes,
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -234,7 +234,7 @@ enum WireBody {
     SnapshotChunk {
         meta: WireSnapshotMeta,
         offset: u64,
-        data: Vec<u8>,
+        data: Bytes,
         done: bool,
     },
     SnapshotResponse {
@@ -279,11 +279,11 @@ fn wire_batch(batch: &PeerBatch) -> WireBatch {
                 },
                 Control::Forward { seq, request } => WireControl::Forward {
                     seq: *seq,
-                    request: super::remote::encode_request(request).to_vec(),
+                    request: super::remote::encode_request(request),
                 },
                 Control::ForwardReply { seq, reply } => WireControl::ForwardReply {
                     seq: *seq,
-                    reply: super::remote::encode_reply(reply).to_vec(),
+                    reply: super::remote::encode_reply(reply),
                 },
                 Control::Leaving => WireControl::Leaving,
             })
@@ -425,7 +425,7 @@ fn to_wire(range: RangeId, m: &Message) -> WireMessage {
                 .map(|e| WireEntry {
                     index: e.index,
                     term: e.term,
-                    payload: encode_payload(&e.payload).to_vec(),
+                    payload: encode_payload(&e.payload),
                 })
                 .collect(),
             commit: *commit,
@@ -469,7 +469,7 @@ fn to_wire(range: RangeId, m: &Message) -> WireMessage {
                 conf: conf_to_wire(&meta.conf_state),
             },
             offset: *offset,
-            data: data.to_vec(),
+            data: data.clone(),
             done: *done,
         },
         MessageBody::SnapshotResponse {
@@ -519,7 +519,7 @@ fn from_wire(m: WireMessage) -> Result<(RangeId, Message), CodecError> {
                 out.push(Entry {
                     index: e.index,
                     term: e.term,
-                    payload: decode_payload(Bytes::from(e.payload))?,
+                    payload: decode_payload(e.payload)?,
                 });
             }
             MessageBody::Append {
@@ -568,7 +568,7 @@ fn from_wire(m: WireMessage) -> Result<(RangeId, Message), CodecError> {
                 conf_state: conf_from_wire(meta.conf),
             },
             offset,
-            data: Bytes::from(data),
+            data,
             done,
         },
         WireBody::SnapshotResponse {

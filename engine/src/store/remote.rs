@@ -16,7 +16,7 @@ enum WireRequest {
     Write {
         range: u64,
         epoch: u64,
-        proposal: Vec<u8>,
+        proposal: Bytes,
     },
     Read {
         range: u64,
@@ -33,7 +33,7 @@ enum WireRequest {
     Split {
         range: u64,
         epoch: u64,
-        at: Vec<u8>,
+        at: Bytes,
         new_range: u64,
     },
 }
@@ -41,11 +41,11 @@ enum WireRequest {
 #[derive(Archive, Serialize, Deserialize)]
 enum WireReadOp {
     Get {
-        key: Vec<u8>,
+        key: Bytes,
     },
     Scan {
-        start: Vec<u8>,
-        end: Vec<u8>,
+        start: Bytes,
+        end: Bytes,
         limit: u64,
     },
     Hash,
@@ -59,14 +59,14 @@ enum WireReadOp {
 
 #[derive(Archive, Serialize, Deserialize)]
 struct WirePair {
-    key: Vec<u8>,
-    value: Vec<u8>,
+    key: Bytes,
+    value: Bytes,
 }
 
 #[derive(Archive, Serialize, Deserialize)]
 enum WireReply {
     Applied(WireApply),
-    Value(Option<Vec<u8>>),
+    Value(Option<Bytes>),
     Pairs(Vec<WirePair>),
     Hash {
         index: u64,
@@ -83,7 +83,7 @@ enum WireReply {
     EpochMismatch {
         range: u64,
         requested: u64,
-        descriptor: Vec<u8>,
+        descriptor: Bytes,
     },
     Busy {
         range: u64,
@@ -104,12 +104,12 @@ enum WireReply {
     // New variants go last: the tag is the variant's position.
     KeyNotInRange {
         range: u64,
-        descriptor: Vec<u8>,
+        descriptor: Bytes,
     },
     Stats {
         keys: u64,
         bytes: u64,
-        split_key: Option<Vec<u8>>,
+        split_key: Option<Bytes>,
         leader: u64,
     },
 }
@@ -120,26 +120,26 @@ enum WireApply {
     Deleted(bool),
     Cas {
         swapped: bool,
-        current: Option<Vec<u8>>,
+        current: Option<Bytes>,
     },
     Int(i64),
     PutIf {
         written: bool,
-        old: Option<Vec<u8>>,
+        old: Option<Bytes>,
     },
     EpochMismatch {
         proposal: u64,
         current: u64,
     },
     KeyOutOfRange {
-        key: Vec<u8>,
+        key: Bytes,
     },
     NotAnInteger,
     Overflow,
     // New variants go last: the tag is the variant's position.
     Split {
-        left: Vec<u8>,
-        right: Vec<u8>,
+        left: Bytes,
+        right: Bytes,
     },
     InvalidSplit {
         why: String,
@@ -198,8 +198,7 @@ pub fn encode_request(req: &Request) -> Bytes {
                 epoch: *epoch,
                 command: command.clone(),
             }
-            .encode()
-            .to_vec(),
+            .encode(),
         },
         Request::WriteEncoded {
             range,
@@ -208,7 +207,7 @@ pub fn encode_request(req: &Request) -> Bytes {
         } => WireRequest::Write {
             range: *range,
             epoch: *epoch,
-            proposal: proposal.bytes().to_vec(),
+            proposal: proposal.bytes().clone(),
         },
         Request::TransferLeader { range, epoch, to } => WireRequest::TransferLeader {
             range: *range,
@@ -223,7 +222,7 @@ pub fn encode_request(req: &Request) -> Bytes {
         } => WireRequest::Split {
             range: *range,
             epoch: *epoch,
-            at: at.to_vec(),
+            at: at.clone(),
             new_range: *new_range,
         },
         Request::Read {
@@ -235,10 +234,10 @@ pub fn encode_request(req: &Request) -> Bytes {
             range: *range,
             epoch: *epoch,
             op: match op {
-                ReadOp::Get { key } => WireReadOp::Get { key: key.to_vec() },
+                ReadOp::Get { key } => WireReadOp::Get { key: key.clone() },
                 ReadOp::Scan { start, end, limit } => WireReadOp::Scan {
-                    start: start.to_vec(),
-                    end: end.to_vec(),
+                    start: start.clone(),
+                    end: end.clone(),
                     limit: *limit as u64,
                 },
                 ReadOp::Hash => WireReadOp::Hash,
@@ -272,7 +271,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
         } => {
             // Validated, not decoded: the leader proposes these bytes as they
             // are (every replica decodes them again when it applies them).
-            let proposal = EncodedProposal::new(Bytes::from(proposal)).map_err(archive_err)?;
+            let proposal = EncodedProposal::new(proposal).map_err(archive_err)?;
             if proposal.epoch() != epoch {
                 return Err(CodecError::Archive("proposal epoch differs".into()));
             }
@@ -293,7 +292,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
         } => Request::Split {
             range,
             epoch,
-            at: Bytes::from(at),
+            at,
             new_range,
         },
         WireRequest::Read {
@@ -305,12 +304,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
             range,
             epoch,
             op: match op {
-                WireReadOp::Get { key } => ReadOp::Get {
-                    key: Bytes::from(key),
-                },
+                WireReadOp::Get { key } => ReadOp::Get { key },
                 WireReadOp::Scan { start, end, limit } => ReadOp::Scan {
-                    start: Bytes::from(start),
-                    end: Bytes::from(end),
+                    start,
+                    end,
                     limit: usize::try_from(limit).unwrap_or(usize::MAX),
                 },
                 WireReadOp::Hash => ReadOp::Hash,
@@ -334,19 +331,18 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
 }
 
 pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
-    let b = |v: &Option<Bytes>| v.as_ref().map(|x| x.to_vec());
     let wire = match reply {
         Ok(Reply::Applied(a)) => WireReply::Applied(match a {
             ApplyResult::Done => WireApply::Done,
             ApplyResult::Deleted(d) => WireApply::Deleted(*d),
             ApplyResult::Cas { swapped, current } => WireApply::Cas {
                 swapped: *swapped,
-                current: b(current),
+                current: current.clone(),
             },
             ApplyResult::Int(i) => WireApply::Int(*i),
             ApplyResult::PutIf { written, old } => WireApply::PutIf {
                 written: *written,
-                old: b(old),
+                old: old.clone(),
             },
             ApplyResult::Error(ApplyError::EpochMismatch { proposal, current }) => {
                 WireApply::EpochMismatch {
@@ -355,7 +351,7 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
                 }
             }
             ApplyResult::Error(ApplyError::KeyOutOfRange { key }) => {
-                WireApply::KeyOutOfRange { key: key.to_vec() }
+                WireApply::KeyOutOfRange { key: key.clone() }
             }
             ApplyResult::Error(ApplyError::NotAnInteger) => WireApply::NotAnInteger,
             ApplyResult::Error(ApplyError::Overflow) => WireApply::Overflow,
@@ -363,16 +359,16 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
                 WireApply::InvalidSplit { why: why.clone() }
             }
             ApplyResult::Split { left, right } => WireApply::Split {
-                left: left.encode().to_vec(),
-                right: right.encode().to_vec(),
+                left: left.encode(),
+                right: right.encode(),
             },
         }),
-        Ok(Reply::Value(v)) => WireReply::Value(b(v)),
+        Ok(Reply::Value(v)) => WireReply::Value(v.clone()),
         Ok(Reply::Pairs(ps)) => WireReply::Pairs(
             ps.iter()
                 .map(|(k, v)| WirePair {
-                    key: k.to_vec(),
-                    value: v.to_vec(),
+                    key: k.clone(),
+                    value: v.clone(),
                 })
                 .collect(),
         ),
@@ -389,7 +385,7 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
         }) => WireReply::Stats {
             keys: *keys,
             bytes: *bytes,
-            split_key: b(split_key),
+            split_key: split_key.clone(),
             leader: leader.unwrap_or(0),
         },
         Err(StoreError::NotLeader { range, leader }) => WireReply::NotLeader {
@@ -404,7 +400,7 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
         }) => WireReply::EpochMismatch {
             range: *range,
             requested: *requested,
-            descriptor: current.encode().to_vec(),
+            descriptor: current.encode(),
         },
         Err(StoreError::Busy { range }) => WireReply::Busy { range: *range },
         Err(StoreError::Dropped { range }) => WireReply::Dropped { range: *range },
@@ -418,7 +414,7 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
         },
         Err(StoreError::KeyNotInRange { range, current }) => WireReply::KeyNotInRange {
             range: *range,
-            descriptor: current.encode().to_vec(),
+            descriptor: current.encode(),
         },
     };
     encode(&wire, 0)
@@ -427,26 +423,19 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
 pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecError> {
     let wire =
         rkyv::from_bytes::<WireReply, rkyv::rancor::Error>(body(bytes)?).map_err(archive_err)?;
-    let b = |v: Option<Vec<u8>>| v.map(Bytes::from);
     Ok(match wire {
         WireReply::Applied(a) => Ok(Reply::Applied(match a {
             WireApply::Done => ApplyResult::Done,
             WireApply::Deleted(d) => ApplyResult::Deleted(d),
-            WireApply::Cas { swapped, current } => ApplyResult::Cas {
-                swapped,
-                current: b(current),
-            },
+            WireApply::Cas { swapped, current } => ApplyResult::Cas { swapped, current },
             WireApply::Int(i) => ApplyResult::Int(i),
-            WireApply::PutIf { written, old } => ApplyResult::PutIf {
-                written,
-                old: b(old),
-            },
+            WireApply::PutIf { written, old } => ApplyResult::PutIf { written, old },
             WireApply::EpochMismatch { proposal, current } => {
                 ApplyResult::Error(ApplyError::EpochMismatch { proposal, current })
             }
-            WireApply::KeyOutOfRange { key } => ApplyResult::Error(ApplyError::KeyOutOfRange {
-                key: Bytes::from(key),
-            }),
+            WireApply::KeyOutOfRange { key } => {
+                ApplyResult::Error(ApplyError::KeyOutOfRange { key })
+            }
             WireApply::NotAnInteger => ApplyResult::Error(ApplyError::NotAnInteger),
             WireApply::Overflow => ApplyResult::Error(ApplyError::Overflow),
             WireApply::InvalidSplit { why } => ApplyResult::Error(ApplyError::InvalidSplit { why }),
@@ -455,11 +444,9 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecErro
                 right: RangeDescriptor::decode(&right).map_err(archive_err)?,
             },
         })),
-        WireReply::Value(v) => Ok(Reply::Value(b(v))),
+        WireReply::Value(v) => Ok(Reply::Value(v)),
         WireReply::Pairs(ps) => Ok(Reply::Pairs(
-            ps.into_iter()
-                .map(|p| (Bytes::from(p.key), Bytes::from(p.value)))
-                .collect(),
+            ps.into_iter().map(|p| (p.key, p.value)).collect(),
         )),
         WireReply::Hash { index, hash } => Ok(Reply::Hash { index, hash }),
         WireReply::Count(n) => Ok(Reply::Count(n)),
@@ -471,7 +458,7 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecErro
         } => Ok(Reply::Stats {
             keys,
             bytes,
-            split_key: b(split_key),
+            split_key,
             leader: (leader != 0).then_some(leader),
         }),
         WireReply::NotLeader { range, leader } => Err(StoreError::NotLeader {
@@ -587,7 +574,7 @@ mod tests {
                 &WireRequest::Write {
                     range: 4,
                     epoch,
-                    proposal: Proposal { epoch: 7, command }.encode().to_vec(),
+                    proposal: Proposal { epoch: 7, command }.encode(),
                 },
                 0,
             )
@@ -613,7 +600,7 @@ mod tests {
             &WireRequest::Write {
                 range: 4,
                 epoch: 7,
-                proposal: vec![crate::range::PROPOSAL_FORMAT_VERSION, 1, 2, 3],
+                proposal: Bytes::from_static(&[crate::range::PROPOSAL_FORMAT_VERSION, 1, 2, 3]),
             },
             0,
         );
