@@ -16,8 +16,6 @@
 //! This detects divergence between replicas (accidental differences), it is not
 //! meant to resist someone who chooses keys to collide.
 
-use bytes::Bytes;
-
 use super::descriptor::RangeDescriptor;
 
 /// Key of the per-pair hash ("tessera pair hash", fixed forever: changing it
@@ -159,15 +157,18 @@ pub(crate) fn state_hash(
 }
 
 /// Recomputes `pairs_sum` by a full scan (tests and snapshot restore).
-pub(crate) fn pairs_sum<'a>(pairs: impl IntoIterator<Item = (&'a Bytes, &'a Bytes)>) -> u64 {
-    pairs
-        .into_iter()
-        .fold(0u64, |acc, (k, v)| acc.wrapping_add(pair_hash(k, v)))
+pub(crate) fn pairs_sum<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> u64 {
+    pairs.into_iter().fold(0u64, |acc, (k, v)| {
+        acc.wrapping_add(pair_hash(k.as_ref(), v.as_ref()))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn reference_key() -> (u64, u64) {
         let key: Vec<u8> = (0u8..16).collect();

@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::descriptor::RangeDescriptor;
-use super::state::RangeState;
+use super::state::{Key, RangeState};
 use super::wire::DecodeError;
 
 /// First eight bytes of every range snapshot.
@@ -239,7 +239,7 @@ pub(crate) fn read(bytes: &[u8]) -> Result<RangeState, SnapshotError> {
     let term = body.u64("applied term")?;
     let desc = RangeDescriptor::decode(body.prefixed("descriptor")?)?;
     let count = body.u64("pair count")?;
-    let mut pairs: Vec<(Bytes, Bytes)> = Vec::new();
+    let mut pairs: Vec<(Key, Bytes)> = Vec::new();
     for position in 0..count {
         let key = body.prefixed("key")?;
         let value = body.prefixed("value")?;
@@ -251,13 +251,13 @@ pub(crate) fn read(bytes: &[u8]) -> Result<RangeState, SnapshotError> {
         if !desc.contains(key) {
             return Err(SnapshotError::KeyOutOfRange { position });
         }
-        pairs.push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)));
+        pairs.push((Key::from_slice(key), Bytes::copy_from_slice(value)));
     }
     if !body.rest.is_empty() {
         return Err(SnapshotError::TrailingBytes(body.rest.len()));
     }
     // Sorted input: BTreeMap builds it in bulk.
-    let map: BTreeMap<Bytes, Bytes> = pairs.into_iter().collect();
+    let map: BTreeMap<Key, Bytes> = pairs.into_iter().collect();
     Ok(RangeState::from_parts(desc, (index, term), map))
 }
 
