@@ -68,39 +68,49 @@ fn block_on<F: Future>(f: F) -> F::Output {
     }
 }
 
-fn run(sync: bool) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        sync,
-        segment_bytes: 16 << 20,
-        ..Config::default()
-    };
-    let (wal, _) = Wal::open(dir.path(), config).expect("open");
-    let wal = Arc::new(wal);
+/// Runs `write(wal, group)` on a thread per group and waits for them all. A
+/// thread still running after two minutes fails the test: the whole test
+/// takes about a second, and only a waiter that is never woken takes that long.
+fn on_threads(wal: &Arc<Wal>, groups: std::ops::RangeInclusive<u64>, write: fn(&Wal, u64)) {
     let (done_tx, done_rx) = mpsc::channel();
-    for group in 0..THREADS {
+    let n = groups.clone().count();
+    for group in groups {
         let (wal, done_tx) = (wal.clone(), done_tx.clone());
         thread::spawn(move || {
-            for index in 1..=WRITES {
-                let ticket = wal.submit(batch(group, index));
-                let r = if group < ASYNC_THREADS {
-                    block_on(ticket)
-                } else {
-                    ticket.wait()
-                };
-                r.expect("durable");
-            }
-            let _ = done_tx.send(group);
+            write(&wal, group);
+            let _ = done_tx.send(());
         });
     }
-    drop(done_tx);
-    for _ in 0..THREADS {
-        // Generous: the whole test takes about a second; only a lost wake-up
-        // can take this long.
+    for _ in 0..n {
         done_rx
             .recv_timeout(Duration::from_secs(120))
             .expect("a writer thread never saw its ticket resolve");
     }
+}
+
+fn open(config: Config) -> (tempfile::TempDir, Arc<Wal>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), config).expect("open");
+    (dir, Arc::new(wal))
+}
+
+fn run(sync: bool) {
+    let (_dir, wal) = open(Config {
+        sync,
+        segment_bytes: 16 << 20,
+        ..Config::default()
+    });
+    on_threads(&wal, 0..=THREADS - 1, |wal, group| {
+        for index in 1..=WRITES {
+            let ticket = wal.submit(batch(group, index));
+            let r = if group < ASYNC_THREADS {
+                block_on(ticket)
+            } else {
+                ticket.wait()
+            };
+            r.expect("durable");
+        }
+    });
     for group in 0..THREADS {
         assert_eq!(wal.last_index(group), Some(WRITES));
         let es = wal.entries(group, 1, WRITES + 1, usize::MAX).expect("read");
@@ -126,12 +136,10 @@ fn every_waiter_wakes_with_sync() {
 
 #[test]
 fn callbacks_run_once_per_ticket_with_the_outcome() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
+    let (_dir, wal) = open(Config {
         sync: false,
         ..Config::default()
-    };
-    let (wal, _) = Wal::open(dir.path(), config).expect("open");
+    });
     let (tx, rx) = mpsc::channel();
     for index in 1..=100u64 {
         let ticket = wal.submit(batch(1, index));
@@ -169,62 +177,36 @@ fn callbacks_run_once_per_ticket_with_the_outcome() {
 #[test]
 fn every_waiter_wakes_with_one_request_per_round() {
     for _ in 0..5 {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = Config {
+        let (_dir, wal) = open(Config {
             sync: false,
             batch_bytes_max: 1,
             ..Config::default()
-        };
-        let (wal, _) = Wal::open(dir.path(), config).expect("open");
-        let wal = Arc::new(wal);
-        let (done_tx, done_rx) = mpsc::channel();
-        for group in 1..=16u64 {
-            let (wal, done_tx) = (wal.clone(), done_tx.clone());
-            thread::spawn(move || {
-                for index in 1..=50 {
-                    wal.submit(batch(group, index)).wait().expect("durable");
-                }
-                let _ = done_tx.send(());
-            });
-        }
-        for _ in 0..16 {
-            done_rx
-                .recv_timeout(Duration::from_secs(120))
-                .expect("a writer thread never saw its ticket resolve");
-        }
+        });
+        on_threads(&wal, 1..=16, |wal, group| {
+            for index in 1..=50 {
+                wal.submit(batch(group, index)).wait().expect("durable");
+            }
+        });
     }
 }
 
 #[test]
 fn a_panicking_callback_does_not_strand_the_round() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
+    let (_dir, wal) = open(Config {
         sync: false,
         ..Config::default()
-    };
-    let (wal, _) = Wal::open(dir.path(), config).expect("open");
-    let wal = Arc::new(wal);
+    });
     // Many writers, so that panicking callbacks share rounds with waiters.
-    let (done_tx, done_rx) = mpsc::channel();
-    for group in 1..=8u64 {
-        let (wal, done_tx) = (wal.clone(), done_tx.clone());
-        thread::spawn(move || {
-            for index in 1..=50 {
-                let t = wal.submit(batch(group, index));
-                if index % 5 == 0 {
-                    t.clone()
-                        .on_done(|_| panic!("a callback that panics (expected)"));
-                }
-                t.wait().expect("durable");
+    on_threads(&wal, 1..=8, |wal, group| {
+        for index in 1..=50 {
+            let t = wal.submit(batch(group, index));
+            if index % 5 == 0 {
+                t.clone()
+                    .on_done(|_| panic!("a callback that panics (expected)"));
             }
-            let _ = done_tx.send(());
-        });
-    }
-    for _ in 0..8 {
-        done_rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("a waiter stranded by a panicking callback");
-    }
+            t.wait().expect("durable");
+        }
+    });
     // And the WAL still works.
     wal.write(batch(1, 51)).expect("write after the panics");
 }
