@@ -452,30 +452,36 @@ fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounter
         .filter(|c| matches!(c, Control::Forward { .. } | Control::ForwardReply { .. }))
         .cloned()
         .collect();
+    let total: u64 = batch.messages.iter().map(|(_, m)| m.payload_bytes()).sum();
     let mut frames = Vec::new();
-    let mut left = batch.messages.len();
-    let mut cur = PeerBatch {
-        incarnation: batch.incarnation,
-        messages: Vec::with_capacity(left),
-        control: batch.control,
-    };
-    let mut bytes = 0u64;
-    for (range, m) in batch.messages {
-        let size = m.payload_bytes();
-        if bytes > 0 && bytes + size > PEER_FRAME_PAYLOAD_MAX {
-            frames.push(encode_batch(&cur));
-            cur = PeerBatch {
-                incarnation: batch.incarnation,
-                messages: Vec::with_capacity(left),
-                control: Vec::new(),
-            };
-            bytes = 0;
+    if total <= PEER_FRAME_PAYLOAD_MAX {
+        // The usual case: one frame, encoded from the batch as it is.
+        frames.push(encode_batch(&batch));
+    } else {
+        let mut cur = PeerBatch {
+            incarnation: batch.incarnation,
+            messages: Vec::new(),
+            control: batch.control,
+        };
+        let mut bytes = 0u64;
+        for (range, m) in batch.messages {
+            let size = m.payload_bytes();
+            if bytes > 0 && bytes + size > PEER_FRAME_PAYLOAD_MAX {
+                frames.push(encode_batch(&cur));
+                // The next frame likely holds about as many as this one.
+                let room = cur.messages.len();
+                cur = PeerBatch {
+                    incarnation: batch.incarnation,
+                    messages: Vec::with_capacity(room),
+                    control: Vec::new(),
+                };
+                bytes = 0;
+            }
+            bytes += size;
+            cur.messages.push((range, m));
         }
-        bytes += size;
-        left -= 1;
-        cur.messages.push((range, m));
+        frames.push(encode_batch(&cur));
     }
-    frames.push(encode_batch(&cur));
     counters
         .peer_frames
         .fetch_add(frames.len() as u64, Ordering::Relaxed);

@@ -790,7 +790,7 @@ impl Store {
 
     /// Everything to do now, for all groups. See [`StoreReady`].
     pub fn ready(&mut self) -> StoreReady {
-        let mut groups = Vec::with_capacity(self.dirty.len());
+        let mut groups = Vec::new();
         let mut after = AfterPersist::default();
         let dirty = std::mem::take(&mut self.dirty);
         for range in dirty {
@@ -1460,8 +1460,10 @@ fn defer_commit_only(r: &mut Replica, gw: &mut GroupWrite) {
 
 /// The batch to peer `to`, made with room for `hint` messages.
 fn peer_batch(outbox: &mut BTreeMap<NodeId, PeerBatch>, to: NodeId, hint: usize) -> &mut PeerBatch {
-    outbox.entry(to).or_insert_with(|| PeerBatch {
-        messages: Vec::with_capacity(hint),
-        ..PeerBatch::default()
-    })
+    // A tick or a control may have made the entry already, without room.
+    let b = outbox.entry(to).or_default();
+    if b.messages.capacity() == 0 {
+        b.messages.reserve(hint);
+    }
+    b
 }
