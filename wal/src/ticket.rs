@@ -2,7 +2,8 @@
 //!
 //! A blocking waiter sleeps on its WAL's [`Bell`], not on its own ticket: the
 //! writer resolves every ticket of a round, then rings the bell once, which wakes
-//! all sleeping waiters with one `futex` call. Waking each ticket's waiter with
+//! that round's sleepers with one `futex` call (Linux only, like the rest of
+//! the crate's durability code). Waking each ticket's waiter with
 //! its own call cost about 8 µs per waiter on this machine's 2 vCPUs, on the
 //! writer's critical path (see docs/wal.md, "Waking waiters").
 
