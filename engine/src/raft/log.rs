@@ -11,9 +11,13 @@
 //! last index the host reported durable. `persist_from` is the first index not
 //! yet handed to the host for writing. `delivered` is the last index handed to
 //! the host for applying. Invariants (asserted in `check`):
-//! `snapshot_index <= delivered <= committed`, `delivered <= stable`,
-//! `committed <= last_index`, `stable <= last_index`,
-//! `persist_from <= last_index + 1`.
+//! `snapshot_index <= delivered <= committed`, `committed <= last_index`,
+//! `stable <= last_index`, `persist_from <= last_index + 1`.
+//!
+//! `delivered` may run ahead of `stable`: a committed entry is durable on a
+//! quorum, which is what makes it safe to apply and to acknowledge, whether or
+//! not this replica's own copy is durable yet. A leader whose own write is
+//! slower than a follower's answers its clients without waiting for it.
 
 use std::collections::VecDeque;
 
@@ -245,13 +249,13 @@ impl RaftLog {
         }
     }
 
-    /// Committed, durable entries not yet handed to the host for applying.
+    /// Committed entries not yet handed to the host for applying.
     pub fn has_deliverable(&self) -> bool {
-        self.committed.min(self.stable) > self.delivered
+        self.committed > self.delivered
     }
 
     pub fn take_deliverable(&mut self, max_bytes: u64) -> Vec<Entry> {
-        let hi = self.committed.min(self.stable);
+        let hi = self.committed;
         let out = self.slice(self.delivered + 1, hi + 1, max_bytes);
         if let Some(last) = out.last() {
             self.delivered = last.index;
@@ -304,7 +308,6 @@ impl RaftLog {
     pub fn check(&self) {
         debug_assert!(self.snapshot_index <= self.delivered);
         debug_assert!(self.delivered <= self.committed);
-        debug_assert!(self.delivered <= self.stable.max(self.snapshot_index));
         debug_assert!(self.committed <= self.last_index());
         debug_assert!(self.stable <= self.last_index());
         debug_assert!(self.persist_from <= self.last_index() + 1);
@@ -410,22 +413,26 @@ mod tests {
     }
 
     #[test]
-    fn delivery_waits_for_durability() {
+    fn committed_entries_are_delivered_before_they_are_durable_here() {
         let mut log = RaftLog::default();
-        log.append([ent(1, 1), ent(2, 1)]);
+        log.append([ent(1, 1), ent(2, 1), ent(3, 1)]);
+        assert!(!log.has_deliverable(), "nothing is committed yet");
         log.commit_to(2);
-        assert!(!log.has_deliverable(), "nothing is durable yet");
-        assert_eq!(log.take_unpersisted().len(), 2);
-        assert!(log.stable_to(1, 1));
-        assert_eq!(log.take_deliverable(u64::MAX).len(), 1);
+        // Committed means durable on a quorum: applying need not wait for
+        // this replica's own write.
+        assert_eq!(log.take_unpersisted().len(), 3);
+        let e = log.take_deliverable(u64::MAX);
+        assert_eq!(e.iter().map(|e| e.index).collect::<Vec<_>>(), [1, 2]);
+        assert!(!log.has_deliverable(), "each entry is delivered once");
         assert!(
             !log.stable_to(2, 7),
             "a report for a replaced term is ignored"
         );
-        assert!(log.stable_to(2, 1));
-        let e = log.take_deliverable(u64::MAX);
-        assert_eq!(e[0].index, 2);
-        assert!(!log.has_deliverable(), "each entry is delivered once");
+        assert!(log.stable_to(3, 1));
+        assert!(!log.has_deliverable(), "3 is durable but not committed");
+        log.commit_to(3);
+        assert_eq!(log.take_deliverable(u64::MAX)[0].index, 3);
+        log.check();
     }
 
     proptest! {

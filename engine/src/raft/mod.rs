@@ -41,8 +41,9 @@
 //!   is durable before it is sent (it travels in `persisted_messages`).
 //! - A follower acknowledges only entries that are durable on it.
 //! - Committed entries are never truncated (`assert!` in the log).
-//! - Committed entries reach the host in order, each exactly once, and only
-//!   once durable locally.
+//! - Committed entries reach the host in order, each exactly once, as soon as
+//!   they are committed (durable on a quorum), even if this replica's own
+//!   write is still in flight; a snapshot only covers locally durable entries.
 //! - A leader's commit index only counts an entry of its own term.
 
 mod config;

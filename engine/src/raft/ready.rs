@@ -32,7 +32,9 @@ pub struct SoftState {
 ///    durability) and report [`Raft::on_persisted`](super::Raft::on_persisted)
 ///    with the last entry (or the snapshot) written;
 /// 4. apply `committed_entries` in order (each is delivered exactly once; they
-///    are already durable locally) and serve `read_states` once applied.
+///    are durable on a quorum, not necessarily here yet: anything the host
+///    persists that derives from them, such as a snapshot, must wait until
+///    they are durable here) and serve `read_states` once applied.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub messages: Vec<Message>,

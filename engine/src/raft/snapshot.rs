@@ -16,12 +16,19 @@ use super::types::{Index, NodeId, Snapshot, SnapshotMeta};
 
 impl Raft {
     /// The host took a snapshot of its state machine at `index` (at most the
-    /// last index it was delivered, and it must be durable). The log before it
-    /// is dropped; followers that need it get the snapshot.
+    /// last index it was delivered, and durable here: entries are delivered
+    /// once committed, possibly before this replica's own write of them is
+    /// durable, see `stable_index`). The log before it is dropped; followers
+    /// that need it get the snapshot.
     pub fn snapshot_taken(&mut self, index: Index, data: Bytes) -> SnapshotMeta {
         assert!(
             index <= self.log.delivered,
             "snapshot at {index} beyond applied"
+        );
+        assert!(
+            index <= self.log.stable,
+            "snapshot at {index} beyond the durable log ({})",
+            self.log.stable
         );
         assert!(
             index >= self.log.snapshot_index(),
