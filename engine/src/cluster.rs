@@ -74,6 +74,7 @@ impl LocalClusterOptions {
             store: None,
             wal: tessera_wal::Config {
                 segment_bytes: 16 << 20,
+                linger: crate::node::WAL_LINGER,
                 ..tessera_wal::Config::default()
             },
             db: DbOptions::default(),

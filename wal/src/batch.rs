@@ -32,6 +32,7 @@ pub(crate) enum Op {
 pub struct LogBatch {
     pub(crate) ops: Vec<Op>,
     approx_bytes: usize,
+    entries: usize,
 }
 
 impl LogBatch {
@@ -67,6 +68,7 @@ impl LogBatch {
         }
         self.approx_bytes +=
             RECORD_HEADER_BYTES + entries.iter().map(|e| e.data.len() + 32).sum::<usize>();
+        self.entries += entries.len();
         self.ops.push(Op::Entries { group, entries });
         Ok(())
     }
@@ -98,6 +100,11 @@ impl LogBatch {
     /// Operations added.
     pub fn len(&self) -> usize {
         self.ops.len()
+    }
+
+    /// Entries added, over every group.
+    pub fn entry_count(&self) -> usize {
+        self.entries
     }
 
     /// Rough size on disk.

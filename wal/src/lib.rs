@@ -56,6 +56,7 @@ mod config;
 mod error;
 pub mod format;
 mod index;
+mod linger;
 mod payload;
 mod recovery;
 mod segment;
@@ -68,7 +69,7 @@ mod writer;
 pub type GroupId = u64;
 
 pub use batch::LogBatch;
-pub use config::{Config, RecoveryMode, SyncMethod};
+pub use config::{Config, Linger, RecoveryMode, SyncMethod};
 pub use error::{Result, WalError};
 pub use payload::{CompactionPoint, Entry, HardState};
 pub use recovery::{DamagedRegion, LostRange, RecoveryReport, TornTail};

@@ -34,6 +34,7 @@ pub(crate) struct Counters {
     pub bytes_rewritten: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub segments_recycled: AtomicU64,
+    pub lingered_rounds: AtomicU64,
 }
 
 impl Counters {

@@ -51,6 +51,9 @@ pub struct WalStats {
     pub segments_deleted: u64,
     /// Segment files recycled.
     pub segments_recycled: u64,
+    /// Rounds that waited for more requests before writing (see
+    /// [`crate::Linger`]).
+    pub lingered_rounds: u64,
 }
 
 /// The shared write-ahead log. Cheap to share behind an `Arc`; every method
@@ -141,6 +144,7 @@ impl Wal {
             done_tx,
             round_bytes: 0,
             round: 0,
+            pace: crate::linger::Pace::new(config.linger),
             shared: shared.clone(),
             rx,
             active,
@@ -321,6 +325,7 @@ impl Wal {
             bytes_rewritten: c.bytes_rewritten.load(Ordering::Relaxed),
             segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
             segments_recycled: c.segments_recycled.load(Ordering::Relaxed),
+            lingered_rounds: c.lingered_rounds.load(Ordering::Relaxed),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::batch::{LogBatch, Op};
 use crate::error::{Result, WalError};
 use crate::format::{Kind, NewRecord, PartBuilder, SEGMENT_HEADER_BYTES};
 use crate::index::{GroupState, Loc};
+use crate::linger::Pace;
 use crate::payload::{encode_compaction, encode_entries, encode_hard_state};
 use crate::segment::{SegmentFile, activate, delete, recycle};
 use crate::state::{Applied, Counters, Shared};
@@ -156,6 +157,16 @@ pub(crate) struct Writer {
     pub round_bytes: usize,
     /// The round in progress: one drain of the queue, numbered from 1.
     pub round: u64,
+    /// When the next round starts (group commit under load).
+    pub pace: Pace,
+}
+
+/// The requests one round takes from the queue.
+#[derive(Default)]
+struct Drained {
+    msgs: Vec<Msg>,
+    bytes: usize,
+    entries: usize,
 }
 
 /// Tickets of one round to resolve, with their outcomes.
@@ -176,24 +187,40 @@ impl Writer {
         let max = self.shared.config.batch_bytes_max;
         while let Ok(first) = self.rx.recv() {
             self.round += 1;
-            first.done().stamp(self.round);
-            let mut msgs = vec![first];
-            let mut bytes = 0usize;
-            while bytes < max {
+            let mut round = Drained::default();
+            self.take(&mut round, first);
+            while round.bytes < max {
                 match self.rx.try_recv() {
-                    Ok(m) => {
-                        m.done().stamp(self.round);
-                        if let Msg::Write { batch, .. } = &m {
-                            bytes += batch.approx_bytes();
-                        }
-                        msgs.push(m);
-                    }
+                    Ok(m) => self.take(&mut round, m),
                     Err(_) => break,
                 }
             }
+            if round.bytes < max
+                && let Some(until) = self.pace.linger_until()
+            {
+                Counters::add(&self.shared.counters.lingered_rounds, 1);
+                while round.bytes < max {
+                    match self.rx.recv_deadline(until) {
+                        Ok(m) => self.take(&mut round, m),
+                        Err(_) => break,
+                    }
+                }
+            }
+            // Every ticket of the round is stamped before the round is sealed
+            // (blocking waiters rely on it, see `ticket::Bell`).
             self.shared.bell.seal(self.round);
-            self.handle(msgs);
+            self.handle(round.msgs);
+            self.pace.round_done(round.entries);
         }
+    }
+
+    fn take(&self, round: &mut Drained, m: Msg) {
+        m.done().stamp(self.round);
+        if let Msg::Write { batch, .. } = &m {
+            round.bytes += batch.approx_bytes();
+            round.entries += batch.entry_count();
+        }
+        round.msgs.push(m);
     }
 
     fn poisoned(&self) -> Option<WalError> {
@@ -378,7 +405,9 @@ impl Writer {
                         std::io::Error::from_raw_os_error(libc::EIO),
                     ));
                 }
+                let started = std::time::Instant::now();
                 seg.sync(from, to - from, cfg.sync_method)?;
+                self.pace.synced(started.elapsed());
                 Counters::add(&self.shared.counters.syncs, 1);
             }
         }

@@ -133,7 +133,7 @@ impl Target for Embedded {
         Box::pin(async move {
             let secs = self.started.elapsed().as_secs_f64().max(1e-9);
             let mut out = BTreeMap::new();
-            let (mut syncs, mut requests, mut bytes) = (0u64, 0u64, 0u64);
+            let (mut syncs, mut requests, mut bytes, mut lingered) = (0u64, 0u64, 0u64, 0u64);
             let (mut batches, mut entries) = (0u64, 0u64);
             let mut leaders = BTreeMap::new();
             let mut quiesced = BTreeMap::new();
@@ -143,6 +143,7 @@ impl Target for Embedded {
                     syncs += w.syncs;
                     requests += w.requests;
                     bytes += w.bytes_written;
+                    lingered += w.lingered_rounds;
                 }
                 if let Some(s) = node.handle().stats().await {
                     batches += s.write_batches;
@@ -160,6 +161,7 @@ impl Target for Embedded {
                 serde_json::json!(syncs as f64 / secs),
             );
             out.insert("wal_requests".into(), serde_json::json!(requests));
+            out.insert("wal_lingered_rounds".into(), serde_json::json!(lingered));
             out.insert("wal_bytes_written".into(), serde_json::json!(bytes));
             out.insert("store_write_batches".into(), serde_json::json!(batches));
             out.insert("entries_written".into(), serde_json::json!(entries));

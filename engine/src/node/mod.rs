@@ -83,6 +83,18 @@ pub struct NodeConfig {
     pub store: Option<StoreConfig>,
 }
 
+/// How a node's WAL groups commits under load: once its rounds average 3
+/// entries, the next write + sync starts no sooner than 6 syncs' time (at most
+/// 2 ms) after the previous one. The store loop keeps producing while a sync
+/// runs, so fewer, fuller syncs cost less per entry; below 3 entries per round
+/// (a few clients) nothing waits. See `tessera_wal::Linger` and docs/wal.md
+/// ("Lingering") for the measurements behind these numbers.
+pub const WAL_LINGER: tessera_wal::Linger = tessera_wal::Linger {
+    min_entries: 3,
+    sync_multiple: 6.0,
+    max_us: 2000,
+};
+
 impl NodeConfig {
     /// A node with safe defaults: 100 ms ticks, 64 ranges, fsync on.
     pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
@@ -94,7 +106,10 @@ impl NodeConfig {
             identity: None,
             initial_ranges: 64,
             tick: Duration::from_millis(100),
-            wal: tessera_wal::Config::default(),
+            wal: tessera_wal::Config {
+                linger: WAL_LINGER,
+                ..tessera_wal::Config::default()
+            },
             storage: StorageMode::Disk,
             transport: TransportConfig::default(),
             store: None,
