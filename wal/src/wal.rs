@@ -145,6 +145,7 @@ impl Wal {
             round_bytes: 0,
             round: 0,
             pace: crate::linger::Pace::new(config.linger),
+            round_sync: std::time::Duration::ZERO,
             shared: shared.clone(),
             rx,
             active,

@@ -159,6 +159,8 @@ pub(crate) struct Writer {
     pub round: u64,
     /// When the next round starts (group commit under load).
     pub pace: Pace,
+    /// Time spent syncing since `write_batch` began (fed to `pace`).
+    pub round_sync: std::time::Duration,
 }
 
 /// The requests one round takes from the queue.
@@ -278,7 +280,12 @@ impl Writer {
     /// Writes the requests, syncs, applies them to the index, completes them.
     fn write_batch(&mut self, reqs: Vec<Request>) {
         self.round_bytes = 0;
-        match self.write_batch_inner(&reqs) {
+        self.round_sync = std::time::Duration::ZERO;
+        let written = self.write_batch_inner(&reqs);
+        if !self.round_sync.is_zero() {
+            self.pace.synced(self.round_sync);
+        }
+        match written {
             Ok(outcomes) => {
                 let done: Vec<_> = reqs
                     .into_iter()
@@ -407,7 +414,7 @@ impl Writer {
                 }
                 let started = std::time::Instant::now();
                 seg.sync(from, to - from, cfg.sync_method)?;
-                self.pace.synced(started.elapsed());
+                self.round_sync += started.elapsed();
                 Counters::add(&self.shared.counters.syncs, 1);
             }
         }

@@ -9,9 +9,21 @@ use tessera_wal::{Config, Entry, Linger, LogBatch, Wal};
 
 const GROUP: u64 = 7;
 
+fn entry(index: u64) -> Entry {
+    Entry::new(index, 1, vec![index as u8; 100])
+}
+
 fn one_entry(index: u64) -> LogBatch {
     let mut b = LogBatch::new();
-    b.add_entries(GROUP, vec![Entry::new(index, 1, vec![index as u8; 100])])
+    b.add_entries(GROUP, vec![entry(index)])
+        .expect("valid batch");
+    b
+}
+
+/// Entries `first..first + n` in one batch.
+fn entries(first: u64, n: u64) -> LogBatch {
+    let mut b = LogBatch::new();
+    b.add_entries(GROUP, (first..first + n).map(entry).collect())
         .expect("valid batch");
     b
 }
@@ -48,6 +60,10 @@ fn spin_for(d: Duration) {
 #[test]
 fn a_busy_submitter_gets_fewer_fuller_rounds() {
     const WRITES: u64 = 1500;
+    /// Entries per submit: even if every round took a single submit (a disk
+    /// that syncs faster than the submitter submits), rounds average more
+    /// than `min_entries`, so lingering starts whatever the disk.
+    const PER_WRITE: u64 = 4;
     const LINGER_US: u64 = 5000;
     let dir = tempfile::tempdir().expect("temp dir");
     let wal = open(
@@ -59,10 +75,10 @@ fn a_busy_submitter_gets_fewer_fuller_rounds() {
         },
     );
     let started = Instant::now();
-    let tickets: Vec<_> = (1..=WRITES)
+    let tickets: Vec<_> = (0..WRITES)
         .map(|i| {
             spin_for(Duration::from_micros(50));
-            wal.submit(one_entry(i))
+            wal.submit(entries(i * PER_WRITE + 1, PER_WRITE))
         })
         .collect();
     for t in tickets {
@@ -81,7 +97,7 @@ fn a_busy_submitter_gets_fewer_fuller_rounds() {
         "{} syncs in {elapsed:?} (bound {bound}): {s:?}",
         s.syncs
     );
-    reads_back(&wal, WRITES);
+    reads_back(&wal, WRITES * PER_WRITE);
 }
 
 #[test]

@@ -32,6 +32,8 @@ pub struct RaftLog {
     snapshot_term: Term,
     entries: VecDeque<Entry>,
     pub(super) committed: Index,
+    /// Deliver only what is durable here (see `hold_delivery_at_stable`).
+    hold_at_stable: bool,
     pub(super) delivered: Index,
     pub(super) stable: Index,
     pub(super) persist_from: Index,
@@ -72,6 +74,7 @@ impl RaftLog {
             delivered: applied,
             stable: last,
             persist_from: last + 1,
+            hold_at_stable: false,
         };
         log.check();
         log
@@ -251,11 +254,28 @@ impl RaftLog {
 
     /// Committed entries not yet handed to the host for applying.
     pub fn has_deliverable(&self) -> bool {
-        self.committed > self.delivered
+        self.deliverable_to() > self.delivered
+    }
+
+    /// The last index that may be delivered.
+    fn deliverable_to(&self) -> Index {
+        if self.hold_at_stable {
+            self.committed.min(self.stable)
+        } else {
+            self.committed
+        }
+    }
+
+    /// While `hold` is set, entries are delivered only once durable here too,
+    /// so that what was applied catches up with the durable log: a host that
+    /// must snapshot (which covers only durable entries) and whose own writes
+    /// are always behind the quorum's would otherwise never get the chance.
+    pub fn hold_delivery_at_stable(&mut self, hold: bool) {
+        self.hold_at_stable = hold;
     }
 
     pub fn take_deliverable(&mut self, max_bytes: u64) -> Vec<Entry> {
-        let hi = self.committed;
+        let hi = self.deliverable_to();
         let out = self.slice(self.delivered + 1, hi + 1, max_bytes);
         if let Some(last) = out.last() {
             self.delivered = last.index;
@@ -433,6 +453,22 @@ mod tests {
         log.commit_to(3);
         assert_eq!(log.take_deliverable(u64::MAX)[0].index, 3);
         log.check();
+    }
+
+    #[test]
+    fn a_hold_delivers_only_what_is_durable_here() {
+        let mut log = RaftLog::default();
+        log.append([ent(1, 1), ent(2, 1), ent(3, 1)]);
+        assert_eq!(log.take_unpersisted().len(), 3);
+        log.commit_to(3);
+        log.hold_delivery_at_stable(true);
+        assert!(!log.has_deliverable(), "nothing is durable here yet");
+        assert!(log.stable_to(2, 1));
+        let e = log.take_deliverable(u64::MAX);
+        assert_eq!(e.iter().map(|e| e.index).collect::<Vec<_>>(), [1, 2]);
+        assert!(!log.has_deliverable());
+        log.hold_delivery_at_stable(false);
+        assert_eq!(log.take_deliverable(u64::MAX)[0].index, 3);
     }
 
     proptest! {

@@ -262,6 +262,13 @@ impl Raft {
     pub fn stable_index(&self) -> Index {
         self.log.stable
     }
+    /// Committed entries are delivered as soon as they are committed, durable
+    /// here or not. With `hold` set, only once durable here as well: a host
+    /// that wants to snapshot (snapshots cover only durable entries, see
+    /// `snapshot_taken`) holds delivery until what it applied is durable.
+    pub fn hold_delivery_at_stable(&mut self, hold: bool) {
+        self.log.hold_delivery_at_stable(hold);
+    }
     pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,

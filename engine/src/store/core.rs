@@ -868,6 +868,9 @@ impl Store {
             return;
         };
         if !r.raft.has_ready() {
+            // A durable write alone (no new ready) may be what a held-back
+            // snapshot waits for.
+            self.maybe_snapshot(range, groups);
             return;
         }
         let rd = r.raft.ready();
@@ -1152,6 +1155,12 @@ impl Store {
 
     /// Takes a snapshot for log compaction once enough was applied since the
     /// last one; the host stores it before this batch's WAL records.
+    ///
+    /// A snapshot covers only entries durable here, but committed entries are
+    /// applied before this replica's own write of them is durable. A leader
+    /// whose disk is the slowest of its group can so stay ahead of its durable
+    /// log for as long as the load lasts; then delivery is held at the durable
+    /// point until the log catches up, and the snapshot is taken there.
     fn maybe_snapshot(&mut self, range: RangeId, groups: &mut Vec<GroupWrite>) {
         let Some(r) = self.replicas.get_mut(&range) else {
             return;
@@ -1159,12 +1168,19 @@ impl Store {
         if r.entries_since_snapshot < self.cfg.snapshot_entries
             && r.bytes_since_snapshot < self.cfg.snapshot_bytes
         {
+            // Not due (or a snapshot was just installed): deliver freely.
+            r.raft.hold_delivery_at_stable(false);
             return;
         }
         let (index, _) = r.state.applied();
-        if index <= r.raft.snapshot().meta.index || index > r.raft.stable_index() {
+        if index <= r.raft.snapshot().meta.index {
             return;
         }
+        if index > r.raft.stable_index() {
+            r.raft.hold_delivery_at_stable(true);
+            return;
+        }
+        r.raft.hold_delivery_at_stable(false);
         let data = r.state.snapshot();
         let meta = r.raft.snapshot_taken(index, data.clone());
         self.stats.snapshots_taken += 1;
@@ -1436,8 +1452,8 @@ fn serve_read_now(state: &RangeState, op: &ReadOp, leader: Option<NodeId>) -> Re
 /// nothing but commit indexes would cost a whole sync of the log and delay
 /// the writes queued behind it, and nothing depends on its durability: the
 /// commit index is relearned from the leader after a restart (recovery clamps
-/// it between the snapshot and the last entry), and entries are applied once
-/// they are durable, whatever commit index is on disk. Term and vote are
+/// it between the snapshot and the last entry), and what is applied never
+/// depends on the commit index on disk. Term and vote are
 /// always written before anything that depends on them is sent.
 fn defer_commit_only(r: &mut Replica, gw: &mut GroupWrite) {
     let carries_log = !gw.entries.is_empty() || gw.snapshot.is_some();

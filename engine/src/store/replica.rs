@@ -85,14 +85,17 @@ impl Replica {
             return false;
         }
         let last = raft.last_index();
-        if raft.commit_index() != last || self.state.applied().0 != last {
+        if raft.commit_index() != last
+            || self.state.applied().0 != last
+            || raft.stable_index() != last
+        {
             return false;
         }
         let conf = raft.conf_state();
         if conf.is_joint() || !conf.learners_next.is_empty() {
             return false;
         }
-        // The leader keeps no progress of its own (its log is `last`).
+        // The leader keeps no progress of its own (its log, durable, is `last`).
         conf.members()
             .iter()
             .all(|&m| m == raft.id() || raft.progress(m).is_some_and(|p| p.matched == last))
