@@ -799,9 +799,17 @@ impl Cluster {
             return Ok(());
         };
         let index = raft.delivered_index();
-        if index <= raft.snapshot().meta.index + 3 || raft.stable_index() < index {
+        if index <= raft.snapshot().meta.index + 3 {
             return Ok(());
         }
+        if raft.stable_index() < index {
+            // Applied ran ahead of the durable log (committed entries are
+            // delivered before they are durable here): hold delivery at the
+            // durable point, as the store does, until a later try succeeds.
+            raft.hold_delivery_at_stable(true);
+            return Ok(());
+        }
+        raft.hold_delivery_at_stable(false);
         debug_assert_eq!(node.kv.applied, index);
         let data = node.kv.snapshot();
         let meta = raft.snapshot_taken(index, data.clone());
