@@ -21,9 +21,11 @@ use crate::segment::{SegmentFile, activate, delete, recycle};
 use crate::state::{Applied, Counters, Shared};
 use crate::ticket::{Bell, Completion, complete_all};
 
-/// Rounds of at most this many bytes wake their waiters on the writer thread;
-/// larger ones hand them to the completer thread (see `write_batch`).
+/// Rounds of at most this many bytes, or of at most this many waiters, wake
+/// their waiters on the writer thread; the others hand them to the completer
+/// thread (see `write_batch`).
 const INLINE_WAKE_BYTES_MAX: usize = 128 << 10;
+const INLINE_WAKE_WAITERS_MAX: usize = 4;
 
 pub(crate) enum Msg {
     Write {
@@ -299,8 +301,13 @@ impl Writer {
                 // entries per sync instead of 35, +5%). A large round hands its
                 // waiters to the completer thread instead: there the disk, not
                 // the arrival of writers, is the limit, and every microsecond
-                // spent waking is one the disk sits idle.
-                if self.round_bytes <= INLINE_WAKE_BYTES_MAX {
+                // spent waking is one the disk sits idle. A round of a few
+                // waiters wakes them here all the same: the hop to the
+                // completer costs more than the wake (one writer of 512 KiB
+                // entries: 565 vs 682 MiB/s).
+                if self.round_bytes <= INLINE_WAKE_BYTES_MAX
+                    || done.len() <= INLINE_WAKE_WAITERS_MAX
+                {
                     complete_all(&self.shared.bell, self.round, done);
                 } else {
                     let c = Completions {
