@@ -85,6 +85,11 @@ pub enum WalError {
     /// The WAL is shutting down.
     #[error("wal is closed")]
     Closed,
+    /// The writer thread stopped before resolving this request: it panicked
+    /// (a bug; the panic message is in the log). Nothing more is accepted;
+    /// whether the request reached the disk is unknown.
+    #[error("wal writer thread stopped unexpectedly (panicked)")]
+    WriterGone,
 }
 
 impl WalError {

@@ -157,6 +157,8 @@ pub(crate) struct Shared {
     pub pool: Pool,
     /// Test hook: the next sync fails as if the disk had reported EIO.
     pub fail_next_sync: std::sync::atomic::AtomicBool,
+    /// Test hook: the writer panics at its next round.
+    pub panic_next_round: std::sync::atomic::AtomicBool,
     /// Test hook: the next write fails with this errno (0: none).
     pub fail_next_write: std::sync::atomic::AtomicI32,
     /// Where blocking ticket waiters sleep.

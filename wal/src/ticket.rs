@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
-use crate::error::Result;
+use crate::error::{Result, WalError};
 
 /// Where blocking waiters of one WAL sleep. The writer numbers its rounds (each
 /// drain of the queue) from 1 and stamps every ticket it takes with its round; a
@@ -197,6 +197,38 @@ impl Completion {
     }
 }
 
+/// The WAL's side of one ticket: resolving it consumes it. One dropped
+/// unresolved (the writer thread panicked mid-round, or the WAL went away with
+/// the request still queued) resolves its ticket with
+/// [`WalError::WriterGone`], so that no waiter sleeps forever.
+#[derive(Debug)]
+pub(crate) struct Resolver(Arc<Completion>);
+
+impl Resolver {
+    /// See [`Completion::stamp`].
+    pub fn stamp(&self, round: u64) {
+        self.0.stamp(round);
+    }
+
+    /// See [`Completion::complete`].
+    pub fn complete(self, result: Result<()>) {
+        self.0.complete(result);
+    }
+
+    /// See [`Completion::resolve`]: the caller rings the bell.
+    fn resolve(self, result: Result<()>) {
+        self.0.resolve(result);
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        if !self.0.done.load(Ordering::SeqCst) {
+            self.0.complete(Err(WalError::WriterGone));
+        }
+    }
+}
+
 /// Runs a caller's callback on a WAL thread. A panic in it is contained (the
 /// panic hook has reported it): unwinding through the writer would leave the
 /// rest of the round's tickets unresolved and their waiters asleep for good.
@@ -208,10 +240,10 @@ fn run_callback(f: Callback, result: Result<()>) {
 pub(crate) fn complete_all(
     bell: &Bell,
     round: u64,
-    items: impl IntoIterator<Item = (Arc<Completion>, Result<()>)>,
+    items: impl IntoIterator<Item = (Resolver, Result<()>)>,
 ) {
     for (c, r) in items {
-        debug_assert!(std::ptr::eq(&*c.bell, bell), "a ticket of another WAL");
+        debug_assert!(std::ptr::eq(&*c.0.bell, bell), "a ticket of another WAL");
         c.resolve(r);
     }
     bell.ring(round);
@@ -227,14 +259,14 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    pub(crate) fn new(bell: &Arc<Bell>) -> (Ticket, Arc<Completion>) {
+    pub(crate) fn new(bell: &Arc<Bell>) -> (Ticket, Resolver) {
         let c = Arc::new(Completion {
             state: Mutex::default(),
             done: AtomicBool::new(false),
             round: AtomicU64::new(UNSTAMPED),
             bell: bell.clone(),
         });
-        (Ticket { inner: c.clone() }, c)
+        (Ticket { inner: c.clone() }, Resolver(c))
     }
 
     pub(crate) fn resolved(result: Result<()>) -> Ticket {

@@ -120,6 +120,7 @@ impl Wal {
             pool,
             fail_next_sync: Default::default(),
             fail_next_write: Default::default(),
+            panic_next_round: Default::default(),
             bell: Default::default(),
         });
         let (active, tail, next_seq) = match rec.active {
@@ -350,6 +351,13 @@ impl Wal {
     #[doc(hidden)]
     pub fn inject_write_failure(&self, errno: i32) {
         self.shared.fail_next_write.store(errno, Ordering::Relaxed);
+    }
+
+    /// Test hook: the writer thread panics at its next round, as a bug
+    /// would make it.
+    #[doc(hidden)]
+    pub fn inject_writer_panic(&self) {
+        self.shared.panic_next_round.store(true, Ordering::Relaxed);
     }
 
     /// The directory.

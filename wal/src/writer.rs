@@ -19,7 +19,7 @@ use crate::linger::Pace;
 use crate::payload::{encode_compaction, encode_entries, encode_hard_state};
 use crate::segment::{SegmentFile, activate, delete, recycle};
 use crate::state::{Applied, Counters, Shared};
-use crate::ticket::{Bell, Completion, complete_all};
+use crate::ticket::{Bell, Resolver, complete_all};
 
 /// Rounds of at most this many bytes, or of at most this many waiters, wake
 /// their waiters on the writer thread; the others hand them to the completer
@@ -30,18 +30,18 @@ const INLINE_WAKE_WAITERS_MAX: usize = 4;
 pub(crate) enum Msg {
     Write {
         batch: LogBatch,
-        done: Arc<Completion>,
+        done: Resolver,
     },
     /// Reclaim now; `rewrite_all` rolls to a fresh segment and rewrites every
     /// group there, so that every older segment can go.
     Reclaim {
         rewrite_all: bool,
-        done: Arc<Completion>,
+        done: Resolver,
     },
 }
 
 impl Msg {
-    fn done(&self) -> &Completion {
+    fn done(&self) -> &Resolver {
         match self {
             Msg::Write { done, .. } | Msg::Reclaim { done, .. } => done,
         }
@@ -53,7 +53,7 @@ struct Request {
     ops: Vec<Op>,
     /// Internal rewrite records (no validation, Relocate kind for entries).
     internal: bool,
-    done: Option<Arc<Completion>>,
+    done: Option<Resolver>,
 }
 
 /// Log bounds of a group as seen by validation (index + earlier requests of the
@@ -176,7 +176,7 @@ struct Drained {
 /// Tickets of one round to resolve, with their outcomes.
 pub(crate) struct Completions {
     round: u64,
-    items: Vec<(Arc<Completion>, Result<()>)>,
+    items: Vec<(Resolver, Result<()>)>,
 }
 
 /// The completer thread: wakes the waiters of durable batches.
@@ -186,8 +186,32 @@ pub(crate) fn complete_loop(bell: Arc<Bell>, rx: Receiver<Completions>) {
     }
 }
 
+/// Stops the WAL for good when the writer thread unwinds (a panic is a bug):
+/// later submits fail at once, and the queued requests fail now instead of
+/// waiting for the WAL to be dropped. The tickets of the round in hand fail
+/// as their [`Resolver`]s drop.
+struct StopOnUnwind {
+    shared: Arc<Shared>,
+    rx: Receiver<Msg>,
+}
+
+impl Drop for StopOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.shared.poison.set(WalError::WriterGone);
+            while let Ok(m) = self.rx.try_recv() {
+                drop(m);
+            }
+        }
+    }
+}
+
 impl Writer {
     pub fn run(mut self) {
+        let _stop = StopOnUnwind {
+            shared: self.shared.clone(),
+            rx: self.rx.clone(),
+        };
         let max = self.shared.config.batch_bytes_max;
         while let Ok(first) = self.rx.recv() {
             self.round += 1;
@@ -238,6 +262,13 @@ impl Writer {
     }
 
     fn handle(&mut self, msgs: Vec<Msg>) {
+        if self
+            .shared
+            .panic_next_round
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            panic!("injected wal writer panic (test hook)");
+        }
         let mut writes = Vec::new();
         let mut reclaims = Vec::new();
         for m in msgs {

@@ -442,6 +442,54 @@ fn failed_sync_poisons_and_is_reported_to_every_waiter() {
 }
 
 #[test]
+fn a_writer_panic_fails_every_waiter_instead_of_leaving_it_asleep() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut model = Model::new();
+    let (wal, _) = Wal::open(dir.path(), config()).expect("open");
+    wal.write(batch(&mut model, 0..2, 1)).expect("ok");
+    let acked = model.clone();
+    wal.inject_writer_panic();
+    // The first round to be taken panics with its tickets in hand; the rest
+    // are queued behind it, or come after the WAL stopped.
+    let tickets: Vec<_> = (0..16)
+        .map(|g| wal.submit(batch(&mut model, g..g + 1, 1)))
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, t) in tickets.into_iter().enumerate() {
+        let tx = tx.clone();
+        if i % 2 == 0 {
+            std::thread::spawn(move || tx.send(t.wait()));
+        } else {
+            t.on_done(move |r| {
+                let _ = tx.send(r);
+            });
+        }
+    }
+    for _ in 0..16 {
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a waiter was left asleep");
+        let stopped = match &r {
+            Err(WalError::WriterGone | WalError::Closed) => true,
+            Err(WalError::Poisoned { cause }) => matches!(**cause, WalError::WriterGone),
+            _ => false,
+        };
+        assert!(stopped, "{r:?}");
+    }
+    assert!(matches!(wal.poisoned(), Some(WalError::WriterGone)));
+    let r = wal.write(batch(&mut model, 0..1, 1));
+    assert!(r.is_err(), "{r:?}");
+    // What was acknowledged before is still served, and the WAL closes.
+    check_exact(&wal, &acked);
+    assert!(wal.close().is_err());
+    let (wal, _) = Wal::open(dir.path(), config()).expect("reopen");
+    check_no_wrong_data(&wal, &model);
+    for (&g, m) in &acked {
+        assert!(wal.last_index(g) >= m.keys().next_back().copied());
+    }
+}
+
+#[test]
 fn full_disk_is_reported_as_such_and_poisons() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut model = Model::new();
