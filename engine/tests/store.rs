@@ -902,6 +902,44 @@ fn a_leader_behind_its_own_disk_answers_then_snapshots_once_it_catches_up() {
     sim.run_until_quiesced(100);
 }
 
+/// A snapshot copies the whole state, so a large range snapshots only once
+/// the log since its last snapshot is about as large as the state
+/// (`snapshot_log_percent`), not every `snapshot_entries` entries: the bytes
+/// of snapshots written stay bounded by the bytes applied.
+#[test]
+fn a_large_range_snapshots_in_proportion_to_its_size_not_every_few_entries() {
+    let mut runs = Vec::new();
+    for percent in [0, 100] {
+        let mut sim = Sim::new(4, |c| {
+            c.snapshot_entries = 4;
+            c.snapshot_log_percent = percent;
+        });
+        sim.run_until_quiesced(100);
+        let range = FIRST_USER_RANGE;
+        let leader = sim.agreed_leader(range).expect("leader");
+        // A state of 40 KiB, then 80 small overwrites of one key.
+        let big = Bytes::from(vec![7u8; 1024]);
+        for i in 0..40 {
+            let key = sim.key_in(range, &format!("big{i}"));
+            let id = sim.put(leader, range, &key, &big);
+            assert_eq!(sim.reply(id), Some(&applied_done()));
+        }
+        let before = sim.store(leader).stats().snapshots_taken;
+        let key = sim.key_in(range, "hot");
+        for i in 0..80 {
+            let id = sim.put(leader, range, &key, &Bytes::from(format!("v{i}")));
+            assert_eq!(sim.reply(id), Some(&applied_done()));
+        }
+        runs.push(sim.store(leader).stats().snapshots_taken - before);
+        sim.run_until_quiesced(100);
+    }
+    // Without the rule: one per 4 entries. With it, 80 small entries (about
+    // 3 KiB of log) do not pay for copies of 40 KiB; at most the one that the
+    // big writes before them had paid for already.
+    assert!(runs[0] >= 15, "every 4 entries: {runs:?}");
+    assert!(runs[1] <= 1, "{runs:?}");
+}
+
 #[test]
 fn a_write_is_acknowledged_only_once_a_follower_made_it_durable() {
     let mut sim = Sim::new(4, |_| {});

@@ -47,6 +47,9 @@ pub(crate) enum Event {
     Persisted {
         token: u64,
     },
+    /// The snapshot files of a write batch are durable (written off the
+    /// loop); its WAL records go next.
+    SnapshotsStored(WriteBatch),
     StorageFailed(String),
     Inspect(Box<dyn FnOnce(&Store) + Send>),
     Shutdown(oneshot::Sender<()>),
@@ -79,6 +82,7 @@ impl std::fmt::Debug for Event {
             Event::Request { .. } => "Request",
             Event::Peer { .. } => "Peer",
             Event::Persisted { .. } => "Persisted",
+            Event::SnapshotsStored(_) => "SnapshotsStored",
             Event::StorageFailed(_) => "StorageFailed",
             Event::Inspect(_) => "Inspect",
             Event::Shutdown(_) => "Shutdown",
@@ -182,6 +186,26 @@ struct Looper {
     waiting: HashMap<ReqId, oneshot::Sender<Result<Reply, StoreError>>>,
     next_req: ReqId,
     failed: Option<String>,
+    writes: Writes,
+}
+
+/// Write batches on their way to storage, kept in order.
+///
+/// A batch that carries snapshots has its files written on a blocking
+/// thread: a snapshot is the range's whole state, and writing and syncing it
+/// on the loop stalled every request of the node meanwhile (one range of
+/// 100,000 keys: a p99 of 9-11 ms, every snapshot). The batches after it
+/// wait here until its files are durable and its WAL records are submitted,
+/// so the WAL sees every batch in the store's order. Meanwhile the loop goes
+/// on: a leader commits on its followers' acknowledgements.
+#[derive(Default)]
+struct Writes {
+    /// Snapshot files being written.
+    storing: bool,
+    /// Batches behind them.
+    waiting: std::collections::VecDeque<WriteBatch>,
+    /// Batches whose files are durable, to submit to the WAL.
+    stored: Vec<WriteBatch>,
 }
 
 impl Looper {
@@ -201,6 +225,7 @@ impl Looper {
             }
             Event::Peer { from, batch } => store.receive(from, batch),
             Event::Persisted { token } => store.persisted(token),
+            Event::SnapshotsStored(write) => self.writes.stored.push(write),
             Event::StorageFailed(why) => {
                 tracing::error!(error = %why, "storage failed; the node stops serving");
                 self.failed = Some(why);
@@ -241,6 +266,7 @@ async fn run(
         waiting: HashMap::new(),
         next_req: 0,
         failed: None,
+        writes: Writes::default(),
     };
     loop {
         let shutdown = tokio::select! {
@@ -285,15 +311,26 @@ async fn run(
             let _ = done.send(());
             return;
         }
+        for write in std::mem::take(&mut lp.writes.stored) {
+            lp.writes.storing = false;
+            if lp.failed.is_none() {
+                submit(&io, write, &tx, &counters);
+            }
+            while !lp.writes.storing
+                && lp.failed.is_none()
+                && let Some(next) = lp.writes.waiting.pop_front()
+            {
+                lp.writes.persist(&io, next, &tx, &counters);
+            }
+        }
         while store.has_ready() {
             let rd = store.ready();
             // After a storage failure nothing more is written and nothing
             // waiting on a write is ever acknowledged.
             if let Some(write) = rd.write
                 && lp.failed.is_none()
-                && let Err(why) = persist(&io, write, &tx, &counters)
             {
-                let _ = tx.send(Event::StorageFailed(why));
+                lp.writes.persist(&io, write, &tx, &counters);
             }
             for (to, batch) in rd.messages {
                 let refused = send_to_peer(&io, to, batch, &counters);
@@ -345,10 +382,74 @@ async fn say_goodbye(
     tokio::time::sleep(GOODBYE_GRACE).await;
 }
 
-/// Writes snapshot files, then submits one WAL batch; its completion comes
-/// back to the loop as an event. With [`Log::Memory`] the batch is dropped
-/// and acknowledged at once.
-fn persist(
+impl Writes {
+    /// Stores `write` after every batch before it: at once if it carries no
+    /// snapshot, else its files on a blocking thread first.
+    fn persist(
+        &mut self,
+        io: &Io,
+        write: WriteBatch,
+        tx: &mpsc::UnboundedSender<Event>,
+        counters: &Arc<RuntimeCounters>,
+    ) {
+        if self.storing {
+            self.waiting.push_back(write);
+            return;
+        }
+        let has_files =
+            matches!(io.log, Log::Wal(_)) && write.groups.iter().any(|g| g.snapshot.is_some());
+        if !has_files {
+            submit(io, write, tx, counters);
+            return;
+        }
+        self.storing = true;
+        let datadir = io.datadir.clone();
+        let tx = tx.clone();
+        let counters = counters.clone();
+        tokio::task::spawn_blocking(move || {
+            let ev = match store_snapshots(&datadir, &write, &counters) {
+                Ok(()) => Event::SnapshotsStored(write),
+                Err(why) => Event::StorageFailed(why),
+            };
+            let _ = tx.send(ev);
+        });
+    }
+}
+
+/// Writes the snapshot files of a batch, each durable before its WAL records
+/// (recovery starts from the snapshot, then replays the log).
+fn store_snapshots(
+    datadir: &DataDir,
+    write: &WriteBatch,
+    counters: &RuntimeCounters,
+) -> Result<(), String> {
+    for g in &write.groups {
+        if let Some(s) = &g.snapshot {
+            let range = g.range;
+            datadir
+                .write_snapshot(range, &s.meta, &s.data)
+                .map_err(|e| format!("range {range}: snapshot write failed: {e}"))?;
+            counters.snapshots_written.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Submits the WAL records of a batch whose snapshot files are stored; the
+/// outcome comes back to the loop as an event. With [`Log::Memory`] the
+/// batch is dropped and acknowledged at once.
+fn submit(
+    io: &Io,
+    write: WriteBatch,
+    tx: &mpsc::UnboundedSender<Event>,
+    counters: &RuntimeCounters,
+) {
+    if let Err(why) = submit_wal(io, write, tx, counters) {
+        let _ = tx.send(Event::StorageFailed(why));
+    }
+}
+
+fn submit_wal(
     io: &Io,
     write: WriteBatch,
     tx: &mpsc::UnboundedSender<Event>,
@@ -369,7 +470,7 @@ fn persist(
     };
     let mut batch = tessera_wal::LogBatch::new();
     for g in write.groups {
-        add_group(io, &mut batch, g, counters)?;
+        add_group(&mut batch, g, counters)?;
     }
     counters.wal_batches.fetch_add(1, Ordering::Relaxed);
     if batch.is_empty() {
@@ -390,19 +491,14 @@ fn persist(
     Ok(())
 }
 
+/// Adds one group's records; its snapshot file is already stored.
 fn add_group(
-    io: &Io,
     batch: &mut tessera_wal::LogBatch,
     g: GroupWrite,
     counters: &RuntimeCounters,
 ) -> Result<(), String> {
     let range = g.range;
     if let Some(s) = g.snapshot {
-        // Durable before any WAL record that relies on it.
-        io.datadir
-            .write_snapshot(range, &s.meta, &s.data)
-            .map_err(|e| format!("range {range}: snapshot write failed: {e}"))?;
-        counters.snapshots_written.fetch_add(1, Ordering::Relaxed);
         if s.replaces_log {
             batch.remove_group(range);
         }

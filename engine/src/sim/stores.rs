@@ -366,6 +366,7 @@ struct World {
     split_of: BTreeMap<RangeId, Bytes>,
     faults: Faults,
     snapshot_entries: u64,
+    snapshot_log_percent: u64,
     wake_max: usize,
     chaos: bool,
     isolated: Option<NodeId>,
@@ -392,6 +393,10 @@ impl World {
             isolate_every_ms: pick(&mut rng, &[0, 800, 2000]),
         };
         let snapshot_entries = pick(&mut rng, &[15, 40, 10_000]);
+        // Half the seeds snapshot by count alone (many snapshots of large
+        // states), half as the node does; not drawn from `rng`, so that the
+        // rest of a seed's world stays what it was.
+        let snapshot_log_percent = if (opts.seed >> 7) % 2 == 0 { 0 } else { 100 };
         let wake_max = pick(&mut rng, &[1, 3, 256]) as usize;
         let ids: Vec<NodeId> = (1..=n_nodes as u64).collect();
         let layout = cluster_layout(&ids, n_ranges);
@@ -402,6 +407,7 @@ impl World {
             sc.seed = opts.seed.wrapping_mul(31).wrapping_add(id);
             sc.boot = sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             sc.snapshot_entries = snapshot_entries;
+            sc.snapshot_log_percent = snapshot_log_percent;
             sc.wake_per_tick_max = wake_max;
             #[cfg(feature = "bug-injection")]
             {
@@ -484,6 +490,7 @@ impl World {
             split_of: BTreeMap::new(),
             faults,
             snapshot_entries,
+            snapshot_log_percent,
             wake_max,
             chaos: true,
             isolated: None,
@@ -1033,6 +1040,7 @@ impl World {
             .wrapping_add(self.now);
         sc.boot = sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         sc.snapshot_entries = self.snapshot_entries;
+        sc.snapshot_log_percent = self.snapshot_log_percent;
         sc.wake_per_tick_max = self.wake_max;
         #[cfg(feature = "bug-injection")]
         {

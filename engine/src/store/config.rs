@@ -23,7 +23,16 @@ pub struct StoreConfig {
     /// Entries applied since the last snapshot before a replica takes a new
     /// one and compacts its log. Default 10,000.
     pub snapshot_entries: u64,
-    /// Entry bytes applied since the last snapshot before a new one. Default 64 MiB.
+    /// A snapshot copies (and the node writes) the whole state of the range,
+    /// so one is taken only once the entry bytes applied since the last one
+    /// reach this percentage of the state's bytes (keys + values) as well:
+    /// the snapshot bytes written per applied byte stay at most
+    /// `100 / snapshot_log_percent`, however large the range. The Raft log
+    /// kept meanwhile is at most about this share of the state. 0: snapshot
+    /// every `snapshot_entries` whatever the state's size. Default 100.
+    pub snapshot_log_percent: u64,
+    /// Entry bytes applied since the last snapshot before a new one, whatever
+    /// the other two say (the bound of the log kept). Default 64 MiB.
     pub snapshot_bytes: u64,
     /// Whether a request for a range this node follows is forwarded to the
     /// leader inside the next message batch to it (and answered in a batch
@@ -56,6 +65,7 @@ impl StoreConfig {
             quiesce_after_ticks: 3,
             wake_per_tick_max: 256,
             snapshot_entries: 10_000,
+            snapshot_log_percent: 100,
             snapshot_bytes: 64 << 20,
             forward_requests: true,
             forward_timeout_ticks: 50,

@@ -1165,9 +1165,13 @@ impl Store {
         let Some(r) = self.replicas.get_mut(&range) else {
             return;
         };
-        if r.entries_since_snapshot < self.cfg.snapshot_entries
-            && r.bytes_since_snapshot < self.cfg.snapshot_bytes
-        {
+        let state_bytes = r.state.approximate_bytes();
+        if !snapshot_due(
+            &self.cfg,
+            r.entries_since_snapshot,
+            r.bytes_since_snapshot,
+            state_bytes,
+        ) {
             // Not due (or a snapshot was just installed): deliver freely.
             r.raft.hold_delivery_at_stable(false);
             return;
@@ -1482,4 +1486,13 @@ fn peer_batch(outbox: &mut BTreeMap<NodeId, PeerBatch>, to: NodeId, hint: usize)
         b.messages.reserve(hint);
     }
     b
+}
+
+/// Whether a replica that applied `entries` entries of `bytes` bytes since its
+/// last snapshot takes a new one, its state being `state_bytes` large (see
+/// [`StoreConfig::snapshot_log_percent`]).
+fn snapshot_due(cfg: &StoreConfig, entries: u64, bytes: u64, state_bytes: u64) -> bool {
+    let paid_for =
+        bytes.saturating_mul(100) >= state_bytes.saturating_mul(cfg.snapshot_log_percent);
+    (entries >= cfg.snapshot_entries && paid_for) || bytes >= cfg.snapshot_bytes
 }
