@@ -94,6 +94,10 @@ pub struct Linger {
     pub sync_multiple: f64,
     /// Upper bound of the wait, in microseconds. Default 2000.
     pub max_us: u64,
+    /// The wait also ends once the round holds this many entries: a round
+    /// that full is worth its sync already, and waiting longer only adds
+    /// latency (many clients on one busy group). 0: no such end. Default 0.
+    pub enough_entries: u32,
 }
 
 impl Default for Linger {
@@ -102,6 +106,7 @@ impl Default for Linger {
             min_entries: 0,
             sync_multiple: 4.0,
             max_us: 2000,
+            enough_entries: 0,
         }
     }
 }

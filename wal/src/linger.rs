@@ -81,6 +81,7 @@ mod tests {
         min_entries: 8,
         sync_multiple: 4.0,
         max_us: 2000,
+        enough_entries: 0,
     };
 
     #[test]

@@ -223,6 +223,14 @@ pub(crate) fn read_record(
 }
 
 impl Shared {
+    /// The fatal state: the poison, or the writer gone (see `Bell`).
+    pub fn fatal(&self) -> Option<WalError> {
+        match self.poison.get() {
+            Some(e) => Some(e.clone()),
+            None => self.bell.writer_gone().then_some(WalError::WriterGone),
+        }
+    }
+
     /// Entries of `group` in `[lo, hi)`, at most `max_bytes` of data (but at least
     /// one entry when `lo < hi`), sharing the segment maps (no copy).
     pub fn read_entries(

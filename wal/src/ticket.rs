@@ -36,9 +36,17 @@ pub(crate) struct Bell {
     /// Threads inside `wait_until`, so that a ring with nobody asleep (the
     /// engine only `.await`s tickets) makes no system call.
     sleepers: AtomicU32,
+    /// Set before any ticket is failed with `WriterGone`: the WAL refuses
+    /// work from then on, even before the dying writer poisons it.
+    gone: AtomicBool,
 }
 
 impl Bell {
+    /// True once a ticket was failed because the writer went away.
+    pub fn writer_gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+
     /// Marks `round`'s drain over; called after stamping its tickets.
     pub fn seal(&self, round: u64) {
         self.sealed.store(round, Ordering::SeqCst);
@@ -224,6 +232,9 @@ impl Resolver {
 impl Drop for Resolver {
     fn drop(&mut self) {
         if !self.0.done.load(Ordering::SeqCst) {
+            // Refuse new work first: a caller that sees this failure must not
+            // get its next submit queued behind a writer that is gone.
+            self.0.bell.gone.store(true, Ordering::SeqCst);
             self.0.complete(Err(WalError::WriterGone));
         }
     }

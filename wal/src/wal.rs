@@ -188,10 +188,8 @@ impl Wal {
     /// Submits a batch; returns at once with a ticket that resolves when the
     /// batch is durable. Blocks only when the queue is full (backpressure).
     pub fn submit(&self, batch: LogBatch) -> Ticket {
-        if let Some(c) = self.shared.poison.get() {
-            return Ticket::resolved(Err(WalError::Poisoned {
-                cause: Box::new(c.clone()),
-            }));
+        if let Some(c) = self.shared.fatal() {
+            return Ticket::resolved(Err(WalError::Poisoned { cause: Box::new(c) }));
         }
         if batch.is_empty() {
             return Ticket::resolved(Ok(()));
@@ -307,7 +305,7 @@ impl Wal {
 
     /// Why the WAL stopped accepting writes, if it did.
     pub fn poisoned(&self) -> Option<WalError> {
-        self.shared.poison.get().cloned()
+        self.shared.fatal()
     }
 
     /// Counters and sizes.
@@ -368,10 +366,8 @@ impl Wal {
     /// Stops the writer after it has handled everything queued.
     pub fn close(mut self) -> Result<()> {
         self.shutdown();
-        match self.shared.poison.get() {
-            Some(c) => Err(WalError::Poisoned {
-                cause: Box::new(c.clone()),
-            }),
+        match self.shared.fatal() {
+            Some(c) => Err(WalError::Poisoned { cause: Box::new(c) }),
             None => Ok(()),
         }
     }

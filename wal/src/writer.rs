@@ -189,7 +189,9 @@ pub(crate) fn complete_loop(bell: Arc<Bell>, rx: Receiver<Completions>) {
 /// Stops the WAL for good when the writer thread unwinds (a panic is a bug):
 /// later submits fail at once, and the queued requests fail now instead of
 /// waiting for the WAL to be dropped. The tickets of the round in hand fail
-/// as their [`Resolver`]s drop.
+/// as their [`Resolver`]s drop. Then the dying thread keeps failing whatever
+/// still arrives (a submit that passed the poison check just before) until
+/// the WAL closes its queue.
 struct StopOnUnwind {
     shared: Arc<Shared>,
     rx: Receiver<Msg>,
@@ -199,7 +201,7 @@ impl Drop for StopOnUnwind {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let _ = self.shared.poison.set(WalError::WriterGone);
-            while let Ok(m) = self.rx.try_recv() {
+            while let Ok(m) = self.rx.recv() {
                 drop(m);
             }
         }
@@ -223,11 +225,17 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // A round already full enough is worth its sync: no waiting.
+            let enough = match self.shared.config.linger.enough_entries {
+                0 => usize::MAX,
+                n => n as usize,
+            };
             if round.bytes < max
+                && round.entries < enough
                 && let Some(until) = self.pace.linger_until()
             {
                 Counters::add(&self.shared.counters.lingered_rounds, 1);
-                while round.bytes < max {
+                while round.bytes < max && round.entries < enough {
                     match self.rx.recv_deadline(until) {
                         Ok(m) => self.take(&mut round, m),
                         Err(_) => break,

@@ -72,6 +72,7 @@ fn a_busy_submitter_gets_fewer_fuller_rounds() {
             min_entries: 2,
             sync_multiple: 1e6,
             max_us: LINGER_US,
+            enough_entries: 0,
         },
     );
     let started = Instant::now();
@@ -110,6 +111,7 @@ fn a_lone_writer_is_never_held_back() {
             min_entries: 3,
             sync_multiple: 1e6,
             max_us: 1_000_000,
+            enough_entries: 0,
         },
     );
     for i in 1..=WRITES {
@@ -119,6 +121,35 @@ fn a_lone_writer_is_never_held_back() {
     assert_eq!(s.lingered_rounds, 0, "{s:?}");
     assert_eq!(s.syncs, WRITES);
     reads_back(&wal, WRITES);
+}
+
+/// `enough_entries`: a round that already holds that many entries starts at
+/// once, while the pace would have it wait; a smaller round still waits.
+#[test]
+fn a_round_full_enough_does_not_wait() {
+    const FULL: u64 = 4;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wal = open(
+        dir.path(),
+        Linger {
+            min_entries: 1,
+            sync_multiple: 1e6,
+            max_us: 200_000,
+            enough_entries: FULL as u32,
+        },
+    );
+    let mut next = 1;
+    for _ in 0..20 {
+        wal.write(entries(next, FULL)).expect("durable");
+        next += FULL;
+    }
+    let s = wal.stats();
+    assert_eq!(s.lingered_rounds, 0, "full rounds never wait: {s:?}");
+    // The pace wants to wait (rounds average 4 entries, at least 1): a round
+    // of one entry does.
+    wal.write(one_entry(next)).expect("durable");
+    assert_eq!(wal.stats().lingered_rounds, 1);
+    reads_back(&wal, next);
 }
 
 #[test]

@@ -85,14 +85,17 @@ pub struct NodeConfig {
 
 /// How a node's WAL groups commits under load: once its rounds average 3
 /// entries, the next write + sync starts no sooner than 6 syncs' time (at most
-/// 2 ms) after the previous one. The store loop keeps producing while a sync
-/// runs, so fewer, fuller syncs cost less per entry; below 3 entries per round
-/// (a few clients) nothing waits. See `tessera_wal::Linger` and docs/wal.md
-/// ("Lingering") for the measurements behind these numbers.
+/// 2 ms) after the previous one, or as soon as 16 entries are waiting. The
+/// store loop keeps producing while a sync runs, so fewer, fuller syncs cost
+/// less per entry; below 3 entries per round (a few clients) nothing waits,
+/// and a busy group does not wait past a round worth its sync. See
+/// `tessera_wal::Linger` and docs/wal.md ("Lingering") for the measurements
+/// behind these numbers.
 pub const WAL_LINGER: tessera_wal::Linger = tessera_wal::Linger {
     min_entries: 3,
     sync_multiple: 6.0,
     max_us: 2000,
+    enough_entries: 16,
 };
 
 impl NodeConfig {

@@ -202,6 +202,9 @@ struct Looper {
 struct Writes {
     /// Snapshot files being written.
     storing: bool,
+    /// The thread writing them: a stopping node waits for it, so that no
+    /// write of this node's lands after its data directory is handed on.
+    task: Option<tokio::task::JoinHandle<()>>,
     /// Batches behind them.
     waiting: std::collections::VecDeque<WriteBatch>,
     /// Batches whose files are durable, to submit to the WAL.
@@ -304,6 +307,9 @@ async fn run(
             other => other,
         };
         if let Some(done) = shutdown {
+            if let Some(task) = lp.writes.task.take() {
+                let _ = task.await;
+            }
             say_goodbye(&mut store, &io, &counters, &mut lp.waiting).await;
             for (_, w) in lp.waiting.drain() {
                 let _ = w.send(Err(StoreError::Unavailable("node shutting down".into())));
@@ -311,8 +317,10 @@ async fn run(
             let _ = done.send(());
             return;
         }
+        debug_assert!(lp.writes.stored.len() <= 1, "one snapshot write at a time");
         for write in std::mem::take(&mut lp.writes.stored) {
             lp.writes.storing = false;
+            lp.writes.task = None;
             if lp.failed.is_none() {
                 submit(&io, write, &tx, &counters);
             }
@@ -406,13 +414,18 @@ impl Writes {
         let datadir = io.datadir.clone();
         let tx = tx.clone();
         let counters = counters.clone();
-        tokio::task::spawn_blocking(move || {
-            let ev = match store_snapshots(&datadir, &write, &counters) {
-                Ok(()) => Event::SnapshotsStored(write),
-                Err(why) => Event::StorageFailed(why),
+        self.task = Some(tokio::task::spawn_blocking(move || {
+            let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store_snapshots(&datadir, &write, &counters)
+            }));
+            let ev = match stored {
+                Ok(Ok(())) => Event::SnapshotsStored(write),
+                Ok(Err(why)) => Event::StorageFailed(why),
+                // Never leave the loop waiting for an event that will not come.
+                Err(_) => Event::StorageFailed("snapshot writer panicked".into()),
             };
             let _ = tx.send(ev);
-        });
+        }));
     }
 }
 

@@ -394,8 +394,9 @@ impl World {
         };
         let snapshot_entries = pick(&mut rng, &[15, 40, 10_000]);
         // Half the seeds snapshot by count alone (many snapshots of large
-        // states), half as the node does; not drawn from `rng`, so that the
-        // rest of a seed's world stays what it was.
+        // states), half as the node does. Not drawn from `rng`, so that the
+        // rest of a seed's world is built as before (its run still differs
+        // where snapshots fall differently).
         let snapshot_log_percent = if (opts.seed >> 7) % 2 == 0 { 0 } else { 100 };
         let wake_max = pick(&mut rng, &[1, 3, 256]) as usize;
         let ids: Vec<NodeId> = (1..=n_nodes as u64).collect();
