@@ -270,10 +270,11 @@ impl Writer {
     }
 
     fn handle(&mut self, msgs: Vec<Msg>) {
-        if self
-            .shared
-            .panic_next_round
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        // A plain load first: the hook's swap would write a shared cache
+        // line every round.
+        let hook = &self.shared.panic_next_round;
+        if hook.load(std::sync::atomic::Ordering::Relaxed)
+            && hook.swap(false, std::sync::atomic::Ordering::Relaxed)
         {
             panic!("injected wal writer panic (test hook)");
         }
