@@ -449,7 +449,7 @@ impl RangeState {
     /// different ones with high probability. Stable across processes and builds.
     ///
     /// Cost: O(size of the descriptor). The pairs' part is an order-independent
-    /// sum of per-pair SipHash-2-4 values updated on every write (see `hash.rs`),
+    /// sum of per-pair hashes (XXH3) updated on every write (see `hash.rs`),
     /// so no scan happens here.
     pub fn state_hash(&self) -> u64 {
         hash::state_hash(
