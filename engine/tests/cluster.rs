@@ -329,6 +329,74 @@ async fn writes_around_frequent_snapshots_survive_a_full_restart() {
     cluster.shutdown().await;
 }
 
+/// A local snapshot's file holds back only its compaction record: with the
+/// snapshot files of every node held (as when all replicas of a range
+/// snapshot at the same index and their files take long), writes go on
+/// being acknowledged past several snapshot points. Before, each node's
+/// WAL waited for the file, so no range could commit. Once released, the
+/// files are written and every acknowledged write survives a full restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_while_snapshot_files_are_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start(dir.path(), 1, Some(20)).await;
+    let nodes: Vec<_> = (0..3)
+        .map(|n| cluster.db(n).expect("running").node().clone())
+        .collect();
+    // Released whatever happens: a panic with files held would leave the
+    // runtime's drop waiting for them.
+    struct Release(Vec<tessera_engine::node::Node>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                n.hold_snapshot_files(false);
+            }
+        }
+    }
+    let release = Release(nodes.clone());
+    for n in &nodes {
+        n.hold_snapshot_files(true);
+    }
+    let written_before: Vec<u64> = nodes.iter().map(|n| n.snapshots_written()).collect();
+    let db = cluster.db(0).expect("running").clone();
+    for i in 0..120 {
+        tokio::time::timeout(Duration::from_secs(20), db.put(key(i), format!("v{i}")))
+            .await
+            .unwrap_or_else(|_| panic!("put {i} waited for a snapshot file"))
+            .expect("put");
+    }
+    let stats = db.node().handle().stats().await.expect("stats");
+    assert!(stats.snapshots_taken >= 3, "few snapshots: {stats:?}");
+    let written: Vec<u64> = nodes.iter().map(|n| n.snapshots_written()).collect();
+    assert_eq!(written, written_before, "a file was written while held");
+    drop(release);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes
+        .iter()
+        .zip(&written_before)
+        .any(|(n, &before)| n.snapshots_written() == before)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "held snapshot files never written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(nodes);
+    for n in 0..3 {
+        cluster.restart(n).await.expect("restart");
+    }
+    let db = cluster.db(1).expect("running");
+    for i in 0..120 {
+        assert_eq!(
+            db.get(key(i)).await.expect("get"),
+            Some(Bytes::from(format!("v{i}"))),
+            "key {i} after a full restart"
+        );
+    }
+    converged(db).await.expect("converged after full restart");
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_cannot_come_back_under_its_old_identity() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -34,8 +34,8 @@ use tessera_engine::store::codec::{decode_batch, encode_batch};
 use tessera_engine::store::recovery::{DurableLog, rebuild_replica};
 use tessera_engine::store::{
     Control, FIRST_USER_RANGE, FORWARDED_ID_BIT, Layout, META_RANGE, PeerBatch, ReadConsistency,
-    ReadOp, Reply, ReqId, Request, Store, StoreConfig, StoreError, StoreReady, WriteBatch,
-    cluster_layout, initial_replica,
+    ReadOp, Reply, ReqId, Request, SnapshotKind, Store, StoreConfig, StoreError, StoreReady,
+    WriteBatch, cluster_layout, initial_replica,
 };
 
 const NODES: [NodeId; 3] = [1, 2, 3];
@@ -100,7 +100,7 @@ impl Disk {
             if let Some(s) = &g.snapshot {
                 let log = self.log.entry(g.range).or_default();
                 let last = self.last_index.entry(g.range).or_default();
-                if s.replaces_log {
+                if s.kind == SnapshotKind::ReplacesLog {
                     log.clear();
                     *last = s.meta.index;
                 } else {

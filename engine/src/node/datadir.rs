@@ -83,6 +83,9 @@ pub struct DataDir {
     pub identity: Identity,
     /// True when the directory was just created: the node bootstraps.
     pub fresh: bool,
+    /// Test hook ([`DataDir::hold_snapshot_files`]).
+    hold: parking_lot::Mutex<bool>,
+    released: parking_lot::Condvar,
 }
 
 impl DataDir {
@@ -133,6 +136,8 @@ impl DataDir {
             root: root.to_path_buf(),
             identity,
             fresh,
+            hold: parking_lot::Mutex::new(false),
+            released: parking_lot::Condvar::new(),
         })
     }
 
@@ -190,6 +195,17 @@ impl DataDir {
         write_durably(&path, text.as_bytes())
     }
 
+    /// Test hook: while held, snapshot files wait before they are written
+    /// (to show what does not wait for them). Release before stopping the
+    /// node: a stopping node waits for the file being written.
+    #[doc(hidden)]
+    pub fn hold_snapshot_files(&self, hold: bool) {
+        *self.hold.lock() = hold;
+        if !hold {
+            self.released.notify_all();
+        }
+    }
+
     /// Stores a replica's snapshot durably (replacing the previous one).
     pub fn write_snapshot(
         &self,
@@ -197,6 +213,12 @@ impl DataDir {
         meta: &SnapshotMeta,
         data: &[u8],
     ) -> Result<(), DataDirError> {
+        {
+            let mut held = self.hold.lock();
+            while *held {
+                self.released.wait(&mut held);
+            }
+        }
         let meta_bytes = encode_snapshot_meta(meta);
         let mut body = Vec::with_capacity(4 + meta_bytes.len() + data.len());
         body.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());

@@ -152,6 +152,7 @@ struct NodeInner {
     /// from the start with [`StorageMode::Memory`].
     wal: parking_lot::Mutex<Option<Arc<tessera_wal::Wal>>>,
     addr: SocketAddr,
+    datadir: Arc<DataDir>,
     /// Descriptors the store asks to publish to the meta range, until a
     /// `Db` takes them (see [`Node::take_publications`]).
     publications: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RangeDescriptor>>>,
@@ -382,7 +383,7 @@ impl Node {
                     Some(wal) => runtime::Log::Wal(wal.clone()),
                     None => runtime::Log::Memory,
                 },
-                datadir,
+                datadir: datadir.clone(),
                 transport: net.transport(),
                 publish: publish_tx,
             },
@@ -420,6 +421,7 @@ impl Node {
                 transport: parking_lot::Mutex::new(Some(net)),
                 wal: parking_lot::Mutex::new(wal),
                 addr,
+                datadir,
                 publications: parking_lot::Mutex::new(Some(publish_rx)),
             }),
         })
@@ -447,6 +449,22 @@ impl Node {
         &self,
     ) -> Option<tokio::sync::mpsc::UnboundedReceiver<RangeDescriptor>> {
         self.inner.publications.lock().take()
+    }
+
+    /// Test hook: holds this node's snapshot files back until released
+    /// (see [`DataDir::hold_snapshot_files`]).
+    #[doc(hidden)]
+    pub fn hold_snapshot_files(&self, hold: bool) {
+        self.inner.datadir.hold_snapshot_files(hold);
+    }
+
+    /// Snapshot files this node has written since it started.
+    pub fn snapshots_written(&self) -> u64 {
+        self.inner
+            .handle
+            .counters
+            .snapshots_written
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The WAL's counters; `None` once shut down, or with

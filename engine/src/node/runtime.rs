@@ -19,10 +19,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::NodeId;
 use crate::range::RangeDescriptor;
+use crate::range::RangeId;
 use crate::store::codec::{decode_batch, encode_batch};
 use crate::store::{
-    Control, GroupWrite, PeerBatch, Reply, ReqId, Request, Store, StoreError, StoreStats,
-    WriteBatch,
+    Control, GroupWrite, PeerBatch, Reply, ReqId, Request, SnapshotKind, SnapshotWrite, Store,
+    StoreError, StoreStats, WriteBatch,
 };
 
 use super::datadir::DataDir;
@@ -47,9 +48,9 @@ pub(crate) enum Event {
     Persisted {
         token: u64,
     },
-    /// The snapshot files of a write batch are durable (written off the
-    /// loop); its WAL records go next.
-    SnapshotsStored(WriteBatch),
+    /// The snapshot files of a job are durable (written off the loop); its
+    /// WAL records go next.
+    SnapshotsStored(FileJob),
     StorageFailed(String),
     Inspect(Box<dyn FnOnce(&Store) + Send>),
     Shutdown(oneshot::Sender<()>),
@@ -191,24 +192,64 @@ struct Looper {
 
 /// Write batches on their way to storage, kept in order.
 ///
-/// A batch that carries snapshots has its files written on a blocking
-/// thread: a snapshot is the range's whole state, and writing and syncing it
+/// A snapshot is the range's whole state, and writing and syncing its file
 /// on the loop stalled every request of the node meanwhile (one range of
-/// 100,000 keys: a p99 of 9-11 ms, every snapshot). The batches after it
-/// wait here until its files are durable and its WAL records are submitted,
-/// so the WAL sees every batch in the store's order. Meanwhile the loop goes
-/// on: a leader commits on its followers' acknowledgements.
+/// 100,000 keys: a p99 of 9-11 ms, every snapshot), so files are written on
+/// a blocking thread, one job at a time, in the store's order. What waits
+/// for a file depends on its [`SnapshotKind`]:
+///
+/// - a local snapshot for log compaction holds back only its compaction
+///   record: the rest of its batch, and later batches, go to the WAL at
+///   once (the log keeps the entries the snapshot covers until that record
+///   is written, and recovery accepts a snapshot file ahead of the log's
+///   compaction point). Followers snapshot at about the same index as their
+///   leader, so this is what keeps a snapshot on every node at once from
+///   stalling every range of the cluster. Such files queued behind one
+///   being written are merged, newest per range
+///   ([`Writes::queue_compactions`]);
+/// - a snapshot the log builds on (one that replaces it, or a split's new
+///   range) holds back its batch and every later one, so the WAL sees them
+///   in the store's order.
 #[derive(Default)]
 struct Writes {
-    /// Snapshot files being written.
-    storing: bool,
-    /// The thread writing them: a stopping node waits for it, so that no
-    /// write of this node's lands after its data directory is handed on.
+    /// The file job on a blocking thread, if any: whether it holds back
+    /// later batches.
+    storing: Option<bool>,
+    /// Its thread: a stopping node waits for it, so that no write of this
+    /// node's lands after its data directory is handed on.
     task: Option<tokio::task::JoinHandle<()>>,
-    /// Batches behind them.
-    waiting: std::collections::VecDeque<WriteBatch>,
-    /// Batches whose files are durable, to submit to the WAL.
-    stored: Vec<WriteBatch>,
+    /// Jobs not started yet, in the store's order.
+    waiting: std::collections::VecDeque<Job>,
+    /// File jobs whose files are durable, to finish on the loop.
+    stored: Vec<FileJob>,
+}
+
+enum Job {
+    /// WAL records with no file to write first.
+    Write(WriteBatch),
+    Files(FileJob),
+}
+
+/// Snapshot files to make durable, then WAL records.
+pub(crate) enum FileJob {
+    /// Local snapshots: then their compaction records (their batch went on
+    /// without them).
+    Compactions(Vec<(RangeId, SnapshotWrite)>),
+    /// A batch with a snapshot the log builds on: then the whole batch.
+    Ordered(WriteBatch),
+}
+
+impl FileJob {
+    fn snapshots(&self) -> Vec<(RangeId, &SnapshotWrite)> {
+        match self {
+            FileJob::Compactions(snaps) => snaps.iter().map(|(r, s)| (*r, s)).collect(),
+            FileJob::Ordered(write) => write
+                .groups
+                .iter()
+                .filter_map(|g| g.snapshot.as_ref().map(|s| (g.range, s)))
+                .collect(),
+        }
+    }
 }
 
 impl Looper {
@@ -318,17 +359,9 @@ async fn run(
             return;
         }
         debug_assert!(lp.writes.stored.len() <= 1, "one snapshot write at a time");
-        for write in std::mem::take(&mut lp.writes.stored) {
-            lp.writes.storing = false;
-            lp.writes.task = None;
+        for job in std::mem::take(&mut lp.writes.stored) {
             if lp.failed.is_none() {
-                submit(&io, write, &tx, &counters);
-            }
-            while !lp.writes.storing
-                && lp.failed.is_none()
-                && let Some(next) = lp.writes.waiting.pop_front()
-            {
-                lp.writes.persist(&io, next, &tx, &counters);
+                lp.writes.stored(&io, job, &tx, &counters);
             }
         }
         while store.has_ready() {
@@ -391,35 +424,134 @@ async fn say_goodbye(
 }
 
 impl Writes {
-    /// Stores `write` after every batch before it: at once if it carries no
-    /// snapshot, else its files on a blocking thread first.
+    /// Stores `write` in the store's order (see [`Writes`]).
     fn persist(
         &mut self,
         io: &Io,
-        write: WriteBatch,
+        mut write: WriteBatch,
         tx: &mpsc::UnboundedSender<Event>,
         counters: &Arc<RuntimeCounters>,
     ) {
-        if self.storing {
-            self.waiting.push_back(write);
-            return;
+        let snapshot_kinds = || {
+            write
+                .groups
+                .iter()
+                .filter_map(|g| g.snapshot.as_ref().map(|s| s.kind))
+        };
+        if !matches!(io.log, Log::Wal(_)) || snapshot_kinds().next().is_none() {
+            self.waiting.push_back(Job::Write(write));
+        } else if snapshot_kinds().any(SnapshotKind::orders_the_log) {
+            self.waiting.push_back(Job::Files(FileJob::Ordered(write)));
+        } else {
+            let snaps: Vec<(RangeId, SnapshotWrite)> = write
+                .groups
+                .iter_mut()
+                .filter_map(|g| g.snapshot.take().map(|s| (g.range, s)))
+                .collect();
+            self.waiting.push_back(Job::Write(write));
+            self.queue_compactions(snaps);
         }
-        let has_files =
-            matches!(io.log, Log::Wal(_)) && write.groups.iter().any(|g| g.snapshot.is_some());
-        if !has_files {
-            submit(io, write, tx, counters);
+        self.pump(io, tx, counters);
+    }
+
+    /// Queues local snapshots' files. If the last file job queued is one of
+    /// compactions not started yet, they join it, a newer snapshot of a range
+    /// replacing an older one: only the newest file and compaction point of
+    /// a range matter, and a node whose files fall behind its snapshots
+    /// would otherwise hold a copy of the state for every one of them.
+    fn queue_compactions(&mut self, snaps: Vec<(RangeId, SnapshotWrite)>) {
+        let last_files = self.waiting.iter_mut().rev().find_map(|j| match j {
+            Job::Files(f) => Some(f),
+            Job::Write(_) => None,
+        });
+        let Some(FileJob::Compactions(queued)) = last_files else {
+            self.waiting
+                .push_back(Job::Files(FileJob::Compactions(snaps)));
             return;
+        };
+        for (range, s) in snaps {
+            match queued.iter_mut().find(|(r, _)| *r == range) {
+                Some(older) => {
+                    debug_assert!(older.1.meta.index < s.meta.index);
+                    older.1 = s;
+                }
+                None => queued.push((range, s)),
+            }
         }
-        self.storing = true;
+    }
+
+    /// A file job's files are durable: its WAL records go next, then
+    /// whatever waited for them.
+    fn stored(
+        &mut self,
+        io: &Io,
+        job: FileJob,
+        tx: &mpsc::UnboundedSender<Event>,
+        counters: &Arc<RuntimeCounters>,
+    ) {
+        self.storing = None;
+        self.task = None;
+        match job {
+            FileJob::Ordered(write) => submit(io, write, tx, counters),
+            FileJob::Compactions(snaps) => submit_compactions(io, snaps, tx),
+        }
+        self.pump(io, tx, counters);
+    }
+
+    /// Starts what may start: WAL records not behind a file job that holds
+    /// them back, and the first file job if no other is being written.
+    fn pump(
+        &mut self,
+        io: &Io,
+        tx: &mpsc::UnboundedSender<Event>,
+        counters: &Arc<RuntimeCounters>,
+    ) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let holds_back = match &self.waiting[i] {
+                Job::Write(_) if self.storing == Some(true) => break,
+                Job::Write(_) => None,
+                Job::Files(job) => Some(matches!(job, FileJob::Ordered(_))),
+            };
+            match holds_back {
+                None => {
+                    if let Some(Job::Write(write)) = self.waiting.remove(i) {
+                        submit(io, write, tx, counters);
+                    }
+                }
+                Some(holds_back) if self.storing.is_none() => {
+                    if let Some(Job::Files(job)) = self.waiting.remove(i) {
+                        self.start(io, job, tx, counters);
+                    }
+                    if holds_back {
+                        break;
+                    }
+                }
+                // Files wait for the job ahead; records pass only a
+                // compaction job.
+                Some(true) => break,
+                Some(false) => i += 1,
+            }
+        }
+    }
+
+    fn start(
+        &mut self,
+        io: &Io,
+        job: FileJob,
+        tx: &mpsc::UnboundedSender<Event>,
+        counters: &Arc<RuntimeCounters>,
+    ) {
+        self.storing = Some(matches!(job, FileJob::Ordered(_)));
         let datadir = io.datadir.clone();
         let tx = tx.clone();
         let counters = counters.clone();
         self.task = Some(tokio::task::spawn_blocking(move || {
             let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                store_snapshots(&datadir, &write, &counters)
+                store_snapshots(&datadir, &job, &counters)
             }));
             let ev = match stored {
-                Ok(Ok(())) => Event::SnapshotsStored(write),
+                Ok(Ok(())) => Event::SnapshotsStored(job),
                 Ok(Err(why)) => Event::StorageFailed(why),
                 // Never leave the loop waiting for an event that will not come.
                 Err(_) => Event::StorageFailed("snapshot writer panicked".into()),
@@ -429,23 +561,49 @@ impl Writes {
     }
 }
 
-/// Writes the snapshot files of a batch, each durable before its WAL records
+/// Writes the snapshot files of a job, each durable before its WAL records
 /// (recovery starts from the snapshot, then replays the log).
 fn store_snapshots(
     datadir: &DataDir,
-    write: &WriteBatch,
+    job: &FileJob,
     counters: &RuntimeCounters,
 ) -> Result<(), String> {
-    for g in &write.groups {
-        if let Some(s) = &g.snapshot {
-            let range = g.range;
-            datadir
-                .write_snapshot(range, &s.meta, &s.data)
-                .map_err(|e| format!("range {range}: snapshot write failed: {e}"))?;
-            counters.snapshots_written.fetch_add(1, Ordering::Relaxed);
-        }
+    for (range, s) in job.snapshots() {
+        datadir
+            .write_snapshot(range, &s.meta, &s.data)
+            .map_err(|e| format!("range {range}: snapshot write failed: {e}"))?;
+        counters.snapshots_written.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Records the compaction points of local snapshots whose files are
+/// durable. Nothing waits for them but the reclaiming of WAL space; a
+/// failure is a storage failure like any other.
+fn submit_compactions(
+    io: &Io,
+    snaps: Vec<(RangeId, SnapshotWrite)>,
+    tx: &mpsc::UnboundedSender<Event>,
+) {
+    let Log::Wal(wal) = &io.log else { return };
+    let mut batch = tessera_wal::LogBatch::new();
+    for (range, s) in snaps {
+        batch.compact(range, compaction_point(&s));
+    }
+    let tx = tx.clone();
+    wal.submit(batch).on_done(move |r| {
+        if let Err(e) = r {
+            let _ = tx.send(Event::StorageFailed(format!("wal write failed: {e}")));
+        }
+    });
+}
+
+fn compaction_point(s: &SnapshotWrite) -> tessera_wal::CompactionPoint {
+    tessera_wal::CompactionPoint {
+        index: s.meta.index,
+        term: s.meta.term,
+        meta: Bytes::from(crate::store::codec::encode_snapshot_meta(&s.meta)),
+    }
 }
 
 /// Submits the WAL records of a batch whose snapshot files are stored; the
@@ -512,17 +670,10 @@ fn add_group(
 ) -> Result<(), String> {
     let range = g.range;
     if let Some(s) = g.snapshot {
-        if s.replaces_log {
+        if s.kind == SnapshotKind::ReplacesLog {
             batch.remove_group(range);
         }
-        batch.compact(
-            range,
-            tessera_wal::CompactionPoint {
-                index: s.meta.index,
-                term: s.meta.term,
-                meta: Bytes::from(crate::store::codec::encode_snapshot_meta(&s.meta)),
-            },
-        );
+        batch.compact(range, compaction_point(&s));
     }
     if !g.entries.is_empty() {
         counters

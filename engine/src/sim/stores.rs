@@ -41,8 +41,8 @@ use crate::range::{ApplyResult, Command, RangeDescriptor, RangeId};
 use crate::store::codec::{decode_batch, encode_batch};
 use crate::store::recovery::{DurableLog, log_rewrite, rebuild_replica};
 use crate::store::{
-    META_RANGE, ReadConsistency, ReadOp, Reply, ReqId, Request, Store, StoreConfig, StoreError,
-    StoreReady, WriteBatch, cluster_layout, initial_replica,
+    META_RANGE, ReadConsistency, ReadOp, Reply, ReqId, Request, SnapshotKind, Store, StoreConfig,
+    StoreError, StoreReady, WriteBatch, cluster_layout, initial_replica,
 };
 
 type Time = u64;
@@ -157,6 +157,13 @@ impl MemDisk {
                 }
                 WalOp::Compact(r, index, term) => {
                     let g = self.wal.entry(*r).or_default();
+                    // The WAL refuses an older compaction point
+                    // (`StaleCompaction`): the host must never send one.
+                    assert!(
+                        g.compacted.is_none_or(|(c, _)| c <= *index),
+                        "range {r}: compaction at {index} after {:?}",
+                        g.compacted
+                    );
                     g.entries.retain(|&i, _| i > *index);
                     g.compacted = Some((*index, *term));
                 }
@@ -220,6 +227,11 @@ struct SimNode {
     disk: MemDisk,
     /// WAL batches written but not yet synced, oldest first.
     pending: VecDeque<(u64, Vec<WalOp>)>,
+    /// Compaction records of local snapshots whose files are durable, held
+    /// back the way the node runtime holds them while it writes the file:
+    /// they reach `pending` after the next batch (or when nothing else is
+    /// pending), so later records can be durable before them.
+    deferred: Vec<WalOp>,
     sync_scheduled: bool,
     incarnation: u64,
     tick_ms: Time,
@@ -435,6 +447,7 @@ impl World {
                     store: Some(store),
                     disk,
                     pending: VecDeque::new(),
+                    deferred: Vec::new(),
                     sync_scheduled: false,
                     incarnation: 1000 + id,
                     tick_ms,
@@ -783,9 +796,15 @@ impl World {
             Ev::Sync(n) => {
                 let node = self.nodes.get_mut(&n).expect("node");
                 node.sync_scheduled = false;
+                if node.pending.len() <= 1 && !node.deferred.is_empty() {
+                    let deferred = std::mem::take(&mut node.deferred);
+                    node.pending.push_back((0, deferred));
+                }
                 if let Some((token, ops)) = node.pending.pop_front() {
                     node.disk.apply(&ops);
-                    if let Some(s) = node.store.as_mut() {
+                    if token != 0
+                        && let Some(s) = node.store.as_mut()
+                    {
                         s.persisted(token);
                     }
                     self.drain(n)?;
@@ -902,6 +921,17 @@ impl World {
         if let Some(WriteBatch { token, groups }) = rd.write {
             let node = self.nodes.get_mut(&n).expect("node");
             let mut ops = Vec::new();
+            let mut deferred = Vec::new();
+            // As the runtime does: a batch with a snapshot the log builds
+            // on is written whole, after every compaction record held back
+            // before it.
+            let ordered = groups
+                .iter()
+                .any(|g| g.snapshot.as_ref().is_some_and(|s| s.kind.orders_the_log()));
+            if ordered && !node.deferred.is_empty() {
+                let earlier = std::mem::take(&mut node.deferred);
+                node.pending.push_back((0, earlier));
+            }
             for g in groups {
                 if let Some(s) = g.snapshot {
                     // Snapshot files are durable before the batch is written.
@@ -912,10 +942,15 @@ impl World {
                             data: s.data,
                         },
                     );
-                    if s.replaces_log {
+                    if s.kind == SnapshotKind::ReplacesLog {
                         ops.push(WalOp::Remove(g.range));
                     }
-                    ops.push(WalOp::Compact(g.range, s.meta.index, s.meta.term));
+                    let compact = WalOp::Compact(g.range, s.meta.index, s.meta.term);
+                    if ordered {
+                        ops.push(compact);
+                    } else {
+                        deferred.push(compact);
+                    }
                 }
                 if !g.entries.is_empty() {
                     ops.push(WalOp::Entries(g.range, g.entries));
@@ -925,6 +960,11 @@ impl World {
                 }
             }
             node.pending.push_back((token, ops));
+            let earlier = std::mem::replace(&mut node.deferred, deferred);
+            if !earlier.is_empty() {
+                // No token: nothing waits for a compaction record.
+                node.pending.push_back((0, earlier));
+            }
             self.schedule_sync(n);
         }
         for (to, batch) in rd.messages {
@@ -1017,6 +1057,7 @@ impl World {
             node.disk.apply(ops);
         }
         node.sync_scheduled = false;
+        node.deferred.clear();
         node.waiting.clear();
         self.report.crashes += 1;
         self.note(format!(

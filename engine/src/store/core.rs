@@ -39,7 +39,9 @@ use crate::range::{
 use super::bootstrap::META_RANGE;
 use super::codec::{Control, PeerBatch, encode_payload};
 use super::config::StoreConfig;
-use super::persist::{AfterPersist, GroupWrite, PersistQueue, SnapshotWrite, WriteBatch};
+use super::persist::{
+    AfterPersist, GroupWrite, PersistQueue, SnapshotKind, SnapshotWrite, WriteBatch,
+};
 use super::replica::{ConfirmedRead, Replica};
 use super::request::{ReadConsistency, ReadOp, Reply, ReqId, Request, StoreError};
 
@@ -911,7 +913,7 @@ impl Store {
                     gw.snapshot = Some(SnapshotWrite {
                         meta: snap.meta,
                         data: snap.data,
-                        replaces_log: true,
+                        kind: SnapshotKind::ReplacesLog,
                     });
                 }
                 Ok(state) => {
@@ -1141,7 +1143,7 @@ impl Store {
             snapshot: Some(SnapshotWrite {
                 meta,
                 data,
-                replaces_log: false,
+                kind: SnapshotKind::NewRange,
             }),
             entries: Vec::new(),
             hard_state: carried,
@@ -1195,7 +1197,7 @@ impl Store {
             snapshot: Some(SnapshotWrite {
                 meta,
                 data,
-                replaces_log: false,
+                kind: SnapshotKind::Compaction,
             }),
             entries: Vec::new(),
             hard_state: None,

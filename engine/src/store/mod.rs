@@ -32,5 +32,5 @@ pub use bootstrap::{
 pub use codec::{Control, PeerBatch};
 pub use config::StoreConfig;
 pub use core::{FORWARDED_ID_BIT, Store, StoreReady, StoreStats};
-pub use persist::{GroupWrite, SnapshotWrite, WriteBatch};
+pub use persist::{GroupWrite, SnapshotKind, SnapshotWrite, WriteBatch};
 pub use request::{ReadConsistency, ReadOp, Reply, ReqId, Request, StoreError};

@@ -41,10 +41,34 @@ pub struct GroupWrite {
 pub struct SnapshotWrite {
     pub meta: SnapshotMeta,
     pub data: Bytes,
-    /// True when a snapshot from the leader replaces this replica's whole log
-    /// (the host drops the group's WAL records first); false for log
-    /// compaction after a local snapshot.
-    pub replaces_log: bool,
+    pub kind: SnapshotKind,
+}
+
+/// What a [`SnapshotWrite`] is to its group's log, which decides what may be
+/// written before its file is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// A local snapshot taken for log compaction: it covers only entries
+    /// already durable in the log, which keeps them until the compaction
+    /// record is written. So the host may write the file while the rest of
+    /// the batch and later batches go to the WAL, and write the compaction
+    /// record once the file is durable.
+    Compaction,
+    /// A snapshot from the leader that replaces this replica's whole log
+    /// (the host drops the group's WAL records first): what follows in the
+    /// log builds on it.
+    ReplacesLog,
+    /// A split's new range, whose first state it is: what follows in the
+    /// log builds on it.
+    NewRange,
+}
+
+impl SnapshotKind {
+    /// Whether the WAL records of this batch and of every later one must
+    /// wait until the file is durable.
+    pub fn orders_the_log(self) -> bool {
+        self != SnapshotKind::Compaction
+    }
 }
 
 /// One group's effects of a write: the point to report to `on_persisted`,
