@@ -774,3 +774,75 @@ fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounter
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::SnapshotMeta;
+
+    fn snap(index: u64) -> SnapshotWrite {
+        SnapshotWrite {
+            meta: SnapshotMeta {
+                index,
+                term: 1,
+                ..SnapshotMeta::default()
+            },
+            data: Bytes::from(format!("state at {index}")),
+            kind: SnapshotKind::Compaction,
+        }
+    }
+
+    fn batch(token: u64) -> WriteBatch {
+        WriteBatch {
+            token,
+            groups: Vec::new(),
+        }
+    }
+
+    /// (range, index) of each queued compaction job's files, in order.
+    fn compaction_jobs(w: &Writes) -> Vec<Vec<(RangeId, u64)>> {
+        w.waiting
+            .iter()
+            .filter_map(|j| match j {
+                Job::Files(FileJob::Compactions(s)) => {
+                    Some(s.iter().map(|(r, s)| (*r, s.meta.index)).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn queued_compaction_files_merge_newest_per_range() {
+        let mut w = Writes::default();
+        w.queue_compactions(vec![(1, snap(10)), (2, snap(5))]);
+        w.waiting.push_back(Job::Write(batch(1)));
+        w.queue_compactions(vec![(1, snap(20)), (3, snap(7))]);
+        assert_eq!(compaction_jobs(&w), vec![vec![(1, 20), (2, 5), (3, 7)]]);
+        let Some(Job::Files(FileJob::Compactions(s))) = w.waiting.front() else {
+            panic!("the merged job stays first");
+        };
+        assert_eq!(s[0].1.data, Bytes::from("state at 20"));
+    }
+
+    #[test]
+    fn compaction_files_never_merge_across_a_snapshot_the_log_builds_on() {
+        let mut w = Writes::default();
+        w.queue_compactions(vec![(1, snap(10))]);
+        let mut installed = snap(15);
+        installed.kind = SnapshotKind::ReplacesLog;
+        w.waiting.push_back(Job::Files(FileJob::Ordered(WriteBatch {
+            token: 2,
+            groups: vec![GroupWrite {
+                range: 1,
+                snapshot: Some(installed),
+                entries: Vec::new(),
+                hard_state: None,
+            }],
+        })));
+        // Taken after the install: merged into the job before it, its file
+        // would be overwritten by the older one.
+        w.queue_compactions(vec![(1, snap(30))]);
+        assert_eq!(compaction_jobs(&w), vec![vec![(1, 10)], vec![(1, 30)]]);
+    }
+}
