@@ -108,6 +108,7 @@ pub async fn bench(args: &Args, stop: watch::Receiver<bool>) -> Result<Report, B
         read_consistency: info.read_consistency,
         storage: info.storage,
         network: info.network,
+        leaders_on: info.leaders_on,
         workload: cfg.workload,
         distribution: cfg.distribution,
         keys: cfg.keys.count(),

@@ -192,6 +192,10 @@ pub struct Manifest {
     /// channels). `None`: not known.
     #[serde(default)]
     pub network: Option<NetworkMode>,
+    /// The node every leader was moved to before the run (`--leaders-on`);
+    /// `None`: where elections put them.
+    #[serde(default)]
+    pub leaders_on: Option<u64>,
     /// The operation mix.
     pub workload: Workload,
     /// The key distribution.
@@ -429,15 +433,19 @@ impl Report {
         let network = m
             .network
             .map_or(String::new(), |n| format!("network {n}  "));
+        let leaders = m
+            .leaders_on
+            .map_or(String::new(), |n| format!("  leaders on node {n}"));
         let _ = writeln!(
             out,
-            "nodes {}  ranges {}  {}  {}tls {}  read consistency {}",
+            "nodes {}  ranges {}  {}  {}tls {}  read consistency {}{}",
             m.nodes.map_or("n/a".into(), |n| n.to_string()),
             m.ranges.map_or("n/a".into(), |n| n.to_string()),
             storage,
             network,
             onoff(m.tls),
             m.read_consistency.map_or("n/a".into(), |c| c.to_string()),
+            leaders,
         );
         let _ = writeln!(
             out,
@@ -564,6 +572,7 @@ pub(crate) mod tests {
             read_consistency: None,
             storage: None,
             network: None,
+            leaders_on: None,
             workload: Workload::A,
             distribution: Distribution::Zipfian,
             keys: 1000,

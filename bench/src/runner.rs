@@ -579,6 +579,7 @@ pub(crate) mod tests {
                 read_consistency: None,
                 storage: None,
                 network: None,
+                leaders_on: None,
             }
         }
 

@@ -80,3 +80,47 @@ fn a_short_in_memory_run_completes_operations_and_says_not_durable() {
     );
     assert_eq!(report["extra"]["wal_syncs"], 0, "{}", report["extra"]);
 }
+
+/// `--leaders-on 2`: every range's leader (the meta range's too) is on node 2
+/// when the run starts, and the manifest and header say so. An unknown node
+/// is refused before anything runs.
+#[test]
+fn leaders_on_moves_every_leader_to_one_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
+        .args(["--duration", "1", "--warmup", "0.5", "--keys", "2000"])
+        .args(["--concurrency", "8", "--ranges", "8", "--quiet"])
+        .args(["--storage", "memory", "--network", "memory"])
+        .args(["--workload", "write-only", "--leaders-on", "2", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("leaders on node 2"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["totals"]["count"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["manifest"]["leaders_on"], 2);
+    let leaders = &report["extra"]["leaders_per_node"];
+    assert_eq!(
+        leaders["node2"], 9,
+        "8 ranges and the meta range: {leaders}"
+    );
+    assert_eq!(leaders["node1"], 0, "{leaders}");
+    assert_eq!(leaders["node3"], 0, "{leaders}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
+        .args(["--duration", "1", "--quiet", "--storage", "memory"])
+        .args(["--network", "memory", "--leaders-on", "4"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nodes are 1 to 3"), "{stderr}");
+}

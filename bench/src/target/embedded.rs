@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tessera_engine::cluster::{LocalCluster, LocalClusterOptions};
@@ -38,6 +38,9 @@ pub struct EmbeddedOptions {
     pub storage: StorageMode,
     /// QUIC (default), or in-process channels (`--network memory`).
     pub network: NetworkMode,
+    /// Move every range's leader to this node before the run
+    /// (`--leaders-on`); `None`: where elections put them.
+    pub leaders_on: Option<u64>,
 }
 
 impl Default for EmbeddedOptions {
@@ -50,6 +53,7 @@ impl Default for EmbeddedOptions {
             dir: None,
             storage: StorageMode::Disk,
             network: NetworkMode::Quic,
+            leaders_on: None,
         }
     }
 }
@@ -60,6 +64,17 @@ pub async fn connect_embedded(opts: &EmbeddedOptions) -> Result<Box<dyn Target>,
         return Err(TargetError::Other {
             kind: "config".into(),
             message: "--nodes and --ranges must be at least 1".into(),
+        });
+    }
+    if let Some(n) = opts.leaders_on
+        && !(1..=u64::from(opts.nodes)).contains(&n)
+    {
+        return Err(TargetError::Other {
+            kind: "config".into(),
+            message: format!(
+                "--leaders-on {n}: the cluster's nodes are 1 to {}",
+                opts.nodes
+            ),
         });
     }
     let (dir, temp) = match &opts.dir {
@@ -93,6 +108,9 @@ pub async fn connect_embedded(opts: &EmbeddedOptions) -> Result<Box<dyn Target>,
     };
     let cluster = LocalCluster::start(co).await.map_err(|e| db_error(&e))?;
     let dbs: Vec<Db> = cluster.dbs().cloned().collect();
+    if let Some(node) = opts.leaders_on {
+        move_leaders(&dbs, node).await?;
+    }
     Ok(Box::new(Embedded {
         opts: opts.clone(),
         dbs,
@@ -100,6 +118,53 @@ pub async fn connect_embedded(opts: &EmbeddedOptions) -> Result<Box<dyn Target>,
         temp: parking_lot::Mutex::new(temp),
         started: Instant::now(),
     }))
+}
+
+/// Moves the leader of every range with a replica on `node` (the meta range
+/// too) there, and waits until that node leads them all.
+async fn move_leaders(dbs: &[Db], node: u64) -> Result<(), TargetError> {
+    const ATTEMPTS: usize = 50;
+    let db = &dbs[0];
+    db.refresh_routes().await.map_err(|e| db_error(&e))?;
+    let mut ranges = db.ranges();
+    ranges.push(db.meta_descriptor());
+    ranges.retain(|d| d.replicas.contains(&node));
+    for d in &ranges {
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            match db.transfer_leader(d.id, node).await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(e) = last {
+            return Err(TargetError::Other {
+                kind: "config".into(),
+                message: format!("--leaders-on {node}: range {} kept its leader: {e}", d.id),
+            });
+        }
+    }
+    let leader = &dbs[(node - 1) as usize];
+    for _ in 0..ATTEMPTS {
+        let leads = leader
+            .node()
+            .handle()
+            .stats()
+            .await
+            .map_or(0, |s| s.leaders);
+        if leads >= ranges.len() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(TargetError::Other {
+        kind: "config".into(),
+        message: format!("--leaders-on {node}: the node does not lead every range"),
+    })
 }
 
 struct Embedded {
@@ -121,6 +186,7 @@ impl Target for Embedded {
             read_consistency: Some(self.opts.read_consistency),
             storage: Some(self.opts.storage),
             network: Some(self.opts.network),
+            leaders_on: self.opts.leaders_on,
         }
     }
 

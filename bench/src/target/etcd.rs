@@ -93,6 +93,7 @@ impl Target for EtcdTarget {
             read_consistency: Some(self.read_consistency),
             storage: None,
             network: None,
+            leaders_on: None,
         }
     }
 

@@ -111,6 +111,8 @@ pub struct TargetInfo {
     pub storage: Option<StorageMode>,
     /// How the embedded target's nodes reach each other (`None`: not known).
     pub network: Option<NetworkMode>,
+    /// The node every leader was moved to before the run (`--leaders-on`).
+    pub leaders_on: Option<u64>,
 }
 
 /// Where the embedded cluster keeps its Raft log (`--storage`).

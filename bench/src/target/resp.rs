@@ -60,6 +60,7 @@ impl Target for RespTarget {
             read_consistency: None,
             storage: None,
             network: None,
+            leaders_on: None,
         }
     }
 
