@@ -48,8 +48,9 @@ pub struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub nodes: u32,
 
-    /// Before the run, move the leader of every range of the embedded cluster to
-    /// node N (default: where elections put them, spread over the nodes). The
+    /// Before the run, move the leader of every range of the embedded cluster that
+    /// has a replica on node N there (default: where elections put them, spread
+    /// over the nodes). The
     /// embedded nodes share one machine's cores, so spreading their leaders buys
     /// nothing there (bench/README.md, "Leaders on one machine").
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]

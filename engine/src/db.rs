@@ -733,10 +733,10 @@ impl Db {
     // ----- Introspection -----
 
     /// Every range's descriptor as this handle's routing table knows it, in
-    /// key order. While a split is only partly known, the table may show
-    /// the old range over the half not yet learned, or (when the left half
-    /// was learned first) no range there; [`refresh_routes`](Self::refresh_routes)
-    /// catches up with the meta range.
+    /// key order. While a split is only partly known (its right half is
+    /// published to the meta range first), no range may be shown over the
+    /// half not yet learned; [`refresh_routes`](Self::refresh_routes) catches
+    /// up with the meta range.
     pub fn ranges(&self) -> Vec<RangeDescriptor> {
         self.inner
             .routes
@@ -837,9 +837,8 @@ impl Db {
 
     // ----- Routing -----
 
-    /// The cached descriptor that contains `key`, if any (while a split is
-    /// only partly known, perhaps a stale one its range will refuse, or
-    /// none).
+    /// The cached descriptor that contains `key`, if any (none in the gap a
+    /// split leaves until both halves are known).
     fn route(&self, key: &[u8]) -> Option<RangeDescriptor> {
         lookup(&self.inner.routes.read().by_start, key).cloned()
     }
@@ -1069,7 +1068,8 @@ fn lookup<'a>(
 }
 
 /// The last range of the table starting at or before `key`: the one that
-/// holds it, or (before the table knows a range there) the nearest before.
+/// holds it, or (in the gap a split leaves until both halves are known) the
+/// one that did.
 fn known_range<'a>(
     by_start: &'a BTreeMap<Bytes, RangeDescriptor>,
     key: &[u8],
@@ -1081,18 +1081,19 @@ fn known_range<'a>(
 }
 
 /// Adds `d` to a routing table unless the table knows a newer descriptor of
-/// any part of its span. Overlapping descriptors are a range and what it was
-/// split from, and a split gives both halves a higher epoch than their
-/// parent, so for any key the higher epoch is the newer truth.
+/// any part of its span; drops the older ones it overlaps. Overlapping
+/// descriptors are a range and what it was split from, and a split gives
+/// both halves a higher epoch than their parent, so for any key the higher
+/// epoch is the newer truth.
 ///
-/// The older descriptors of other ranges that `d` overlaps keep what lies
-/// outside its span, under their old id and epoch: a split's right half is
-/// usually learned first (it is published first), and its parent's id
-/// still holds the left half, so the table keeps tiling the key space and
-/// a request routed there is refused with the left half's descriptor,
-/// which the table then learns. What an older descriptor of `d`'s own
-/// range held outside `d` is dropped instead: that range no longer holds
-/// it, and the gap sends the next request for it to the meta range.
+/// Dropping leaves a gap where the older descriptor reached beyond `d`
+/// (a split's right half learned before its left, which is the order the
+/// halves are published in). The gap is honest: no range known here holds
+/// those keys, so a request for one reloads the table from the meta range
+/// (`Db::route_or_refresh`, `Db::send`). Keeping the older descriptor's
+/// remainder instead was tried (session 10) and undone: a stale piece of a
+/// range that shrank again kept requests retrying it until they timed out,
+/// and a split's caller could take the parent's piece for its left half.
 fn merge_route(by_start: &mut BTreeMap<Bytes, RangeDescriptor>, d: RangeDescriptor) {
     let overlaps = |o: &RangeDescriptor| {
         (o.end.is_empty() || d.start < o.end) && (d.end.is_empty() || o.start < d.end)
@@ -1104,19 +1105,6 @@ fn merge_route(by_start: &mut BTreeMap<Bytes, RangeDescriptor>, d: RangeDescript
     }
     for o in overlapping {
         by_start.remove(&o.start);
-        if o.id == d.id {
-            continue;
-        }
-        if o.start < d.start {
-            let mut before = o.clone();
-            before.end = d.start.clone();
-            by_start.insert(before.start.clone(), before);
-        }
-        if !d.end.is_empty() && (o.end.is_empty() || d.end < o.end) {
-            let mut after = o;
-            after.start = d.end.clone();
-            by_start.insert(after.start.clone(), after);
-        }
     }
     by_start.insert(d.start.clone(), d);
 }
@@ -1154,21 +1142,18 @@ mod tests {
     }
 
     #[test]
-    fn a_right_half_learned_first_leaves_its_parent_on_the_left_not_a_gap() {
+    fn a_right_half_learned_first_leaves_a_gap_until_the_left_half_is_known() {
         let mut t = BTreeMap::new();
         merge_route(&mut t, desc(1, "", "m", 1));
         merge_route(&mut t, desc(2, "m", "", 1));
         // Range 1 split at "f" into 1 ["", "f") and 3 ["f", "m"), epoch 2.
         merge_route(&mut t, desc(3, "f", "m", 2));
-        assert_eq!(
-            spans(&t),
-            vec![
-                span(1, "", "f", 1),
-                span(3, "f", "m", 2),
-                span(2, "m", "", 1)
-            ]
-        );
-        assert_eq!(lookup(&t, b"a").map(|d| d.id), Some(1));
+        assert_eq!(spans(&t), vec![span(3, "f", "m", 2), span(2, "m", "", 1)]);
+        // No known range holds "a": the caller reloads the table.
+        assert!(lookup(&t, b"a").is_none());
+        // Learning the old parent again changes nothing.
+        merge_route(&mut t, desc(1, "", "m", 1));
+        assert_eq!(spans(&t).len(), 2);
         merge_route(&mut t, desc(1, "", "f", 2));
         assert_eq!(
             spans(&t),
@@ -1178,37 +1163,16 @@ mod tests {
                 span(2, "m", "", 1)
             ]
         );
-        // Learning the old parent again changes nothing.
-        merge_route(&mut t, desc(1, "", "m", 1));
-        assert_eq!(spans(&t).len(), 3);
     }
 
     #[test]
-    fn a_descriptor_inside_an_older_one_splits_it_in_three() {
+    fn a_left_half_learned_first_leaves_a_gap_where_its_range_no_longer_reaches() {
         let mut t = BTreeMap::new();
         merge_route(&mut t, desc(1, "", "", 1));
-        merge_route(&mut t, desc(7, "f", "m", 3));
-        assert_eq!(
-            spans(&t),
-            vec![
-                span(1, "", "f", 1),
-                span(7, "f", "m", 3),
-                span(1, "m", "", 1)
-            ]
-        );
-        // A newer descriptor over several pieces replaces all of them.
-        merge_route(&mut t, desc(1, "", "", 4));
-        assert_eq!(spans(&t), vec![span(1, "", "", 4)]);
-    }
-
-    #[test]
-    fn a_range_that_shrank_leaves_a_gap_rather_than_a_piece_it_lost() {
-        let mut t = BTreeMap::new();
-        merge_route(&mut t, desc(1, "", "", 1));
-        // The left half of a split learned first: its right half's id is
-        // unknown, so its keys must be looked up, not sent to range 1.
         merge_route(&mut t, desc(1, "", "f", 2));
         assert_eq!(spans(&t), vec![span(1, "", "f", 2)]);
         assert!(lookup(&t, b"g").is_none());
+        merge_route(&mut t, desc(4, "f", "", 2));
+        assert_eq!(spans(&t), vec![span(1, "", "f", 2), span(4, "f", "", 2)]);
     }
 }
