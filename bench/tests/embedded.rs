@@ -4,24 +4,34 @@
 
 use std::process::Command;
 
-#[test]
-fn a_short_embedded_run_completes_operations_and_writes_json() {
+/// A short run of the embedded cluster without the WAL and without QUIC.
+const SHORT_IN_MEMORY: &str = "--duration 1 --warmup 0.5 --keys 2000 --concurrency 8 --ranges 8 \
+                               --quiet --storage memory --network memory";
+
+/// Runs `tessera-bench` with `args` (split at spaces) and `--json`; its
+/// stdout and the parsed report, after checking that it succeeded.
+fn run(args: &str) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let out = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
-        .args(["--duration", "2", "--warmup", "1", "--keys", "2000"])
-        .args(["--concurrency", "8", "--ranges", "8", "--quiet", "--json"])
+        .args(args.split_whitespace())
+        .arg("--json")
         .arg(&json)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (stdout, report)
+}
+
+#[test]
+fn a_short_embedded_run_completes_operations_and_writes_json() {
+    let (_, report) = run("--duration 2 --warmup 1 --keys 2000 --concurrency 8 --ranges 8 --quiet");
     assert!(report["totals"]["count"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["manifest"]["target"], "embedded");
     assert_eq!(report["manifest"]["nodes"], 3);
@@ -46,27 +56,11 @@ fn a_short_embedded_run_completes_operations_and_writes_json() {
 /// without QUIC. Operations complete, the manifest says so, nothing synced.
 #[test]
 fn a_short_in_memory_run_completes_operations_and_says_not_durable() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
-        .args(["--duration", "1", "--warmup", "0.5", "--keys", "2000"])
-        .args(["--concurrency", "8", "--ranges", "8", "--quiet"])
-        .args(["--storage", "memory", "--network", "memory", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, report) = run(SHORT_IN_MEMORY);
     assert!(
         stdout.contains("storage memory (NOT DURABLE)  network memory"),
         "{stdout}"
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(report["totals"]["count"].as_u64().unwrap() > 0, "{report}");
     let manifest = &report["manifest"];
     assert_eq!(manifest["storage"], "memory", "{manifest}");
@@ -86,25 +80,10 @@ fn a_short_in_memory_run_completes_operations_and_says_not_durable() {
 /// is refused before anything runs.
 #[test]
 fn leaders_on_moves_every_leader_to_one_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
-        .args(["--duration", "1", "--warmup", "0.5", "--keys", "2000"])
-        .args(["--concurrency", "8", "--ranges", "8", "--quiet"])
-        .args(["--storage", "memory", "--network", "memory"])
-        .args(["--workload", "write-only", "--leaders-on", "2", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, report) = run(&format!(
+        "{SHORT_IN_MEMORY} --workload write-only --leaders-on 2"
+    ));
     assert!(stdout.contains("leaders on node 2"), "{stdout}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(report["totals"]["count"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["manifest"]["leaders_on"], 2);
     let leaders = &report["extra"]["leaders_per_node"];
