@@ -21,7 +21,9 @@ pub struct StoreConfig {
     /// Most quiesced groups woken per tick after a node is lost. Default 256.
     pub wake_per_tick_max: usize,
     /// Entries applied since the last snapshot before a replica takes a new
-    /// one and compacts its log. Default 10,000.
+    /// one and compacts its log. Default 2,000: every entry kept is memory
+    /// and WAL space, times the number of replicas on the node (see
+    /// docs/store.md).
     pub snapshot_entries: u64,
     /// A snapshot copies (and the node writes) the whole state of the range,
     /// so one is taken only once the entry bytes applied since the last one
@@ -64,7 +66,7 @@ impl StoreConfig {
             raft,
             quiesce_after_ticks: 3,
             wake_per_tick_max: 256,
-            snapshot_entries: 10_000,
+            snapshot_entries: 2_000,
             snapshot_log_percent: 100,
             snapshot_bytes: 64 << 20,
             forward_requests: true,
