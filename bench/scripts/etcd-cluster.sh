@@ -19,7 +19,8 @@ peer_ports=(2380 22380 32380)
 
 case "$cmd" in
 start)
-    if ! command -v etcd >/dev/null; then
+    # etcdctl (Debian's etcd-client) is what the health check below uses.
+    if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
         apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
     fi
     # Debian's package may start a default single-member etcd on 2379: stop it.

@@ -197,6 +197,7 @@ impl Target for Embedded {
             let mut out = BTreeMap::new();
             let (mut syncs, mut requests, mut bytes, mut lingered) = (0u64, 0u64, 0u64, 0u64);
             let (mut batches, mut entries) = (0u64, 0u64);
+            let (mut rewritten, mut segments, mut recycled, mut deleted) = (0u64, 0u64, 0u64, 0u64);
             let mut leaders = BTreeMap::new();
             let mut quiesced = BTreeMap::new();
             for db in &self.dbs {
@@ -206,6 +207,10 @@ impl Target for Embedded {
                     requests += w.requests;
                     bytes += w.bytes_written;
                     lingered += w.lingered_rounds;
+                    rewritten += w.bytes_rewritten;
+                    segments += w.segments as u64;
+                    recycled += w.segments_recycled;
+                    deleted += w.segments_deleted;
                 }
                 if let Some(s) = node.handle().stats().await {
                     batches += s.write_batches;
@@ -225,6 +230,10 @@ impl Target for Embedded {
             out.insert("wal_requests".into(), serde_json::json!(requests));
             out.insert("wal_lingered_rounds".into(), serde_json::json!(lingered));
             out.insert("wal_bytes_written".into(), serde_json::json!(bytes));
+            out.insert("wal_bytes_rewritten".into(), serde_json::json!(rewritten));
+            out.insert("wal_segments_in_use".into(), serde_json::json!(segments));
+            out.insert("wal_segments_recycled".into(), serde_json::json!(recycled));
+            out.insert("wal_segments_deleted".into(), serde_json::json!(deleted));
             out.insert("store_write_batches".into(), serde_json::json!(batches));
             out.insert("entries_written".into(), serde_json::json!(entries));
             out.insert(
