@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use super::RangeId;
+use super::key::compare;
 use super::wire::{self, DecodeError};
 use crate::raft::NodeId;
 
@@ -29,7 +30,10 @@ pub struct RangeDescriptor {
 impl RangeDescriptor {
     /// Whether `key` lies in `[start, end)`.
     pub fn contains(&self, key: &[u8]) -> bool {
-        key >= &self.start[..] && (self.end.is_empty() || key < &self.end[..])
+        // Checked for every key of every command applied: `compare` spares
+        // the two calls to `memcmp`.
+        compare(key, &self.start).is_ge()
+            && (self.end.is_empty() || compare(key, &self.end).is_lt())
     }
 
     /// The descriptor's bytes: one format version byte

@@ -88,6 +88,7 @@
 mod command;
 mod descriptor;
 mod hash;
+mod key;
 mod snapshot;
 mod state;
 mod wire;

@@ -37,7 +37,8 @@ use std::collections::BTreeMap;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::descriptor::RangeDescriptor;
-use super::state::{Key, RangeState};
+use super::key::Key;
+use super::state::RangeState;
 use super::wire::DecodeError;
 
 /// First eight bytes of every range snapshot.
