@@ -445,11 +445,6 @@ async fn worker_loop(
             i.mul_f64(ctx.worker as f64 / ctx.workers as f64)
         });
     let mut retries_at_measure_start: Option<BTreeMap<String, u64>> = None;
-    // One timer per worker, re-armed only when an operation's deadline
-    // passes it: a timer of its own for every operation cost a few percent
-    // of the CPU at hundreds of thousands of operations per second.
-    let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
     loop {
         if *ctx.stop.borrow() {
             break;
@@ -485,14 +480,7 @@ async fn worker_loop(
             retries_at_measure_start = Some(client.retries());
         }
         let op = generator.next_op();
-        // Open loop, `begin` is when the operation was due: its timeout
-        // counts from when it is sent.
-        let sent = if interval.is_some() {
-            Instant::now()
-        } else {
-            begin
-        };
-        let result = execute(client.as_mut(), &op, sent, ctx.op_timeout, timer.as_mut()).await;
+        let result = execute(client.as_mut(), &op, ctx.op_timeout).await;
         let latency_ns = begin.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         match result {
             Ok(bytes) => {
@@ -520,22 +508,12 @@ async fn worker_loop(
         .collect()
 }
 
-/// Issues `op` (sent at `sent`); the number of key and value bytes it
-/// moved. It times out once it has taken `timeout`: `timer` is moved to
-/// between that deadline and half a timeout later only when it is earlier,
-/// so a worker re-arms it about once every half timeout, not for every
-/// operation. A timeout is reported at most half a timeout late.
+/// Issues `op`; the number of key and value bytes it moved.
 async fn execute(
     client: &mut dyn Client,
     op: &Op<'_>,
-    sent: Instant,
     timeout: Duration,
-    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Result<u64, TargetError> {
-    let deadline = tokio::time::Instant::from_std(sent + timeout);
-    if timer.deadline() < deadline {
-        timer.as_mut().reset(deadline + timeout / 2);
-    }
     let key_bytes = op.key.len() as u64;
     let fut = async {
         match op.kind {
@@ -557,10 +535,9 @@ async fn execute(
             }
         }
     };
-    tokio::select! {
-        biased;
-        result = fut => result,
-        () = timer => Err(TargetError::Timeout {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(TargetError::Timeout {
             timeout_ms: timeout.as_millis() as u64,
         }),
     }
@@ -707,61 +684,6 @@ pub(crate) mod tests {
         assert!(out.recorder.histogram(OpKind::Read).unwrap().min() >= 200_000);
         assert!(out.throughput.iter().any(|s| s.measured));
         assert_eq!(out.recorder.error_count(), 0);
-    }
-
-    /// Runs `count` updates of `delay` each on one worker's timer.
-    async fn updates_on_one_timer(
-        delay: Duration,
-        timeout: Duration,
-        count: usize,
-    ) -> Vec<(Result<u64, TargetError>, Duration)> {
-        let target = MemTarget {
-            delay,
-            ..Default::default()
-        };
-        let mut client = target.connect(0).await.unwrap();
-        let op = Op {
-            kind: OpKind::Update,
-            key: b"k",
-            value: b"v",
-            scan_len: 0,
-        };
-        let timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(timer);
-        let mut out = Vec::new();
-        for _ in 0..count {
-            let sent = Instant::now();
-            let r = execute(client.as_mut(), &op, sent, timeout, timer.as_mut()).await;
-            out.push((r, sent.elapsed()));
-        }
-        out
-    }
-
-    #[tokio::test]
-    async fn an_operation_times_out_once_it_has_taken_the_timeout() {
-        let timeout = Duration::from_millis(100);
-        for (r, took) in updates_on_one_timer(Duration::from_millis(400), timeout, 2).await {
-            assert!(
-                matches!(r, Err(TargetError::Timeout { timeout_ms: 100 })),
-                "{r:?}"
-            );
-            // Never early; at most half a timeout late (plus scheduling).
-            assert!(took >= timeout, "timed out after {took:?}");
-            assert!(
-                took < Duration::from_millis(300),
-                "timed out after {took:?}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn a_timer_armed_for_an_earlier_operation_does_not_cut_a_later_one_short() {
-        // Each op takes 70% of the timeout; together far more than one.
-        let results =
-            updates_on_one_timer(Duration::from_millis(70), Duration::from_millis(100), 6);
-        for (r, took) in results.await {
-            assert_eq!(r.unwrap(), 2, "an op of {took:?} failed");
-        }
     }
 
     #[tokio::test]
