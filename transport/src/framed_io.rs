@@ -5,7 +5,8 @@
 //! A frame is read as one `Bytes` (rkyv validates a contiguous archive). From
 //! a QUIC stream the bytes come as quinn's own chunks (`read_chunk`, no copy
 //! into a caller buffer): a frame that arrives in one chunk is used as is, a
-//! longer one is gathered into a buffer of exactly its length, never zeroed.
+//! longer one is gathered into a buffer (on the messages stream, cut from a
+//! shared chunk: [`BufferPool`]), never zeroed.
 
 use std::future::Future;
 
