@@ -25,7 +25,9 @@ pub fn majority_index(voters: &BTreeSet<NodeId>, acked: impl Fn(NodeId) -> Index
     if voters.is_empty() {
         return Index::MAX;
     }
-    let mut reached: Vec<Index> = voters.iter().map(|&id| acked(id)).collect();
+    // Called on every acknowledgement a leader receives: no heap for the
+    // usual handful of voters.
+    let mut reached: smallvec::SmallVec<[Index; 7]> = voters.iter().map(|&id| acked(id)).collect();
     // Sorted descending, the value at position majority-1 is held by a majority.
     reached.sort_unstable_by(|a, b| b.cmp(a));
     reached[voters.len() / 2]
