@@ -21,10 +21,12 @@ async fn start(dir: &std::path::Path, ranges: u32, snapshot_entries: Option<u64>
     let mut opts = LocalClusterOptions::new(dir);
     opts.initial_ranges = ranges;
     if let Some(n) = snapshot_entries {
-        // Every `n` entries, whatever the size of the state.
+        // Every `n` entries, whatever the size of the state, each captured
+        // by a clone and serialized by the node's snapshot thread.
         let mut sc = StoreConfig::new(0, vec![]);
         sc.snapshot_entries = n;
         sc.snapshot_log_percent = 0;
+        sc.snapshot_inline_bytes = 0;
         opts.store = Some(sc);
     }
     LocalCluster::start(opts).await.expect("cluster starts")

@@ -375,7 +375,7 @@ pub fn decode_snapshot_file(raw: &[u8]) -> Result<Snapshot, String> {
     let meta = decode_snapshot_meta(&rest[..meta_len]).map_err(|e| e.to_string())?;
     Ok(Snapshot {
         meta,
-        data: Bytes::copy_from_slice(&rest[meta_len..]),
+        data: Bytes::copy_from_slice(&rest[meta_len..]).into(),
     })
 }
 
@@ -423,7 +423,7 @@ mod tests {
         };
         dd.write_snapshot(9, &meta, b"state bytes").expect("write");
         let s = dd.read_snapshot(9).expect("read");
-        assert_eq!((s.meta, &s.data[..]), (meta, &b"state bytes"[..]));
+        assert_eq!((s.meta, &s.data.bytes()[..]), (meta, &b"state bytes"[..]));
         assert_eq!(dd.snapshot_ranges().expect("list"), vec![9]);
 
         let path = dd.snapshot_path(9);

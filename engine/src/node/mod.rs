@@ -310,7 +310,11 @@ impl Node {
                 }
                 let (init, state) = initial_replica(desc, &layout);
                 if wal.is_some() {
-                    datadir.write_snapshot(desc.id, &init.snapshot.meta, &init.snapshot.data)?;
+                    datadir.write_snapshot(
+                        desc.id,
+                        &init.snapshot.meta,
+                        &init.snapshot.data.bytes(),
+                    )?;
                 }
                 batch.compact(
                     desc.id,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::raft::NodeId;
+use crate::raft::{NodeId, SnapshotData};
 use crate::range::RangeDescriptor;
 use crate::range::RangeId;
 use crate::store::codec::{decode_batch, encode_batch};
@@ -432,6 +432,7 @@ impl Writes {
         tx: &mpsc::UnboundedSender<Event>,
         counters: &Arc<RuntimeCounters>,
     ) {
+        make_snapshots_off_loop(&write);
         let snapshot_kinds = || {
             write
                 .groups
@@ -569,8 +570,9 @@ fn store_snapshots(
     counters: &RuntimeCounters,
 ) -> Result<(), String> {
     for (range, s) in job.snapshots() {
+        // A local snapshot's bytes are made here, off the store loop.
         datadir
-            .write_snapshot(range, &s.meta, &s.data)
+            .write_snapshot(range, &s.meta, &s.data.bytes())
             .map_err(|e| format!("range {range}: snapshot write failed: {e}"))?;
         counters.snapshots_written.fetch_add(1, Ordering::Relaxed);
     }
@@ -618,6 +620,50 @@ fn submit(
     if let Err(why) = submit_wal(io, write, tx, counters) {
         let _ = tx.send(Event::StorageFailed(why));
     }
+}
+
+/// Starts making the bytes of a batch's deferred snapshots on a blocking
+/// thread at once, whether or not their files can be written yet (a file
+/// job waits for the one before it, fsync included; in memory mode nothing
+/// is written at all). Until the bytes are made, the range's live state
+/// shares its leaves with the captured one, and each leaf written meanwhile
+/// is copied; so the sooner the better. The file writer, or the core for a
+/// follower that needs the snapshot, then finds them made.
+fn make_snapshots_off_loop(write: &WriteBatch) {
+    let deferred: Vec<_> = write
+        .groups
+        .iter()
+        .filter_map(|g| g.snapshot.as_ref())
+        .filter(|s| !s.data.is_ready())
+        .map(|s| s.data.clone())
+        .collect();
+    for data in deferred {
+        // A closed channel (the thread could not start) leaves the bytes to
+        // be made by whoever needs them first.
+        let _ = snapshot_maker().send(data);
+    }
+}
+
+/// One thread of the process makes deferred snapshots' bytes, in the order
+/// they come: the same thread allocates every snapshot buffer, so the
+/// allocator reuses their memory instead of mapping fresh pages each time.
+fn snapshot_maker() -> &'static std::sync::mpsc::Sender<SnapshotData> {
+    static MAKER: std::sync::OnceLock<std::sync::mpsc::Sender<SnapshotData>> =
+        std::sync::OnceLock::new();
+    MAKER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SnapshotData>();
+        let spawned = std::thread::Builder::new()
+            .name("tessera-snapshots".into())
+            .spawn(move || {
+                for data in rx {
+                    data.bytes();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("snapshot thread not started ({e}); snapshots are made when needed");
+        }
+        tx
+    })
 }
 
 fn submit_wal(
@@ -787,7 +833,7 @@ mod tests {
                 term: 1,
                 ..SnapshotMeta::default()
             },
-            data: Bytes::from(format!("state at {index}")),
+            data: Bytes::from(format!("state at {index}")).into(),
             kind: SnapshotKind::Compaction,
         }
     }
@@ -822,7 +868,7 @@ mod tests {
         let Some(Job::Files(FileJob::Compactions(s))) = w.waiting.front() else {
             panic!("the merged job stays first");
         };
-        assert_eq!(s[0].1.data, Bytes::from("state at 20"));
+        assert_eq!(s[0].1.data.bytes(), Bytes::from("state at 20"));
     }
 
     #[test]

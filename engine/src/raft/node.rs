@@ -16,7 +16,7 @@ use super::ready::{ReadState, Ready, SoftState};
 use super::rng::Rng;
 use super::types::{
     ConfState, Entry, EntryPayload, HardState, Index, NO_NODE, NodeId, Role, Snapshot,
-    SnapshotMeta, Term,
+    SnapshotData, SnapshotMeta, Term,
 };
 
 /// What a replica starts from: a new group's first configuration, or what the
@@ -52,7 +52,7 @@ impl InitialState {
                     term: 0,
                     conf_state: ConfState::with_voters(voters),
                 },
-                data: Bytes::new(),
+                data: SnapshotData::default(),
             },
             entries: Vec::new(),
             applied: 1,

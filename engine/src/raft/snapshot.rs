@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::message::MessageBody;
 use super::node::Raft;
 use super::progress::ProgressState;
-use super::types::{Index, NodeId, Snapshot, SnapshotMeta};
+use super::types::{Index, NodeId, Snapshot, SnapshotData, SnapshotMeta};
 
 impl Raft {
     /// The host took a snapshot of its state machine at `index` (at most the
@@ -20,7 +20,7 @@ impl Raft {
     /// once committed, possibly before this replica's own write of them is
     /// durable, see `stable_index`). The log before it is dropped; followers
     /// that need it get the snapshot.
-    pub fn snapshot_taken(&mut self, index: Index, data: Bytes) -> SnapshotMeta {
+    pub fn snapshot_taken(&mut self, index: Index, data: impl Into<SnapshotData>) -> SnapshotMeta {
         assert!(
             index <= self.log.delivered,
             "snapshot at {index} beyond applied"
@@ -45,7 +45,7 @@ impl Raft {
         };
         self.snapshot = Snapshot {
             meta: meta.clone(),
-            data,
+            data: data.into(),
         };
         self.log.compact_to(index);
         self.compact_conf_history(index);
@@ -74,7 +74,9 @@ impl Raft {
     fn send_snapshot_chunks(&mut self, to: NodeId) {
         let chunk = self.cfg.snapshot_chunk_bytes;
         let window = chunk * self.cfg.snapshot_chunks_inflight_max;
-        let total = self.snapshot.data.len() as u64;
+        // Made here if the host has not made them yet (then only once).
+        let bytes = self.snapshot.data.bytes();
+        let total = bytes.len() as u64;
         loop {
             let Some(pr) = self.progress.get_mut(&to) else {
                 return;
@@ -87,7 +89,7 @@ impl Raft {
             let end = (offset + chunk).min(total);
             // `snapshot_sent` passes `total` once the last chunk is out.
             pr.snapshot_sent = if end == total { total + 1 } else { end };
-            let data = self.snapshot.data.slice(offset as usize..end as usize);
+            let data = bytes.slice(offset as usize..end as usize);
             let meta = self.snapshot.meta.clone();
             self.send(
                 to,
@@ -180,7 +182,7 @@ impl Raft {
         };
         let snapshot = Snapshot {
             meta,
-            data: Bytes::from(buf),
+            data: Bytes::from(buf).into(),
         };
         self.install_snapshot(snapshot);
         self.send_after_persist(

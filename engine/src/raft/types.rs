@@ -2,8 +2,10 @@
 //! state, snapshots and configurations.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 /// A node of the cluster. `0` is never a valid node id (it means "none").
 pub type NodeId = u64;
@@ -137,7 +139,85 @@ pub struct SnapshotMeta {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
-    pub data: Bytes,
+    pub data: SnapshotData,
+}
+
+/// A snapshot's bytes, made now or on first use.
+///
+/// A host whose state can be captured cheaply (a copy-on-write clone) hands
+/// the core a [`deferred`](Self::deferred) snapshot, so that the bytes are
+/// made by whoever needs them first (the host's file writer, off its loop,
+/// or the core when a follower needs the snapshot) and only once. Clones share
+/// the bytes. The core never looks inside: it only slices the bytes to send.
+#[derive(Clone)]
+pub struct SnapshotData(Arc<Mutex<Made>>);
+
+enum Made {
+    Ready(Bytes),
+    Deferred(Box<dyn FnOnce() -> Bytes + Send>),
+}
+
+impl SnapshotData {
+    /// Bytes made already.
+    pub fn ready(bytes: Bytes) -> Self {
+        SnapshotData(Arc::new(Mutex::new(Made::Ready(bytes))))
+    }
+
+    /// Bytes that `make` will produce on first use. `make` must give the
+    /// same bytes whenever it is called (it captures its state).
+    pub fn deferred(make: impl FnOnce() -> Bytes + Send + 'static) -> Self {
+        SnapshotData(Arc::new(Mutex::new(Made::Deferred(Box::new(make)))))
+    }
+
+    /// The bytes, made now if they were deferred (callers of the same
+    /// snapshot meanwhile wait for them).
+    pub fn bytes(&self) -> Bytes {
+        let mut made = self.0.lock();
+        if let Made::Ready(b) = &*made {
+            return b.clone();
+        }
+        let Made::Deferred(make) = std::mem::replace(&mut *made, Made::Ready(Bytes::new())) else {
+            unreachable!("checked above")
+        };
+        let bytes = make();
+        *made = Made::Ready(bytes.clone());
+        bytes
+    }
+
+    /// Whether the bytes have been made.
+    pub fn is_ready(&self) -> bool {
+        matches!(&*self.0.lock(), Made::Ready(_))
+    }
+}
+
+impl Default for SnapshotData {
+    fn default() -> Self {
+        SnapshotData::ready(Bytes::new())
+    }
+}
+
+impl From<Bytes> for SnapshotData {
+    fn from(bytes: Bytes) -> Self {
+        SnapshotData::ready(bytes)
+    }
+}
+
+/// Compares the bytes (making deferred ones): for tests and assertions.
+impl PartialEq for SnapshotData {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for SnapshotData {}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0.lock() {
+            Made::Ready(b) => write!(f, "SnapshotData({} bytes)", b.len()),
+            Made::Deferred(_) => f.write_str("SnapshotData(deferred)"),
+        }
+    }
 }
 
 /// Role of a node in its current term.

@@ -18,7 +18,8 @@
 //!   with, so a write routed before a split or merge is refused
 //!   ([`ApplyError::EpochMismatch`]) instead of landing in the wrong range.
 //!   [`ApplyResult`] is the answer sent back.
-//! - [`RangeState`] (`state.rs`): an ordered map plus the applied (index, term).
+//! - [`RangeState`] (`state.rs`): an ordered map (`pairs.rs`: leaves shared
+//!   copy-on-write, so a clone for a snapshot is cheap) plus the applied (index, term).
 //!   [`RangeState::apply`] asserts that entries come in log order (a gap would
 //!   silently corrupt the replica), then checks the epoch and that every key is
 //!   in the span, then runs the command. A refused command changes nothing but
@@ -89,6 +90,7 @@ mod command;
 mod descriptor;
 mod hash;
 mod key;
+mod pairs;
 mod snapshot;
 mod state;
 mod wire;

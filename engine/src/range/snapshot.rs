@@ -32,12 +32,11 @@
 //! never panics, and what it allocates is bounded by the input's size (the
 //! pair count is not trusted for preallocation).
 
-use std::collections::BTreeMap;
-
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::descriptor::RangeDescriptor;
 use super::key::Key;
+use super::pairs::PairMap;
 use super::state::RangeState;
 use super::wire::DecodeError;
 
@@ -126,34 +125,60 @@ fn len_u32(len: usize) -> u32 {
 
 /// Writes the snapshot of `state` (see the module docs for the format).
 pub(crate) fn write(state: &RangeState) -> Bytes {
+    let mut out = begin(state);
+    for (k, v) in state.pairs() {
+        put_pair(&mut out, k, v);
+    }
+    finish(out)
+}
+
+/// [`write`], letting go of each leaf of the state's map once it is written:
+/// a leaf the live map still shares is its own again from then on, and a
+/// write to it copies nothing.
+pub(crate) fn write_consuming(state: RangeState) -> Bytes {
+    let mut out = begin(&state);
+    state
+        .into_pairs()
+        .drain_leaves(|k, v| put_pair(&mut out, k, v));
+    finish(out)
+}
+
+/// The header and everything before the pairs, in a buffer with room for
+/// the whole snapshot.
+fn begin(state: &RangeState) -> BytesMut {
     let desc = state.descriptor().encode();
-    let pairs = state.pairs();
     let capacity = HEADER_BYTES as u64
         + 8
         + 8
         + 4
         + desc.len() as u64
         + 8
-        + 8 * pairs.len() as u64
+        + 8 * state.len() as u64
         + state.approximate_bytes();
     let mut out = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
     out.put_slice(&SNAPSHOT_MAGIC);
     out.put_u16_le(SNAPSHOT_FORMAT_VERSION);
     out.put_u16_le(0);
-    out.put_u32_le(0); // CRC, filled in below.
-    out.put_u64_le(0); // Body length, filled in below.
+    out.put_u32_le(0); // CRC, filled in by `finish`.
+    out.put_u64_le(0); // Body length, filled in by `finish`.
     let (index, term) = state.applied();
     out.put_u64_le(index);
     out.put_u64_le(term);
     out.put_u32_le(len_u32(desc.len()));
     out.put_slice(&desc);
-    out.put_u64_le(pairs.len() as u64);
-    for (k, v) in pairs {
-        out.put_u32_le(len_u32(k.len()));
-        out.put_slice(k);
-        out.put_u32_le(len_u32(v.len()));
-        out.put_slice(v);
-    }
+    out.put_u64_le(state.len() as u64);
+    out
+}
+
+fn put_pair(out: &mut BytesMut, k: &[u8], v: &[u8]) {
+    out.put_u32_le(len_u32(k.len()));
+    out.put_slice(k);
+    out.put_u32_le(len_u32(v.len()));
+    out.put_slice(v);
+}
+
+/// Fills in the body length and the CRC.
+fn finish(mut out: BytesMut) -> Bytes {
     let body_len = (out.len() - HEADER_BYTES) as u64;
     out[16..24].copy_from_slice(&body_len.to_le_bytes());
     let crc = crc32c::crc32c(&out[CRC_FROM..]);
@@ -257,8 +282,8 @@ pub(crate) fn read(bytes: &[u8]) -> Result<RangeState, SnapshotError> {
     if !body.rest.is_empty() {
         return Err(SnapshotError::TrailingBytes(body.rest.len()));
     }
-    // Sorted input: BTreeMap builds it in bulk.
-    let map: BTreeMap<Key, Bytes> = pairs.into_iter().collect();
+    // Checked above: sorted and unique.
+    let map = PairMap::from_sorted(pairs);
     Ok(RangeState::from_parts(desc, (index, term), map))
 }
 

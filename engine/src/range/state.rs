@@ -1,16 +1,14 @@
 //! [`RangeState`]: the replicated state of one range, and how a committed
 //! proposal changes it.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Bound;
 
 use bytes::{Bytes, BytesMut};
 
 use super::command::{ApplyError, ApplyResult, BatchOp, Command, Proposal, PutCond};
 use super::descriptor::RangeDescriptor;
 use super::hash;
-use super::key::{Key, KeyRef};
+use super::pairs::PairMap;
 use super::snapshot::{self, SnapshotError};
 
 /// The replicated state of one range: an ordered map of the range's keys, the
@@ -19,14 +17,15 @@ use super::snapshot::{self, SnapshotError};
 /// Every replica applies the same entries in the same order and must end in the
 /// same state; [`state_hash`](Self::state_hash) lets them compare cheaply.
 ///
-/// `Clone` is O(pairs): reference-count bumps for the values (`Bytes`), and
-/// copies of the keys ([`Key`]).
+/// `Clone` is cheap: O(pairs / 64), the map's leaves being shared
+/// copy-on-write ([`PairMap`]); this is how a snapshot captures a range
+/// without holding up the store loop.
 #[derive(Clone)]
 pub struct RangeState {
     desc: RangeDescriptor,
     applied_index: u64,
     applied_term: u64,
-    map: BTreeMap<Key, Bytes>,
+    map: PairMap,
     /// Sum of `len(key) + len(value)` over the map.
     bytes: u64,
     /// Wrapping sum of `hash::pair_hash` over the map.
@@ -51,7 +50,7 @@ impl RangeState {
             desc,
             applied_index: 0,
             applied_term: 0,
-            map: BTreeMap::new(),
+            map: PairMap::default(),
             bytes: 0,
             pairs_sum: 0,
         }
@@ -59,13 +58,9 @@ impl RangeState {
 
     /// Rebuilds a state from checked parts (snapshot restore). `map` must hold
     /// only keys inside `desc`.
-    pub(crate) fn from_parts(
-        desc: RangeDescriptor,
-        applied: (u64, u64),
-        map: BTreeMap<Key, Bytes>,
-    ) -> Self {
+    pub(crate) fn from_parts(desc: RangeDescriptor, applied: (u64, u64), map: PairMap) -> Self {
         let bytes = map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-        let pairs_sum = hash::pairs_sum(&map);
+        let pairs_sum = hash::pairs_sum(map.iter());
         RangeState {
             desc,
             applied_index: applied.0,
@@ -87,7 +82,7 @@ impl RangeState {
     }
 
     /// Pairs in key order (snapshots).
-    pub(crate) fn pairs(&self) -> impl ExactSizeIterator<Item = (&[u8], &Bytes)> {
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&[u8], &Bytes)> {
         self.map.iter().map(|(k, v)| (&k[..], v))
     }
 
@@ -198,17 +193,17 @@ impl RangeState {
             replicas: d.replicas.clone(),
             epoch,
         };
-        let right_map = self.map.split_off(KeyRef::new(at));
+        let right_map = self.map.split_off(at);
         // Recount the smaller side; the other is what remains of the totals.
         let (mut right_bytes, mut right_sum) = (0u64, 0u64);
         if right_map.len() <= self.map.len() {
-            for (k, v) in &right_map {
+            for (k, v) in right_map.iter() {
                 right_bytes += (k.len() + v.len()) as u64;
                 right_sum = right_sum.wrapping_add(hash::pair_hash(k, v));
             }
         } else {
             let (mut left_bytes, mut left_sum) = (0u64, 0u64);
-            for (k, v) in &self.map {
+            for (k, v) in self.map.iter() {
                 left_bytes += (k.len() + v.len()) as u64;
                 left_sum = left_sum.wrapping_add(hash::pair_hash(k, v));
             }
@@ -260,7 +255,7 @@ impl RangeState {
                 ApplyResult::Done
             }
             Command::Cas { key, expected, new } => {
-                let current = self.map.get(KeyRef::new(&key));
+                let current = self.map.get(&key);
                 if current != expected.as_ref() {
                     return ApplyResult::Cas {
                         swapped: false,
@@ -281,7 +276,7 @@ impl RangeState {
                 }
             }
             Command::Increment { key, delta } => {
-                let old = match self.map.get(KeyRef::new(&key)) {
+                let old = match self.map.get(&key) {
                     None => 0,
                     Some(v) => match parse_i64(v) {
                         Some(n) => n,
@@ -295,7 +290,7 @@ impl RangeState {
                 ApplyResult::Int(new)
             }
             Command::Append { key, value } => {
-                let new = match self.map.get(KeyRef::new(&key)) {
+                let new = match self.map.get(&key) {
                     None => value,
                     Some(old) if value.is_empty() => old.clone(),
                     Some(old) => {
@@ -315,7 +310,7 @@ impl RangeState {
                 cond,
                 return_old,
             } => {
-                let present = self.map.contains_key(KeyRef::new(&key));
+                let present = self.map.contains_key(&key);
                 let write = match cond {
                     PutCond::Always => true,
                     PutCond::IfAbsent => !present,
@@ -324,7 +319,7 @@ impl RangeState {
                 let old = if write {
                     self.put(key, value)
                 } else if return_old {
-                    self.map.get(KeyRef::new(&key)).cloned()
+                    self.map.get(&key).cloned()
                 } else {
                     None
                 };
@@ -345,20 +340,22 @@ impl RangeState {
         debug_assert!(self.desc.contains(&key));
         self.bytes += value.len() as u64;
         self.pairs_sum = self.pairs_sum.wrapping_add(hash::pair_hash(&key, &value));
-        if let Some(slot) = self.map.get_mut(KeyRef::new(&key)) {
-            let old = std::mem::replace(slot, value);
-            self.bytes -= old.len() as u64;
-            self.pairs_sum = self.pairs_sum.wrapping_sub(hash::pair_hash(&key, &old));
-            return Some(old);
+        match self.map.insert(&key, value) {
+            Some(old) => {
+                self.bytes -= old.len() as u64;
+                self.pairs_sum = self.pairs_sum.wrapping_sub(hash::pair_hash(&key, &old));
+                Some(old)
+            }
+            None => {
+                self.bytes += key.len() as u64;
+                None
+            }
         }
-        self.bytes += key.len() as u64;
-        self.map.insert(Key::from_slice(&key), value);
-        None
     }
 
     /// Removes a pair, keeping the byte count and the hash sum; returns the old value.
     fn remove(&mut self, key: &[u8]) -> Option<Bytes> {
-        let (k, v) = self.map.remove_entry(KeyRef::new(key))?;
+        let (k, v) = self.map.remove(key)?;
         self.bytes -= (k.len() + v.len()) as u64;
         self.pairs_sum = self.pairs_sum.wrapping_sub(hash::pair_hash(&k, &v));
         Some(v)
@@ -366,7 +363,7 @@ impl RangeState {
 
     /// The value at `key`.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.map.get(KeyRef::new(key)).cloned()
+        self.map.get(key).cloned()
     }
 
     /// Up to `limit` pairs with `start <= key < end` (`end` empty = to the range
@@ -375,13 +372,9 @@ impl RangeState {
         if limit == 0 || (!end.is_empty() && start >= end) {
             return Vec::new();
         }
-        let upper = if end.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(KeyRef::new(end))
-        };
         self.map
-            .range::<KeyRef, _>((Bound::Included(KeyRef::new(start)), upper))
+            .iter_from(start)
+            .take_while(|(k, _)| end.is_empty() || k[..] < *end)
             .take(limit)
             .map(|(k, v)| (Bytes::copy_from_slice(k), v.clone()))
             .collect()
@@ -389,7 +382,7 @@ impl RangeState {
 
     /// A key near the middle of the range by count, strictly after the
     /// range's start: where a split leaves two halves of about equal size.
-    /// `None` with fewer than two pairs. Walks half the map.
+    /// `None` with fewer than two pairs.
     pub fn middle_key(&self) -> Option<Bytes> {
         if self.map.len() < 2 {
             return None;
@@ -397,8 +390,7 @@ impl RangeState {
         // Index >= 1, so the key is greater than the first key, hence than
         // the start.
         self.map
-            .keys()
-            .nth(self.map.len() / 2)
+            .key_at(self.map.len() / 2)
             .map(|k| Bytes::copy_from_slice(k))
     }
 
@@ -426,6 +418,18 @@ impl RangeState {
     /// Only if a key or value is 4 GiB or more (proposals cannot carry one).
     pub fn snapshot(&self) -> Bytes {
         snapshot::write(self)
+    }
+
+    /// [`snapshot`](Self::snapshot) of a state captured by a clone,
+    /// releasing its share of each leaf as soon as the leaf is written (see
+    /// `snapshot::write_consuming`): the bytes of a deferred snapshot.
+    pub(crate) fn into_snapshot(self) -> Bytes {
+        snapshot::write_consuming(self)
+    }
+
+    /// The map, for [`into_snapshot`](Self::into_snapshot).
+    pub(crate) fn into_pairs(self) -> PairMap {
+        self.map
     }
 
     /// Rebuilds a state from [`snapshot`](Self::snapshot)'s bytes. Checks the
@@ -458,7 +462,7 @@ impl RangeState {
             self.applied(),
             &self.desc,
             self.map.len() as u64,
-            hash::pairs_sum(&self.map),
+            hash::pairs_sum(self.map.iter()),
         )
     }
 }
@@ -1269,6 +1273,32 @@ mod tests {
             matches!(r, ApplyResult::Error(ApplyError::InvalidSplit { .. })),
             "{r:?}"
         );
+    }
+
+    /// A clone taken to snapshot a state keeps its pairs while the state
+    /// moves on (puts, overwrites, deletes across many leaves), and
+    /// `into_snapshot` of it gives the bytes `snapshot` gave at the time.
+    #[test]
+    fn a_captured_clone_snapshots_the_state_it_was_taken_at() {
+        let mut t = T::new();
+        for i in 0..2_000 {
+            t.put(&format!("k{i:05}"), &format!("v{i}"));
+        }
+        let captured = t.s.clone();
+        let expected = t.s.snapshot();
+        for i in (0..2_000).step_by(3) {
+            t.put(&format!("k{i:05}"), "changed");
+        }
+        for i in (1..2_000).step_by(7) {
+            let key = b(&format!("k{i:05}"));
+            t.run(Command::Delete { key });
+        }
+        t.put("k99999", "new");
+        assert_ne!(t.s.snapshot(), expected);
+        assert_eq!(captured.into_snapshot(), expected);
+        let restored = RangeState::restore(&expected).expect("restores");
+        assert_eq!(restored.get(b"k00000"), Some(b("v0")));
+        assert_eq!(restored.len(), 2_000);
     }
 
     proptest::proptest! {

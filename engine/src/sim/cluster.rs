@@ -505,7 +505,7 @@ impl Cluster {
         node.incarnation += 1;
         let init = node.disk.initial_state();
         let applied = init.applied;
-        node.kv = Kv::restore(&init.snapshot.data);
+        node.kv = Kv::restore(&init.snapshot.data.bytes());
         node.kv.applied = applied;
         node.reads_waiting.clear();
         let raft = Raft::new(cfg, init, seed).expect("simulator config is valid");
@@ -596,7 +596,7 @@ impl Cluster {
                 self.report.snapshots_installed += 1;
                 self.trace(format!("n{id} installs snapshot at {}", snap.meta.index));
                 let node = self.node(id);
-                node.kv = Kv::restore(&snap.data);
+                node.kv = Kv::restore(&snap.data.bytes());
                 node.kv.applied = snap.meta.index;
                 self.checker.on_snapshot_installed(id, snap.meta.index)?;
             }
@@ -813,7 +813,10 @@ impl Cluster {
         debug_assert_eq!(node.kv.applied, index);
         let data = node.kv.snapshot();
         let meta = raft.snapshot_taken(index, data.clone());
-        node.disk.compact(Snapshot { meta, data });
+        node.disk.compact(Snapshot {
+            meta,
+            data: data.into(),
+        });
         self.report.snapshots_taken += 1;
         self.trace(format!("n{id} snapshot at {index}"));
         Ok(())

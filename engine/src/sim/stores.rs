@@ -379,6 +379,7 @@ struct World {
     faults: Faults,
     snapshot_entries: u64,
     snapshot_log_percent: u64,
+    snapshot_inline_bytes: u64,
     wake_max: usize,
     chaos: bool,
     isolated: Option<NodeId>,
@@ -410,6 +411,15 @@ impl World {
         // rest of a seed's world is built as before (its run still differs
         // where snapshots fall differently).
         let snapshot_log_percent = if (opts.seed >> 7) % 2 == 0 { 0 } else { 100 };
+        // Half the seeds capture every snapshot by a clone and make its bytes
+        // only when they are needed (a snapshot file read back, a follower
+        // sent it), so the captured state must stay as it was while the
+        // live one moves on.
+        let snapshot_inline_bytes = if (opts.seed >> 8) % 2 == 0 {
+            0
+        } else {
+            4 << 20
+        };
         let wake_max = pick(&mut rng, &[1, 3, 256]) as usize;
         let ids: Vec<NodeId> = (1..=n_nodes as u64).collect();
         let layout = cluster_layout(&ids, n_ranges);
@@ -421,6 +431,7 @@ impl World {
             sc.boot = sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             sc.snapshot_entries = snapshot_entries;
             sc.snapshot_log_percent = snapshot_log_percent;
+            sc.snapshot_inline_bytes = snapshot_inline_bytes;
             sc.wake_per_tick_max = wake_max;
             #[cfg(feature = "bug-injection")]
             {
@@ -505,6 +516,7 @@ impl World {
             faults,
             snapshot_entries,
             snapshot_log_percent,
+            snapshot_inline_bytes,
             wake_max,
             chaos: true,
             isolated: None,
@@ -1083,6 +1095,7 @@ impl World {
         sc.boot = sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         sc.snapshot_entries = self.snapshot_entries;
         sc.snapshot_log_percent = self.snapshot_log_percent;
+        sc.snapshot_inline_bytes = self.snapshot_inline_bytes;
         sc.wake_per_tick_max = self.wake_max;
         #[cfg(feature = "bug-injection")]
         {

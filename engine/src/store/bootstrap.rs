@@ -97,7 +97,7 @@ pub fn initial_replica(desc: &RangeDescriptor, layout: &Layout) -> (InitialState
         state.advance(1, 0);
     }
     let mut init = InitialState::new_group(desc.replicas.iter().copied());
-    init.snapshot.data = state.snapshot();
+    init.snapshot.data = state.snapshot().into();
     (init, state)
 }
 
@@ -136,7 +136,7 @@ mod tests {
             let raw = state.get(&meta_key(d.id)).expect("descriptor present");
             assert_eq!(&RangeDescriptor::decode(&raw).expect("decodes"), d);
         }
-        let restored = RangeState::restore(&init.snapshot.data).expect("snapshot restores");
+        let restored = RangeState::restore(&init.snapshot.data.bytes()).expect("snapshot restores");
         assert_eq!(restored.state_hash(), state.state_hash());
     }
 }

@@ -30,7 +30,7 @@ use bytes::Bytes;
 
 use crate::raft::{
     ConfigError, EntryPayload, HardState, InitialState, Message, MessageBody, NO_NODE, NodeId,
-    ProposeError, Raft, ReadMode,
+    ProposeError, Raft, ReadMode, SnapshotData,
 };
 use crate::range::{
     ApplyError, ApplyResult, Command, Proposal, RangeDescriptor, RangeId, RangeState,
@@ -889,7 +889,7 @@ impl Store {
             hard_state: rd.hard_state,
         };
         if let Some(snap) = rd.snapshot {
-            match RangeState::restore(&snap.data) {
+            match RangeState::restore(&snap.data.bytes()) {
                 Ok(state) if state.applied().0 == snap.meta.index => {
                     // Proposals the snapshot covers may or may not be in it.
                     let covered: Vec<_> = r
@@ -1121,7 +1121,7 @@ impl Store {
             }
             replaced = Some(old);
         }
-        let data = right.snapshot();
+        let data = capture_snapshot(&self.cfg, &right);
         init.snapshot.data = data.clone();
         let meta = init.snapshot.meta.clone();
         if let Err(e) = self.add_replica(desc.id, init, right) {
@@ -1187,7 +1187,7 @@ impl Store {
             return;
         }
         r.raft.hold_delivery_at_stable(false);
-        let data = r.state.snapshot();
+        let data = capture_snapshot(&self.cfg, &r.state);
         let meta = r.raft.snapshot_taken(index, data.clone());
         self.stats.snapshots_taken += 1;
         r.entries_since_snapshot = 0;
@@ -1488,6 +1488,19 @@ fn peer_batch(outbox: &mut BTreeMap<NodeId, PeerBatch>, to: NodeId, hint: usize)
         b.messages.reserve(hint);
     }
     b
+}
+
+/// A snapshot of `state` as it is now. A small state is serialized here; a
+/// large one is captured by a clone that shares the state's leaves (O(pairs
+/// / 128) here), and its bytes are made by whoever needs them first: the
+/// node's snapshot thread, off the loop (see
+/// [`StoreConfig::snapshot_inline_bytes`]).
+fn capture_snapshot(cfg: &StoreConfig, state: &RangeState) -> SnapshotData {
+    if state.approximate_bytes() <= cfg.snapshot_inline_bytes {
+        return SnapshotData::ready(state.snapshot());
+    }
+    let frozen = state.clone();
+    SnapshotData::deferred(move || frozen.into_snapshot())
 }
 
 /// Whether a replica that applied `entries` entries of `bytes` bytes since its

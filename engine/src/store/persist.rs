@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::raft::{HardState, Index, Message, SnapshotMeta, Term};
+use crate::raft::{HardState, Index, Message, SnapshotData, SnapshotMeta, Term};
 use crate::range::RangeId;
 
 /// Everything one loop iteration asks to make durable, for all groups. The
@@ -40,7 +40,8 @@ pub struct GroupWrite {
 #[derive(Debug)]
 pub struct SnapshotWrite {
     pub meta: SnapshotMeta,
-    pub data: Bytes,
+    /// Usually deferred: the host makes the bytes off its loop.
+    pub data: SnapshotData,
     pub kind: SnapshotKind,
 }
 

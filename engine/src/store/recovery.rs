@@ -62,10 +62,11 @@ pub fn rebuild_replica(
     snapshot: Snapshot,
     log: &impl DurableLog,
 ) -> Result<(InitialState, RangeState), RecoveryError> {
-    let state = RangeState::restore(&snapshot.data).map_err(|e| RecoveryError::Snapshot {
-        range,
-        why: e.to_string(),
-    })?;
+    let state =
+        RangeState::restore(&snapshot.data.bytes()).map_err(|e| RecoveryError::Snapshot {
+            range,
+            why: e.to_string(),
+        })?;
     let at = snapshot.meta.index;
     if state.applied().0 != at {
         return Err(RecoveryError::SnapshotIndex {
