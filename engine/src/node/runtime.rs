@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::raft::{NodeId, SnapshotData};
+use crate::raft::{NodeId, WeakSnapshotData};
 use crate::range::RangeDescriptor;
 use crate::range::RangeId;
 use crate::store::codec::{decode_batch, encode_batch};
@@ -622,20 +622,22 @@ fn submit(
     }
 }
 
-/// Starts making the bytes of a batch's deferred snapshots on a blocking
-/// thread at once, whether or not their files can be written yet (a file
-/// job waits for the one before it, fsync included; in memory mode nothing
-/// is written at all). Until the bytes are made, the range's live state
-/// shares its leaves with the captured one, and each leaf written meanwhile
-/// is copied; so the sooner the better. The file writer, or the core for a
-/// follower that needs the snapshot, then finds them made.
+/// Queues a batch's deferred snapshots for the snapshot thread, whether or
+/// not their files can be written yet (a file job waits for the one before
+/// it, fsync included; in memory mode nothing is written at all). Until the
+/// bytes are made, the range's live state shares its leaves with the
+/// captured one, and each leaf written meanwhile is copied; so the sooner
+/// the better. The thread takes them in order; the file writer, or the core
+/// for a follower that needs the snapshot, makes them itself if it comes
+/// first (the file writer waits if the thread has started; the core does not
+/// wait, it retries later).
 fn make_snapshots_off_loop(write: &WriteBatch) {
     let deferred: Vec<_> = write
         .groups
         .iter()
         .filter_map(|g| g.snapshot.as_ref())
         .filter(|s| !s.data.is_ready())
-        .map(|s| s.data.clone())
+        .map(|s| s.data.downgrade())
         .collect();
     for data in deferred {
         // A closed channel (the thread could not start) leaves the bytes to
@@ -647,16 +649,24 @@ fn make_snapshots_off_loop(write: &WriteBatch) {
 /// One thread of the process makes deferred snapshots' bytes, in the order
 /// they come: the same thread allocates every snapshot buffer, so the
 /// allocator reuses their memory instead of mapping fresh pages each time.
-fn snapshot_maker() -> &'static std::sync::mpsc::Sender<SnapshotData> {
-    static MAKER: std::sync::OnceLock<std::sync::mpsc::Sender<SnapshotData>> =
+///
+/// It holds only weak handles: a snapshot replaced before its turn (a newer
+/// one of the same range, a file job that dropped it) is skipped, not made.
+/// A panic while making one (which the file writer would then see, and
+/// report as a storage failure) does not stop the thread.
+fn snapshot_maker() -> &'static std::sync::mpsc::Sender<WeakSnapshotData> {
+    static MAKER: std::sync::OnceLock<std::sync::mpsc::Sender<WeakSnapshotData>> =
         std::sync::OnceLock::new();
     MAKER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<SnapshotData>();
+        let (tx, rx) = std::sync::mpsc::channel::<WeakSnapshotData>();
         let spawned = std::thread::Builder::new()
             .name("tessera-snapshots".into())
             .spawn(move || {
                 for data in rx {
-                    data.bytes();
+                    if let Some(data) = data.upgrade() {
+                        let make = std::panic::AssertUnwindSafe(|| data.bytes());
+                        let _ = std::panic::catch_unwind(make);
+                    }
                 }
             });
         if let Err(e) = spawned {

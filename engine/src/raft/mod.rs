@@ -72,5 +72,5 @@ pub use ready::{ReadState, Ready, SoftState};
 pub use rng::Rng;
 pub use types::{
     ConfChange, ConfChangeStep, ConfState, Entry, EntryPayload, HardState, Index, NO_NODE, NodeId,
-    Role, Snapshot, SnapshotData, SnapshotMeta, Term,
+    Role, Snapshot, SnapshotData, SnapshotMeta, Term, WeakSnapshotData,
 };

@@ -74,8 +74,13 @@ impl Raft {
     fn send_snapshot_chunks(&mut self, to: NodeId) {
         let chunk = self.cfg.snapshot_chunk_bytes;
         let window = chunk * self.cfg.snapshot_chunks_inflight_max;
-        // Made here if the host has not made them yet (then only once).
-        let bytes = self.snapshot.data.bytes();
+        // Made here if the host has not started making them. If it is
+        // making them, nothing is sent now and the transfer restarts once it
+        // has been idle a while (`tick_snapshot_transfers`): the loop does
+        // not wait for the whole of a large state.
+        let Some(bytes) = self.snapshot.data.try_bytes() else {
+            return;
+        };
         let total = bytes.len() as u64;
         loop {
             let Some(pr) = self.progress.get_mut(&to) else {

@@ -2,7 +2,7 @@
 //! state, snapshots and configurations.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -146,15 +146,23 @@ pub struct Snapshot {
 ///
 /// A host whose state can be captured cheaply (a copy-on-write clone) hands
 /// the core a [`deferred`](Self::deferred) snapshot, so that the bytes are
-/// made by whoever needs them first (the host's file writer, off its loop,
-/// or the core when a follower needs the snapshot) and only once. Clones share
-/// the bytes. The core never looks inside: it only slices the bytes to send.
+/// made once, by whoever needs them first: the host, off its loop, or the
+/// core when a follower needs the snapshot. Clones share the bytes. The core
+/// never looks inside: it only slices the bytes to send.
 #[derive(Clone)]
 pub struct SnapshotData(Arc<Mutex<Made>>);
+
+/// A handle that does not keep a [`SnapshotData`] alive: a host queues these
+/// for making, so that a snapshot replaced meanwhile is simply skipped.
+#[derive(Clone)]
+pub struct WeakSnapshotData(Weak<Mutex<Made>>);
 
 enum Made {
     Ready(Bytes),
     Deferred(Box<dyn FnOnce() -> Bytes + Send>),
+    /// `make` panicked: there are no bytes, and asking for them panics
+    /// again rather than hand out empty ones as if they were the state.
+    Failed,
 }
 
 impl SnapshotData {
@@ -163,30 +171,71 @@ impl SnapshotData {
         SnapshotData(Arc::new(Mutex::new(Made::Ready(bytes))))
     }
 
-    /// Bytes that `make` will produce on first use. `make` must give the
-    /// same bytes whenever it is called (it captures its state).
+    /// Bytes that `make` will produce on first use. `make` must depend only
+    /// on what it captured, and must not ask this snapshot for its bytes
+    /// (that would wait for itself).
     pub fn deferred(make: impl FnOnce() -> Bytes + Send + 'static) -> Self {
         SnapshotData(Arc::new(Mutex::new(Made::Deferred(Box::new(make)))))
     }
 
     /// The bytes, made now if they were deferred (callers of the same
     /// snapshot meanwhile wait for them).
+    ///
+    /// # Panics
+    /// If making them panics, now or in an earlier call.
     pub fn bytes(&self) -> Bytes {
-        let mut made = self.0.lock();
-        if let Made::Ready(b) = &*made {
-            return b.clone();
-        }
-        let Made::Deferred(make) = std::mem::replace(&mut *made, Made::Ready(Bytes::new())) else {
-            unreachable!("checked above")
-        };
-        let bytes = make();
-        *made = Made::Ready(bytes.clone());
-        bytes
+        Self::make(&mut self.0.lock())
     }
 
-    /// Whether the bytes have been made.
+    /// The bytes, made now if they were deferred and nobody is making them;
+    /// `None` without waiting if somebody is (a caller on a loop retries
+    /// later rather than stall for the whole of it).
+    ///
+    /// # Panics
+    /// As [`bytes`](Self::bytes).
+    pub fn try_bytes(&self) -> Option<Bytes> {
+        Some(Self::make(&mut *self.0.try_lock()?))
+    }
+
+    fn make(made: &mut Made) -> Bytes {
+        match std::mem::replace(made, Made::Failed) {
+            Made::Ready(b) => {
+                *made = Made::Ready(b.clone());
+                b
+            }
+            Made::Deferred(make) => {
+                // On a panic `made` stays `Failed` (the lock does not poison).
+                let bytes = make();
+                *made = Made::Ready(bytes.clone());
+                bytes
+            }
+            Made::Failed => panic!("the bytes of this snapshot could not be made"),
+        }
+    }
+
+    /// Whether the bytes have been made (false while they are being made).
     pub fn is_ready(&self) -> bool {
-        matches!(&*self.0.lock(), Made::Ready(_))
+        self.0
+            .try_lock()
+            .is_some_and(|made| matches!(&*made, Made::Ready(_)))
+    }
+
+    /// A handle that does not keep the snapshot alive.
+    pub fn downgrade(&self) -> WeakSnapshotData {
+        WeakSnapshotData(Arc::downgrade(&self.0))
+    }
+}
+
+impl std::fmt::Debug for WeakSnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakSnapshotData")
+    }
+}
+
+impl WeakSnapshotData {
+    /// The snapshot, if something still holds it.
+    pub fn upgrade(&self) -> Option<SnapshotData> {
+        self.0.upgrade().map(SnapshotData)
     }
 }
 
@@ -213,9 +262,11 @@ impl Eq for SnapshotData {}
 
 impl std::fmt::Debug for SnapshotData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &*self.0.lock() {
-            Made::Ready(b) => write!(f, "SnapshotData({} bytes)", b.len()),
-            Made::Deferred(_) => f.write_str("SnapshotData(deferred)"),
+        match self.0.try_lock().as_deref() {
+            Some(Made::Ready(b)) => write!(f, "SnapshotData({} bytes)", b.len()),
+            Some(Made::Deferred(_)) => f.write_str("SnapshotData(deferred)"),
+            Some(Made::Failed) => f.write_str("SnapshotData(failed)"),
+            None => f.write_str("SnapshotData(being made)"),
         }
     }
 }
@@ -227,4 +278,47 @@ pub enum Role {
     PreCandidate,
     Candidate,
     Leader,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferred_bytes_are_made_once_and_shared() {
+        let made = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = made.clone();
+        let data = SnapshotData::deferred(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Bytes::from_static(b"state")
+        });
+        let copy = data.clone();
+        assert!(!data.is_ready());
+        assert_eq!(copy.try_bytes(), Some(Bytes::from_static(b"state")));
+        assert!(data.is_ready());
+        assert_eq!(data.bytes(), Bytes::from_static(b"state"));
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_replaced_snapshot_is_not_kept_alive_by_a_weak_handle() {
+        let data = SnapshotData::deferred(|| Bytes::from_static(b"x"));
+        let weak = data.downgrade();
+        assert!(weak.upgrade().is_some());
+        drop(data);
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn bytes_that_failed_to_be_made_are_never_handed_out_empty() {
+        let data = SnapshotData::deferred(|| panic!("serializer failed"));
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| data.bytes()));
+        assert!(first.is_err());
+        assert!(!data.is_ready());
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| data.try_bytes()));
+        assert!(
+            again.is_err(),
+            "a failed snapshot must not read as empty bytes"
+        );
+    }
 }

@@ -35,11 +35,13 @@
 //! - a leaf's keys are at least its fence and below the next leaf's fence;
 //! - `len` is the sum of the leaves' lengths.
 //!
-//! Fences change only when leaves split, merge or empty, never on a plain
+//! Fences change only when leaves split, merge or empty (and the first
+//! leaf's, when the first leaf goes or a map is split), never on a plain
 //! insert. A leaf splits in two halves when it overflows; after a removal, a
 //! leaf left with fewer than a quarter of [`LEAF_MAX`] pairs merges with a
-//! neighbour when the two fit in half a leaf, so no two neighbours are both
-//! nearly empty.
+//! neighbour when the two fit in half a leaf, so leaves that removals
+//! shrank do not stay nearly empty side by side. (`split_off` does not
+//! rebalance the leaf it cuts: a range split happens once per many writes.)
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -61,7 +63,7 @@ const LEAF_LOW: usize = LEAF_MAX / 4;
 type Leaf = BTreeMap<Key, Bytes>;
 
 /// An ordered map from keys to values whose clones share their leaves (see
-/// the module docs). `Clone` is O(pairs / [`LEAF_MAX`]).
+/// the module docs). `Clone` is O(leaves).
 #[derive(Clone, Default)]
 pub(crate) struct PairMap {
     /// (fence, leaf) sorted by fence. A vector, not a map: it is small (one

@@ -17,9 +17,9 @@ use super::snapshot::{self, SnapshotError};
 /// Every replica applies the same entries in the same order and must end in the
 /// same state; [`state_hash`](Self::state_hash) lets them compare cheaply.
 ///
-/// `Clone` is cheap: O(pairs / 64), the map's leaves being shared
-/// copy-on-write ([`PairMap`]); this is how a snapshot captures a range
-/// without holding up the store loop.
+/// `Clone` is cheap: O(leaves of the map, about pairs / 100), the leaves
+/// being shared copy-on-write ([`PairMap`]); this is how a snapshot captures
+/// a large range without holding up the store loop.
 #[derive(Clone)]
 pub struct RangeState {
     desc: RangeDescriptor,

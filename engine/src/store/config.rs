@@ -39,7 +39,7 @@ pub struct StoreConfig {
     /// A snapshot of a state of at most this many bytes (keys + values) is
     /// serialized on the store loop when it is taken, holding up every range
     /// of the node for about 1.3 ms per MiB here. A larger state is captured
-    /// by a copy-on-write clone (O(pairs / 128)) and serialized off the
+    /// by a copy-on-write clone (O(pairs / 100)) and serialized off the
     /// loop, which costs some CPU besides: leaves written meanwhile are
     /// copied, and one range of 100,000 keys ran about 5% slower that way.
     /// Default 4 MiB (see docs/store.md).

@@ -1491,8 +1491,8 @@ fn peer_batch(outbox: &mut BTreeMap<NodeId, PeerBatch>, to: NodeId, hint: usize)
 }
 
 /// A snapshot of `state` as it is now. A small state is serialized here; a
-/// large one is captured by a clone that shares the state's leaves (O(pairs
-/// / 128) here), and its bytes are made by whoever needs them first: the
+/// large one is captured by a clone that shares the state's leaves (O(its
+/// leaves) here), and its bytes are made by whoever needs them first: the
 /// node's snapshot thread, off the loop (see
 /// [`StoreConfig::snapshot_inline_bytes`]).
 fn capture_snapshot(cfg: &StoreConfig, state: &RangeState) -> SnapshotData {

@@ -40,7 +40,8 @@ pub struct GroupWrite {
 #[derive(Debug)]
 pub struct SnapshotWrite {
     pub meta: SnapshotMeta,
-    /// Usually deferred: the host makes the bytes off its loop.
+    /// Deferred for a large state (`StoreConfig::snapshot_inline_bytes`):
+    /// the host makes the bytes off its loop.
     pub data: SnapshotData,
     pub kind: SnapshotKind,
 }
