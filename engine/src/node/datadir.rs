@@ -219,17 +219,21 @@ impl DataDir {
                 self.released.wait(&mut held);
             }
         }
+        // The state's bytes are written as they are, not copied behind the
+        // header: a large range's are tens of MB. The CRC covers the body
+        // (meta length, meta, state) in that order.
         let meta_bytes = encode_snapshot_meta(meta);
-        let mut body = Vec::with_capacity(4 + meta_bytes.len() + data.len());
-        body.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
-        body.extend_from_slice(&meta_bytes);
-        body.extend_from_slice(data);
-        let mut out = Vec::with_capacity(SNAP_HEADER_BYTES - 4 + body.len());
-        out.extend_from_slice(SNAP_MAGIC);
-        out.extend_from_slice(&SNAP_VERSION.to_le_bytes());
-        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        write_durably(&self.snapshot_path(range), &out)
+        let mut head = Vec::with_capacity(SNAP_HEADER_BYTES + meta_bytes.len());
+        head.extend_from_slice(SNAP_MAGIC);
+        head.extend_from_slice(&SNAP_VERSION.to_le_bytes());
+        let crc_at = head.len();
+        head.extend_from_slice(&[0; 4]);
+        let body_at = head.len();
+        head.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
+        head.extend_from_slice(&meta_bytes);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&head[body_at..]), data);
+        head[crc_at..body_at].copy_from_slice(&crc.to_le_bytes());
+        write_durably_parts(&self.snapshot_path(range), &[&head, data])
     }
 
     /// Reads and verifies a replica's snapshot file.
@@ -382,10 +386,17 @@ pub fn decode_snapshot_file(raw: &[u8]) -> Result<Snapshot, String> {
 /// Writes `data` to `path` atomically and durably: temporary file, fsync,
 /// rename, fsync of the directory.
 pub(crate) fn write_durably(path: &Path, data: &[u8]) -> Result<(), DataDirError> {
+    write_durably_parts(path, &[data])
+}
+
+/// [`write_durably`] of the concatenation of `parts`, without building it.
+fn write_durably_parts(path: &Path, parts: &[&[u8]]) -> Result<(), DataDirError> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(data).map_err(io(&tmp))?;
+        for part in parts {
+            f.write_all(part).map_err(io(&tmp))?;
+        }
         f.sync_all().map_err(io(&tmp))?;
     }
     fs::rename(&tmp, path).map_err(io(path))?;
