@@ -58,7 +58,9 @@ pub struct Config {
     /// Freed segment files kept for reuse instead of deleted. Default 4.
     pub recycle_segments_max: usize,
     /// Keep one zero-filled segment prepared ahead by a background thread, so that
-    /// rolling to a new segment never waits for preallocation. Default true.
+    /// rolling to a new segment never waits for preallocation; a roll that
+    /// finds none ready allocates one with `fallocate`. With `false`, a roll
+    /// zero-fills its segment itself. Default true.
     pub prepare_ahead: bool,
     /// Verify the payload CRC of every record read. Default true.
     pub verify_reads: bool,

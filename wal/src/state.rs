@@ -15,7 +15,7 @@ use crate::error::{Result, WalError};
 use crate::format::{DecodeError, RECORD_HEADER_BYTES, RecordHeader, decode_header, decode_record};
 use crate::index::{Index, Loc};
 use crate::payload::{CompactionPoint, Entry, HardState, access_compaction, access_entries};
-use crate::segment::{FreeFile, SegmentFile, prepare_free_file};
+use crate::segment::{FreeFile, SegmentFile, allocate_free_file, prepare_free_file};
 
 /// The index and the segments it points into, under one lock.
 #[derive(Debug, Default)]
@@ -120,8 +120,10 @@ pub(crate) struct PoolInner {
 }
 
 impl Pool {
-    /// A free file of `len` bytes: from the pool, or prepared now.
-    pub fn take(&self, dir: &std::path::Path, len: u64) -> Result<FreeFile> {
+    /// A free file of `len` bytes: from the pool, or made now: allocated
+    /// with `fallocate` if `quick` (a preparer thread is filling the next
+    /// one), else zero-filled.
+    pub fn take(&self, dir: &std::path::Path, len: u64, quick: bool) -> Result<FreeFile> {
         let id = {
             let mut p = self.inner.lock();
             while let Some(f) = p.files.pop() {
@@ -136,7 +138,11 @@ impl Pool {
             p.next_id
         };
         self.cv.notify_all();
-        prepare_free_file(dir, id, len)
+        if quick {
+            allocate_free_file(dir, id, len)
+        } else {
+            prepare_free_file(dir, id, len)
+        }
     }
 
     pub fn next_id(&self) -> u64 {

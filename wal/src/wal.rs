@@ -126,7 +126,9 @@ impl Wal {
         let (active, tail, next_seq) = match rec.active {
             Some((seg, tail)) => (seg, tail, rec.next_seq),
             None => {
-                let free = shared.pool.take(&dir, config.segment_bytes)?;
+                let free = shared
+                    .pool
+                    .take(&dir, config.segment_bytes, config.prepare_ahead)?;
                 let seg = Arc::new(activate(&dir, free, rec.next_seq, 0, rec.next_batch_id)?);
                 shared.tables.write().segments.insert(seg.seq, seg.clone());
                 (seg, SEGMENT_HEADER_BYTES, rec.next_seq + 1)

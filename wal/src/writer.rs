@@ -631,7 +631,9 @@ impl Writer {
     /// Starts the next segment.
     fn roll(&mut self) -> Result<()> {
         let sh = &self.shared;
-        let free = sh.pool.take(&sh.dir, sh.config.segment_bytes)?;
+        let free = sh
+            .pool
+            .take(&sh.dir, sh.config.segment_bytes, sh.config.prepare_ahead)?;
         let seg = activate(
             &sh.dir,
             free,
