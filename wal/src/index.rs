@@ -170,8 +170,14 @@ impl Index {
     }
 
     /// Entries record: truncate the log from `first` and append the run.
-    /// `replay`: during recovery a gap means the older records were purged, so
-    /// the run starts the log afresh (live appends are validated beforehand).
+    ///
+    /// Live appends are validated beforehand and never leave a hole. During
+    /// replay a run may start past the last one: the entries between were
+    /// moved forward by a rewrite into a later segment (their relocate record
+    /// fills the hole when it is replayed), or they are dead and the
+    /// compaction record that killed them, moved forward too, removes them
+    /// when it is replayed. Holes left at the end of replay are handled by
+    /// [`Index::drop_before_holes`].
     pub fn apply_entries(&mut self, g: GroupId, first: u64, count: u32, loc: Loc) {
         assert!(count >= 1, "empty entries record");
         let Index {
@@ -180,11 +186,6 @@ impl Index {
             live_bytes,
         } = self;
         let st = groups.entry(g).or_default();
-        if let Some(last) = st.last_entry()
-            && first > last + 1
-        {
-            clear_runs(st, seg_use, live_bytes);
-        }
         truncate_from(st, seg_use, live_bytes, first);
         let run = Run {
             first,
@@ -216,11 +217,6 @@ impl Index {
         } = self;
         let st = groups.entry(g).or_default();
         let end = first + count as u64;
-        if let Some(last) = st.last_entry()
-            && first > last + 1
-        {
-            clear_runs(st, seg_use, live_bytes);
-        }
         let mut out = VecDeque::with_capacity(st.runs.len() + 2);
         let mut placed = false;
         let new_run = Run {
@@ -268,11 +264,8 @@ impl Index {
         }
         charge(seg_use, live_bytes, loc.seg, loc.len as u64);
         st.runs = out;
-        // No contiguity assertion here: when recovery replays a rewrite that
-        // moved several records of a group forward, the original of a later
-        // piece may sit in a segment that was deleted after the rewrite, so
-        // the runs have a gap until the next relocate record of the same
-        // batch fills it (seen in the SIGKILL crash test).
+        // No contiguity assertion here: during replay a group's runs may have
+        // holes that later relocate records fill (see `apply_entries`).
         if let Some(c) = st.compaction {
             truncate_upto(st, seg_use, live_bytes, c.index);
         }
@@ -322,6 +315,35 @@ impl Index {
                 uncharge(seg_use, live_bytes, c.loc.seg, c.loc.len as u64);
             }
         }
+    }
+
+    /// After replay: a group whose entries still have a hole keeps only the
+    /// entries after its last hole (a log cannot have one; what is before it
+    /// was cut off from the rest by damage). Returns what was dropped, as
+    /// `(group, first, last)`.
+    pub fn drop_before_holes(&mut self) -> Vec<(GroupId, u64, u64)> {
+        let Index {
+            groups,
+            seg_use,
+            live_bytes,
+        } = self;
+        let mut dropped = Vec::new();
+        for (&g, st) in groups.iter_mut() {
+            let Some(cut) = (1..st.runs.len())
+                .rev()
+                .find(|&i| st.runs[i].first != st.runs[i - 1].end())
+            else {
+                continue;
+            };
+            let first = st.runs[0].first;
+            let last = st.runs[cut].first - 1;
+            for r in st.runs.drain(..cut) {
+                uncharge(seg_use, live_bytes, r.seg, r.bytes as u64);
+            }
+            dropped.push((g, first, last));
+        }
+        dropped.sort_unstable();
+        dropped
     }
 
     /// Forgets a segment's use entry once it is gone.
@@ -478,6 +500,35 @@ mod tests {
         ix.apply_remove(1);
         check_refs(&ix);
         assert_eq!(ix.live_bytes, 0);
+    }
+
+    /// Replay of a log whose older entries were moved forward after newer
+    /// ones were written: the hole they leave is filled when their relocate
+    /// record comes; a hole never filled drops what is before it.
+    #[test]
+    fn replay_holes_are_filled_by_relocations_or_dropped_at_the_end() {
+        let mut ix = Index::default();
+        // [1..=10] moved to segment 3 while [11..=20] stayed in segment 2,
+        // which was later moved to segment 5, after [21..=30] in segment 4.
+        ix.apply_relocate(1, 1, 10, loc(3, 64));
+        ix.apply_entries(1, 21, 10, loc(4, 64)); // hole 11..=20
+        check_refs(&ix);
+        assert_eq!(ix.group(1).unwrap().runs.len(), 2);
+        ix.apply_entries(1, 26, 10, loc(4, 300)); // an overwrite past the hole
+        assert_eq!(ix.group(1).unwrap().last_entry(), Some(35));
+        ix.apply_relocate(1, 11, 10, loc(5, 64));
+        check_refs(&ix);
+        assert!(ix.drop_before_holes().is_empty());
+        let firsts: Vec<u64> = ix.group(1).unwrap().runs.iter().map(|r| r.first).collect();
+        assert_eq!(firsts, [1, 11, 21, 26]);
+        // Group 2: a hole nothing fills (damage): what precedes it goes.
+        ix.apply_entries(2, 1, 5, loc(4, 500));
+        ix.apply_entries(2, 9, 2, loc(5, 500));
+        ix.apply_entries(2, 11, 2, loc(5, 600));
+        assert_eq!(ix.drop_before_holes(), [(2, 1, 8)]);
+        check_refs(&ix);
+        assert_eq!(ix.group(2).unwrap().first_index(), Some(9));
+        assert_eq!(ix.group(2).unwrap().last_index(), Some(12));
     }
 
     #[test]

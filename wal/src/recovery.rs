@@ -226,22 +226,6 @@ struct Replay {
 impl Replay {
     fn apply_batch(&mut self, pending: &mut Vec<Applied>, id: u64) {
         for a in pending.drain(..) {
-            if self.repaired
-                && let Applied::Entries { group, first, .. }
-                | Applied::Relocate { group, first, .. } = a
-                && let Some(st) = self.tables.index.group(group)
-                && let (Some(last), Some(oldest)) =
-                    (st.last_entry(), st.runs.front().map(|r| r.first))
-                && first > last + 1
-            {
-                // The log cannot hold a hole: the entries before the gap are
-                // dropped too, and reported with it.
-                self.report.lost.push(LostRange {
-                    group,
-                    entries: Some((oldest, first - 1)),
-                    detail: "gap after a damaged region (older entries dropped with it)",
-                });
-            }
             a.apply(&mut self.tables.index);
             self.report.records += 1;
         }
@@ -546,6 +530,25 @@ pub(crate) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
         if is_last {
             active = Some((seg.clone(), end));
         }
+    }
+    // A hole left in a group's entries once every relocate record is
+    // replayed: the entries before it were cut off by damage (repair mode).
+    // Without damage there is none: every record that kills entries is live
+    // until they are gone, and every move forward is a relocate record.
+    let holes = replay.tables.index.drop_before_holes();
+    debug_assert!(
+        holes.is_empty() || replay.repaired,
+        "holes in a log without damage: {holes:?}"
+    );
+    if replay.repaired {
+        replay
+            .report
+            .lost
+            .extend(holes.into_iter().map(|(group, first, last)| LostRange {
+                group,
+                entries: Some((first, last)),
+                detail: "gap after a damaged region (older entries dropped with it)",
+            }));
     }
     let next_seq = seqs.last().map_or(1, |s| s + 1);
     replay.report.groups = replay.tables.index.groups.len();

@@ -711,7 +711,7 @@ impl Writer {
                     .map(|(g, _)| *g)
                     .collect()
             };
-            self.rewrite(&groups)?;
+            self.rewrite(&groups, active)?;
             return self.purge();
         }
         let shared = self.shared.clone();
@@ -738,7 +738,7 @@ impl Writer {
                     .map(|(g, _)| *g)
                     .collect()
             };
-            self.rewrite(&groups)?;
+            self.rewrite(&groups, oldest + 1)?;
             self.purge()?;
             let still = self.shared.tables.read().segments.contains_key(&oldest);
             if still {
@@ -761,25 +761,29 @@ impl Writer {
         Ok(())
     }
 
-    /// Rewrites the whole live state of `groups` into the active segment(s).
-    /// Every record written is idempotent (compaction point, hard state, and
-    /// Relocate records that move entries without truncating), so any prefix of
-    /// the rewrite that survives a crash leaves a correct log.
-    fn rewrite(&mut self, groups: &[GroupId]) -> Result<()> {
+    /// Moves forward, into the active segment(s), every live record of
+    /// `groups` that lies in a segment below `below`: their compaction point,
+    /// hard state, and entries (as relocate records). Only those: the records
+    /// of a group in later segments stay where they are, so a pass copies no
+    /// more than the live bytes of the segments it frees. A group's entries
+    /// then sit out of segment order, which replay accepts (see
+    /// `Index::apply_entries`). Every record written is idempotent, so any
+    /// prefix of the rewrite that survives a crash leaves a correct log.
+    fn rewrite(&mut self, groups: &[GroupId], below: u64) -> Result<()> {
         let chunk_max = self.shared.config.rewrite_bytes();
         let mut reqs = Vec::new();
         for &g in groups {
-            let (hs, last_entry, first_entry) = {
+            let (hs, compacted, spans) = {
                 let t = self.shared.tables.read();
                 let Some(st) = t.index.group(g) else { continue };
                 (
-                    st.hard_state.map(|(h, _)| h),
-                    st.last_entry(),
-                    st.runs.front().map(|r| r.first),
+                    st.hard_state.filter(|(_, l)| l.seg < below).map(|(h, _)| h),
+                    st.compaction.is_some_and(|c| c.loc.seg < below),
+                    spans_below(&st.runs, below),
                 )
             };
             let mut ops = Vec::new();
-            if let Some(cp) = self.shared.read_compaction(g)? {
+            if compacted && let Some(cp) = self.shared.read_compaction(g)? {
                 ops.push(Op::Compact {
                     group: g,
                     point: cp,
@@ -798,14 +802,14 @@ impl Writer {
                     done: None,
                 });
             }
-            if let (Some(lo), Some(last)) = (first_entry, last_entry) {
+            for (lo, end) in spans {
                 let mut next = lo;
-                while next <= last {
-                    let es = self.shared.read_entries(g, next, last + 1, chunk_max)?;
-                    let Some(end) = es.last().map(|e| e.index) else {
+                while next < end {
+                    let es = self.shared.read_entries(g, next, end, chunk_max)?;
+                    let Some(last) = es.last().map(|e| e.index) else {
                         break;
                     };
-                    next = end + 1;
+                    next = last + 1;
                     let bytes: usize = es.iter().map(|e| e.data.len()).sum();
                     Counters::add(&self.shared.counters.bytes_rewritten, bytes as u64);
                     reqs.push(Request {
@@ -828,6 +832,23 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The index ranges `[lo, end)` of `runs` that lie in segments below
+/// `below`, adjacent runs merged.
+fn spans_below(
+    runs: &std::collections::VecDeque<crate::index::Run>,
+    below: u64,
+) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for r in runs.iter().filter(|r| r.seg < below) {
+        let end = r.first + u64::from(r.count);
+        match spans.last_mut() {
+            Some(s) if s.1 == r.first => s.1 = end,
+            _ => spans.push((r.first, end)),
+        }
+    }
+    spans
 }
 
 fn op_bytes(op: &Op) -> usize {
