@@ -123,6 +123,24 @@ fn append(m: &mut GroupModel, group: u64, back: u64, n: u64, size: usize, term: 
     b
 }
 
+/// Builds the batch that compacts `group` up to its live entry `to` (no
+/// meta) and applies it to the model.
+fn compact_to(m: &mut GroupModel, group: u64, to: u64) -> LogBatch {
+    let term = m.entries[&to].0;
+    let mut b = LogBatch::new();
+    b.compact(
+        group,
+        CompactionPoint {
+            index: to,
+            term,
+            meta: Default::default(),
+        },
+    );
+    m.entries.retain(|&i, _| i > to);
+    m.compact = Some((to, term, Vec::new()));
+    b
+}
+
 fn check(wal: &Wal, model: &BTreeMap<u64, GroupModel>) {
     let live: Vec<u64> = model
         .iter()
@@ -324,20 +342,7 @@ fn a_slow_group_is_rewritten_forward_and_disk_stays_bounded() {
         if let Some(l) = m.entries.keys().next_back().copied()
             && l > 4
         {
-            let mut b = LogBatch::new();
-            let to = l - 2;
-            let term = m.entries[&to].0;
-            b.compact(
-                g,
-                CompactionPoint {
-                    index: to,
-                    term,
-                    meta: Default::default(),
-                },
-            );
-            wal.write(b).expect("compact");
-            m.entries.retain(|&i, _| i > to);
-            m.compact = Some((to, term, Vec::new()));
+            wal.write(compact_to(m, g, l - 2)).expect("compact");
         }
         check(&wal, &model);
     }
@@ -392,20 +397,7 @@ fn long_logs_moved_forward_piece_by_piece_reopen_whole() {
             && l > 3
             && m.compact.as_ref().is_none_or(|c| c.0 < l - 2)
         {
-            let to = l - 2;
-            let term = m.entries[&to].0;
-            let mut b = LogBatch::new();
-            b.compact(
-                g,
-                CompactionPoint {
-                    index: to,
-                    term,
-                    meta: Default::default(),
-                },
-            );
-            wal.write(b).expect("compact");
-            m.entries.retain(|&i, _| i > to);
-            m.compact = Some((to, term, Vec::new()));
+            wal.write(compact_to(m, g, l - 2)).expect("compact");
         }
         if round % 97 == 96 {
             let s = wal.stats();
