@@ -531,15 +531,37 @@ pub(crate) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
             active = Some((seg.clone(), end));
         }
     }
-    // A hole left in a group's entries once every relocate record is
-    // replayed: the entries before it were cut off by damage (repair mode).
-    // Without damage there is none: every record that kills entries is live
-    // until they are gone, and every move forward is a relocate record.
+    // A hole left in a group's entries once the whole log is replayed. Without
+    // damage there is none: a record that kills entries is written after
+    // them, segments go only from the front, and every record acts on fixed
+    // indices, so any suffix of the history replays to the live index. A hole
+    // means a record that moved entries forward is missing: damaged (repair
+    // mode drops what precedes the hole and reports it), or cut off as a torn
+    // tail although it was durable, since the originals it moved are gone.
+    // That is acknowledged data lost, so a strict open refuses.
     let holes = replay.tables.index.drop_before_holes();
-    debug_assert!(
-        holes.is_empty() || replay.repaired,
-        "holes in a log without damage: {holes:?}"
-    );
+    if !holes.is_empty() && !replay.repaired {
+        let (path, offset) = match &replay.report.torn_tail {
+            Some(t) => (
+                replay
+                    .tables
+                    .segments
+                    .get(&t.segment)
+                    .map_or_else(|| dir.to_path_buf(), |s| s.path.clone()),
+                t.offset,
+            ),
+            None => (dir.to_path_buf(), 0),
+        };
+        return Err(Replay::corruption(
+            &path,
+            offset as usize,
+            holes.iter().map(|h| h.0).collect(),
+            format!(
+                "entries cut off from the rest of their log (group, first, last): {holes:?}; \
+                 the batch that moved them forward is missing"
+            ),
+        ));
+    }
     if replay.repaired {
         replay
             .report

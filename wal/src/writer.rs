@@ -2,8 +2,8 @@
 //! write per segment touched, makes it durable once, updates the index, then
 //! completes every waiter. It is the only code that mutates segments and index.
 //! After each batch it reclaims disk: deletes or recycles segments at the front
-//! that hold no live record, and rewrites forward the live state of the groups
-//! that pin the oldest segment when the disk bound is exceeded.
+//! that hold no live record, and moves forward the live records still in the
+//! oldest segment when the disk bound is exceeded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -742,7 +742,7 @@ impl Writer {
             self.purge()?;
             let still = self.shared.tables.read().segments.contains_key(&oldest);
             if still {
-                // Nothing more can be freed now (e.g. the rewrite landed in it).
+                // The pass freed nothing: stop rather than spin (a guard).
                 return Ok(());
             }
         }
