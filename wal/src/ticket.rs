@@ -61,7 +61,7 @@ impl Bell {
         // sleep.
         word.fetch_add(1, Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) > 0 {
-            futex_wake_all(word);
+            crate::futex::wake(word, i32::MAX);
         }
     }
 
@@ -100,7 +100,7 @@ impl Bell {
             {
                 continue;
             }
-            futex_wait(word, seen);
+            crate::futex::wait(word, seen, None);
         }
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
@@ -108,34 +108,6 @@ impl Bell {
 
 /// `Completion::round` of a ticket the writer has not taken yet.
 const UNSTAMPED: u64 = 0;
-
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: `word` is a live, aligned u32 for the duration of the call; the
-    // kernel only reads it. Spurious returns (EINTR, EAGAIN) are handled by the
-    // caller's loop.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        );
-    }
-}
-
-fn futex_wake_all(word: &AtomicU32) {
-    // SAFETY: as above; FUTEX_WAKE does not access memory through the pointer
-    // beyond hashing its address.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        );
-    }
-}
 
 /// Run by the thread that resolves a ticket; see [`Ticket::on_done`].
 type Callback = Box<dyn FnOnce(Result<()>) + Send>;

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
 use parking_lot::RwLock;
 
 use crate::GroupId;
@@ -61,7 +60,7 @@ pub struct WalStats {
 #[derive(Debug)]
 pub struct Wal {
     shared: Arc<Shared>,
-    tx: Option<Sender<Msg>>,
+    tx: Option<crate::queue::Tx<Msg>>,
     writer: Option<JoinHandle<()>>,
     completer: Option<JoinHandle<()>>,
     preparer: Option<JoinHandle<()>>,
@@ -134,7 +133,7 @@ impl Wal {
                 (seg, SEGMENT_HEADER_BYTES, rec.next_seq + 1)
             }
         };
-        let (tx, rx) = crossbeam_channel::bounded(config.queue_depth_max);
+        let (tx, rx) = crate::queue::bounded(config.queue_depth_max);
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let completer = std::thread::Builder::new()
             .name("tessera-wal-complete".into())
@@ -197,9 +196,10 @@ impl Wal {
             return Ticket::resolved(Ok(()));
         }
         let (ticket, done) = Ticket::new(&self.shared.bell);
+        let weight = batch.entry_count();
         match &self.tx {
             Some(tx) => {
-                if tx.send(Msg::Write { batch, done }).is_err() {
+                if tx.send(Msg::Write { batch, done }, weight).is_err() {
                     return Ticket::resolved(Err(WalError::Closed));
                 }
             }
@@ -218,7 +218,7 @@ impl Wal {
     pub fn reclaim(&self, rewrite_all: bool) -> Ticket {
         let (ticket, done) = Ticket::new(&self.shared.bell);
         match &self.tx {
-            Some(tx) if tx.send(Msg::Reclaim { rewrite_all, done }).is_ok() => ticket,
+            Some(tx) if tx.send(Msg::Reclaim { rewrite_all, done }, 1).is_ok() => ticket,
             _ => Ticket::resolved(Err(WalError::Closed)),
         }
     }

@@ -8,8 +8,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crossbeam_channel::Receiver;
-
 use crate::GroupId;
 use crate::batch::{LogBatch, Op};
 use crate::error::{Result, WalError};
@@ -147,7 +145,7 @@ enum EncodeError {
 
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
-    pub rx: Receiver<Msg>,
+    pub rx: crate::queue::Rx<Msg>,
     pub active: Arc<SegmentFile>,
     pub tail: usize,
     pub next_seq: u64,
@@ -180,7 +178,7 @@ pub(crate) struct Completions {
 }
 
 /// The completer thread: wakes the waiters of durable batches.
-pub(crate) fn complete_loop(bell: Arc<Bell>, rx: Receiver<Completions>) {
+pub(crate) fn complete_loop(bell: Arc<Bell>, rx: crossbeam_channel::Receiver<Completions>) {
     while let Ok(c) = rx.recv() {
         complete_all(&bell, c.round, c.items);
     }
@@ -194,14 +192,14 @@ pub(crate) fn complete_loop(bell: Arc<Bell>, rx: Receiver<Completions>) {
 /// the WAL closes its queue.
 struct StopOnUnwind {
     shared: Arc<Shared>,
-    rx: Receiver<Msg>,
+    rx: crate::queue::Rx<Msg>,
 }
 
 impl Drop for StopOnUnwind {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let _ = self.shared.poison.set(WalError::WriterGone);
-            while let Ok(m) = self.rx.recv() {
+            while let Some(m) = self.rx.recv() {
                 drop(m);
             }
         }
@@ -215,7 +213,7 @@ impl Writer {
             rx: self.rx.clone(),
         };
         let max = self.shared.config.batch_bytes_max;
-        while let Ok(first) = self.rx.recv() {
+        while let Some(first) = self.rx.recv() {
             self.round += 1;
             let mut round = Drained::default();
             self.take(&mut round, first);
@@ -235,10 +233,18 @@ impl Writer {
                 && let Some(until) = self.pace.linger_until()
             {
                 Counters::add(&self.shared.counters.lingered_rounds, 1);
+                // Sleep until enough entries are queued or the deadline: the
+                // requests that arrive meanwhile do not wake the writer.
                 while round.bytes < max && round.entries < enough {
-                    match self.rx.recv_deadline(until) {
-                        Ok(m) => self.take(&mut round, m),
-                        Err(_) => break,
+                    let woke = self.rx.wait_for(enough - round.entries, Some(until));
+                    while round.bytes < max {
+                        match self.rx.try_recv() {
+                            Ok(m) => self.take(&mut round, m),
+                            Err(_) => break,
+                        }
+                    }
+                    if woke != crate::queue::Woke::Ready {
+                        break;
                     }
                 }
             }
