@@ -12,7 +12,8 @@ pub struct TransportConfig {
     /// peer or produced locally. Larger frames close their stream. Default 8 MiB.
     pub frame_bytes_max: usize,
     /// Target size of one `Messages` frame: queued messages are packed into a
-    /// frame until it would exceed this. Default 1 MiB.
+    /// frame until it would exceed this (a single larger message, up to
+    /// `frame_bytes_max`, gets a frame of its own). Default 1 MiB.
     pub batch_bytes_max: usize,
     /// Per-peer outbound queue, in messages and in payload bytes. Messages that
     /// do not fit are dropped (Raft retransmits). Defaults 65 536 and 64 MiB.

@@ -231,12 +231,33 @@ async fn contract_errors(kind: Kind) {
             t.send(NodeId(99), vec![msg("who")]),
             Err(TransportError::UnknownPeer(_))
         ));
-        let huge = Bytes::from(vec![0; 2 << 20]);
+        // Over the frame limit (8 MiB): refused. Over the packing target
+        // (`batch_bytes_max`, 1 MiB) only: sent alone in its frame.
+        let huge = Bytes::from(vec![0; 9 << 20]);
         assert!(matches!(
             t.send(NodeId(2), vec![huge]),
             Err(TransportError::MessageTooLarge { .. })
         ));
     }
+}
+
+async fn a_message_over_the_packing_target_goes_alone(kind: Kind) {
+    let mut n = nodes(kind, 2).await;
+    let big = Bytes::from(vec![7u8; 3 << 20]);
+    let r = n[0]
+        .transport
+        .send(NodeId(2), vec![msg("before"), big.clone(), msg("after")])
+        .unwrap();
+    assert_eq!((r.queued, r.dropped), (3, 0));
+    let got = recv_messages(&mut n[1].incoming, 3, WITHIN).await;
+    assert_eq!(
+        got,
+        vec![
+            (NodeId(1), msg("before")),
+            (NodeId(1), big),
+            (NodeId(1), msg("after"))
+        ]
+    );
 }
 
 macro_rules! suite {
@@ -260,4 +281,5 @@ suite!(
     snapshot_transfer_with_backpressure,
     aborted_snapshot_is_reported,
     contract_errors,
+    a_message_over_the_packing_target_goes_alone,
 );

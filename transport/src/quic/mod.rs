@@ -321,9 +321,13 @@ impl Transport for QuicTransport {
         let shared = &self.shared;
         let peer = shared.known_peer(to)?;
         let config = &shared.config;
-        // A message must fit a frame on its own; refuse the call before queueing any.
+        // A message must fit a frame on its own; refuse the call before queueing
+        // any. Frames are packed up to `batch_bytes_max`, but a message larger
+        // than that still goes, alone in its frame, up to `frame_bytes_max`
+        // (what the receiver accepts): a Raft append of one large entry must
+        // not be refused forever.
         for m in &messages {
-            let max = config.batch_bytes_max;
+            let max = config.frame_bytes_max;
             if codec::messages_frame_bound(1, m.len()) > max {
                 return Err(TransportError::MessageTooLarge { len: m.len(), max });
             }

@@ -61,8 +61,9 @@ impl OutQueue {
     }
 
     /// Takes messages from the front while the frame stays within
-    /// `batch_bytes_max` (always at least one: `send` refused anything that
-    /// cannot fit a frame on its own).
+    /// `batch_bytes_max` (always at least one, which may exceed it: `send`
+    /// refused anything that cannot fit a frame of `frame_bytes_max` on its
+    /// own).
     pub(crate) fn take_batch(&mut self, batch_bytes_max: usize) -> Vec<Bytes> {
         let mut batch = Vec::new();
         let mut payload = 0;
