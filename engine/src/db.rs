@@ -997,6 +997,11 @@ impl Db {
                     CallError::Store(StoreError::Ambiguous { .. } | StoreError::Unavailable(_)) => {
                         return Err(DbError::Ambiguous(last));
                     }
+                    // Refused as asked (a write over the size limit, a
+                    // transfer to a non-voter): nothing was changed.
+                    CallError::Store(StoreError::Invalid { why, .. }) => {
+                        return Err(DbError::Invalid(why));
+                    }
                     CallError::Store(e) => return Err(DbError::Unavailable(e.to_string())),
                 }
             }

@@ -445,3 +445,83 @@ async fn a_wiped_node_cannot_come_back_under_its_old_identity() {
     );
     cluster.shutdown().await;
 }
+
+/// Writes larger than the transport's packing target (1 MiB) replicate
+/// through any node, leader or not (a Raft message that large goes alone in
+/// its frame); a write over the size limit is refused at once as invalid,
+/// wherever it arrives, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_writes_replicate_and_oversized_ones_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = start(dir.path(), 2, None).await;
+    // 16 MiB segments: the limit is a quarter of one.
+    let limit = 4usize << 20;
+    for n in 0..3 {
+        let db = cluster.db(n).expect("running");
+        let reader = cluster.db((n + 1) % 3).expect("running");
+        let big = key(1000 + n);
+        let value = Bytes::from(vec![n as u8 + 1; 3 << 20]);
+        db.put(big.clone(), value.clone()).await.expect("3 MiB put");
+        let got = reader.get(big.clone()).await.expect("get");
+        assert_eq!(
+            got.as_deref().map(<[u8]>::len),
+            Some(value.len()),
+            "via node {}",
+            n + 1
+        );
+        assert!(got == Some(value), "via node {}", n + 1);
+
+        let over = key(2000 + n);
+        let started = Instant::now();
+        match db.put(over.clone(), vec![0u8; limit]).await {
+            Err(DbError::Invalid(why)) => assert!(why.contains("proposal_bytes_max"), "{why}"),
+            other => panic!("an oversized write via node {}: {other:?}", n + 1),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refused at once"
+        );
+        assert_eq!(reader.get(over).await.expect("get"), None);
+        // The range still takes writes.
+        db.put(key(3000 + n), "after").await.expect("small put");
+    }
+    converged(cluster.db(0).expect("running"))
+        .await
+        .expect("converged");
+}
+
+/// A round of the store loop may hold more entries than one WAL request can
+/// (a request must fit in one segment): the batch is cut into several
+/// requests, and every acknowledged write survives a restart of every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_larger_than_a_wal_segment_is_written_in_pieces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = LocalClusterOptions::new(dir.path());
+    opts.initial_ranges = 1;
+    // 1 MiB segments: writes of up to 256 KiB, and a round of 40 writes of
+    // 200 KiB is about 8 MiB.
+    opts.wal.segment_bytes = 1 << 20;
+    let mut cluster = LocalCluster::start(opts).await.expect("cluster starts");
+    let db = cluster.db(0).expect("running").clone();
+    let puts: Vec<_> = (0..40)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move { db.put(key(i), vec![i as u8; 200 << 10]).await })
+        })
+        .collect();
+    for p in puts {
+        p.await.expect("task").expect("put");
+    }
+    for n in 0..3 {
+        cluster.restart(n).await.expect("restart");
+    }
+    let db = cluster.db(2).expect("running");
+    for i in 0..40 {
+        let v = db.get(key(i)).await.expect("get").expect("present");
+        assert!(
+            v.len() == 200 << 10 && v.iter().all(|&b| b == i as u8),
+            "key {i}"
+        );
+    }
+    cluster.shutdown().await;
+}

@@ -305,6 +305,11 @@ impl Wal {
         g
     }
 
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
     /// Why the WAL stopped accepting writes, if it did.
     pub fn poisoned(&self) -> Option<WalError> {
         self.shared.fatal()

@@ -98,6 +98,23 @@ pub const WAL_LINGER: tessera_wal::Linger = tessera_wal::Linger {
     enough_entries: 16,
 };
 
+/// What the largest write can be on this node: one WAL request (a quarter
+/// segment, see `runtime::WAL_REQUEST_SEGMENT_FRACTION`) and, as one Raft
+/// entry, one transport frame with room for the message around it. The
+/// store's `proposal_bytes_max` is lowered to it.
+fn proposal_room(cfg: &NodeConfig) -> u64 {
+    let frame = (cfg.transport.frame_bytes_max as u64).saturating_sub(FRAME_ROOM_BYTES);
+    match cfg.storage {
+        StorageMode::Disk => {
+            frame.min(cfg.wal.segment_bytes / runtime::WAL_REQUEST_SEGMENT_FRACTION)
+        }
+        StorageMode::Memory => frame,
+    }
+}
+
+/// Room for a Raft message and its frame around the largest entry.
+const FRAME_ROOM_BYTES: u64 = 64 << 10;
+
 impl NodeConfig {
     /// A node with safe defaults: 100 ms ticks, 64 ranges, fsync on.
     pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
@@ -297,6 +314,7 @@ impl Node {
         sc.raft
             .validate()
             .map_err(|e| NodeError::Config(format!("raft: {e}")))?;
+        sc.proposal_bytes_max = sc.proposal_bytes_max.min(proposal_room(&cfg));
         let mut store = Store::new(sc, &datadir.peers()?);
 
         if datadir.fresh {

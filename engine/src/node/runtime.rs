@@ -268,7 +268,13 @@ impl Looper {
                 }
             }
             Event::Peer { from, batch } => store.receive(from, batch),
-            Event::Persisted { token } => store.persisted(token),
+            // After a storage failure nothing is acknowledged as durable: a
+            // batch cut into several WAL requests may have lost one of them.
+            Event::Persisted { token } => {
+                if self.failed.is_none() {
+                    store.persisted(token);
+                }
+            }
             Event::SnapshotsStored(write) => self.writes.stored.push(write),
             Event::StorageFailed(why) => {
                 tracing::error!(error = %why, "storage failed; the node stops serving");
@@ -696,20 +702,36 @@ fn submit_wal(
             return Ok(());
         }
     };
-    let mut batch = tessera_wal::LogBatch::new();
+    // A WAL request must fit in one segment, and a round's batch (every
+    // range's new entries) has no such bound: cut it into requests of at
+    // most a quarter segment.
+    let cap = (wal.config().segment_bytes / WAL_REQUEST_SEGMENT_FRACTION) as usize;
+    let mut requests = vec![tessera_wal::LogBatch::new()];
     for g in write.groups {
-        add_group(&mut batch, g, counters)?;
+        add_group(&mut requests, cap, g, counters)?;
     }
+    requests.retain(|b| !b.is_empty());
     counters.wal_batches.fetch_add(1, Ordering::Relaxed);
-    if batch.is_empty() {
+    let Some(last) = requests.pop() else {
         let _ = tx.send(Event::Persisted { token });
         return Ok(());
-    }
+    };
     // The WAL's thread sends the outcome straight to the loop: a task that
     // awaited the ticket would add a spawn and a scheduling hop to every
-    // write, on the commit path of leader and followers alike.
+    // write, on the commit path of leader and followers alike. The WAL makes
+    // its requests durable in order, and a failed one fails every later one
+    // (it stops accepting writes), so the last request's success means the
+    // whole batch is durable; any failure stops the node.
+    for batch in requests {
+        let tx = tx.clone();
+        wal.submit(batch).on_done(move |r| {
+            if let Err(e) = r {
+                let _ = tx.send(Event::StorageFailed(format!("wal write failed: {e}")));
+            }
+        });
+    }
     let tx = tx.clone();
-    wal.submit(batch).on_done(move |r| {
+    wal.submit(last).on_done(move |r| {
         let ev = match r {
             Ok(()) => Event::Persisted { token },
             Err(e) => Event::StorageFailed(format!("wal write failed: {e}")),
@@ -719,34 +741,65 @@ fn submit_wal(
     Ok(())
 }
 
-/// Adds one group's records; its snapshot file is already stored.
+/// A WAL request (one `LogBatch`) holds at most this fraction of a segment:
+/// a request must fit in one.
+pub(crate) const WAL_REQUEST_SEGMENT_FRACTION: u64 = 4;
+
+/// Adds one group's records to the last of `requests`, starting a new
+/// request whenever the last one would pass `cap` bytes (a group's entries
+/// may then span requests, in order; its hard state goes with its last
+/// entries). Its snapshot file is already stored.
 fn add_group(
-    batch: &mut tessera_wal::LogBatch,
+    requests: &mut Vec<tessera_wal::LogBatch>,
+    cap: usize,
     g: GroupWrite,
     counters: &RuntimeCounters,
 ) -> Result<(), String> {
     let range = g.range;
-    if let Some(s) = g.snapshot {
-        if s.kind == SnapshotKind::ReplacesLog {
-            batch.remove_group(range);
+    let last = |requests: &mut Vec<tessera_wal::LogBatch>| {
+        if requests.is_empty() {
+            requests.push(tessera_wal::LogBatch::new());
         }
-        batch.compact(range, compaction_point(&s));
+        requests.len() - 1
+    };
+    if let Some(s) = g.snapshot {
+        let i = last(requests);
+        if s.kind == SnapshotKind::ReplacesLog {
+            requests[i].remove_group(range);
+        }
+        requests[i].compact(range, compaction_point(&s));
     }
     if !g.entries.is_empty() {
         counters
             .wal_entries
             .fetch_add(g.entries.len() as u64, Ordering::Relaxed);
-        let entries = g
-            .entries
-            .into_iter()
-            .map(|(index, term, data)| tessera_wal::Entry { index, term, data })
-            .collect();
-        batch
-            .add_entries(range, entries)
+        let mut chunk: Vec<tessera_wal::Entry> = Vec::new();
+        let mut chunk_bytes = 0;
+        for (index, term, data) in g.entries {
+            // As `LogBatch::approx_bytes` counts an entry.
+            let bytes = data.len() + 32;
+            let i = last(requests);
+            let full = requests[i].approx_bytes() + chunk_bytes + bytes > cap;
+            if full && !(chunk.is_empty() && requests[i].is_empty()) {
+                if !chunk.is_empty() {
+                    requests[i]
+                        .add_entries(range, std::mem::take(&mut chunk))
+                        .map_err(|e| format!("range {range}: {e}"))?;
+                }
+                requests.push(tessera_wal::LogBatch::new());
+                chunk_bytes = 0;
+            }
+            chunk.push(tessera_wal::Entry { index, term, data });
+            chunk_bytes += bytes;
+        }
+        let i = last(requests);
+        requests[i]
+            .add_entries(range, chunk)
             .map_err(|e| format!("range {range}: {e}"))?;
     }
     if let Some(hs) = g.hard_state {
-        batch.set_hard_state(
+        let i = last(requests);
+        requests[i].set_hard_state(
             range,
             tessera_wal::HardState {
                 term: hs.term,

@@ -115,6 +115,27 @@ pub enum Command {
 }
 
 impl Command {
+    /// The bytes of the keys and values it carries: about the size of its
+    /// proposal, less a small fixed overhead.
+    pub fn payload_bytes(&self) -> usize {
+        let opt = |v: &Option<Bytes>| v.as_ref().map_or(0, Bytes::len);
+        match self {
+            Command::Put { key, value }
+            | Command::Append { key, value }
+            | Command::PutIf { key, value, .. } => key.len() + value.len(),
+            Command::Delete { key } | Command::Increment { key, .. } => key.len(),
+            Command::Cas { key, expected, new } => key.len() + opt(expected) + opt(new),
+            Command::Batch(ops) => ops
+                .iter()
+                .map(|op| match op {
+                    BatchOp::Put { key, value } => key.len() + value.len(),
+                    BatchOp::Delete { key } => key.len(),
+                })
+                .sum(),
+            Command::Split { at, .. } => at.len(),
+        }
+    }
+
     /// Every key the command touches, in op order (a batch may repeat keys).
     pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
         let (single, batch): (Option<&Bytes>, &[BatchOp]) = match self {

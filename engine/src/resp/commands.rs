@@ -192,6 +192,7 @@ impl From<&DbError> for CmdError {
                 ErrorKind::Store,
                 format!("TRYAGAIN range unavailable, nothing was applied: {why}"),
             ),
+            DbError::Invalid(why) => (ErrorKind::Other, format!("ERR {why}")),
             other => (ErrorKind::Store, format!("ERR store error: {other}")),
         };
         CmdError { kind, text }

@@ -2,6 +2,13 @@
 
 use crate::raft::{self, NodeId};
 
+/// Default [`StoreConfig::proposal_bytes_max`]: 4 MiB of value with room
+/// for its key. etcd refuses requests over 1.5 MiB by default, TiKV entries
+/// over 8 MiB; a larger write here would be one Raft message larger than the
+/// transport's frames (8 MiB) allow, and would hold up every other message
+/// to that peer while it crosses the network.
+pub const PROPOSAL_BYTES_MAX: u64 = (4 << 20) + (64 << 10);
+
 /// How a store runs its replicas. Times are in ticks of the host's clock.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -53,6 +60,14 @@ pub struct StoreConfig {
     /// It is also given up at once when the leader's node is seen down.
     /// Default 50 (5 s at the default 100 ms tick).
     pub forward_timeout_ticks: u32,
+    /// Largest write accepted, in bytes of its encoded proposal (keys,
+    /// values and a few bytes of framing): a larger one is refused with
+    /// `StoreError::Invalid` by the first node it reaches, before it is
+    /// proposed or forwarded. Each write is one Raft entry, sent to the
+    /// followers in one message and written in one WAL request, so a node
+    /// lowers it to what both can hold: a quarter of a WAL segment, and the
+    /// transport's frame less 64 KiB (see [`PROPOSAL_BYTES_MAX`]).
+    pub proposal_bytes_max: u64,
     /// Seed of the replicas' election timers.
     pub seed: u64,
     /// A number the host picks anew at every start of the store (random in
@@ -80,6 +95,7 @@ impl StoreConfig {
             snapshot_inline_bytes: 64 << 10,
             forward_requests: true,
             forward_timeout_ticks: 50,
+            proposal_bytes_max: PROPOSAL_BYTES_MAX,
             seed: node_id,
             boot: 0,
         }

@@ -338,6 +338,27 @@ impl Store {
             self.replies.push((id, Err(e)));
             return;
         }
+        // Refused where it arrives, forwarded or not: an entry this large
+        // could not be replicated (see `StoreConfig::proposal_bytes_max`).
+        let bytes = match &req {
+            Request::Write { command, .. } => Some(command.payload_bytes()),
+            Request::WriteEncoded { proposal, .. } => Some(proposal.bytes().len()),
+            _ => None,
+        };
+        if let Some(bytes) = bytes
+            && bytes as u64 > self.cfg.proposal_bytes_max
+        {
+            let e = StoreError::Invalid {
+                range: req.range(),
+                why: format!(
+                    "a write of {bytes} bytes is over the limit of {} bytes \
+                     (proposal_bytes_max)",
+                    self.cfg.proposal_bytes_max
+                ),
+            };
+            self.replies.push((id, Err(e)));
+            return;
+        }
         if let Some(leader) = self.forward_target(&req) {
             self.forward(id, leader, req);
             return;
