@@ -23,6 +23,7 @@ use crate::raft::NodeId;
 use crate::range::{
     ApplyError, ApplyResult, BatchOp, Command, EncodedProposal, PutCond, RangeDescriptor, RangeId,
 };
+use crate::resp::scan::key_after;
 use crate::store::{
     META_PREFIX, META_RANGE, NEXT_RANGE_ID_KEY, ReadConsistency, ReadOp, Reply, Request,
     StoreError, cluster_layout, meta_key,
@@ -229,9 +230,17 @@ impl Db {
                     consistency,
                 })
                 .await?;
-            match reply {
-                Reply::Pairs(p) => out.extend(p),
+            let page = match reply {
+                Reply::Pairs(p) => p,
                 other => return Err(DbError::Protocol(format!("{other:?}"))),
+            };
+            // A page ends at its range's end, at `want` pairs, or at the
+            // store's byte budget: so a non-empty page may have more behind
+            // it in the same range, and only an empty one moves on.
+            if let Some((last, _)) = page.last() {
+                from = key_after(last);
+                out.extend(page);
+                continue;
             }
             if desc.end.is_empty() || (!end.is_empty() && end <= desc.end) {
                 break;
@@ -421,6 +430,9 @@ impl Db {
                 Err(DbError::NotAnInteger)
             }
             Reply::Applied(ApplyResult::Error(ApplyError::Overflow)) => Err(DbError::Overflow),
+            Reply::Applied(ApplyResult::Error(e @ ApplyError::ValueTooLarge { .. })) => {
+                Err(DbError::Invalid(e.to_string()))
+            }
             Reply::Applied(ApplyResult::Error(e @ ApplyError::KeyOutOfRange { .. })) => {
                 Err(DbError::Protocol(format!("{KEY_OUT_OF_RANGE}: {e}")))
             }
@@ -794,27 +806,34 @@ impl Db {
             *last += 1;
         }
         let end = Bytes::from(end);
-        let (reply, _) = self
-            .send(Some(meta), None, true, |d| Request::Read {
-                range: d.id,
-                epoch: d.epoch,
-                op: ReadOp::Scan {
-                    start: Bytes::from_static(META_PREFIX),
-                    end: end.clone(),
-                    limit: usize::MAX,
-                },
-                consistency: ReadConsistency::Linearizable,
-            })
-            .await?;
-        let Reply::Pairs(pairs) = reply else {
-            return Err(DbError::Protocol("meta scan".into()));
-        };
         let mut fresh = Vec::new();
-        for (_, v) in pairs {
-            let d = RangeDescriptor::decode(&v)
-                .map_err(|e| DbError::Protocol(format!("meta range descriptor: {e}")))?;
-            if d.id != META_RANGE {
-                fresh.push(d);
+        // Page by page: a scan's reply is bounded in bytes (thousands of
+        // ranges make a meta range of megabytes).
+        let mut from = Bytes::from_static(META_PREFIX);
+        loop {
+            let (reply, _) = self
+                .send(Some(meta.clone()), None, true, |d| Request::Read {
+                    range: d.id,
+                    epoch: d.epoch,
+                    op: ReadOp::Scan {
+                        start: from.clone(),
+                        end: end.clone(),
+                        limit: usize::MAX,
+                    },
+                    consistency: ReadConsistency::Linearizable,
+                })
+                .await?;
+            let Reply::Pairs(pairs) = reply else {
+                return Err(DbError::Protocol("meta scan".into()));
+            };
+            let Some((last, _)) = pairs.last() else { break };
+            from = key_after(last);
+            for (_, v) in pairs {
+                let d = RangeDescriptor::decode(&v)
+                    .map_err(|e| DbError::Protocol(format!("meta range descriptor: {e}")))?;
+                if d.id != META_RANGE {
+                    fresh.push(d);
+                }
             }
         }
         if fresh.is_empty() {

@@ -258,7 +258,21 @@ pub enum ApplyError {
         /// What was wrong.
         why: String,
     },
+    /// `Append` would make the value longer than [`VALUE_BYTES_MAX`].
+    #[error("append would make the value {len} bytes long, over the limit of {max} bytes")]
+    ValueTooLarge {
+        /// The length the value would have had.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
 }
+
+/// Longest value an `Append` may make. A constant, not a setting: every
+/// replica must decide alike. Larger values could not be read back through a
+/// forwarding node (a reply must fit one transport frame), and a write can
+/// put no more than `StoreConfig::proposal_bytes_max` anyway.
+pub const VALUE_BYTES_MAX: u64 = 4 << 20;
 
 /// What applying a command produced (sent back to the client).
 #[derive(Clone, Debug, PartialEq, Eq)]

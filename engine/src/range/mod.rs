@@ -96,7 +96,9 @@ mod state;
 mod wire;
 
 pub use crate::raft::NodeId;
-pub use command::{ApplyError, ApplyResult, BatchOp, Command, EncodedProposal, Proposal, PutCond};
+pub use command::{
+    ApplyError, ApplyResult, BatchOp, Command, EncodedProposal, Proposal, PutCond, VALUE_BYTES_MAX,
+};
 pub use descriptor::{RangeDescriptor, initial_layout};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC, SnapshotError};
 pub use state::RangeState;

@@ -5,7 +5,9 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
-use super::command::{ApplyError, ApplyResult, BatchOp, Command, Proposal, PutCond};
+use super::command::{
+    ApplyError, ApplyResult, BatchOp, Command, Proposal, PutCond, VALUE_BYTES_MAX,
+};
 use super::descriptor::RangeDescriptor;
 use super::hash;
 use super::pairs::PairMap;
@@ -290,6 +292,11 @@ impl RangeState {
                 ApplyResult::Int(new)
             }
             Command::Append { key, value } => {
+                let len = self.map.get(&key).map_or(0, Bytes::len) as u64 + value.len() as u64;
+                if len > VALUE_BYTES_MAX {
+                    let max = VALUE_BYTES_MAX;
+                    return ApplyResult::Error(ApplyError::ValueTooLarge { len, max });
+                }
                 let new = match self.map.get(&key) {
                     None => value,
                     Some(old) if value.is_empty() => old.clone(),
@@ -369,13 +376,32 @@ impl RangeState {
     /// Up to `limit` pairs with `start <= key < end` (`end` empty = to the range
     /// end), in key order.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<(Bytes, Bytes)> {
+        self.scan_bytes(start, end, limit, usize::MAX)
+    }
+
+    /// [`scan`](Self::scan) that also stops once the pairs taken hold
+    /// `bytes_max` bytes of keys and values (at least one pair is taken): a
+    /// short page is not the end of the span.
+    pub fn scan_bytes(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        bytes_max: usize,
+    ) -> Vec<(Bytes, Bytes)> {
         if limit == 0 || (!end.is_empty() && start >= end) {
             return Vec::new();
         }
+        let mut bytes = 0usize;
         self.map
             .iter_from(start)
             .take_while(|(k, _)| end.is_empty() || k[..] < *end)
             .take(limit)
+            .take_while(|(k, v)| {
+                let full = bytes > 0 && bytes >= bytes_max;
+                bytes = bytes.saturating_add(k.len() + v.len());
+                !full
+            })
             .map(|(k, v)| (Bytes::copy_from_slice(k), v.clone()))
             .collect()
     }
@@ -871,6 +897,21 @@ mod tests {
             ApplyResult::Int(0)
         );
         assert_eq!(t.get("t"), Some(Bytes::new()));
+        // Up to the value limit, and not a byte over: the value stays as it was.
+        let big = Bytes::from(vec![b'x'; VALUE_BYTES_MAX as usize - 5]);
+        let at_limit = Command::Append {
+            key: b("s"),
+            value: big,
+        };
+        assert_eq!(t.run(at_limit), ApplyResult::Int(VALUE_BYTES_MAX as i64));
+        assert_eq!(
+            t.run(app("y")),
+            ApplyResult::Error(ApplyError::ValueTooLarge {
+                len: VALUE_BYTES_MAX + 1,
+                max: VALUE_BYTES_MAX
+            })
+        );
+        assert_eq!(t.get("s").map(|v| v.len() as u64), Some(VALUE_BYTES_MAX));
     }
 
     #[test]
@@ -935,6 +976,11 @@ mod tests {
         assert!(t.s.scan(b"f", b"c", 10).is_empty());
         assert!(t.s.scan(b"a", b"", 0).is_empty());
         assert_eq!(t.s.scan(b"e", b"", 1), vec![(b("e"), b("e"))]);
+        // A byte budget ends a page early, after the pair that reaches it,
+        // and always takes one pair.
+        assert_eq!(keys(t.s.scan_bytes(b"", b"", 10, 4)), vec![b("c"), b("d")]);
+        assert_eq!(keys(t.s.scan_bytes(b"", b"", 10, 0)), vec![b("c")]);
+        assert_eq!(keys(t.s.scan_bytes(b"", b"", 10, usize::MAX)).len(), 4);
     }
 
     #[test]

@@ -1448,10 +1448,18 @@ fn serve_read(range: RangeId, r: &Replica, op: &ReadOp, epoch: u64) -> Result<Re
     Ok(serve_read_now(state, op, leader))
 }
 
+/// A scan's page ends once it holds this many bytes of keys and values (at
+/// least one pair): every reply must fit in one transport frame (8 MiB), a
+/// forwarded one beside the Raft messages of its batch. Callers take a page
+/// shorter than asked as "more may follow" (see `Db::scan`).
+const SCAN_REPLY_BYTES_MAX: usize = 1 << 20;
+
 fn serve_read_now(state: &RangeState, op: &ReadOp, leader: Option<NodeId>) -> Reply {
     match op {
         ReadOp::Get { key } => Reply::Value(state.get(key)),
-        ReadOp::Scan { start, end, limit } => Reply::Pairs(state.scan(start, end, *limit)),
+        ReadOp::Scan { start, end, limit } => {
+            Reply::Pairs(state.scan_bytes(start, end, *limit, SCAN_REPLY_BYTES_MAX))
+        }
         ReadOp::Hash => Reply::Hash {
             index: state.applied().0,
             hash: state.state_hash(),

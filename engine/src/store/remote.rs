@@ -144,6 +144,10 @@ enum WireApply {
     InvalidSplit {
         why: String,
     },
+    ValueTooLarge {
+        len: u64,
+        max: u64,
+    },
 }
 
 /// Bytes an encoding starts with room for, at least.
@@ -358,6 +362,12 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
             ApplyResult::Error(ApplyError::InvalidSplit { why }) => {
                 WireApply::InvalidSplit { why: why.clone() }
             }
+            ApplyResult::Error(ApplyError::ValueTooLarge { len, max }) => {
+                WireApply::ValueTooLarge {
+                    len: *len,
+                    max: *max,
+                }
+            }
             ApplyResult::Split { left, right } => WireApply::Split {
                 left: left.encode(),
                 right: right.encode(),
@@ -439,6 +449,9 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecErro
             WireApply::NotAnInteger => ApplyResult::Error(ApplyError::NotAnInteger),
             WireApply::Overflow => ApplyResult::Error(ApplyError::Overflow),
             WireApply::InvalidSplit { why } => ApplyResult::Error(ApplyError::InvalidSplit { why }),
+            WireApply::ValueTooLarge { len, max } => {
+                ApplyResult::Error(ApplyError::ValueTooLarge { len, max })
+            }
             WireApply::Split { left, right } => ApplyResult::Split {
                 left: RangeDescriptor::decode(&left).map_err(archive_err)?,
                 right: RangeDescriptor::decode(&right).map_err(archive_err)?,
@@ -556,6 +569,12 @@ mod tests {
                 Bytes::from_static(b"1"),
             )])),
             Ok(Reply::Applied(ApplyResult::Error(ApplyError::NotAnInteger))),
+            Ok(Reply::Applied(ApplyResult::Error(
+                ApplyError::ValueTooLarge {
+                    len: 5 << 20,
+                    max: 4 << 20,
+                },
+            ))),
             Err(StoreError::NotLeader {
                 range: 9,
                 leader: Some(2),
