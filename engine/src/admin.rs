@@ -195,7 +195,8 @@ async fn split(State(db): State<Db>, Query(q): Query<SplitQuery>) -> axum::respo
 
 /// Decodes lower- or upper-case hex; `None` if it is not hex.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    // `from_str_radix` alone would take a sign: "+f+f" is not hex.
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -475,4 +476,18 @@ fn metric(out: &mut String, name: &str, help: &str, value: u64) {
         out,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_hex;
+
+    #[test]
+    fn hex_is_only_hex_digits() {
+        assert_eq!(from_hex("00fFa1"), Some(vec![0x00, 0xff, 0xa1]));
+        assert_eq!(from_hex(""), Some(vec![]));
+        for bad in ["+f+f", "-1", "0", "zz", "0x", " 1", "é1"] {
+            assert_eq!(from_hex(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -203,7 +203,12 @@ fn plausible_headers(img: &[u8], from: usize, to: usize, seq: u64) -> Vec<Record
 fn lost_of(h: &RecordHeader) -> LostRange {
     let entries = match h.kind {
         Kind::Entries | Kind::Relocate if h.entry_count > 0 => {
-            Some((h.first_index, h.first_index + h.entry_count as u64 - 1))
+            // Saturating: a record that passed its CRC may still carry a
+            // first index near u64::MAX (crafted bytes); reported, not a panic.
+            Some((
+                h.first_index,
+                h.first_index.saturating_add(h.entry_count as u64 - 1),
+            ))
         }
         _ => None,
     };
@@ -572,14 +577,14 @@ pub(crate) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
                 detail: "gap after a damaged region (older entries dropped with it)",
             }));
     }
-    let next_seq = seqs.last().map_or(1, |s| s + 1);
+    let next_seq = seqs.last().map_or(1, |s| s.saturating_add(1));
     replay.report.groups = replay.tables.index.groups.len();
     replay.report.elapsed = started.elapsed();
     Ok(Recovered {
         tables: replay.tables,
         active,
         next_seq,
-        next_batch_id: replay.max_batch_id + 1,
+        next_batch_id: replay.max_batch_id.saturating_add(1),
         free,
         max_free_id,
         report: replay.report,
