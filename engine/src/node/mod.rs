@@ -417,7 +417,7 @@ impl Node {
         tokio::spawn(async move {
             while let Some(b) = incoming.batches.recv().await {
                 for m in &b.messages {
-                    h.deliver(b.from.0, m);
+                    h.deliver(b.from.0, m).await;
                 }
             }
         });

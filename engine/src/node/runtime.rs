@@ -44,6 +44,8 @@ pub(crate) enum Event {
     Peer {
         from: NodeId,
         batch: PeerBatch,
+        /// Held until the loop has taken the batch (see `PEER_BATCHES_QUEUED_MAX`).
+        _queued: tokio::sync::OwnedSemaphorePermit,
     },
     Persisted {
         token: u64,
@@ -70,10 +72,20 @@ pub struct RuntimeCounters {
     pub down_peers: parking_lot::RwLock<Vec<NodeId>>,
 }
 
+/// Peer batches decoded and queued for the loop, at most. The loop's
+/// channel is unbounded (WAL completions and requests must never wait), so
+/// without this bound a loop that fell behind its peers would queue their
+/// batches without limit; with it, the task that delivers them waits, the
+/// transport stops reading the peer's stream, and QUIC flow control pushes
+/// back to the sender, whose queue then drops (Raft retransmits).
+const PEER_BATCHES_QUEUED_MAX: usize = 64;
+
 /// A cheap handle to a running store loop.
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
     tx: mpsc::UnboundedSender<Event>,
+    /// Permits for queued peer batches (`PEER_BATCHES_QUEUED_MAX`).
+    peer_batches: Arc<tokio::sync::Semaphore>,
     pub(crate) counters: Arc<RuntimeCounters>,
 }
 
@@ -126,10 +138,19 @@ impl StoreHandle {
         self.inspect(|s| s.stats()).await
     }
 
-    pub(crate) fn deliver(&self, from: NodeId, bytes: &[u8]) {
+    /// Decodes a peer's batch and queues it for the loop; waits while
+    /// `PEER_BATCHES_QUEUED_MAX` batches are queued already.
+    pub(crate) async fn deliver(&self, from: NodeId, bytes: &[u8]) {
         match decode_batch(bytes) {
             Ok(batch) => {
-                let _ = self.tx.send(Event::Peer { from, batch });
+                let Ok(queued) = self.peer_batches.clone().acquire_owned().await else {
+                    return;
+                };
+                let _ = self.tx.send(Event::Peer {
+                    from,
+                    batch,
+                    _queued: queued,
+                });
             }
             Err(e) => {
                 self.counters
@@ -176,6 +197,7 @@ pub(crate) fn spawn(store: Store, io: Io, tick: Duration) -> StoreHandle {
     let counters = Arc::new(RuntimeCounters::default());
     let handle = StoreHandle {
         tx: tx.clone(),
+        peer_batches: Arc::new(tokio::sync::Semaphore::new(PEER_BATCHES_QUEUED_MAX)),
         counters: counters.clone(),
     };
     tokio::spawn(run(store, io, tick, tx, rx, counters));
@@ -267,7 +289,7 @@ impl Looper {
                     store.request(self.next_req, req);
                 }
             }
-            Event::Peer { from, batch } => store.receive(from, batch),
+            Event::Peer { from, batch, .. } => store.receive(from, batch),
             // After a storage failure nothing is acknowledged as durable: a
             // batch cut into several WAL requests may have lost one of them.
             Event::Persisted { token } => {
@@ -920,6 +942,39 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A loop that does not take its peers' batches stops their delivery
+    /// once `PEER_BATCHES_QUEUED_MAX` are queued, and frees it batch by batch.
+    #[tokio::test]
+    async fn peer_batches_queue_up_to_a_bound() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let h = StoreHandle {
+            tx,
+            peer_batches: Arc::new(tokio::sync::Semaphore::new(PEER_BATCHES_QUEUED_MAX)),
+            counters: Arc::default(),
+        };
+        let bytes = encode_batch(&PeerBatch {
+            incarnation: 1,
+            messages: Vec::new(),
+            control: Vec::new(),
+        });
+        let wait = Duration::from_millis(50);
+        for _ in 0..PEER_BATCHES_QUEUED_MAX {
+            tokio::time::timeout(wait, h.deliver(2, &bytes))
+                .await
+                .expect("room in the queue");
+        }
+        let mut next = std::pin::pin!(h.deliver(2, &bytes));
+        assert!(
+            tokio::time::timeout(wait, &mut next).await.is_err(),
+            "over the bound"
+        );
+        // The loop takes (and drops) one: the waiting batch goes in.
+        let taken = rx.recv().await.expect("queued");
+        assert!(matches!(taken, Event::Peer { from: 2, .. }));
+        drop(taken);
+        tokio::time::timeout(wait, next).await.expect("room again");
     }
 
     #[test]
