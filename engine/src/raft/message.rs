@@ -76,6 +76,40 @@ pub enum MessageBody {
 }
 
 impl Message {
+    /// Whether the numbers in it are possible at all: a term below `u64::MAX`
+    /// (a replica adds one to campaign), an append's entries numbered one
+    /// after another from `prev_index + 1` with terms that never fall, start
+    /// at `prev_term` or later and never pass the message's term, and a
+    /// snapshot chunk whose end fits in a `u64`. The core drops a message
+    /// that is not: peers are authenticated, but a bug or a damaged node must
+    /// not make every replica assert.
+    pub fn well_formed(&self) -> bool {
+        if self.term == Term::MAX {
+            return false;
+        }
+        match &self.body {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                ..
+            } => {
+                let mut term = *prev_term;
+                entries.iter().enumerate().all(|(i, e)| {
+                    let ok = prev_index.checked_add(i as u64 + 1) == Some(e.index)
+                        && e.term >= term
+                        && e.term <= self.term;
+                    term = e.term;
+                    ok
+                })
+            }
+            MessageBody::SnapshotChunk { offset, data, .. } => {
+                offset.checked_add(data.len() as u64).is_some()
+            }
+            _ => true,
+        }
+    }
+
     /// A short name of the message kind, for traces and errors.
     pub fn kind(&self) -> &'static str {
         match &self.body {
@@ -100,5 +134,60 @@ impl Message {
             MessageBody::SnapshotChunk { data, .. } => data.len() as u64,
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::EntryPayload;
+
+    fn append(term: Term, prev: (Index, Term), entries: &[(Index, Term)]) -> Message {
+        Message {
+            from: 1,
+            to: 2,
+            term,
+            body: MessageBody::Append {
+                prev_index: prev.0,
+                prev_term: prev.1,
+                entries: entries
+                    .iter()
+                    .map(|&(index, term)| Entry {
+                        index,
+                        term,
+                        payload: EntryPayload::Normal(Bytes::new()),
+                    })
+                    .collect(),
+                commit: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn only_possible_numbers_are_well_formed() {
+        assert!(append(3, (4, 2), &[(5, 2), (6, 3), (7, 3)]).well_formed());
+        assert!(append(3, (0, 0), &[]).well_formed());
+        // A gap, a repeat, a term that falls, one before prev_term, one past
+        // the message's term, an index past u64::MAX, an absurd term.
+        assert!(!append(3, (4, 2), &[(5, 2), (7, 2)]).well_formed());
+        assert!(!append(3, (4, 2), &[(5, 2), (5, 2)]).well_formed());
+        assert!(!append(3, (4, 2), &[(5, 3), (6, 2)]).well_formed());
+        assert!(!append(3, (4, 2), &[(5, 1)]).well_formed());
+        assert!(!append(3, (4, 2), &[(5, 4)]).well_formed());
+        assert!(!append(3, (u64::MAX, 2), &[(0, 2)]).well_formed());
+        assert!(!append(u64::MAX, (0, 0), &[]).well_formed());
+        let chunk = |offset| Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::SnapshotChunk {
+                meta: SnapshotMeta::default(),
+                offset,
+                data: Bytes::from_static(b"xy"),
+                done: false,
+            },
+        };
+        assert!(chunk(10).well_formed());
+        assert!(!chunk(u64::MAX - 1).well_formed());
     }
 }

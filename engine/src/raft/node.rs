@@ -365,7 +365,7 @@ impl Raft {
 
     /// Handles a message from a peer.
     pub fn step(&mut self, m: Message) {
-        if m.to != self.id || m.from == self.id || m.from == NO_NODE {
+        if m.to != self.id || m.from == self.id || m.from == NO_NODE || !m.well_formed() {
             return;
         }
         if m.term > self.term {
