@@ -69,7 +69,10 @@ pub struct RespOptions {
     /// any command but AUTH, HELLO and QUIT. Default none.
     pub password: Option<String>,
     /// Largest request on the wire (all of a command's arguments); a larger
-    /// one is a protocol error. Default 512 MiB, as Redis.
+    /// one is a protocol error. Default 16 MiB: a write holds at most 4 MiB
+    /// (`StoreConfig::proposal_bytes_max`; a larger one below this is refused
+    /// with that reason), and each connection may buffer a whole request, so
+    /// Redis's 512 MiB would let 10,000 clients claim terabytes.
     pub max_request_bytes: usize,
     /// Connections open at once; one more is answered
     /// `-ERR max number of clients reached` and closed. Default 10,000, as Redis.
@@ -89,7 +92,7 @@ impl Default for RespOptions {
     fn default() -> Self {
         RespOptions {
             password: None,
-            max_request_bytes: 512 * 1024 * 1024,
+            max_request_bytes: 16 << 20,
             max_connections: 10_000,
             scan_count_max: 100_000,
             shutdown: None,
