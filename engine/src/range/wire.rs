@@ -146,7 +146,7 @@ pub(crate) fn encode_proposal(epoch: u64, command: &Command) -> Bytes {
         epoch,
         command: command_wire(command),
     };
-    let mut out = Vec::with_capacity(archive_size_hint(&wire.command));
+    let mut out = Vec::with_capacity(archive_size_hint(command));
     out.push(PROPOSAL_FORMAT_VERSION);
     let buf = rkyv::api::high::to_bytes_in::<_, RkyvError>(&wire, out).expect(TOO_BIG);
     Bytes::from(buf)
@@ -210,28 +210,15 @@ fn command_wire(command: &Command) -> CommandWire {
 /// to. Serializing then neither grows the buffer (each growth copies what was
 /// written so far) nor leaves spare capacity in it: the leader keeps these
 /// bytes in its log until the entry is compacted.
-fn archive_size_hint(command: &CommandWire) -> usize {
+fn archive_size_hint(command: &Command) -> usize {
     use std::mem::size_of;
-    let opt = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+    let batch_ops = match command {
+        Command::Batch(ops) => ops.len(),
+        _ => 0,
+    };
     1 + size_of::<ArchivedProposalWire>()
-        + match command {
-            CommandWire::Put { key, value }
-            | CommandWire::Append { key, value }
-            | CommandWire::PutIf { key, value, .. } => key.len() + value.len(),
-            CommandWire::Delete { key } | CommandWire::Increment { key, .. } => key.len(),
-            CommandWire::Cas { key, expected, new } => key.len() + opt(expected) + opt(new),
-            CommandWire::Batch(ops) => ops
-                .iter()
-                .map(|op| {
-                    size_of::<ArchivedBatchOpWire>()
-                        + match op {
-                            BatchOpWire::Put { key, value } => key.len() + value.len(),
-                            BatchOpWire::Delete { key } => key.len(),
-                        }
-                })
-                .sum(),
-            CommandWire::Split { at, .. } => at.len(),
-        }
+        + batch_ops * size_of::<ArchivedBatchOpWire>()
+        + command.payload_bytes()
 }
 
 pub(crate) fn decode_proposal(bytes: &[u8]) -> Result<Proposal, DecodeError> {
@@ -388,7 +375,7 @@ mod tests {
             ]);
         }
         for c in commands {
-            let hint = archive_size_hint(&command_wire(&c));
+            let hint = archive_size_hint(&c);
             let len = encode_proposal(u64::MAX, &c).len();
             assert!(hint >= len, "hint {hint} < {len} bytes for {c:?}");
             assert!(
