@@ -555,3 +555,34 @@ async fn scans_of_large_values_come_back_whole_in_pages() {
         assert_eq!(db.scan("big/", "big0", 5).await.expect("scan").len(), 5);
     }
 }
+
+/// Several large writes forwarded in one round (and their large answers)
+/// are spread over frames of their own instead of one frame over the
+/// transport's limit, which was refused on every retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_large_forwarded_writes_in_one_round_all_land() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = start(dir.path(), 1, None).await;
+    for n in 0..3 {
+        let db = cluster.db(n).expect("running").clone();
+        let puts: Vec<_> = (0..4)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let k = Bytes::from(format!("fwd/{n}/{i}"));
+                    db.put(k, vec![i as u8; 3 << 20]).await
+                })
+            })
+            .collect();
+        for p in puts {
+            p.await.expect("task").expect("put");
+        }
+    }
+    let db = cluster.db(1).expect("running");
+    for n in 0..3 {
+        for i in 0..4u8 {
+            let v = db.get(format!("fwd/{n}/{i}")).await.expect("get");
+            assert!(v.is_some_and(|v| v.len() == 3 << 20 && v.iter().all(|&b| b == i)));
+        }
+    }
+}

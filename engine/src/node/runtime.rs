@@ -18,8 +18,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::{NodeId, WeakSnapshotData};
-use crate::range::RangeDescriptor;
 use crate::range::RangeId;
+use crate::range::{ApplyResult, RangeDescriptor};
 use crate::store::codec::{decode_batch, encode_batch};
 use crate::store::{
     Control, GroupWrite, PeerBatch, Reply, ReqId, Request, SnapshotKind, SnapshotWrite, Store,
@@ -734,33 +734,42 @@ fn submit_wal(
     }
     requests.retain(|b| !b.is_empty());
     counters.wal_batches.fetch_add(1, Ordering::Relaxed);
-    let Some(last) = requests.pop() else {
+    if requests.is_empty() {
         let _ = tx.send(Event::Persisted { token });
         return Ok(());
-    };
+    }
     // The WAL's thread sends the outcome straight to the loop: a task that
     // awaited the ticket would add a spawn and a scheduling hop to every
-    // write, on the commit path of leader and followers alike. The WAL makes
-    // its requests durable in order, and a failed one fails every later one
-    // (it stops accepting writes), so the last request's success means the
-    // whole batch is durable; any failure stops the node.
+    // write, on the commit path of leader and followers alike. The batch is
+    // durable once every one of its requests is: the last to complete
+    // reports it, unless one failed (a failed sync stops the WAL, but a
+    // request refused alone, say too large, does not, and requests may
+    // complete on different threads).
+    let pending = Arc::new(Pending {
+        left: AtomicU64::new(requests.len() as u64),
+        failed: std::sync::atomic::AtomicBool::new(false),
+    });
     for batch in requests {
-        let tx = tx.clone();
+        let (tx, pending) = (tx.clone(), pending.clone());
         wal.submit(batch).on_done(move |r| {
             if let Err(e) = r {
+                pending.failed.store(true, Ordering::SeqCst);
                 let _ = tx.send(Event::StorageFailed(format!("wal write failed: {e}")));
+            }
+            if pending.left.fetch_sub(1, Ordering::AcqRel) == 1
+                && !pending.failed.load(Ordering::SeqCst)
+            {
+                let _ = tx.send(Event::Persisted { token });
             }
         });
     }
-    let tx = tx.clone();
-    wal.submit(last).on_done(move |r| {
-        let ev = match r {
-            Ok(()) => Event::Persisted { token },
-            Err(e) => Event::StorageFailed(format!("wal write failed: {e}")),
-        };
-        let _ = tx.send(ev);
-    });
     Ok(())
+}
+
+/// The requests of one write batch not completed yet, and whether one failed.
+struct Pending {
+    left: AtomicU64,
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// A WAL request (one `LogBatch`) holds at most this fraction of a segment:
@@ -790,6 +799,21 @@ fn add_group(
             requests[i].remove_group(range);
         }
         requests[i].compact(range, compaction_point(&s));
+        // Removing the group dropped its hard state; it is written again
+        // below, after the entries, but those may go in a later request: a
+        // crash between the two must not lose the term and vote.
+        if s.kind == SnapshotKind::ReplacesLog
+            && let Some(hs) = &g.hard_state
+        {
+            requests[i].set_hard_state(
+                range,
+                tessera_wal::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit.min(s.meta.index),
+                },
+            );
+        }
     }
     if !g.entries.is_empty() {
         counters
@@ -835,15 +859,41 @@ fn add_group(
 
 /// Sends one peer's batch, cut into frames of bounded payload.
 fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounters) -> Vec<Control> {
+    // Controls ride in the first frame, but forwarded writes and answers can
+    // weigh megabytes each: past `PEER_FRAME_PAYLOAD_MAX` they go on in frames
+    // of their own, so that no frame outgrows what the transport takes.
+    let mut control_groups = vec![Vec::new()];
+    let mut bytes = 0u64;
+    for c in batch.control {
+        let size = control_bytes(&c);
+        if bytes > 0 && bytes + size > PEER_FRAME_PAYLOAD_MAX {
+            control_groups.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(g) = control_groups.last_mut() {
+            g.push(c);
+        }
+    }
+    let mut extra_controls = control_groups.split_off(1);
+    let first_controls = control_groups.pop().unwrap_or_default();
+    let batch = PeerBatch {
+        incarnation: batch.incarnation,
+        messages: batch.messages,
+        control: first_controls,
+    };
     // Forwarded requests and their answers are not retransmitted the way
-    // Raft messages are: if the transport refuses the frame carrying them
+    // Raft messages are: if the transport refuses a frame carrying them
     // (never sent: its queue to the peer is full), they go back to the store.
-    let must_arrive: Vec<Control> = batch
-        .control
-        .iter()
-        .filter(|c| matches!(c, Control::Forward { .. } | Control::ForwardReply { .. }))
-        .cloned()
-        .collect();
+    let must_arrive = |controls: &[Control]| -> Vec<Control> {
+        controls
+            .iter()
+            .filter(|c| matches!(c, Control::Forward { .. } | Control::ForwardReply { .. }))
+            .cloned()
+            .collect()
+    };
+    let mut refused = Vec::new();
+    let first_must_arrive = must_arrive(&batch.control);
     let total: u64 = batch.messages.iter().map(|(_, m)| m.payload_bytes()).sum();
     let mut frames = Vec::new();
     if total <= PEER_FRAME_PAYLOAD_MAX {
@@ -874,39 +924,72 @@ fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounter
         }
         frames.push(encode_batch(&cur));
     }
-    counters
-        .peer_frames
-        .fetch_add(frames.len() as u64, Ordering::Relaxed);
-    // The controls ride in the first frame; it is sent on its own so that
-    // the transport's report says whether it was refused.
+    counters.peer_frames.fetch_add(
+        (frames.len() + extra_controls.len()) as u64,
+        Ordering::Relaxed,
+    );
+    // Each frame with controls is sent on its own, so that the transport's
+    // report says whether it was refused; the rest go together.
     let rest = frames.split_off(1);
-    let mut first_refused = false;
-    for (i, part) in [frames, rest].into_iter().enumerate() {
-        if part.is_empty() {
-            continue;
-        }
-        let n = part.len() as u64;
-        let dropped = match io.transport.send(tessera_transport::NodeId(to), part) {
-            Ok(report) => report.dropped as u64,
-            Err(e) => {
-                tracing::debug!(peer = to, error = %e, "send failed");
-                n
-            }
-        };
-        counters
-            .peer_frames_dropped
-            .fetch_add(dropped, Ordering::Relaxed);
-        if i == 0 && dropped > 0 {
-            first_refused = true;
+    if send_frames(io, to, frames, counters) {
+        refused.extend(first_must_arrive);
+    }
+    for controls in extra_controls.drain(..) {
+        let keep = must_arrive(&controls);
+        let frame = encode_batch(&PeerBatch {
+            incarnation: batch.incarnation,
+            messages: Vec::new(),
+            control: controls,
+        });
+        if send_frames(io, to, vec![frame], counters) {
+            refused.extend(keep);
         }
     }
-    if first_refused {
-        must_arrive
-    } else {
-        Vec::new()
-    }
+    send_frames(io, to, rest, counters);
+    refused
 }
 
+/// Hands frames to the transport; whether any was refused.
+fn send_frames(io: &Io, to: NodeId, frames: Vec<Bytes>, counters: &RuntimeCounters) -> bool {
+    if frames.is_empty() {
+        return false;
+    }
+    let n = frames.len() as u64;
+    let dropped = match io.transport.send(tessera_transport::NodeId(to), frames) {
+        Ok(report) => report.dropped as u64,
+        Err(e) => {
+            tracing::debug!(peer = to, error = %e, "send failed");
+            n
+        }
+    };
+    counters
+        .peer_frames_dropped
+        .fetch_add(dropped, Ordering::Relaxed);
+    dropped > 0
+}
+
+/// About how many bytes a control takes in a frame: the writes and answers
+/// it carries, plus a little.
+fn control_bytes(c: &Control) -> u64 {
+    let opt = |v: &Option<Bytes>| v.as_ref().map_or(0, Bytes::len);
+    let carried = match c {
+        Control::Forward { request, .. } => match request {
+            Request::WriteEncoded { proposal, .. } => proposal.bytes().len(),
+            Request::Write { command, .. } => command.payload_bytes(),
+            Request::Split { at, .. } => at.len(),
+            Request::Read { .. } | Request::TransferLeader { .. } => 0,
+        },
+        Control::ForwardReply { reply, .. } => match reply {
+            Ok(Reply::Value(v)) => opt(v),
+            Ok(Reply::Pairs(pairs)) => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            Ok(Reply::Applied(ApplyResult::Cas { current, .. })) => opt(current),
+            Ok(Reply::Applied(ApplyResult::PutIf { old, .. })) => opt(old),
+            _ => 0,
+        },
+        _ => 0,
+    };
+    carried as u64 + 64
+}
 #[cfg(test)]
 mod tests {
     use super::*;
