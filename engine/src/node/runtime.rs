@@ -18,8 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::{NodeId, WeakSnapshotData};
-use crate::range::RangeId;
-use crate::range::{ApplyResult, RangeDescriptor};
+use crate::range::{ApplyResult, RangeDescriptor, RangeId};
 use crate::store::codec::{decode_batch, encode_batch};
 use crate::store::{
     Control, GroupWrite, PeerBatch, Reply, ReqId, Request, SnapshotKind, SnapshotWrite, Store,
@@ -745,6 +744,19 @@ fn submit_wal(
     // reports it, unless one failed (a failed sync stops the WAL, but a
     // request refused alone, say too large, does not, and requests may
     // complete on different threads).
+    if requests.len() == 1 {
+        // The usual round, one request: its outcome is the batch's.
+        let tx = tx.clone();
+        let batch = requests.remove(0);
+        wal.submit(batch).on_done(move |r| {
+            let ev = match r {
+                Ok(()) => Event::Persisted { token },
+                Err(e) => Event::StorageFailed(format!("wal write failed: {e}")),
+            };
+            let _ = tx.send(ev);
+        });
+        return Ok(());
+    }
     let pending = Arc::new(Pending {
         left: AtomicU64::new(requests.len() as u64),
         failed: std::sync::atomic::AtomicBool::new(false),
