@@ -64,6 +64,14 @@ pub enum DbError {
     RangeChanged(Box<RangeDescriptor>),
 }
 
+/// What a request does, for [`Db::on_key`]: writes wait for admission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Read,
+    /// A write of this many bytes of keys and values.
+    Write(usize),
+}
+
 /// Options of a [`Db`] handle.
 #[derive(Clone, Copy, Debug)]
 pub struct DbOptions {
@@ -188,7 +196,7 @@ impl Db {
     ) -> Result<Option<Bytes>, DbError> {
         let key = Bytes::copy_from_slice(key.as_ref());
         let (reply, _) = self
-            .on_key(&key, true, |d| Request::Read {
+            .on_key(&key, Access::Read, |d| Request::Read {
                 range: d.id,
                 epoch: d.epoch,
                 op: ReadOp::Get { key: key.clone() },
@@ -219,7 +227,7 @@ impl Db {
             // that serves is the one routing found, which may have changed
             // by a split since the loop began.
             let (reply, desc) = self
-                .on_key(&from, true, |d| Request::Read {
+                .on_key(&from, Access::Read, |d| Request::Read {
                     range: d.id,
                     epoch: d.epoch,
                     op: ReadOp::Scan {
@@ -401,7 +409,7 @@ impl Db {
         // store proposes these bytes, here or on the leader it forwards to.
         let encoded: parking_lot::Mutex<Option<EncodedProposal>> = parking_lot::Mutex::new(None);
         let (reply, _) = self
-            .on_key(key, false, |d| {
+            .on_key(key, Access::Write(command.payload_bytes()), |d| {
                 let mut cached = encoded.lock();
                 let proposal = match &*cached {
                     Some(p) if p.epoch() == d.epoch => Some(p.clone()),
@@ -460,10 +468,12 @@ impl Db {
         }
         // Asking twice is harmless, so it is retried like a read.
         match self
-            .send(Some(desc), None, true, |d| Request::TransferLeader {
-                range: d.id,
-                epoch: d.epoch,
-                to,
+            .send(Instant::now(), Some(desc), None, true, |d| {
+                Request::TransferLeader {
+                    range: d.id,
+                    epoch: d.epoch,
+                    to,
+                }
             })
             .await?
             .0
@@ -518,11 +528,13 @@ impl Db {
             }
             let new_range = self.allocate_range_id().await?;
             let result = self
-                .send(Some(desc), None, false, |d| Request::Split {
-                    range: d.id,
-                    epoch: d.epoch,
-                    at: at.clone(),
-                    new_range,
+                .send(Instant::now(), Some(desc), None, false, |d| {
+                    Request::Split {
+                        range: d.id,
+                        epoch: d.epoch,
+                        at: at.clone(),
+                        new_range,
+                    }
                 })
                 .await;
             match result {
@@ -650,7 +662,7 @@ impl Db {
     async fn meta_get(&self, key: &Bytes) -> Result<Option<Bytes>, DbError> {
         let meta = self.inner.meta.clone();
         match self
-            .send(Some(meta), None, true, |d| Request::Read {
+            .send(Instant::now(), Some(meta), None, true, |d| Request::Read {
                 range: d.id,
                 epoch: d.epoch,
                 op: ReadOp::Get { key: key.clone() },
@@ -678,10 +690,12 @@ impl Db {
             new: Some(new),
         };
         match self
-            .send(Some(meta), None, false, |d| Request::Write {
-                range: d.id,
-                epoch: d.epoch,
-                command: command.clone(),
+            .send(Instant::now(), Some(meta), None, false, |d| {
+                Request::Write {
+                    range: d.id,
+                    epoch: d.epoch,
+                    command: command.clone(),
+                }
             })
             .await?
             .0
@@ -708,7 +722,10 @@ impl Db {
         make: impl Fn(&RangeDescriptor) -> Request,
     ) -> Result<Reply, DbError> {
         let read = matches!(make(d), Request::Read { .. });
-        Ok(self.send(Some(d.clone()), None, read, make).await?.0)
+        Ok(self
+            .send(Instant::now(), Some(d.clone()), None, read, make)
+            .await?
+            .0)
     }
 
     /// Writes the descriptors this node's leaders publish (see
@@ -812,15 +829,17 @@ impl Db {
         let mut from = Bytes::from_static(META_PREFIX);
         loop {
             let (reply, _) = self
-                .send(Some(meta.clone()), None, true, |d| Request::Read {
-                    range: d.id,
-                    epoch: d.epoch,
-                    op: ReadOp::Scan {
-                        start: from.clone(),
-                        end: end.clone(),
-                        limit: usize::MAX,
-                    },
-                    consistency: ReadConsistency::Linearizable,
+                .send(Instant::now(), Some(meta.clone()), None, true, |d| {
+                    Request::Read {
+                        range: d.id,
+                        epoch: d.epoch,
+                        op: ReadOp::Scan {
+                            start: from.clone(),
+                            end: end.clone(),
+                            limit: usize::MAX,
+                        },
+                        consistency: ReadConsistency::Linearizable,
+                    }
                 })
                 .await?;
             let Reply::Pairs(pairs) = reply else {
@@ -878,16 +897,44 @@ impl Db {
     }
 
     /// Sends the request `make` builds for the range holding `key`; returns
-    /// the reply and the descriptor that served it.
+    /// the reply and the descriptor that served it. A write first waits for
+    /// admission (see [`WRITE_BYTES_IN_FLIGHT_MAX`](crate::node::WRITE_BYTES_IN_FLIGHT_MAX));
+    /// the request timeout counts that wait.
     async fn on_key(
         &self,
         key: &[u8],
-        read: bool,
+        access: Access,
         make: impl Fn(&RangeDescriptor) -> Request,
     ) -> Result<(Reply, RangeDescriptor), DbError> {
         let started = Instant::now();
-        let desc = self.route(key);
-        let result = self.send(desc, Some(key), read, make).await;
+        let read = access == Access::Read;
+        let result = match access {
+            Access::Read => {
+                self.send(started, self.route(key), Some(key), true, make)
+                    .await
+            }
+            Access::Write(bytes) => {
+                let admission = self.inner.node.admission();
+                // Most writes are admitted at once: no timer for them.
+                let admitted = match admission.try_admit(bytes) {
+                    Some(a) => Ok(a),
+                    None => {
+                        let wait = admission.admit(bytes);
+                        tokio::time::timeout(self.inner.opts.request_timeout, wait).await
+                    }
+                };
+                match admitted {
+                    Ok(_admitted) => {
+                        self.send(started, self.route(key), Some(key), false, make)
+                            .await
+                    }
+                    Err(_) => Err(DbError::Timeout {
+                        elapsed: started.elapsed(),
+                        last: "waiting for this node's earlier writes to make room".into(),
+                    }),
+                }
+            }
+        };
         let latency = &self.inner.latency;
         match (&result, read) {
             (Err(_), _) => {
@@ -912,12 +959,12 @@ impl Db {
     /// yet); without one, the request follows the range's own id.
     async fn send(
         &self,
+        start: Instant,
         desc: Option<RangeDescriptor>,
         key: Option<&[u8]>,
         read: bool,
         make: impl Fn(&RangeDescriptor) -> Request,
     ) -> Result<(Reply, RangeDescriptor), DbError> {
-        let start = Instant::now();
         let deadline = start + self.inner.opts.request_timeout;
         let me = self.inner.node.id();
         let mut backoff = Duration::from_millis(2);
@@ -1136,6 +1183,41 @@ fn merge_route(by_start: &mut BTreeMap<Bytes, RangeDescriptor>, d: RangeDescript
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write that cannot be admitted waits, before anything is sent, and
+    /// fails as a `Timeout` (not `Ambiguous`): nothing of it was applied.
+    /// Small writes pass meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_waiting_for_admission_times_out_unsent() {
+        use crate::cluster::{LocalCluster, LocalClusterOptions, NetworkMode};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = LocalClusterOptions::new(dir.path());
+        opts.storage = crate::StorageMode::Memory;
+        opts.network = NetworkMode::Memory;
+        let mut cluster = LocalCluster::start(opts).await.expect("cluster starts");
+        let db = cluster.db(1).expect("node 2").with_options(DbOptions {
+            request_timeout: Duration::from_millis(300),
+            ..DbOptions::default()
+        });
+        let admission = db.node().admission();
+        let held = admission
+            .admit(crate::node::WRITE_BYTES_IN_FLIGHT_MAX)
+            .await
+            .expect("counted");
+        let big = Bytes::from(vec![7u8; 64 << 10]);
+        match db.put("big", big.clone()).await {
+            Err(DbError::Timeout { last, .. }) => assert!(last.contains("make room"), "{last}"),
+            other => panic!("expected a timeout while the node is full, got {other:?}"),
+        }
+        db.put("small", "v")
+            .await
+            .expect("a small write is not held up");
+        drop(held);
+        assert_eq!(db.get("big").await.expect("get"), None, "never sent");
+        db.put("big", big.clone()).await.expect("room again");
+        assert_eq!(db.get("big").await.expect("get"), Some(big));
+        cluster.shutdown().await;
+    }
 
     fn desc(id: u64, start: &str, end: &str, epoch: u64) -> RangeDescriptor {
         RangeDescriptor {

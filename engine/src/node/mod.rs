@@ -115,6 +115,79 @@ fn proposal_room(cfg: &NodeConfig) -> u64 {
 /// Room for a Raft message and its frame around the largest entry.
 const FRAME_ROOM_BYTES: u64 = 64 << 10;
 
+/// Bytes of writes this node's clients may have in flight at once (their
+/// keys and values): a write past it waits in [`Db`](crate::Db), before it
+/// is sent anywhere, until earlier ones complete. Without the bound, clients
+/// offering more than the cluster moves (a hundred clients of 1 MB values)
+/// queued their writes inside the pipeline, in the transport's queues and the
+/// leaders' logs, until the oldest outwaited their forwarding timeout and
+/// came back `Ambiguous`; with it the queue is in front of the pipeline,
+/// where waiting is harmless (a write that waits out the request timeout
+/// there is a `Timeout`: nothing was sent). Writes of fewer than
+/// [`ADMISSION_SMALL_WRITE_BYTES`] are not counted. 8 MiB per node measured
+/// best for megabyte values (see docs/store.md, "Admission").
+pub const WRITE_BYTES_IN_FLIGHT_MAX: usize = 8 << 20;
+
+/// Writes below this many bytes of keys and values pass without being
+/// counted: what they can queue is bounded by the number of clients (each
+/// request waits for its reply), and counting them, a lock per write in the
+/// semaphore's release, measured up to a few percent of in-memory puts.
+pub const ADMISSION_SMALL_WRITE_BYTES: usize = 4 << 10;
+
+/// Admits writes within [`WRITE_BYTES_IN_FLIGHT_MAX`] (see there): a
+/// semaphore of bytes, so that waiting writes go in the order they came (a
+/// counter woken by a `Notify` measured megabyte writes starving for 8 s
+/// while others went through in 0.3 s).
+#[derive(Debug)]
+pub(crate) struct WriteAdmission {
+    bytes: tokio::sync::Semaphore,
+    bytes_max: u32,
+}
+
+/// A write's place within [`WriteAdmission`]'s bound, given back on drop.
+pub(crate) type Admitted<'a> = tokio::sync::SemaphorePermit<'a>;
+
+impl WriteAdmission {
+    fn new(bytes_max: usize) -> Self {
+        let bytes_max = u32::try_from(bytes_max.max(1)).unwrap_or(u32::MAX);
+        WriteAdmission {
+            bytes: tokio::sync::Semaphore::new(bytes_max as usize),
+            bytes_max,
+        }
+    }
+
+    /// What a write of `bytes` counts: a write larger than the whole bound
+    /// counts all of it, and goes when nothing else is in flight.
+    fn cost(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes).unwrap_or(u32::MAX).min(self.bytes_max)
+    }
+
+    /// Admits a write of `bytes` at once if it is small, or fits and no
+    /// write is waiting; `Some(None)` is a small write, not counted.
+    pub(crate) fn try_admit(&self, bytes: usize) -> Option<Option<Admitted<'_>>> {
+        if bytes < ADMISSION_SMALL_WRITE_BYTES {
+            return Some(None);
+        }
+        self.bytes.try_acquire_many(self.cost(bytes)).ok().map(Some)
+    }
+
+    /// Waits until a write of `bytes` fits, after the writes waiting before it.
+    pub(crate) async fn admit(&self, bytes: usize) -> Option<Admitted<'_>> {
+        if bytes < ADMISSION_SMALL_WRITE_BYTES {
+            return None;
+        }
+        match self.bytes.acquire_many(self.cost(bytes)).await {
+            Ok(p) => Some(p),
+            Err(_) => unreachable!("the admission semaphore is never closed"),
+        }
+    }
+
+    #[cfg(test)]
+    fn free(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
+
 impl NodeConfig {
     /// A node with safe defaults: 100 ms ticks, 64 ranges, fsync on.
     pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
@@ -173,6 +246,8 @@ struct NodeInner {
     /// Descriptors the store asks to publish to the meta range, until a
     /// `Db` takes them (see [`Node::take_publications`]).
     publications: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RangeDescriptor>>>,
+    /// Shared by every `Db` handle on the node.
+    admission: WriteAdmission,
 }
 
 /// The node's transport, with what its shutdown needs.
@@ -445,12 +520,17 @@ impl Node {
                 addr,
                 datadir,
                 publications: parking_lot::Mutex::new(Some(publish_rx)),
+                admission: WriteAdmission::new(WRITE_BYTES_IN_FLIGHT_MAX),
             }),
         })
     }
 
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    pub(crate) fn admission(&self) -> &WriteAdmission {
+        &self.inner.admission
     }
 
     /// The peer (QUIC) address this node listens on (`0.0.0.0:0` on a
@@ -595,4 +675,75 @@ fn boot_number() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64);
     h.write_u64(now);
     h.finish()
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_millis(50);
+
+    #[test]
+    fn small_writes_are_not_counted() {
+        let a = WriteAdmission::new(64 << 10);
+        let held: Vec<_> = (0..1000)
+            .map(|_| a.try_admit(ADMISSION_SMALL_WRITE_BYTES - 1).expect("small"))
+            .collect();
+        assert!(held.iter().all(Option::is_none));
+        assert_eq!(a.free(), 64 << 10);
+        let big = a.try_admit(ADMISSION_SMALL_WRITE_BYTES).expect("fits");
+        assert_eq!(a.free(), (64 << 10) - ADMISSION_SMALL_WRITE_BYTES);
+        drop(big);
+        assert_eq!(a.free(), 64 << 10);
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_room_and_writes_go_in_arrival_order() {
+        let a = WriteAdmission::new(100 << 10);
+        let first = a.admit(60 << 10).await.expect("counted");
+        // 50 KiB does not fit beside 60: it waits.
+        let mut second = std::pin::pin!(a.admit(50 << 10));
+        assert!(tokio::time::timeout(WAIT, &mut second).await.is_err());
+        // 30 KiB would fit, but a write is waiting: it queues behind it.
+        assert!(a.try_admit(30 << 10).is_none(), "no overtaking");
+        let mut third = std::pin::pin!(a.admit(30 << 10));
+        assert!(tokio::time::timeout(WAIT, &mut third).await.is_err());
+        drop(first);
+        let second = tokio::time::timeout(WAIT, second).await.expect("room now");
+        let third = tokio::time::timeout(WAIT, third).await.expect("both fit");
+        assert_eq!(a.free(), 20 << 10);
+        drop((second, third));
+        assert_eq!(a.free(), 100 << 10);
+    }
+
+    #[tokio::test]
+    async fn a_write_larger_than_the_bound_goes_alone() {
+        let a = WriteAdmission::new(100 << 10);
+        let small = a.admit(10 << 10).await;
+        let mut huge = std::pin::pin!(a.admit(1 << 20));
+        assert!(tokio::time::timeout(WAIT, &mut huge).await.is_err());
+        drop(small);
+        let huge = tokio::time::timeout(WAIT, huge).await.expect("alone now");
+        assert_eq!(a.free(), 0);
+        drop(huge);
+        assert_eq!(a.free(), 100 << 10);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_gives_up_waiting_takes_nothing() {
+        let a = WriteAdmission::new(100 << 10);
+        let held = a.admit(90 << 10).await;
+        assert!(
+            tokio::time::timeout(WAIT, a.admit(50 << 10)).await.is_err(),
+            "waits, then is dropped"
+        );
+        drop(held);
+        assert_eq!(a.free(), 100 << 10);
+        let next = tokio::time::timeout(WAIT, a.admit(100 << 10))
+            .await
+            .expect("nothing left behind by the dropped wait");
+        drop(next);
+    }
 }
