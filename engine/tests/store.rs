@@ -782,6 +782,33 @@ fn losing_a_node_wakes_only_its_ranges_a_few_per_tick() {
     }
 }
 
+/// A link that flaps (the leader's node seen down, back, down again before
+/// its followers were all woken) queues each follower once, not once per
+/// flap: the queue would otherwise grow faster than it drains.
+#[test]
+fn a_flapping_leader_queues_each_follower_to_wake_once() {
+    const WAKE_MAX: usize = 2;
+    let mut sim = Sim::new(200, |c| c.wake_per_tick_max = WAKE_MAX);
+    sim.run_until_quiesced(100);
+    let led_by_1 = sim.leaders().values().filter(|&&l| l == 1).count();
+    assert!(led_by_1 > 20 * WAKE_MAX, "node 1 leads {led_by_1} ranges");
+    let liveness = sim.store(2).config().liveness_timeout_ticks as usize;
+    for flap in 0..3 {
+        sim.down.insert(1);
+        sim.ticks(liveness + 2);
+        assert!(!sim.store(2).peer_live(1), "flap {flap}: seen down");
+        let queued = sim.store(2).stats().wake_queued;
+        assert!(queued > 0, "flap {flap}: followers queued");
+        assert!(
+            queued <= led_by_1,
+            "flap {flap}: {queued} queued for {led_by_1} ranges"
+        );
+        sim.down.remove(&1);
+        sim.ticks(2);
+        assert!(sim.store(2).peer_live(1), "flap {flap}: back");
+    }
+}
+
 #[test]
 fn a_node_back_with_a_new_incarnation_is_refused() {
     let mut sim = Sim::new(20, |_| {});
@@ -1052,6 +1079,80 @@ fn a_write_is_acknowledged_only_once_a_follower_made_it_durable() {
         let st = sim.store(n).replica_state(range).expect("state");
         assert_eq!(st.get(&k1), Some(Bytes::from_static(b"1")), "node {n}");
         assert_eq!(st.get(&k2), Some(Bytes::from_static(b"2")), "node {n}");
+    }
+}
+
+/// A leader cut off with writes it could not replicate is deposed, and the
+/// new leader's log, shorter, replaces its own: a write whose index the new
+/// log reaches is answered at apply (another entry committed there:
+/// `Dropped`), and one past the new log's end is answered `Ambiguous` at once
+/// (it was left waiting for ever, holding the range awake), even if the new
+/// leader then stays idle.
+#[test]
+fn writes_cut_from_a_deposed_leaders_log_are_answered() {
+    let mut sim = Sim::new(4, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE;
+    let old = sim.agreed_leader(range).expect("leader");
+    let before = sim
+        .store(old)
+        .replica_raft(range)
+        .expect("replica")
+        .last_index();
+    sim.isolate(old);
+    let k1 = sim.key_in(range, "a");
+    let k2 = sim.key_in(range, "b");
+    let id1 = sim.put(old, range, &k1, &Bytes::from_static(b"1"));
+    let id2 = sim.put(old, range, &k2, &Bytes::from_static(b"2"));
+    assert_eq!(
+        sim.store(old)
+            .replica_raft(range)
+            .expect("replica")
+            .last_index(),
+        before + 2
+    );
+    // The others elect a leader of their own, whose log ends at its no-op.
+    let mut new = None;
+    for _ in 0..100 {
+        sim.tick();
+        new = NODES.iter().copied().filter(|&n| n != old).find(|&n| {
+            sim.store(n)
+                .replica_raft(range)
+                .is_some_and(|r| r.is_leader())
+        });
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("the others elect a leader");
+    assert_eq!(
+        sim.store(new)
+            .replica_raft(range)
+            .expect("replica")
+            .last_index(),
+        before + 1
+    );
+    assert!(sim.reply(id1).is_none() && sim.reply(id2).is_none());
+    sim.cut.clear();
+    sim.ticks(30);
+    let raft = sim.store(old).replica_raft(range).expect("replica");
+    assert!(!raft.is_leader());
+    assert_eq!(raft.last_index(), before + 1, "the new leader's log");
+    assert!(
+        matches!(sim.reply(id1), Some(Err(StoreError::Dropped { .. }))),
+        "{:?}",
+        sim.reply(id1)
+    );
+    assert!(
+        matches!(sim.reply(id2), Some(Err(StoreError::Ambiguous { .. }))),
+        "{:?}",
+        sim.reply(id2)
+    );
+    sim.run_until_quiesced(200);
+    assert!(sim.all_quiesced(), "nothing holds the range awake");
+    for &n in &NODES {
+        let st = sim.store(n).replica_state(range).expect("state");
+        assert_eq!((st.get(&k1), st.get(&k2)), (None, None), "node {n}");
     }
 }
 

@@ -730,6 +730,17 @@ impl World {
 
     fn finish(&mut self) -> Result<(), Violation> {
         self.check_layout()?;
+        // Settled: every request a store took has been answered.
+        for (n, node) in &self.nodes {
+            if let Some(waiting) = node.store.as_ref().map(Store::requests_waiting)
+                && waiting > 0
+            {
+                return Err(fail(
+                    "liveness",
+                    format!("node {n} still holds {waiting} unanswered requests"),
+                ));
+            }
+        }
         let view = self.meta_view();
         self.report.uninitialized_created = self
             .nodes

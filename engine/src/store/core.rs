@@ -101,6 +101,9 @@ struct Peer {
 pub struct StoreStats {
     pub replicas: usize,
     pub awake: usize,
+    /// Quiesced followers queued to be woken (their leader's node was seen
+    /// down), a few per tick.
+    pub wake_queued: usize,
     pub leaders: usize,
     pub ticks: u64,
     pub proposals: u64,
@@ -136,6 +139,10 @@ pub struct Store {
     ticks: u64,
     peers: BTreeMap<NodeId, Peer>,
     wake_queue: VecDeque<RangeId>,
+    /// The ranges in `wake_queue`: each is queued once however often its
+    /// leader's node is seen to die (a flapping link would queue every
+    /// follower again at each flap, faster than they are woken).
+    wake_queued: BTreeSet<RangeId>,
     outbox: BTreeMap<NodeId, PeerBatch>,
     /// Messages to one peer in the last `ready`: room made for as many in the
     /// next batch, so that it does not grow (and copy) its way up.
@@ -193,6 +200,7 @@ impl Store {
             ticks: 0,
             peers,
             wake_queue: VecDeque::new(),
+            wake_queued: BTreeSet::new(),
             outbox: BTreeMap::new(),
             outbox_hint: 0,
             replies: Vec::new(),
@@ -299,6 +307,7 @@ impl Store {
         StoreStats {
             replicas: self.replicas.len(),
             awake: self.awake.len(),
+            wake_queued: self.wake_queue.len(),
             leaders: self
                 .replicas
                 .values()
@@ -307,6 +316,19 @@ impl Store {
             ticks: self.ticks,
             ..self.stats.clone()
         }
+    }
+
+    /// Client requests taken and not yet answered: writes proposed here,
+    /// reads waiting, requests forwarded to another node. Once a cluster
+    /// has settled it must be 0 (the simulator checks it): a request never
+    /// answered holds its client for ever.
+    pub fn requests_waiting(&self) -> usize {
+        let replicas: usize = self
+            .replicas
+            .values()
+            .map(|r| r.proposals.len() + r.reads_unconfirmed.len() + r.reads_confirmed.len())
+            .sum();
+        replicas + self.forwarded.len()
     }
 
     /// Write batches handed out and not yet released.
@@ -525,11 +547,23 @@ impl Store {
                 ..
             } => return Err(split_as_write(range)),
             Request::Write { epoch, command, .. } => {
-                propose(r, id, Proposal { epoch, command }.encode(), &mut self.stats)?;
+                propose(
+                    r,
+                    id,
+                    Proposal { epoch, command }.encode(),
+                    &mut self.stats,
+                    &mut self.replies,
+                )?;
             }
             Request::WriteEncoded { proposal, .. } => {
                 debug_assert_eq!(proposal.epoch(), epoch);
-                propose(r, id, proposal.bytes().clone(), &mut self.stats)?;
+                propose(
+                    r,
+                    id,
+                    proposal.bytes().clone(),
+                    &mut self.stats,
+                    &mut self.replies,
+                )?;
             }
             Request::Split {
                 epoch,
@@ -555,7 +589,13 @@ impl Store {
                     return Err(invalid("a membership change is in progress".into()));
                 }
                 let command = Command::Split { at, new_range };
-                propose(r, id, Proposal { epoch, command }.encode(), &mut self.stats)?;
+                propose(
+                    r,
+                    id,
+                    Proposal { epoch, command }.encode(),
+                    &mut self.stats,
+                    &mut self.replies,
+                )?;
             }
             Request::Read {
                 op, consistency, ..
@@ -761,11 +801,18 @@ impl Store {
             });
             self.outbox.entry(to).or_default().control.extend(still);
         }
-        for _ in 0..self.cfg.wake_per_tick_max {
+        // The budget counts wake-ups: a range awake already (woken by
+        // traffic since it was queued) or gone costs nothing.
+        let mut woken = 0;
+        while woken < self.cfg.wake_per_tick_max {
             let Some(range) = self.wake_queue.pop_front() else {
                 break;
             };
-            self.wake(range);
+            self.wake_queued.remove(&range);
+            if self.replicas.get(&range).is_some_and(|r| r.quiesced) {
+                self.wake(range);
+                woken += 1;
+            }
         }
         let awake: Vec<RangeId> = self.awake.iter().copied().collect();
         for range in awake {
@@ -890,6 +937,7 @@ impl Store {
         let Some(r) = self.replicas.get_mut(&range) else {
             return;
         };
+        answer_cut_proposals(r, range, &mut self.replies);
         if !r.raft.has_ready() {
             // A durable write alone (no new ready) may be what a held-back
             // snapshot waits for.
@@ -1373,7 +1421,7 @@ impl Store {
         // Only the quiesced followers of a dead node's leaders must act; they
         // are woken a few per tick.
         for (&range, r) in &self.replicas {
-            if r.quiesced && died.contains(&r.raft.leader()) {
+            if r.quiesced && died.contains(&r.raft.leader()) && self.wake_queued.insert(range) {
                 self.wake_queue.push_back(range);
             }
         }
@@ -1388,6 +1436,29 @@ fn split_as_write(range: RangeId) -> StoreError {
     }
 }
 
+/// Answers the writes waiting above the end of a replica's log: a leader
+/// deposed before they committed had its entries for them cut off by the
+/// new leader's. Each was answered when its index applied (`Dropped` if
+/// another entry committed there), but a log that stays shorter never
+/// applies that index, and the client waited for ever (and with it the
+/// node's admission bytes, and the range's quiescence). Whether the cut
+/// entry still lives on another replica that a later leader commits it from
+/// (with five replicas it can), nobody here knows: `Ambiguous`.
+fn answer_cut_proposals(
+    r: &mut Replica,
+    range: RangeId,
+    replies: &mut Vec<(ReqId, Result<Reply, StoreError>)>,
+) {
+    let last = r.raft.last_index();
+    while let Some((&i, &(_, req))) = r.proposals.last_key_value() {
+        if i <= last {
+            break;
+        }
+        r.proposals.remove(&i);
+        replies.push((req, Err(StoreError::Ambiguous { range })));
+    }
+}
+
 /// Proposes a write on a replica that must lead its range; its reply comes
 /// when the entry is applied (or dropped).
 fn propose(
@@ -1395,11 +1466,17 @@ fn propose(
     id: ReqId,
     proposal: Bytes,
     stats: &mut StoreStats,
+    replies: &mut Vec<(ReqId, Result<Reply, StoreError>)>,
 ) -> Result<(), StoreError> {
     let range = r.state.descriptor().id;
     match r.raft.propose(proposal) {
         Ok((term, index)) => {
-            r.proposals.insert(index, (term, id));
+            // A write still waiting at this index was proposed in an earlier
+            // term and its entry replaced here since (see
+            // `answer_cut_proposals`): it must not be forgotten.
+            if let Some((_, displaced)) = r.proposals.insert(index, (term, id)) {
+                replies.push((displaced, Err(StoreError::Ambiguous { range })));
+            }
             stats.proposals += 1;
             Ok(())
         }
