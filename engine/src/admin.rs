@@ -333,7 +333,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 
 fn resp_metrics(out: &mut String, stats: &RespStats) {
     let s = stats.snapshot();
-    let rows: [(&str, &str, u64); 4] = [
+    let rows: [(&str, &str, u64); 5] = [
         (
             "tessera_resp_connections_accepted_total",
             "Redis protocol connections accepted (refused ones included).",
@@ -348,6 +348,11 @@ fn resp_metrics(out: &mut String, stats: &RespStats) {
             "tessera_resp_connections_open",
             "Redis protocol connections open.",
             s.connections_open,
+        ),
+        (
+            "tessera_resp_accept_failures_total",
+            "Redis protocol accept calls that failed (each retried after a pause).",
+            s.accept_failures,
         ),
         (
             "tessera_resp_commands_total",

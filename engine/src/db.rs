@@ -514,7 +514,13 @@ impl Db {
         let mut attempts = 0;
         loop {
             self.refresh_routes().await?;
-            if let Some(done) = self.split_done(&at) {
+            // Done already (a retry, or asked twice): `at` is a boundary of
+            // `range`, either half. A boundary between two other ranges says
+            // nothing of `range` (which may not even exist).
+            if let Some(done) = self
+                .split_done(&at)
+                .filter(|(left, right)| left.id == range || right.id == range)
+            {
                 return Ok(done);
             }
             let Some(desc) = self.ranges().into_iter().find(|d| d.id == range) else {

@@ -541,7 +541,95 @@ async fn auth_is_required_when_a_password_is_set() {
         String::from_utf8_lossy(&got),
         format!("{noauth}{noauth}+OK\r\n+OK\r\n+OK\r\n$1\r\n2\r\n$1\r\n3\r\n+OK\r\n")
     );
+
+    // Before AUTH a request is bounded small (16 KiB), however large
+    // max_request_bytes: a larger one is a protocol error that closes the
+    // connection. Right after AUTH, in the same write, the full bound holds.
+    let big = "v".repeat(100_000);
+    let set = format!(
+        "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n{big}\r\n",
+        big.len()
+    );
+    let mut t = TcpStream::connect(s.addr).await.unwrap();
+    t.write_all(set.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("-ERR Protocol error") && got.contains("16384"),
+        "{got}"
+    );
+    let mut t = TcpStream::connect(s.addr).await.unwrap();
+    t.write_all(format!("AUTH s3cret\r\n{set}GET a\r\nQUIT\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "+OK\r\n+OK\r\n$1\r\n2\r\n+OK\r\n"
+    );
     s.stop().await;
+}
+
+/// Without a password the default user takes any password, as Redis's
+/// `nopass` default user does: clients configured with a username connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_password_the_default_user_takes_any_like_redis() {
+    let s = Server::start(None).await;
+    let mut c = s.connect().await;
+    let e = err_text(raw(&mut c, &["AUTH", "x"]).await.unwrap_err());
+    assert!(e.contains("without any password configured"), "{e}");
+    let ok = raw(&mut c, &["AUTH", "default", "anything"]).await.unwrap();
+    assert_eq!(ok, redis::Value::Okay);
+    let e = err_text(raw(&mut c, &["AUTH", "bob", "x"]).await.unwrap_err());
+    assert!(e.contains("WRONGPASS"), "{e}");
+    let mut c2 = s
+        .connect_url(&format!("redis://default:whatever@{}/", s.addr))
+        .await;
+    let () = c2.set("k", "v").await.unwrap();
+    let _: Vec<redis::Value> = redis::cmd("HELLO")
+        .arg(2)
+        .arg("AUTH")
+        .arg("default")
+        .arg("x")
+        .query_async(&mut c2)
+        .await
+        .unwrap();
+    s.stop().await;
+}
+
+/// A client that stops reading its replies cannot hold up a shutdown past
+/// its grace: its connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_shutdown_grace() {
+    let s = Server::start_with(RespOptions {
+        shutdown_grace: Duration::from_millis(300),
+        ..RespOptions::default()
+    })
+    .await;
+    let value = vec![b'v'; 1 << 20];
+    s.db.put("big", value).await.expect("put");
+    // Replies far beyond the socket buffers, never read.
+    let mut stuck = TcpStream::connect(s.addr).await.unwrap();
+    let mut gets = Vec::new();
+    for _ in 0..64 {
+        gets.extend_from_slice(b"GET big\r\n");
+    }
+    stuck.write_all(&gets).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.stats.snapshot().connections_open, 1);
+    let stats = s.stats.clone();
+    // `stop` allows 5 s; the grace is 0.3 s.
+    s.stop().await;
+    assert_eq!(stats.snapshot().connections_open, 0);
+    drop(stuck);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

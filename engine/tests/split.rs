@@ -194,6 +194,12 @@ async fn a_split_is_idempotent_and_refuses_bad_keys() {
         .await
         .expect("no-op");
     assert_eq!((same.0.id, same.1.id), (first.0.id, first.1.id));
+    // A boundary, but of other ranges than the one named (or of none):
+    // refused, never reported done.
+    match db.split_range(99_999, Bytes::from("m")).await {
+        Err(DbError::Invalid(why)) => assert!(why.contains("no range 99999"), "{why}"),
+        other => panic!("split of an unknown range at a boundary: {other:?}"),
+    }
     // Outside the range, or the meta range: refused.
     for (range, at) in [
         (right.id, Bytes::from("a")),

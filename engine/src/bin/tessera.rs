@@ -256,15 +256,49 @@ async fn run_node(file: NodeFile) -> Result<()> {
         Some(resp_opts.stats.clone()),
         stop_rx.clone(),
     ));
-    let resp_task = tokio::spawn(tessera_engine::resp::serve(clients, db.clone(), resp_opts));
+    let mut resp_task = tokio::spawn(tessera_engine::resp::serve(clients, db.clone(), resp_opts));
     tracing::info!(redis = %file.client_addr, admin = %file.admin_addr, "serving");
-    wait_for_signal().await;
-    tracing::info!("shutting down: no new connections; answering what was read");
+    // The servers run until a signal; one that ends before is a failure
+    // (a node without its client port must not look healthy).
+    let failed = tokio::select! {
+        () = wait_for_signal() => None,
+        r = &mut resp_task => Some(format!("the Redis protocol server stopped: {}", ended(r))),
+    };
+    if let Some(why) = &failed {
+        tracing::error!("{why}; shutting down");
+    } else {
+        tracing::info!("shutting down: no new connections; answering what was read");
+    }
+    // A second signal while shutting down stops the process at once.
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting without a clean shutdown");
+        std::process::exit(130);
+    });
     let _ = stop_tx.send(true);
-    let _ = resp_task.await;
-    let _ = admin_task.await;
+    if failed.is_none() {
+        let _ = resp_task.await;
+    }
+    if tokio::time::timeout(Duration::from_secs(10), admin_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the admin endpoint did not stop within 10 s; going on");
+    }
     db.shutdown().await;
-    Ok(())
+    match failed {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
+}
+
+/// What a server task's end says.
+fn ended(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "it returned".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
 }
 
 async fn wait_for_signal() {
@@ -293,7 +327,10 @@ fn http_get(admin: SocketAddr, path: &str) -> Result<String> {
 fn http(admin: SocketAddr, method: &str, path: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(3))
         .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // Longer than the node's own request deadline (10 s), so that a slow
+    // answer (a split's steps, routes reloaded from an unhealthy meta
+    // range) arrives instead of a read timeout.
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

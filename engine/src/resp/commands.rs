@@ -364,15 +364,31 @@ fn wrongpass() -> CmdError {
     }
 }
 
-/// Checks `user` (only `default` exists) and `pass`.
-fn check_auth(shared: &Shared, session: &mut Session, user: &[u8], pass: &[u8]) -> CmdResult {
+/// Checks `user` (only `default` exists; `None`: the one-argument `AUTH`)
+/// and `pass`. Without a password the default user takes any, as Redis's
+/// `nopass` default user does, so clients configured with a username and
+/// password connect alike; only the one-argument form is an error then.
+fn check_auth(
+    shared: &Shared,
+    session: &mut Session,
+    user: Option<&[u8]>,
+    pass: &[u8],
+) -> CmdResult {
+    let is_default = user.is_none_or(|u| eq_ic(u, "default"));
     let Some(expected) = shared.opts.password.as_deref() else {
-        return Err(other(
-            "ERR AUTH <password> called without any password configured for the default user. \
-             Are you sure your configuration is correct?",
-        ));
+        return match user {
+            None => Err(other(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            )),
+            Some(_) if is_default => {
+                session.authenticated = true;
+                Ok(Reply::OK)
+            }
+            Some(_) => Err(wrongpass()),
+        };
     };
-    if eq_ic(user, "default") && password_matches(expected, pass) {
+    if is_default && password_matches(expected, pass) {
         session.authenticated = true;
         Ok(Reply::OK)
     } else {
@@ -382,8 +398,8 @@ fn check_auth(shared: &Shared, session: &mut Session, user: &[u8], pass: &[u8]) 
 
 fn auth(shared: &Shared, session: &mut Session, a: &[Bytes]) -> CmdResult {
     match a.len() {
-        2 => check_auth(shared, session, b"default", &a[1]),
-        3 => check_auth(shared, session, &a[1], &a[2]),
+        2 => check_auth(shared, session, None, &a[1]),
+        3 => check_auth(shared, session, Some(&a[1]), &a[2]),
         _ => Err(syntax()),
     }
 }
@@ -405,7 +421,7 @@ fn hello(shared: &Shared, session: &mut Session, a: &[Bytes]) -> CmdResult {
     let mut name = None;
     while i < a.len() {
         if eq_ic(&a[i], "auth") && i + 2 < a.len() {
-            check_auth(shared, session, &a[i + 1], &a[i + 2])?;
+            check_auth(shared, session, Some(&a[i + 1]), &a[i + 2])?;
             i += 3;
         } else if eq_ic(&a[i], "setname") && i + 1 < a.len() {
             name = Some(a[i + 1].clone());

@@ -26,6 +26,13 @@ const PIPELINE_REQUESTS_MAX: usize = 1024;
 /// larger than this is decoded alone).
 const PIPELINE_BYTES_MAX: usize = 4 << 20;
 
+/// Largest request of a client not yet authenticated (when a password is
+/// set): room for AUTH and HELLO, not for the 16 MiB (and millions of empty
+/// arguments) `max_request_bytes` allows, which every connection open could
+/// otherwise make the node hold before any password was checked (Redis
+/// bounds unauthenticated requests too, since CVE-2021-32675).
+pub(crate) const UNAUTHENTICATED_REQUEST_BYTES_MAX: usize = 16 << 10;
+
 /// The state of one client.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -58,11 +65,25 @@ pub(crate) async fn run(
             .map(|a| a.to_string())
             .unwrap_or_default(),
     };
-    let mut decoder = RequestDecoder::new(shared.opts.max_request_bytes);
+    let bound = |authenticated: bool| {
+        if authenticated {
+            shared.opts.max_request_bytes
+        } else {
+            UNAUTHENTICATED_REQUEST_BYTES_MAX.min(shared.opts.max_request_bytes)
+        }
+    };
+    let mut decoder = RequestDecoder::new(bound(session.authenticated));
     let mut rbuf = BytesMut::with_capacity(READ_BYTES);
     let mut wbuf = BytesMut::with_capacity(READ_BYTES);
     loop {
-        let decoded = decode_pipeline(&mut decoder, &mut rbuf);
+        // Until authenticated, one request at a time: the bound goes up
+        // right after the AUTH that lifts it, before the next is decoded.
+        let requests_max = if session.authenticated {
+            PIPELINE_REQUESTS_MAX
+        } else {
+            1
+        };
+        let decoded = decode_pipeline(&mut decoder, &mut rbuf, requests_max);
         let mut rest = &decoded.requests[..];
         while !rest.is_empty() {
             let (kind, len) =
@@ -77,6 +98,7 @@ pub(crate) async fn run(
                 }
                 Flow::Drop => return Ok(()),
             }
+            decoder.set_max_request_bytes(bound(session.authenticated));
             if wbuf.len() >= WRITE_BUFFER_BYTES_MAX {
                 stream.write_all(&wbuf).await?;
                 wbuf.clear();
@@ -116,9 +138,13 @@ struct Decoded {
     more: bool,
 }
 
-/// Decodes the complete requests in `rbuf`, up to [`PIPELINE_REQUESTS_MAX`]
-/// and [`PIPELINE_BYTES_MAX`]; empty requests are skipped, as Redis does.
-fn decode_pipeline(decoder: &mut RequestDecoder, rbuf: &mut BytesMut) -> Decoded {
+/// Decodes the complete requests in `rbuf`, up to `requests_max` and
+/// [`PIPELINE_BYTES_MAX`]; empty requests are skipped, as Redis does.
+fn decode_pipeline(
+    decoder: &mut RequestDecoder,
+    rbuf: &mut BytesMut,
+    requests_max: usize,
+) -> Decoded {
     let start = rbuf.len();
     let mut decoded = Decoded {
         requests: Vec::new(),
@@ -126,7 +152,7 @@ fn decode_pipeline(decoder: &mut RequestDecoder, rbuf: &mut BytesMut) -> Decoded
         more: false,
     };
     loop {
-        if decoded.requests.len() >= PIPELINE_REQUESTS_MAX
+        if decoded.requests.len() >= requests_max
             || start.saturating_sub(rbuf.len()) >= PIPELINE_BYTES_MAX
         {
             decoded.more = true;

@@ -81,9 +81,12 @@ pub struct RespOptions {
     pub scan_count_max: usize,
     /// When it becomes `true` (or its sender is dropped), the server stops
     /// accepting, each connection finishes the requests it has read and
-    /// closes, and [`serve`] returns. Default none: serve until the listener
-    /// fails.
+    /// closes, and [`serve`] returns. Default none: serve for ever.
     pub shutdown: Option<watch::Receiver<bool>>,
+    /// How long connections get to finish after shutdown is asked for; then
+    /// those still open (a client that stopped reading its replies, say)
+    /// are closed. Default 5 s.
+    pub shutdown_grace: std::time::Duration,
     /// Counters, shared with whoever holds a clone.
     pub stats: Arc<RespStats>,
 }
@@ -96,6 +99,7 @@ impl Default for RespOptions {
             max_connections: 10_000,
             scan_count_max: 100_000,
             shutdown: None,
+            shutdown_grace: std::time::Duration::from_secs(5),
             stats: Arc::new(RespStats::default()),
         }
     }
@@ -127,6 +131,8 @@ pub struct RespStats {
     /// Refused for `max_connections`.
     pub connections_refused: AtomicU64,
     pub connections_open: AtomicU64,
+    /// `accept` calls that failed (each is retried after a pause).
+    pub accept_failures: AtomicU64,
     pub commands: AtomicU64,
     /// Malformed input (the connection was closed).
     pub errors_protocol: AtomicU64,
@@ -147,6 +153,7 @@ pub struct RespStatsSnapshot {
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub connections_open: u64,
+    pub accept_failures: u64,
     pub commands: u64,
     pub errors_protocol: u64,
     pub errors_auth: u64,
@@ -163,6 +170,7 @@ impl RespStats {
             connections_accepted: l(&self.connections_accepted),
             connections_refused: l(&self.connections_refused),
             connections_open: l(&self.connections_open),
+            accept_failures: l(&self.accept_failures),
             commands: l(&self.commands),
             errors_protocol: l(&self.errors_protocol),
             errors_auth: l(&self.errors_auth),
@@ -189,9 +197,13 @@ pub(crate) struct Shared {
     pub port: u16,
 }
 
-/// Serves the Redis protocol on `listener` until it fails (the error is
-/// returned) or `opts.shutdown` fires (then `Ok`, once every connection has
-/// closed).
+/// Serves the Redis protocol on `listener` until `opts.shutdown` fires; then
+/// returns `Ok` once every connection has closed (or been closed after
+/// `opts.shutdown_grace`). Bad options are an error at once. A failed
+/// `accept` is logged and tried again after a pause (growing to a second):
+/// accept(2) errors are about one connection or a passing shortage (of file
+/// descriptors, of buffers, a firewall's refusal), and a server that gave up
+/// on them would leave its node running with no client port.
 pub async fn serve(listener: TcpListener, db: Db, opts: RespOptions) -> std::io::Result<()> {
     opts.validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -207,22 +219,28 @@ pub async fn serve(listener: TcpListener, db: Db, opts: RespOptions) -> std::io:
     });
     let stats = shared.opts.stats.clone();
     let mut tasks = JoinSet::new();
-    let result = loop {
+    let mut pause = ACCEPT_PAUSE_MIN;
+    loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            () = stopped(&mut shutdown) => break Ok(()),
+            () = stopped(&mut shutdown) => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
-            // Per-connection failures (the peer reset before accept, too many
-            // open files) must not end the server.
-            Err(e) if is_transient(&e) => {
-                tracing::warn!(error = %e, "resp: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            Ok(a) => {
+                pause = ACCEPT_PAUSE_MIN;
+                a
+            }
+            Err(e) => {
+                RespStats::bump(&stats.accept_failures);
+                tracing::warn!(error = %e, retry_in = ?pause, "resp: accept failed");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = stopped(&mut shutdown) => break,
+                }
+                pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
                 continue;
             }
-            Err(e) => break Err(e),
         };
         RespStats::bump(&stats.connections_accepted);
         let open = stats.connections_open.load(Ordering::Relaxed) as usize;
@@ -235,20 +253,40 @@ pub async fn serve(listener: TcpListener, db: Db, opts: RespOptions) -> std::io:
         let shared = shared.clone();
         let shutdown = shared.opts.shutdown.clone();
         tasks.spawn(async move {
+            // Counted down however the task ends, aborted at the grace's end too.
+            let _open = OpenConnection(&shared.opts.stats);
             let _ = stream.set_nodelay(true);
             if let Err(e) = connection::run(stream, &shared, shutdown).await {
                 tracing::debug!(%peer, error = %e, "resp: connection ended with an error");
             }
-            shared
-                .opts
-                .stats
-                .connections_open
-                .fetch_sub(1, Ordering::Relaxed);
         });
-    };
+    }
     drop(listener);
-    while tasks.join_next().await.is_some() {}
-    result
+    let grace = shared.opts.shutdown_grace;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = tasks.len(),
+            ?grace,
+            "resp: closing connections still open after the shutdown grace"
+        );
+        tasks.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Pauses after a failed `accept`: from 20 ms, doubling up to 1 s.
+const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(20);
+const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Counts an open connection down when its task ends.
+struct OpenConnection<'a>(&'a RespStats);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Resolves once shutdown is asked for (never without a receiver).
@@ -260,12 +298,4 @@ pub(crate) async fn stopped(shutdown: &mut Option<watch::Receiver<bool>>) {
         }
         None => std::future::pending().await,
     }
-}
-
-fn is_transient(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | TimedOut
-    ) || e.raw_os_error().is_some_and(|c| c == 23 || c == 24) // ENFILE, EMFILE
 }

@@ -62,6 +62,13 @@ impl RequestDecoder {
         }
     }
 
+    /// Changes the bound for the requests after the one being decoded (a
+    /// connection lifts it once authenticated).
+    pub fn set_max_request_bytes(&mut self, max_request_bytes: usize) {
+        assert!(max_request_bytes >= 16, "max_request_bytes is too small");
+        self.max_request_bytes = max_request_bytes;
+    }
+
     /// The next request in `buf`, removed from it: `Ok(None)` if `buf` holds
     /// no complete request yet. A request may be empty (a blank inline line,
     /// `*0`): the caller ignores it, as Redis does. After an error the
