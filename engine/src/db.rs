@@ -217,8 +217,34 @@ impl Db {
         end: impl AsRef<[u8]>,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, DbError> {
-        let end = Bytes::copy_from_slice(end.as_ref());
-        let mut from = Bytes::copy_from_slice(start.as_ref());
+        self.scan_with(start.as_ref(), end.as_ref(), limit, false)
+            .await
+    }
+
+    /// The keys [`scan`](Self::scan) would return, without their values:
+    /// the replicas send none (listing keys of large values moves only the
+    /// keys).
+    pub async fn scan_keys(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Bytes>, DbError> {
+        let pairs = self
+            .scan_with(start.as_ref(), end.as_ref(), limit, true)
+            .await?;
+        Ok(pairs.into_iter().map(|(k, _)| k).collect())
+    }
+
+    async fn scan_with(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Vec<(Bytes, Bytes)>, DbError> {
+        let end = Bytes::copy_from_slice(end);
+        let mut from = Bytes::copy_from_slice(start);
         let mut out = Vec::new();
         let consistency = self.inner.opts.read_consistency;
         while out.len() < limit && (end.is_empty() || from < end) {
@@ -234,6 +260,7 @@ impl Db {
                         start: from.clone(),
                         end: scan_stop(&end, d),
                         limit: want,
+                        keys_only,
                     },
                     consistency,
                 })
@@ -843,6 +870,7 @@ impl Db {
                             start: from.clone(),
                             end: end.clone(),
                             limit: usize::MAX,
+                            keys_only: false,
                         },
                         consistency: ReadConsistency::Linearizable,
                     }

@@ -553,6 +553,13 @@ async fn scans_of_large_values_come_back_whole_in_pages() {
         }
         // A limit inside a page still holds.
         assert_eq!(db.scan("big/", "big0", 5).await.expect("scan").len(), 5);
+        // Keys alone (SCAN, DBSIZE): the values stay where they are.
+        let only = db.scan_keys("big/", "big0", 100).await.expect("keys");
+        assert_eq!(only, keys, "keys via node {}", n + 1);
+        assert_eq!(
+            db.scan_keys("big/", "big0", 5).await.expect("keys").len(),
+            5
+        );
     }
 }
 

@@ -1993,6 +1993,7 @@ fn check_routing_after_split(sim: &mut Sim, at: &Bytes, lk: &Bytes, rk: &Bytes, 
             start: start.clone(),
             end: end.clone(),
             limit: 100,
+            keys_only: false,
         },
         consistency: ReadConsistency::Linearizable,
     };

@@ -379,18 +379,20 @@ impl RangeState {
     /// Up to `limit` pairs with `start <= key < end` (`end` empty = to the range
     /// end), in key order.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<(Bytes, Bytes)> {
-        self.scan_bytes(start, end, limit, usize::MAX)
+        self.scan_bytes(start, end, limit, usize::MAX, false)
     }
 
     /// [`scan`](Self::scan) that also stops once the pairs taken hold
     /// `bytes_max` bytes of keys and values (at least one pair is taken): a
-    /// short page is not the end of the span.
+    /// short page is not the end of the span. With `keys_only` the values
+    /// come back empty and the budget counts keys alone.
     pub fn scan_bytes(
         &self,
         start: &[u8],
         end: &[u8],
         limit: usize,
         bytes_max: usize,
+        keys_only: bool,
     ) -> Vec<(Bytes, Bytes)> {
         if limit == 0 || (!end.is_empty() && start >= end) {
             return Vec::new();
@@ -402,10 +404,14 @@ impl RangeState {
             .take(limit)
             .take_while(|(k, v)| {
                 let full = bytes > 0 && bytes >= bytes_max;
-                bytes = bytes.saturating_add(k.len() + v.len());
+                let value = if keys_only { 0 } else { v.len() };
+                bytes = bytes.saturating_add(k.len() + value);
                 !full
             })
-            .map(|(k, v)| (Bytes::copy_from_slice(k), v.clone()))
+            .map(|(k, v)| {
+                let value = if keys_only { Bytes::new() } else { v.clone() };
+                (Bytes::copy_from_slice(k), value)
+            })
             .collect()
     }
 
@@ -982,9 +988,25 @@ mod tests {
         assert_eq!(t.s.scan(b"e", b"", 1), vec![(b("e"), b("e"))]);
         // A byte budget ends a page early, after the pair that reaches it,
         // and always takes one pair.
-        assert_eq!(keys(t.s.scan_bytes(b"", b"", 10, 4)), vec![b("c"), b("d")]);
-        assert_eq!(keys(t.s.scan_bytes(b"", b"", 10, 0)), vec![b("c")]);
-        assert_eq!(keys(t.s.scan_bytes(b"", b"", 10, usize::MAX)).len(), 4);
+        assert_eq!(
+            keys(t.s.scan_bytes(b"", b"", 10, 4, false)),
+            vec![b("c"), b("d")]
+        );
+        assert_eq!(keys(t.s.scan_bytes(b"", b"", 10, 0, false)), vec![b("c")]);
+        assert_eq!(
+            keys(t.s.scan_bytes(b"", b"", 10, usize::MAX, false)).len(),
+            4
+        );
+        // Keys alone: empty values, and the budget counts keys only.
+        let only = t.s.scan_bytes(b"", b"", 10, 3, true);
+        assert_eq!(
+            only,
+            vec![
+                (b("c"), Bytes::new()),
+                (b("d"), Bytes::new()),
+                (b("e"), Bytes::new())
+            ]
+        );
     }
 
     #[test]

@@ -830,14 +830,13 @@ async fn scan(shared: &Shared, a: &[Bytes]) -> CmdResult {
         .cursors
         .resume(cursor)
         .ok_or_else(|| usage("invalid cursor"))?;
-    let pairs = shared.db.scan(&start, b"", count).await?;
-    let next = match pairs.last() {
-        Some((last, _)) if pairs.len() >= count => shared.cursors.issue(key_after(last)),
+    let found = shared.db.scan_keys(&start, b"", count).await?;
+    let next = match found.last() {
+        Some(last) if found.len() >= count => shared.cursors.issue(key_after(last)),
         _ => 0,
     };
-    let keys = pairs
+    let keys = found
         .into_iter()
-        .map(|(k, _)| k)
         .filter(|k| only_strings && pattern.as_ref().is_none_or(|p| glob_match(p, k)))
         .map(Reply::Bulk)
         .collect();
@@ -850,17 +849,16 @@ async fn scan(shared: &Shared, a: &[Bytes]) -> CmdResult {
 /// Keys counted per scan while counting all of them.
 const DBSIZE_PAGE: usize = 10_000;
 
-/// Counts every key by scanning all ranges, a page at a time: linear in the
-/// data (values are read too). A per-range key count kept by the ranges would
-/// make this cheap.
+/// Counts every key by scanning all ranges' keys (not their values), a page
+/// at a time: linear in the number of keys.
 async fn dbsize(db: &Db) -> CmdResult {
     let mut n = 0i64;
     let mut from = Bytes::new();
     loop {
-        let page = db.scan(&from, b"", DBSIZE_PAGE).await?;
+        let page = db.scan_keys(&from, b"", DBSIZE_PAGE).await?;
         n += page.len() as i64;
         match page.last() {
-            Some((last, _)) if page.len() == DBSIZE_PAGE => from = key_after(last),
+            Some(last) if page.len() == DBSIZE_PAGE => from = key_after(last),
             _ => return Ok(Reply::Int(n)),
         }
     }

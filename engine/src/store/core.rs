@@ -1534,9 +1534,12 @@ const SCAN_REPLY_BYTES_MAX: usize = 1 << 20;
 fn serve_read_now(state: &RangeState, op: &ReadOp, leader: Option<NodeId>) -> Reply {
     match op {
         ReadOp::Get { key } => Reply::Value(state.get(key)),
-        ReadOp::Scan { start, end, limit } => {
-            Reply::Pairs(state.scan_bytes(start, end, *limit, SCAN_REPLY_BYTES_MAX))
-        }
+        ReadOp::Scan {
+            start,
+            end,
+            limit,
+            keys_only,
+        } => Reply::Pairs(state.scan_bytes(start, end, *limit, SCAN_REPLY_BYTES_MAX, *keys_only)),
         ReadOp::Hash => Reply::Hash {
             index: state.applied().0,
             hash: state.state_hash(),

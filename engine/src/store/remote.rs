@@ -47,6 +47,7 @@ enum WireReadOp {
         start: Bytes,
         end: Bytes,
         limit: u64,
+        keys_only: bool,
     },
     Hash,
     Count,
@@ -239,10 +240,16 @@ pub fn encode_request(req: &Request) -> Bytes {
             epoch: *epoch,
             op: match op {
                 ReadOp::Get { key } => WireReadOp::Get { key: key.clone() },
-                ReadOp::Scan { start, end, limit } => WireReadOp::Scan {
+                ReadOp::Scan {
+                    start,
+                    end,
+                    limit,
+                    keys_only,
+                } => WireReadOp::Scan {
                     start: start.clone(),
                     end: end.clone(),
                     limit: *limit as u64,
+                    keys_only: *keys_only,
                 },
                 ReadOp::Hash => WireReadOp::Hash,
                 ReadOp::Count => WireReadOp::Count,
@@ -309,10 +316,16 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
             epoch,
             op: match op {
                 WireReadOp::Get { key } => ReadOp::Get { key },
-                WireReadOp::Scan { start, end, limit } => ReadOp::Scan {
+                WireReadOp::Scan {
+                    start,
+                    end,
+                    limit,
+                    keys_only,
+                } => ReadOp::Scan {
                     start,
                     end,
                     limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                    keys_only,
                 },
                 WireReadOp::Hash => ReadOp::Hash,
                 WireReadOp::Count => ReadOp::Count,
@@ -525,6 +538,7 @@ mod tests {
                     start: Bytes::from_static(b"a"),
                     end: Bytes::new(),
                     limit: 10,
+                    keys_only: true,
                 },
                 consistency: ReadConsistency::Lease,
             },

@@ -31,10 +31,14 @@ pub enum ReadOp {
         key: Bytes,
     },
     /// Pairs with `start <= key < end` (`end` empty: to the range's end).
+    /// With `keys_only`, every value comes back empty (and a page's byte
+    /// budget counts keys alone): for listing and counting keys without
+    /// moving their values.
     Scan {
         start: Bytes,
         end: Bytes,
         limit: usize,
+        keys_only: bool,
     },
     /// The replica's state hash and the index it describes.
     Hash,
