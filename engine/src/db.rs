@@ -1052,7 +1052,16 @@ impl Db {
                     {
                         self.inner.routes.write().leaders.insert(d.id, l);
                         target = Some(l);
-                        continue;
+                        // At once, but not past the deadline: two replicas
+                        // naming each other (stale hints) must not bounce a
+                        // request for ever.
+                        if Instant::now() < deadline {
+                            continue;
+                        }
+                        return Err(DbError::Timeout {
+                            elapsed: start.elapsed(),
+                            last,
+                        });
                     }
                     CallError::Store(
                         StoreError::EpochMismatch { current, .. }
