@@ -373,6 +373,33 @@ async fn messages_to_a_down_peer_are_dropped_and_memory_stays_bounded() {
     assert_eq!(a.metrics().messages_dropped, dropped as u64);
 }
 
+/// A sender pacing itself on a peer that never drains is let go when the
+/// transport closes (it waited for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_releases_a_sender_waiting_for_the_queue_to_drain() {
+    let (_ca, ids) = bootstrap_cluster(&[NodeId(1), NodeId(2)]).unwrap();
+    let (a, _in) = QuicTransport::bind(loopback(), &ids[0], test_config()).unwrap();
+    let dead = std::net::UdpSocket::bind(loopback())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    a.set_peer_address(NodeId(2), dead).unwrap();
+    let batch = (0..100).map(|_| Bytes::from(vec![0; 64])).collect();
+    a.send(NodeId(2), batch).unwrap();
+    let a = Arc::new(a);
+    let waiter = {
+        let a = a.clone();
+        tokio::spawn(async move { a.queue_below(NodeId(2), 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "the queue never drains");
+    a.close();
+    tokio::time::timeout(WITHIN, waiter)
+        .await
+        .expect("released at close")
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_to_a_slow_peer_are_dropped_and_memory_stays_bounded() {
     let (_ids, (a, _a_in), (_b, b_in)) = pair();

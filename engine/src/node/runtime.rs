@@ -869,11 +869,24 @@ fn add_group(
     Ok(())
 }
 
-/// Sends one peer's batch, cut into frames of bounded payload.
-fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounters) -> Vec<Control> {
-    // Controls ride in the first frame, but forwarded writes and answers can
-    // weigh megabytes each: past `PEER_FRAME_PAYLOAD_MAX` they go on in frames
-    // of their own, so that no frame outgrows what the transport takes.
+/// One peer's batch cut into frames (see [`plan_frames`]).
+struct FramePlan {
+    /// The first frame: the first controls and the messages that fit beside them.
+    first: PeerBatch,
+    /// Controls that did not fit the first frame, a frame each group.
+    extra_controls: Vec<Vec<Control>>,
+    /// The remaining messages, in frames without controls.
+    rest: Vec<PeerBatch>,
+}
+
+/// Cuts a peer's batch into frames of at most `PEER_FRAME_PAYLOAD_MAX` of
+/// payload each, or a single larger message or control alone. Controls ride
+/// in the first frame, but forwarded writes and answers can weigh megabytes
+/// each: past the bound they go on in frames of their own; and the first
+/// frame's messages count against what its controls left, so that a
+/// forwarded 4 MiB write beside a leader's 4 MiB entry does not make one
+/// frame over what the transport takes (refused whole).
+fn plan_frames(batch: PeerBatch) -> FramePlan {
     let mut control_groups = vec![Vec::new()];
     let mut bytes = 0u64;
     for c in batch.control {
@@ -887,13 +900,67 @@ fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounter
             g.push(c);
         }
     }
-    let mut extra_controls = control_groups.split_off(1);
+    let extra_controls = control_groups.split_off(1);
     let first_controls = control_groups.pop().unwrap_or_default();
-    let batch = PeerBatch {
-        incarnation: batch.incarnation,
-        messages: batch.messages,
+    let first_control_bytes: u64 = first_controls.iter().map(control_bytes).sum();
+    let total: u64 = batch.messages.iter().map(|(_, m)| m.payload_bytes()).sum();
+    let incarnation = batch.incarnation;
+    if first_control_bytes + total <= PEER_FRAME_PAYLOAD_MAX {
+        // The usual case: one frame.
+        return FramePlan {
+            first: PeerBatch {
+                incarnation,
+                messages: batch.messages,
+                control: first_controls,
+            },
+            extra_controls,
+            rest: Vec::new(),
+        };
+    }
+    let mut frames = Vec::new();
+    let mut cur = PeerBatch {
+        incarnation,
+        messages: Vec::new(),
         control: first_controls,
     };
+    let mut bytes = first_control_bytes;
+    for (range, m) in batch.messages {
+        let size = m.payload_bytes();
+        if bytes > 0 && bytes + size > PEER_FRAME_PAYLOAD_MAX {
+            // The next frame likely holds about as many as this one.
+            let room = cur.messages.len();
+            frames.push(std::mem::replace(
+                &mut cur,
+                PeerBatch {
+                    incarnation,
+                    messages: Vec::with_capacity(room),
+                    control: Vec::new(),
+                },
+            ));
+            bytes = 0;
+        }
+        bytes += size;
+        cur.messages.push((range, m));
+    }
+    frames.push(cur);
+    let rest = frames.split_off(1);
+    FramePlan {
+        first: frames.pop().unwrap_or(PeerBatch {
+            incarnation,
+            messages: Vec::new(),
+            control: Vec::new(),
+        }),
+        extra_controls,
+        rest,
+    }
+}
+
+/// Sends one peer's batch, cut into frames of bounded payload
+/// ([`plan_frames`]); the forwards and answers of frames the transport
+/// refused come back.
+fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounters) -> Vec<Control> {
+    let incarnation = batch.incarnation;
+    let plan = plan_frames(batch);
     // Forwarded requests and their answers are not retransmitted the way
     // Raft messages are: if the transport refuses a frame carrying them
     // (never sent: its queue to the peer is full), they go back to the store.
@@ -905,51 +972,20 @@ fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounter
             .collect()
     };
     let mut refused = Vec::new();
-    let first_must_arrive = must_arrive(&batch.control);
-    let total: u64 = batch.messages.iter().map(|(_, m)| m.payload_bytes()).sum();
-    let mut frames = Vec::new();
-    if total <= PEER_FRAME_PAYLOAD_MAX {
-        // The usual case: one frame, encoded from the batch as it is.
-        frames.push(encode_batch(&batch));
-    } else {
-        let mut cur = PeerBatch {
-            incarnation: batch.incarnation,
-            messages: Vec::new(),
-            control: batch.control,
-        };
-        let mut bytes = 0u64;
-        for (range, m) in batch.messages {
-            let size = m.payload_bytes();
-            if bytes > 0 && bytes + size > PEER_FRAME_PAYLOAD_MAX {
-                frames.push(encode_batch(&cur));
-                // The next frame likely holds about as many as this one.
-                let room = cur.messages.len();
-                cur = PeerBatch {
-                    incarnation: batch.incarnation,
-                    messages: Vec::with_capacity(room),
-                    control: Vec::new(),
-                };
-                bytes = 0;
-            }
-            bytes += size;
-            cur.messages.push((range, m));
-        }
-        frames.push(encode_batch(&cur));
-    }
+    let first_must_arrive = must_arrive(&plan.first.control);
     counters.peer_frames.fetch_add(
-        (frames.len() + extra_controls.len()) as u64,
+        (1 + plan.rest.len() + plan.extra_controls.len()) as u64,
         Ordering::Relaxed,
     );
     // Each frame with controls is sent on its own, so that the transport's
     // report says whether it was refused; the rest go together.
-    let rest = frames.split_off(1);
-    if send_frames(io, to, frames, counters) {
+    if send_frames(io, to, vec![encode_batch(&plan.first)], counters) {
         refused.extend(first_must_arrive);
     }
-    for controls in extra_controls.drain(..) {
+    for controls in plan.extra_controls {
         let keep = must_arrive(&controls);
         let frame = encode_batch(&PeerBatch {
-            incarnation: batch.incarnation,
+            incarnation,
             messages: Vec::new(),
             control: controls,
         });
@@ -957,6 +993,7 @@ fn send_to_peer(io: &Io, to: NodeId, batch: PeerBatch, counters: &RuntimeCounter
             refused.extend(keep);
         }
     }
+    let rest = plan.rest.iter().map(encode_batch).collect();
     send_frames(io, to, rest, counters);
     refused
 }
@@ -1037,6 +1074,102 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn append_of(bytes: usize) -> (RangeId, crate::raft::Message) {
+        use crate::raft::{Entry, EntryPayload, Message, MessageBody};
+        let m = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::Append {
+                prev_index: 9,
+                prev_term: 3,
+                entries: vec![Entry {
+                    index: 10,
+                    term: 3,
+                    payload: EntryPayload::Normal(Bytes::from(vec![7u8; bytes])),
+                }],
+                commit: 9,
+            },
+        };
+        (5, m)
+    }
+
+    fn forward_of(bytes: usize) -> Control {
+        Control::Forward {
+            seq: 1,
+            request: Request::Write {
+                range: 5,
+                epoch: 1,
+                command: crate::range::Command::Put {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from(vec![1u8; bytes]),
+                },
+            },
+        }
+    }
+
+    /// Payload of a planned frame: its controls and its messages.
+    fn frame_payload(b: &PeerBatch) -> u64 {
+        b.control.iter().map(control_bytes).sum::<u64>()
+            + b.messages
+                .iter()
+                .map(|(_, m)| m.payload_bytes())
+                .sum::<u64>()
+    }
+
+    /// No planned frame holds more than the payload bound, unless it is one
+    /// message or one control alone: a large forwarded write beside a large
+    /// entry made one frame of both, over the transport's limit.
+    #[test]
+    fn frames_stay_within_the_bound_with_large_controls_and_messages() {
+        let big = 3 << 20;
+        let cases: Vec<(Vec<Control>, Vec<(RangeId, crate::raft::Message)>)> = vec![
+            (vec![forward_of(big)], vec![append_of(big)]),
+            (
+                vec![forward_of(big), forward_of(10)],
+                vec![append_of(10), append_of(big)],
+            ),
+            (
+                vec![forward_of(1 << 20)],
+                vec![append_of(1 << 20), append_of(1 << 20)],
+            ),
+            (vec![], vec![append_of(big), append_of(big)]),
+            (vec![forward_of(10)], vec![append_of(10)]),
+        ];
+        for (i, (control, messages)) in cases.into_iter().enumerate() {
+            let (n_controls, n_messages) = (control.len(), messages.len());
+            let plan = plan_frames(PeerBatch {
+                incarnation: 1,
+                messages,
+                control,
+            });
+            let mut frames = vec![plan.first];
+            frames.extend(plan.extra_controls.into_iter().map(|control| PeerBatch {
+                incarnation: 1,
+                messages: Vec::new(),
+                control,
+            }));
+            frames.extend(plan.rest);
+            let (mut controls, mut msgs) = (0, 0);
+            for f in &frames {
+                controls += f.control.len();
+                msgs += f.messages.len();
+                let alone = f.control.len() + f.messages.len() == 1;
+                assert!(
+                    alone || frame_payload(f) <= PEER_FRAME_PAYLOAD_MAX,
+                    "case {i}: a frame of {} bytes in {} items",
+                    frame_payload(f),
+                    f.control.len() + f.messages.len()
+                );
+            }
+            assert_eq!(
+                (controls, msgs),
+                (n_controls, n_messages),
+                "case {i}: all sent"
+            );
+        }
     }
 
     /// A loop that does not take its peers' batches stops their delivery

@@ -216,8 +216,12 @@ impl QuicTransport {
         self.shared
             .endpoint
             .close(quinn::VarInt::from_u32(0), b"shutdown");
-        // Break the reference cycles (peer <-> tasks) now rather than at exit.
-        self.shared.peers.lock().clear();
+        // Break the reference cycles (peer <-> tasks) now rather than at exit,
+        // and wake whoever waits in `queue_below`: nothing drains any more.
+        let peers = std::mem::take(&mut *self.shared.peers.lock());
+        for peer in peers.values() {
+            peer.drained.notify_waiters();
+        }
     }
 
     async fn open_snapshot_stream(
