@@ -385,7 +385,8 @@ async fn closing_releases_a_sender_waiting_for_the_queue_to_drain() {
         .unwrap();
     a.set_peer_address(NodeId(2), dead).unwrap();
     let batch = (0..100).map(|_| Bytes::from(vec![0; 64])).collect();
-    a.send(NodeId(2), batch).unwrap();
+    let report = a.send(NodeId(2), batch).unwrap();
+    assert_eq!(report.dropped, 0, "queued");
     let a = Arc::new(a);
     let waiter = {
         let a = a.clone();

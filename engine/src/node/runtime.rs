@@ -1125,7 +1125,8 @@ mod tests {
     #[test]
     fn frames_stay_within_the_bound_with_large_controls_and_messages() {
         let big = 3 << 20;
-        let cases: Vec<(Vec<Control>, Vec<(RangeId, crate::raft::Message)>)> = vec![
+        type Case = (Vec<Control>, Vec<(RangeId, crate::raft::Message)>);
+        let cases: Vec<Case> = vec![
             (vec![forward_of(big)], vec![append_of(big)]),
             (
                 vec![forward_of(big), forward_of(10)],
