@@ -15,7 +15,8 @@
 //! The losing connection is not closed at once: the other side may not have
 //! reached the same verdict yet and may still be writing to it. It leaves the
 //! slot (nothing new is sent on it), keeps serving inbound streams, and is
-//! closed after [`DUPLICATE_GRACE`], so frames already in flight are delivered.
+//! closed after the call timeout plus [`DUPLICATE_GRACE`], so frames already
+//! in flight are delivered and calls already open on it are answered.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -33,8 +34,8 @@ use crate::metrics::Metrics;
 
 /// Application close code: this connection lost the duplicate tie-break.
 pub(crate) const CLOSE_DUPLICATE: u32 = 1;
-/// How long a connection that lost the tie-break keeps delivering what was
-/// already sent on it before it is closed.
+/// How long, beyond the call timeout, a connection that lost the tie-break
+/// keeps delivering what was already sent on it before it is closed.
 pub(crate) const DUPLICATE_GRACE: Duration = Duration::from_secs(1);
 /// Stream priorities (higher goes first): Raft messages (heartbeats) must
 /// never wait behind snapshot bytes already queued in quinn's send buffer.
@@ -186,8 +187,12 @@ pub(crate) fn install(
     if let Some(loser) = loser {
         Metrics::add(&shared.metrics.connections_replaced, 1);
         tracing::debug!(peer = %peer.id, "retiring duplicate connection");
+        // A call opened on it before the verdict may take up to the call
+        // timeout to be answered: closing sooner made such a write's outcome
+        // unknown to its caller.
+        let grace = shared.config.call_timeout + DUPLICATE_GRACE;
         tokio::spawn(async move {
-            tokio::time::sleep(DUPLICATE_GRACE).await;
+            tokio::time::sleep(grace).await;
             loser.close(
                 quinn::VarInt::from_u32(CLOSE_DUPLICATE),
                 b"duplicate connection",
