@@ -167,6 +167,9 @@ pub(crate) struct Shared {
     pub panic_next_round: std::sync::atomic::AtomicBool,
     /// Test hook: the next write fails with this errno (0: none).
     pub fail_next_write: std::sync::atomic::AtomicI32,
+    /// Test hook: held, the writer waits after taking a round's first
+    /// request, so that the requests submitted meanwhile join its round.
+    pub hold: Mutex<()>,
     /// Where blocking ticket waiters sleep.
     pub bell: Arc<crate::ticket::Bell>,
 }

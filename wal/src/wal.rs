@@ -120,6 +120,7 @@ impl Wal {
             fail_next_sync: Default::default(),
             fail_next_write: Default::default(),
             panic_next_round: Default::default(),
+            hold: Default::default(),
             bell: Default::default(),
         });
         let (active, tail, next_seq) = match rec.active {
@@ -363,6 +364,14 @@ impl Wal {
     #[doc(hidden)]
     pub fn inject_writer_panic(&self) {
         self.shared.panic_next_round.store(true, Ordering::Relaxed);
+    }
+
+    /// Test hook: while the guard is held, the writer waits after taking
+    /// the next round's first request; the requests submitted meanwhile are
+    /// written in that one round when it is dropped.
+    #[doc(hidden)]
+    pub fn hold_writer(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.shared.hold.lock()
     }
 
     /// The directory.

@@ -217,6 +217,7 @@ impl Writer {
             self.round += 1;
             let mut round = Drained::default();
             self.take(&mut round, first);
+            drop(self.shared.hold.lock());
             while round.bytes < max {
                 match self.rx.try_recv() {
                     Ok(m) => self.take(&mut round, m),
@@ -380,7 +381,9 @@ impl Writer {
     }
 
     fn write_batch_inner(&mut self, reqs: &[Request]) -> Result<Vec<Result<()>>> {
-        let seg_len = self.active.len();
+        // Each segment's own length: a segment recovered from before a
+        // change of `segment_bytes` differs from the ones rolled to.
+        let mut seg_len = self.active.len();
         let mut outcomes: Vec<Result<()>> = Vec::with_capacity(reqs.len());
         let mut applied: Vec<Applied> = Vec::new();
         let mut overlay: HashMap<GroupId, Bounds> = HashMap::new();
@@ -417,6 +420,7 @@ impl Writer {
                         }
                         self.sync_dirty(&mut dirty)?;
                         self.roll()?;
+                        seg_len = self.active.len();
                         part = PartBuilder::new(
                             self.active.seq,
                             self.next_batch_id,
