@@ -133,14 +133,19 @@ impl Default for Config {
     }
 }
 
+/// Largest `segment_bytes` accepted.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+
 impl Config {
     /// Checks the fields against each other.
     pub fn validate(&self) -> Result<()> {
         let min = (SEGMENT_HEADER_BYTES + 16 * RECORD_HEADER_BYTES) as u64;
-        if self.segment_bytes < min || self.segment_bytes > u32::MAX as u64 {
+        // At most 1 GiB: a record is encoded whole with 32-bit relative
+        // offsets (2 GiB at most), and requests larger than a segment are
+        // refused before they are encoded.
+        if self.segment_bytes < min || self.segment_bytes > SEGMENT_BYTES_MAX {
             return Err(WalError::InvalidConfig(format!(
-                "segment_bytes must be in [{min}, {}], got {}",
-                u32::MAX,
+                "segment_bytes must be in [{min}, {SEGMENT_BYTES_MAX}], got {}",
                 self.segment_bytes
             )));
         }

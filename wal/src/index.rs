@@ -85,7 +85,10 @@ impl GroupState {
     /// First index of the log (compaction point + 1, or the first entry).
     pub fn first_index(&self) -> Option<u64> {
         match (&self.compaction, self.runs.front()) {
-            (Some(c), _) => Some(c.index + 1),
+            // Entries start right after the compaction point, unless a
+            // repair dropped some after it (`drop_before_holes`).
+            (Some(c), Some(r)) => Some((c.index + 1).max(r.first)),
+            (Some(c), None) => Some(c.index + 1),
             (None, Some(r)) => Some(r.first),
             (None, None) => None,
         }

@@ -186,18 +186,32 @@ fn next_valid(img: &[u8], from: usize, seq: u64) -> Option<(usize, RecordHeader)
 
 /// Headers that still pass their own CRC inside a damaged stretch: the best
 /// knowledge of what was lost there.
-fn plausible_headers(img: &[u8], from: usize, to: usize, seq: u64) -> Vec<RecordHeader> {
+fn plausible_headers(img: &[u8], from: usize, to: usize, seq: u64) -> Vec<(usize, RecordHeader)> {
     let mut out = Vec::new();
     let mut p = from.div_ceil(RECORD_ALIGN) * RECORD_ALIGN;
     while p + RECORD_HEADER_BYTES <= to.min(img.len()) {
         if let Ok(h) = decode_header(img, p)
             && h.segment_seq == seq
         {
-            out.push(h);
+            out.push((p, h));
         }
         p += RECORD_ALIGN;
     }
     out
+}
+
+/// Whether some of `[from, to)` (a damaged stretch between records, so all
+/// of it was records) is covered by no plausible header: records whose
+/// headers were wiped, whose groups are unknown.
+fn unaccounted_bytes(from: usize, to: usize, headers: &[(usize, RecordHeader)]) -> bool {
+    let mut p = from;
+    for (at, h) in headers {
+        if *at > p {
+            return true;
+        }
+        p = p.max(at.saturating_add(h.extent()));
+    }
+    p < to
 }
 
 fn lost_of(h: &RecordHeader) -> LostRange {
@@ -373,10 +387,19 @@ impl Replay {
                 None => img.len(),
             });
             let mut groups = pending_groups.clone();
-            let lost: Vec<LostRange> = plausible_headers(img, bad, end, seq)
-                .iter()
-                .map(lost_of)
-                .collect();
+            let headers = plausible_headers(img, bad, end, seq);
+            let mut lost: Vec<LostRange> = headers.iter().map(|(_, h)| lost_of(h)).collect();
+            // Records whose headers the damage wiped may have been hard
+            // states, removals or truncations of any group: a repair that
+            // named only the readable ones would bring back superseded state
+            // without a word.
+            if unaccounted_bytes(bad, end, &headers) {
+                lost.push(LostRange {
+                    group: 0,
+                    entries: None,
+                    detail: "records with unreadable headers in a damaged region: groups unknown",
+                });
+            }
             groups.extend(lost.iter().map(|l| l.group));
             if !self.repair {
                 let d = if matches!(expected_end, Some(e) if pending.is_empty() && (bad as u64) < e)
@@ -545,7 +568,10 @@ pub(crate) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
     // tail although it was durable, since the originals it moved are gone.
     // That is acknowledged data lost, so a strict open refuses.
     let holes = replay.tables.index.drop_before_holes();
-    if !holes.is_empty() && !replay.repaired {
+    // Repair mode drops and reports what precedes a hole whatever made it,
+    // a torn tail included (it checked `repaired`, set only by the damage
+    // paths, so a hole behind a cut tail refused to open even in repair).
+    if !holes.is_empty() && !replay.repair {
         let (path, offset) = match &replay.report.torn_tail {
             Some(t) => (
                 replay
@@ -567,7 +593,10 @@ pub(crate) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
             ),
         ));
     }
-    if replay.repaired {
+    if !holes.is_empty() {
+        // The dropped entries are gone from the log: the open must rewrite
+        // what is live (`reclaim(true)`), as after any repair.
+        replay.repaired = true;
         replay
             .report
             .lost

@@ -301,6 +301,18 @@ impl Shared {
                 off: payload.start,
                 len: payload.len(),
             });
+            // Runs are contiguous from the first index on; a gap (entries a
+            // repair dropped) is never skipped silently.
+            if run.first > next {
+                if out.is_empty() {
+                    return Err(WalError::Compacted {
+                        group,
+                        index: next,
+                        first: run.first,
+                    });
+                }
+                return Ok(out);
+            }
             let from = next.max(run.first);
             let to = hi.min(run.first + run.count as u64);
             for idx in from..to {

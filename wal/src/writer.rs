@@ -141,6 +141,9 @@ fn op_group(op: &Op) -> GroupId {
 enum EncodeError {
     Invalid(WalError),
     DoesNotFit,
+    /// The part's buffer is lost (a serializer failed after taking it): the
+    /// round cannot be written, and the WAL stops.
+    Broken(WalError),
 }
 
 pub(crate) struct Writer {
@@ -313,6 +316,12 @@ impl Writer {
             self.write_batch(writes);
         }
         for (all, done) in reclaims {
+            // A write of this round may have failed its sync: nothing is
+            // written after that, a reclaim's rewrite and sync included.
+            if let Some(p) = self.poisoned() {
+                done.complete(Err(p));
+                continue;
+            }
             let r = self.reclaim(all);
             if let Err(e) = &r {
                 self.poison(e);
@@ -408,6 +417,7 @@ impl Writer {
                         outcomes.push(Err(e));
                         break;
                     }
+                    Err(EncodeError::Broken(e)) => return Err(e),
                     Err(EncodeError::DoesNotFit)
                         if !part.is_empty() || part_start > SEGMENT_HEADER_BYTES =>
                     {
@@ -538,6 +548,12 @@ impl Writer {
                     return Err(EncodeError::Invalid(e));
                 }
             }
+            // Too large for any segment: refused before it is encoded (its
+            // archive must also stay within 32-bit offsets).
+            if op_bytes(op) > seg_len {
+                part.truncate(mark);
+                return Err(EncodeError::DoesNotFit);
+            }
             let start = part.buf.len();
             let res = match op {
                 Op::Entries { group, entries } => {
@@ -590,6 +606,12 @@ impl Writer {
             };
             let (kind, first, count) = match res {
                 Ok(x) => x,
+                Err(e) if part.buf.len() < mark.0 => {
+                    return Err(EncodeError::Broken(WalError::InvalidAppend {
+                        group,
+                        detail: format!("encoding failed and lost the round's buffer: {e}"),
+                    }));
+                }
                 Err(e) => {
                     part.truncate(mark);
                     return Err(EncodeError::Invalid(WalError::InvalidAppend {

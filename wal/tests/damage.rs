@@ -266,6 +266,15 @@ fn zeroed_page_is_corruption_and_repair_reports_what_was_lost() {
     };
     let (wal, report) = Wal::open(d.path(), repair).expect("repair");
     assert_eq!(report.damaged.len(), 1, "{report:?}");
+    // The page wiped whole records, headers and all: which groups they
+    // held (hard states, removals) is unknown, and said so.
+    assert!(
+        report
+            .lost
+            .iter()
+            .any(|l| l.group == 0 && l.entries.is_none()),
+        "{report:?}"
+    );
     check_no_wrong_data(&wal, &model);
     // Everything missing is reported lost.
     for (&g, m) in &model {
@@ -441,6 +450,33 @@ fn failed_sync_poisons_and_is_reported_to_every_waiter() {
     }
 }
 
+/// A reclaim in the same round as a write whose sync failed writes and
+/// syncs nothing (it rewrote and synced after the failure, the retry the
+/// fsyncgate lesson rules out) and reports the failure.
+#[test]
+fn a_reclaim_after_a_failed_sync_in_its_round_does_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = Config {
+        sync: true,
+        ..config()
+    };
+    let mut model = Model::new();
+    let (wal, _) = Wal::open(dir.path(), cfg).expect("open");
+    wal.write(batch(&mut model, 0..2, 1)).expect("ok");
+    let rewritten = wal.stats().bytes_rewritten;
+    wal.inject_sync_failure();
+    let (write, reclaim) = {
+        let _hold = wal.hold_writer();
+        let write = wal.submit(batch(&mut model, 0..1, 1));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        (write, wal.reclaim(true))
+    };
+    assert!(matches!(write.wait(), Err(WalError::Io { .. })));
+    let r = reclaim.wait();
+    assert!(matches!(r, Err(WalError::Poisoned { .. })), "{r:?}");
+    assert_eq!(wal.stats().bytes_rewritten, rewritten, "nothing rewritten");
+}
+
 #[test]
 fn a_writer_panic_fails_every_waiter_instead_of_leaving_it_asleep() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -514,7 +550,7 @@ fn full_disk_is_reported_as_such_and_poisons() {
 /// leaves a hole in a group's entries a strict open must refuse, and it must
 /// never serve wrong data.
 #[test]
-fn a_damaged_last_rewrite_that_leaves_a_hole_refuses_a_strict_open() {
+fn a_damaged_last_rewrite_that_leaves_a_hole_refuses_a_strict_open_and_repair_opens_it() {
     let cfg = Config {
         segment_bytes: 16 << 10,
         disk_floor_segments: 2,
@@ -563,6 +599,24 @@ fn a_damaged_last_rewrite_that_leaves_a_hole_refuses_a_strict_open() {
             Err(WalError::Corruption { groups, .. }) => {
                 assert!(!groups.is_empty());
                 refused += 1;
+                // Repair opens it, dropping and reporting what precedes the
+                // hole (it refused too, once), and leaves a log a strict
+                // open takes.
+                let repair = Config {
+                    recovery_mode: RecoveryMode::Repair,
+                    ..cfg.clone()
+                };
+                let (w, report) = Wal::open(d.path(), repair)
+                    .unwrap_or_else(|e| panic!("step {step}: repair refused: {e}"));
+                assert!(
+                    report.lost.iter().any(|l| groups.contains(&l.group)),
+                    "step {step}: {report:?}"
+                );
+                check_no_wrong_data(&w, &model);
+                w.close().expect("close");
+                let (w, _) = Wal::open(d.path(), cfg.clone())
+                    .unwrap_or_else(|e| panic!("step {step}: strict after repair: {e}"));
+                check_no_wrong_data(&w, &model);
             }
             Err(e) => panic!("step {step}: {e}"),
             Ok((w, report)) => {
