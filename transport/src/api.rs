@@ -96,4 +96,11 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 
     /// Counters: traffic, drops, and every refused peer or bad frame.
     fn metrics(&self) -> MetricsSnapshot;
+
+    /// Drops the messages queued for `to` and not yet handed to a connection
+    /// (counted as dropped); returns how many. For an engine that declared
+    /// the peer down: what waited for it is stale (Raft sends again), and
+    /// would otherwise be delivered late, ahead of fresh messages, when the
+    /// peer comes back.
+    fn discard_queued(&self, to: NodeId) -> usize;
 }

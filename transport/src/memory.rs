@@ -107,6 +107,11 @@ impl Transport for MemoryTransport {
         self.id
     }
 
+    /// Nothing waits here: a send is delivered or dropped at once.
+    fn discard_queued(&self, _to: NodeId) -> usize {
+        0
+    }
+
     fn send(&self, to: NodeId, messages: Vec<Bytes>) -> Result<SendReport, TransportError> {
         if to == self.id {
             return Err(TransportError::SelfAddressed(to));

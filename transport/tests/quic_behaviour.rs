@@ -373,6 +373,36 @@ async fn messages_to_a_down_peer_are_dropped_and_memory_stays_bounded() {
     assert_eq!(a.metrics().messages_dropped, dropped as u64);
 }
 
+/// An engine that declared a peer down drops what waited for it: none of it
+/// is delivered late when the peer comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discarded_messages_to_a_down_peer_are_never_delivered() {
+    let (ids, (a, _a_in), (b, b_in)) = pair();
+    let b_addr = b.local_addr().unwrap();
+    drop(b_in);
+    b.shutdown().await;
+    let stale: Vec<Bytes> = (0..100).map(|i| msg(&format!("stale{i}"))).collect();
+    let report = a.send(NodeId(2), stale).unwrap();
+    assert_eq!(report.queued, 100);
+    let dropped_before = a.metrics().messages_dropped;
+    let n = a.discard_queued(NodeId(2));
+    assert!(n > 0 && n <= 100, "{n}");
+    assert_eq!(a.queued_messages(NodeId(2)), 0);
+    assert_eq!(a.metrics().messages_dropped, dropped_before + n as u64);
+    // The peer comes back: only what is sent afterwards arrives.
+    let (b, mut b_in) = QuicTransport::bind(b_addr, &ids[1], test_config()).unwrap();
+    b.set_peer_address(NodeId(1), a.local_addr().unwrap())
+        .unwrap();
+    deliver_eventually(&a, NodeId(2), &mut b_in, "fresh").await;
+    while let Ok(Some(batch)) =
+        tokio::time::timeout(Duration::from_millis(300), b_in.batches.recv()).await
+    {
+        for m in &batch.messages {
+            assert!(!m.starts_with(b"stale"), "a discarded message arrived");
+        }
+    }
+}
+
 /// A sender pacing itself on a peer that never drains is let go when the
 /// transport closes (it waited for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

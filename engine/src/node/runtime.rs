@@ -358,6 +358,14 @@ async fn run(
                     .filter(|&p| !store.peer_live(p))
                     .collect();
                 if *counters.down_peers.read() != down {
+                    // What waits in the transport for a peer just seen down
+                    // is stale: its forwards are answered `Ambiguous` now,
+                    // and must not run when the peer is back (nor hold up
+                    // fresh messages then); Raft sends again what it needs.
+                    let before = counters.down_peers.read().clone();
+                    for &p in down.iter().filter(|p| !before.contains(p)) {
+                        io.transport.discard_queued(tessera_transport::NodeId(p));
+                    }
                     *counters.down_peers.write() = down;
                 }
                 None

@@ -321,6 +321,16 @@ impl Transport for QuicTransport {
         self.shared.id
     }
 
+    fn discard_queued(&self, to: NodeId) -> usize {
+        let Some(peer) = self.shared.peers.lock().get(&to).cloned() else {
+            return 0;
+        };
+        let n = peer.queue.lock().clear();
+        Metrics::add(&self.shared.metrics.messages_dropped, n as u64);
+        peer.drained.notify_waiters();
+        n
+    }
+
     fn send(&self, to: NodeId, messages: Vec<Bytes>) -> Result<SendReport, TransportError> {
         let shared = &self.shared;
         let peer = shared.known_peer(to)?;

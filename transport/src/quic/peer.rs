@@ -51,6 +51,14 @@ pub(crate) struct OutQueue {
 }
 
 impl OutQueue {
+    /// Empties the queue; how many messages it held.
+    pub(crate) fn clear(&mut self) -> usize {
+        let n = self.messages.len();
+        self.messages.clear();
+        self.bytes = 0;
+        n
+    }
+
     /// Queues `message` unless that would exceed either bound.
     pub(crate) fn push(&mut self, message: Bytes, messages_max: usize, bytes_max: usize) -> bool {
         if self.messages.len() >= messages_max || self.bytes + message.len() > bytes_max {
