@@ -333,6 +333,8 @@ async fn run(
 ) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Peers seen live at the last tick.
+    let mut was_live: std::collections::BTreeSet<NodeId> = Default::default();
     let mut lp = Looper {
         waiting: HashMap::new(),
         next_req: 0,
@@ -357,15 +359,26 @@ async fn run(
                     .copied()
                     .filter(|&p| !store.peer_live(p))
                     .collect();
-                if *counters.down_peers.read() != down {
-                    // What waits in the transport for a peer just seen down
-                    // is stale: its forwards are answered `Ambiguous` now,
-                    // and must not run when the peer is back (nor hold up
-                    // fresh messages then); Raft sends again what it needs.
-                    let before = counters.down_peers.read().clone();
-                    for &p in down.iter().filter(|p| !before.contains(p)) {
+                // What waits in the transport for a peer that was live and
+                // is now seen down is stale: its forwards were just answered
+                // `Ambiguous`, and must not run when the peer is back (nor
+                // hold up fresh messages then); Raft sends again what it
+                // needs. Not for a peer never heard from (a node starting):
+                // what waits for it is the first traffic, forwards included.
+                for &p in &down {
+                    if was_live.remove(&p) {
                         io.transport.discard_queued(tessera_transport::NodeId(p));
                     }
+                }
+                was_live.extend(
+                    store
+                        .config()
+                        .peers
+                        .iter()
+                        .copied()
+                        .filter(|&p| store.peer_live(p)),
+                );
+                if *counters.down_peers.read() != down {
                     *counters.down_peers.write() = down;
                 }
                 None
@@ -1149,6 +1162,13 @@ mod tests {
         ];
         for (i, (control, messages)) in cases.into_iter().enumerate() {
             let (n_controls, n_messages) = (control.len(), messages.len());
+            let sizes_in = (
+                control.iter().map(control_bytes).collect::<Vec<_>>(),
+                messages
+                    .iter()
+                    .map(|(_, m)| m.payload_bytes())
+                    .collect::<Vec<_>>(),
+            );
             let plan = plan_frames(PeerBatch {
                 incarnation: 1,
                 messages,
@@ -1178,6 +1198,19 @@ mod tests {
                 (n_controls, n_messages),
                 "case {i}: all sent"
             );
+            // In order: the frames, read in the order they are sent, give
+            // the controls and the messages as they came.
+            let sizes_out = (
+                frames
+                    .iter()
+                    .flat_map(|f| f.control.iter().map(control_bytes))
+                    .collect::<Vec<_>>(),
+                frames
+                    .iter()
+                    .flat_map(|f| f.messages.iter().map(|(_, m)| m.payload_bytes()))
+                    .collect::<Vec<_>>(),
+            );
+            assert_eq!(sizes_out, sizes_in, "case {i}: order kept");
         }
     }
 
