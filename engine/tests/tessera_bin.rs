@@ -48,10 +48,25 @@ fn status(dir: &Path, node: u64) -> Option<serde_json::Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+/// Waits up to 30 s for `ok`; on a timeout, fails with what each node's
+/// status and log say.
+fn wait_for(dir: &Path, what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            let mut report = String::new();
+            for n in 1..=3 {
+                let log =
+                    std::fs::read_to_string(dir.join(format!("node{n}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                report.push_str(&format!(
+                    "\n--- node {n}: status {:?}\n{}",
+                    status(dir, n),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+            panic!("timed out waiting for {what}{report}");
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -106,7 +121,7 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
     assert!(!again.status.success());
 
     let mut nodes: Vec<Option<Proc>> = (1..=3).map(|n| Some(serve(dir, n))).collect();
-    wait_for("all nodes to see each other", || {
+    wait_for(dir, "all nodes to see each other", || {
         (1..=3).all(|n| {
             status(dir, n).is_some_and(|s| (1..=3).filter(|&p| p != n).all(|p| reachable(&s, p)))
         })
@@ -226,7 +241,7 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
     // that reaches a node still counting on node 3 (as its range's leader)
     // is forwarded there and lost, an ambiguous outcome.
     nodes[2] = None;
-    wait_for("node 3 to be seen down", || {
+    wait_for(dir, "node 3 to be seen down", || {
         [1, 2]
             .iter()
             .all(|&n| status(dir, n).is_some_and(|s| !reachable(&s, 3)))
@@ -246,7 +261,7 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
     }
     // Restarted, it is reachable again.
     nodes[2] = Some(serve(dir, 3));
-    wait_for("node 3 to be back", || {
+    wait_for(dir, "node 3 to be back", || {
         status(dir, 1).is_some_and(|s| reachable(&s, 3))
             && status(dir, 3).is_some_and(|s| reachable(&s, 1) && reachable(&s, 2))
     });

@@ -126,12 +126,29 @@ fn die_quietly_on_closed_stdout() {
 
 // ----- init -----
 
-fn free_tcp_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Free ports on 127.0.0.1, all different: each socket is held until every
+/// port is chosen (released one at a time, the kernel could hand the same
+/// port out twice, and two nodes' addresses would collide).
+#[derive(Default)]
+struct FreePorts {
+    tcp: Vec<TcpListener>,
+    udp: Vec<UdpSocket>,
 }
 
-fn free_udp_port() -> Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+impl FreePorts {
+    fn tcp(&mut self) -> Result<u16> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        self.tcp.push(l);
+        Ok(port)
+    }
+
+    fn udp(&mut self) -> Result<u16> {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        let port = s.local_addr()?.port();
+        self.udp.push(s);
+        Ok(port)
+    }
 }
 
 fn init(nodes: u64, dir: &Path, initial_ranges: u32, password: Option<String>) -> Result<()> {
@@ -150,12 +167,14 @@ fn init(nodes: u64, dir: &Path, initial_ranges: u32, password: Option<String>) -
         tessera_transport::bootstrap_cluster(&ids).context("making the cluster's certificates")?;
     std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
     let mut addrs = Vec::new();
+    let mut ports = FreePorts::default();
     for _ in 1..=nodes {
-        let peer: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
-        let client: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
+        let peer: SocketAddr = format!("127.0.0.1:{}", ports.udp()?).parse()?;
+        let client: SocketAddr = format!("127.0.0.1:{}", ports.tcp()?).parse()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", ports.tcp()?).parse()?;
         addrs.push((peer, client, admin));
     }
+    drop(ports);
     for (i, identity) in identities.iter().enumerate() {
         let id = i as u64 + 1;
         let pem = identity.to_pem();
