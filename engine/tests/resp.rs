@@ -562,6 +562,18 @@ async fn auth_is_required_when_a_password_is_set() {
         got.starts_with("-ERR Protocol error") && got.contains("16384"),
         "{got}"
     );
+    // Inline requests too.
+    let mut t = TcpStream::connect(s.addr).await.unwrap();
+    t.write_all(format!("SET big {}\r\n", "w".repeat(20_000)).as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.contains("too big inline request"), "{got}");
     let mut t = TcpStream::connect(s.addr).await.unwrap();
     t.write_all(format!("AUTH s3cret\r\n{set}GET a\r\nQUIT\r\n").as_bytes())
         .await

@@ -548,9 +548,11 @@ impl Writer {
                     return Err(EncodeError::Invalid(e));
                 }
             }
-            // Too large for any segment: refused before it is encoded (its
-            // archive must also stay within 32-bit offsets).
-            if op_bytes(op) > seg_len {
+            // Far too large for any segment (at most 1 GiB): refused before
+            // it is encoded, whose 32-bit offsets reach 2 GiB. `op_bytes`
+            // overstates an entry by 8 bytes, so the margin never refuses
+            // an op that fits.
+            if op_bytes(op) > OP_BYTES_ENCODABLE_MAX {
                 part.truncate(mark);
                 return Err(EncodeError::DoesNotFit);
             }
@@ -882,6 +884,9 @@ fn spans_below(
     }
     spans
 }
+
+/// Largest `op_bytes` encoded: half again the largest segment.
+const OP_BYTES_ENCODABLE_MAX: usize = (crate::config::SEGMENT_BYTES_MAX as usize) * 3 / 2;
 
 fn op_bytes(op: &Op) -> usize {
     match op {

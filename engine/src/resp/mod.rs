@@ -250,11 +250,13 @@ pub async fn serve(listener: TcpListener, db: Db, opts: RespOptions) -> std::io:
             continue;
         }
         stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        // Counted down however the task ends: aborted at the grace's end,
+        // even before its first poll, too.
+        let open = OpenConnection(stats.clone());
         let shared = shared.clone();
         let shutdown = shared.opts.shutdown.clone();
         tasks.spawn(async move {
-            // Counted down however the task ends, aborted at the grace's end too.
-            let _open = OpenConnection(&shared.opts.stats);
+            let _open = open;
             let _ = stream.set_nodelay(true);
             if let Err(e) = connection::run(stream, &shared, shutdown).await {
                 tracing::debug!(%peer, error = %e, "resp: connection ended with an error");
@@ -281,9 +283,9 @@ const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(2
 const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Counts an open connection down when its task ends.
-struct OpenConnection<'a>(&'a RespStats);
+struct OpenConnection(Arc<RespStats>);
 
-impl Drop for OpenConnection<'_> {
+impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
     }

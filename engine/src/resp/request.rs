@@ -81,7 +81,7 @@ impl RequestDecoder {
             self.decode_multibulk(buf)
         } else {
             self.pending = None;
-            decode_inline(buf)
+            decode_inline(buf, self.max_request_bytes.min(INLINE_BYTES_MAX))
         }
     }
 
@@ -207,14 +207,15 @@ fn parse_len(s: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
-fn decode_inline(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+/// An inline request (a line of words), of at most `max` bytes.
+fn decode_inline(buf: &mut BytesMut, max: usize) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-        if buf.len() > INLINE_BYTES_MAX {
+        if buf.len() > max {
             return err("too big inline request");
         }
         return Ok(None);
     };
-    if nl > INLINE_BYTES_MAX {
+    if nl > max {
         return err("too big inline request");
     }
     let line = buf.split_to(nl + 1);

@@ -47,7 +47,6 @@ enum WireReadOp {
         start: Bytes,
         end: Bytes,
         limit: u64,
-        keys_only: bool,
     },
     Hash,
     Count,
@@ -55,6 +54,14 @@ enum WireReadOp {
     Stats {
         split_keys: u64,
         split_bytes: u64,
+    },
+    /// A scan of keys alone (`ReadOp::Scan::keys_only`): a variant of its
+    /// own rather than a field of `Scan`, which would change the archive's
+    /// size and break every request between nodes of two versions.
+    ScanKeys {
+        start: Bytes,
+        end: Bytes,
+        limit: u64,
     },
 }
 
@@ -244,12 +251,21 @@ pub fn encode_request(req: &Request) -> Bytes {
                     start,
                     end,
                     limit,
-                    keys_only,
+                    keys_only: false,
                 } => WireReadOp::Scan {
                     start: start.clone(),
                     end: end.clone(),
                     limit: *limit as u64,
-                    keys_only: *keys_only,
+                },
+                ReadOp::Scan {
+                    start,
+                    end,
+                    limit,
+                    keys_only: true,
+                } => WireReadOp::ScanKeys {
+                    start: start.clone(),
+                    end: end.clone(),
+                    limit: *limit as u64,
                 },
                 ReadOp::Hash => WireReadOp::Hash,
                 ReadOp::Count => WireReadOp::Count,
@@ -316,16 +332,17 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
             epoch,
             op: match op {
                 WireReadOp::Get { key } => ReadOp::Get { key },
-                WireReadOp::Scan {
-                    start,
-                    end,
-                    limit,
-                    keys_only,
-                } => ReadOp::Scan {
+                WireReadOp::Scan { start, end, limit } => ReadOp::Scan {
                     start,
                     end,
                     limit: usize::try_from(limit).unwrap_or(usize::MAX),
-                    keys_only,
+                    keys_only: false,
+                },
+                WireReadOp::ScanKeys { start, end, limit } => ReadOp::Scan {
+                    start,
+                    end,
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                    keys_only: true,
                 },
                 WireReadOp::Hash => ReadOp::Hash,
                 WireReadOp::Count => ReadOp::Count,
@@ -541,6 +558,17 @@ mod tests {
                     keys_only: true,
                 },
                 consistency: ReadConsistency::Lease,
+            },
+            Request::Read {
+                range: 4,
+                epoch: 1,
+                op: ReadOp::Scan {
+                    start: Bytes::from_static(b"a"),
+                    end: Bytes::from_static(b"q"),
+                    limit: 10,
+                    keys_only: false,
+                },
+                consistency: ReadConsistency::Linearizable,
             },
         ];
         for r in reqs {
