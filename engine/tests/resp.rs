@@ -89,6 +89,19 @@ fn err_text(e: redis::RedisError) -> String {
     e.to_string()
 }
 
+/// Writes `bytes` on a new connection to `addr` and reads until the server
+/// closes it (within 5 s); what it wrote back.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut t = TcpStream::connect(addr).await.unwrap();
+    t.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 async fn raw(con: &mut MultiplexedConnection, args: &[&str]) -> redis::RedisResult<redis::Value> {
     let mut c = redis::cmd(args[0]);
     for a in &args[1..] {
@@ -432,16 +445,12 @@ async fn pipelines_are_answered_in_order_and_garbage_closes_only_its_connection(
     }
 
     // A raw pipeline of inline and multibulk commands in one write.
-    let mut t = TcpStream::connect(s.addr).await.unwrap();
-    t.write_all(b"PING\r\nECHO \"a b\"\r\n*2\r\n$3\r\nGET\r\n$2\r\np0\r\nQUIT\r\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, b"+PONG\r\n$3\r\na b\r\n$1\r\n0\r\n+OK\r\n");
+    let got = exchange(
+        s.addr,
+        b"PING\r\nECHO \"a b\"\r\n*2\r\n$3\r\nGET\r\n$2\r\np0\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(got, "+PONG\r\n$3\r\na b\r\n$1\r\n0\r\n+OK\r\n");
 
     // Garbage: a protocol error, then the server closes that connection.
     for garbage in [
@@ -449,14 +458,7 @@ async fn pipelines_are_answered_in_order_and_garbage_closes_only_its_connection(
         b"*\xff\xfe\x00garbage\r\n",
         b"*1\r\n$-7\r\n",
     ] {
-        let mut t = TcpStream::connect(s.addr).await.unwrap();
-        t.write_all(garbage).await.unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
-            .await
-            .expect("the server closes the connection")
-            .unwrap();
-        let got = String::from_utf8_lossy(&got).into_owned();
+        let got = exchange(s.addr, garbage).await;
         assert!(got.starts_with("-ERR Protocol error: "), "{got}");
         assert!(
             got.ends_with("\r\n") && got.matches("\r\n").count() == 1,
@@ -525,20 +527,14 @@ async fn auth_is_required_when_a_password_is_set() {
 
     // In one pipeline, the commands before AUTH are refused, those after run
     // (the plain writes and the reads after it together).
-    let mut t = TcpStream::connect(s.addr).await.unwrap();
-    t.write_all(
+    let got = exchange(
+        s.addr,
         b"SET a 2\r\nGET a\r\nAUTH s3cret\r\nSET a 2\r\nSET b 3\r\nGET a\r\nGET b\r\nQUIT\r\n",
     )
-    .await
-    .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    .await;
     let noauth = "-NOAUTH Authentication required.\r\n";
     assert_eq!(
-        String::from_utf8_lossy(&got),
+        got,
         format!("{noauth}{noauth}+OK\r\n+OK\r\n+OK\r\n$1\r\n2\r\n$1\r\n3\r\n+OK\r\n")
     );
 
@@ -550,43 +546,18 @@ async fn auth_is_required_when_a_password_is_set() {
         "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n{big}\r\n",
         big.len()
     );
-    let mut t = TcpStream::connect(s.addr).await.unwrap();
-    t.write_all(set.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    let got = String::from_utf8_lossy(&got);
+    let got = exchange(s.addr, set.as_bytes()).await;
     assert!(
         got.starts_with("-ERR Protocol error") && got.contains("16384"),
         "{got}"
     );
     // Inline requests too.
-    let mut t = TcpStream::connect(s.addr).await.unwrap();
-    t.write_all(format!("SET big {}\r\n", "w".repeat(20_000)).as_bytes())
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    let got = String::from_utf8_lossy(&got);
+    let inline = format!("SET big {}\r\n", "w".repeat(20_000));
+    let got = exchange(s.addr, inline.as_bytes()).await;
     assert!(got.contains("too big inline request"), "{got}");
-    let mut t = TcpStream::connect(s.addr).await.unwrap();
-    t.write_all(format!("AUTH s3cret\r\n{set}GET a\r\nQUIT\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        "+OK\r\n+OK\r\n$1\r\n2\r\n+OK\r\n"
-    );
+    let authed = format!("AUTH s3cret\r\n{set}GET a\r\nQUIT\r\n");
+    let got = exchange(s.addr, authed.as_bytes()).await;
+    assert_eq!(got, "+OK\r\n+OK\r\n$1\r\n2\r\n+OK\r\n");
     s.stop().await;
 }
 

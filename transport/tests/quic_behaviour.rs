@@ -60,10 +60,26 @@ async fn restart(
     peer: NodeId,
     peer_addr: std::net::SocketAddr,
 ) -> (QuicTransport, Incoming) {
+    let addr = stop(node).await;
+    rebind(addr, identity, peer, peer_addr).await
+}
+
+/// Shuts `node` down; the address it had.
+async fn stop(node: (QuicTransport, Incoming)) -> std::net::SocketAddr {
     let addr = node.0.local_addr().unwrap();
     node.0.shutdown().await;
     drop(node.1);
-    // The old socket is released once quinn's endpoint driver has ended.
+    addr
+}
+
+/// Binds `addr` again (the old socket is released once quinn's endpoint
+/// driver has ended, so this retries for a while).
+async fn rebind(
+    addr: std::net::SocketAddr,
+    identity: &NodeIdentity,
+    peer: NodeId,
+    peer_addr: std::net::SocketAddr,
+) -> (QuicTransport, Incoming) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let fresh = loop {
         match QuicTransport::bind(addr, identity, test_config()) {
@@ -378,10 +394,8 @@ async fn messages_to_a_down_peer_are_dropped_and_memory_stays_bounded() {
 /// is delivered late when the peer comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discarded_messages_to_a_down_peer_are_never_delivered() {
-    let (ids, (a, _a_in), (b, b_in)) = pair();
-    let b_addr = b.local_addr().unwrap();
-    drop(b_in);
-    b.shutdown().await;
+    let (ids, (a, _a_in), b) = pair();
+    let b_addr = stop(b).await;
     let stale: Vec<Bytes> = (0..100).map(|i| msg(&format!("stale{i}"))).collect();
     let report = a.send(NodeId(2), stale).unwrap();
     assert_eq!(report.queued, 100);
@@ -392,9 +406,7 @@ async fn discarded_messages_to_a_down_peer_are_never_delivered() {
     assert_eq!(a.metrics().messages_dropped, dropped_before + n as u64);
     // The peer comes back: only what is sent afterwards arrives, and every
     // batch received is checked (nothing discarded arrives first).
-    let (b, mut b_in) = QuicTransport::bind(b_addr, &ids[1], test_config()).unwrap();
-    b.set_peer_address(NodeId(1), a.local_addr().unwrap())
-        .unwrap();
+    let (_b, mut b_in) = rebind(b_addr, &ids[1], NodeId(1), a.local_addr().unwrap()).await;
     let deadline = Instant::now() + WITHIN;
     let mut fresh = false;
     while !fresh {
