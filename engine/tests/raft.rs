@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use tessera_engine::raft::{
-    ConfChange, ConfChangeStep, Config, Entry, EntryPayload, InitialState, Message, NodeId,
-    ProposeError, Raft, ReadMode, ReadState, Role,
+    ConfChange, ConfChangeStep, Config, Entry, EntryPayload, InitialState, Message, MessageBody,
+    NodeId, ProposeError, Raft, ReadMode, ReadState, Role,
 };
 
 /// A few replicas with instant, reliable disks and a hand-driven network.
@@ -316,6 +316,49 @@ fn proposals_are_batched_into_one_append_per_follower() {
         "one append per follower for the whole step"
     );
     assert!(appends.iter().all(|m| m.payload_bytes() > 0));
+}
+
+#[test]
+fn a_new_commit_index_rides_with_the_next_proposals_appends() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.raft(1).propose(Bytes::from_static(b"a")).unwrap();
+    net.drain(1);
+    // Deliver the appends, and let the followers acknowledge.
+    let appends = std::mem::take(&mut net.queue);
+    for m in appends {
+        let to = m.to;
+        net.raft(to).step(m);
+        net.drain(to);
+    }
+    let acks = std::mem::take(&mut net.queue);
+    assert_eq!(acks.len(), 2);
+    let committed_before = net.nodes[&1].commit_index();
+    // Both acknowledgements and a new proposal in one step of the leader.
+    for m in acks {
+        net.raft(1).step(m);
+    }
+    net.raft(1).propose(Bytes::from_static(b"b")).unwrap();
+    assert!(net.nodes[&1].commit_index() > committed_before);
+    net.drain(1);
+    let appends: Vec<&Message> = net.queue.iter().filter(|m| m.kind() == "Append").collect();
+    assert_eq!(
+        appends.len(),
+        2,
+        "one append per follower carries both the entry and the commit index"
+    );
+    for m in appends {
+        let MessageBody::Append {
+            entries, commit, ..
+        } = &m.body
+        else {
+            unreachable!()
+        };
+        assert_eq!(entries.len(), 1);
+        assert_eq!(*commit, net.nodes[&1].commit_index());
+    }
+    net.settle();
+    assert_eq!(net.applied_data(2), net.applied_data(1));
 }
 
 #[test]

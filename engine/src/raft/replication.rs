@@ -162,8 +162,11 @@ impl Raft {
         }
         let matched = pr.matched;
         if advanced && self.maybe_commit() {
-            // Tell everyone the new commit index.
-            self.broadcast_append();
+            // Tell everyone the new commit index, in `ready()`: proposals
+            // and other acknowledgements of this step share those messages
+            // (sent at once, half the appends carried nothing but the
+            // commit index).
+            self.broadcast_pending = true;
         } else if advanced || was_paused {
             self.send_appends(from, false);
         }
