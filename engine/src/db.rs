@@ -1014,7 +1014,9 @@ impl Db {
             if desc.is_none()
                 && let Some(k) = key
             {
-                self.refresh_routes_quietly().await;
+                // Within this request's deadline (a refresh has its own).
+                let _ =
+                    tokio::time::timeout_at(deadline.into(), self.refresh_routes_quietly()).await;
                 desc = self.route(k);
                 target = None;
             }
@@ -1033,7 +1035,17 @@ impl Db {
                 // A split is re-checked by its caller, never resent at
                 // another epoch here (it may have been applied already).
                 let is_split = matches!(req, Request::Split { .. });
-                let err = match self.inner.node.call_on(to, req).await {
+                // The attempt itself is bounded too: a proposal on a leader
+                // that was cut off and stepped down is answered only when
+                // the partition heals.
+                let call = self.inner.node.call_on(to, req);
+                let Ok(answer) = tokio::time::timeout_at(deadline.into(), call).await else {
+                    return Err(DbError::Timeout {
+                        elapsed: start.elapsed(),
+                        last: format!("no answer from node {to} before the deadline"),
+                    });
+                };
+                let err = match answer {
                     Ok(reply) => {
                         if !local {
                             self.inner.routes.write().leaders.insert(d.id, to);

@@ -593,3 +593,43 @@ async fn several_large_forwarded_writes_in_one_round_all_land() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_leader_that_lost_its_quorum_ends_at_its_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start(dir.path(), 1, None).await;
+    let k = key(7);
+    let db = cluster.db(0).expect("running").clone();
+    let range = db.range_id_of(&k);
+    db.transfer_leader(range, db.node().id())
+        .await
+        .expect("node 1 leads the key's range");
+    db.put(k.clone(), Bytes::from_static(b"before"))
+        .await
+        .expect("a write with every node up");
+    cluster.stop(1).await;
+    cluster.stop(2).await;
+    // The leader proposes, cannot commit, and steps down (check quorum):
+    // nothing will ever answer the proposal while the others are away.
+    let db = db.with_options(tessera_engine::DbOptions {
+        request_timeout: Duration::from_secs(2),
+        ..db.options()
+    });
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        db.put(k.clone(), Bytes::from_static(b"after")),
+    )
+    .await
+    .expect("the write ends by itself");
+    assert!(
+        matches!(outcome, Err(DbError::Timeout { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "ended after {:?}, deadline 2 s",
+        started.elapsed()
+    );
+    cluster.shutdown().await;
+}
