@@ -161,6 +161,8 @@ struct Sim {
     sent: Vec<(RangeId, Message)>,
     /// Every descriptor a store asked to publish to the meta range, in order.
     published: Vec<(NodeId, RangeDescriptor)>,
+    /// Raft message kinds to lose, each the next time one is sent.
+    lose_next: Vec<&'static str>,
 }
 
 fn store_config(node: NodeId, tweak: &impl Fn(&mut StoreConfig)) -> StoreConfig {
@@ -212,6 +214,7 @@ impl Sim {
             record: false,
             sent: Vec::new(),
             published: Vec::new(),
+            lose_next: Vec::new(),
         }
     }
 
@@ -233,7 +236,15 @@ impl Sim {
 
     /// Handles one node's ready: queue its messages, then complete its write.
     fn process(&mut self, from: NodeId, rd: StoreReady) {
-        for (to, batch) in rd.messages {
+        for (to, mut batch) in rd.messages {
+            let lose = &mut self.lose_next;
+            batch.messages.retain(|(_, m)| {
+                let Some(i) = lose.iter().position(|&k| k == m.kind()) else {
+                    return true;
+                };
+                lose.remove(i);
+                false
+            });
             *self.batches.entry((from, to)).or_default() += 1;
             self.raft_msgs += batch.messages.len() as u64;
             self.control_msgs += batch.control.len() as u64;
@@ -2587,4 +2598,75 @@ fn a_late_answer_to_a_forward_of_an_earlier_life_is_not_taken_for_a_new_one() {
     sim.process(follower, rd);
     sim.settle();
     assert_eq!(sim.reply(read), Some(&Ok(Reply::Value(Some(one)))));
+}
+
+#[test]
+fn a_leadership_transfer_whose_timeout_now_is_lost_still_completes() {
+    let mut sim = Sim::new(1, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let target = NODES
+        .iter()
+        .copied()
+        .find(|&n| n != leader)
+        .expect("a follower");
+    sim.lose_next.push("TimeoutNow");
+    let id = sim.request(
+        leader,
+        Request::TransferLeader {
+            range,
+            epoch: 1,
+            to: target,
+        },
+    );
+    assert_eq!(sim.reply(id), Some(&Ok(Reply::Accepted)));
+    assert!(sim.lose_next.is_empty(), "the TimeoutNow was sent and lost");
+    // The leader neither quiesces with the transfer pending (it would then
+    // refuse every write for ever) nor waits for the transfer to time out:
+    // the target's next heartbeat answer gets the TimeoutNow again.
+    sim.ticks(3);
+    assert_eq!(sim.agreed_leader(range), Some(target));
+    let key = sim.key_in(range, "k");
+    let id = sim.put(target, range, &key, &Bytes::from_static(b"v"));
+    assert_eq!(sim.reply(id), Some(&applied_done()));
+    sim.run_until_quiesced(100);
+}
+
+#[test]
+fn a_leadership_transfer_that_cannot_finish_is_abandoned_and_writes_resume() {
+    let mut sim = Sim::new(1, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let target = NODES
+        .iter()
+        .copied()
+        .find(|&n| n != leader)
+        .expect("a follower");
+    sim.lose_next = vec!["TimeoutNow"; 100];
+    let transfer = Request::TransferLeader {
+        range,
+        epoch: 1,
+        to: target,
+    };
+    let id = sim.request(leader, transfer);
+    assert_eq!(sim.reply(id), Some(&Ok(Reply::Accepted)));
+    let key = sim.key_in(range, "k");
+    let id = sim.put(leader, range, &key, &Bytes::from_static(b"v"));
+    assert!(
+        matches!(
+            sim.reply(id),
+            Some(Err(StoreError::NotLeader { leader: None, .. }))
+        ),
+        "proposals wait for the transfer: {:?}",
+        sim.reply(id)
+    );
+    // Never quiesced meanwhile: within an election timeout the transfer is
+    // given up and the leader takes writes again.
+    sim.ticks(12);
+    assert_eq!(sim.agreed_leader(range), Some(leader));
+    let id = sim.put(leader, range, &key, &Bytes::from_static(b"v"));
+    assert_eq!(sim.reply(id), Some(&applied_done()));
+    sim.lose_next.clear();
 }

@@ -246,6 +246,11 @@ impl Raft {
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
     }
+    /// The voter this leader is handing leadership to, if a transfer is
+    /// under way (it refuses proposals meanwhile).
+    pub fn transferring_to(&self) -> Option<NodeId> {
+        (self.lead_transferee != NO_NODE).then_some(self.lead_transferee)
+    }
     pub fn commit_index(&self) -> Index {
         self.log.committed
     }

@@ -276,6 +276,7 @@ impl Raft {
         pr.recent_active = true;
         pr.read_seq_acked = pr.read_seq_acked.max(read_seq);
         pr.heartbeat_tick_acked = pr.heartbeat_tick_acked.max(sent_tick);
+        let matched = pr.matched;
         let mut resend = false;
         match pr.state {
             // A lost probe is retried at heartbeat pace.
@@ -300,6 +301,12 @@ impl Raft {
         }
         if resend {
             self.send_appends(from, true);
+        }
+        // A transfer's `TimeoutNow` is sent once the target is caught up; if
+        // it was lost, the next heartbeat answer sends it again rather than
+        // leaving the group refusing proposals until the transfer times out.
+        if from == self.lead_transferee && !resend && matched == last_index {
+            self.send_timeout_now(from);
         }
         self.confirm_reads();
     }

@@ -72,7 +72,8 @@ impl Replica {
     }
 
     /// Whether a leader can stop ticking this group: everything is committed,
-    /// applied and replicated to every member, and nobody waits on it.
+    /// applied and replicated to every member, nobody waits on it, and no
+    /// leadership transfer is under way.
     pub fn leader_idle(&self) -> bool {
         let raft = &self.raft;
         if !raft.is_leader()
@@ -81,6 +82,8 @@ impl Replica {
             || !self.reads_confirmed.is_empty()
             || raft.has_ready()
             || raft.uncommitted_bytes() > 0
+            // A transfer must finish or time out, which takes ticks.
+            || raft.transferring_to().is_some()
         {
             return false;
         }
