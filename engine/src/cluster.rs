@@ -158,15 +158,33 @@ impl LocalCluster {
         starts: Vec<tokio::task::JoinHandle<Result<Node, NodeError>>>,
     ) -> Result<LocalCluster, DbError> {
         let mut nodes = Vec::new();
+        let mut failed = None;
         for s in starts {
-            let node = s.await.map_err(|e| DbError::Unavailable(e.to_string()))??;
-            nodes.push(node);
+            match s.await {
+                Ok(Ok(node)) => nodes.push(node),
+                Ok(Err(e)) => failed = failed.or(Some(DbError::Start(e))),
+                Err(e) => failed = failed.or(Some(DbError::Unavailable(e.to_string()))),
+            }
         }
-        for node in nodes {
-            let db = self.open_db(node).await?;
-            self.dbs.push(Some(db));
+        if failed.is_none() {
+            for node in &nodes {
+                match self.open_db(node.clone()).await {
+                    Ok(db) => self.dbs.push(Some(db)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
         }
-        Ok(self)
+        let Some(e) = failed else {
+            return Ok(self);
+        };
+        // Stop what did start, so its directories and ports are free.
+        for node in &nodes {
+            node.shutdown().await;
+        }
+        Err(e)
     }
 
     fn node_config(&self, i: usize) -> NodeConfig {

@@ -130,11 +130,20 @@ impl Db {
         nodes.push(cfg.node_id);
         let initial_ranges = cfg.initial_ranges;
         let node = Node::start(cfg).await?;
-        Db::on_node(node, &nodes, initial_ranges, DbOptions::default()).await
+        match Db::on_node(node.clone(), &nodes, initial_ranges, DbOptions::default()).await {
+            Ok(db) => Ok(db),
+            Err(e) => {
+                // Nobody else holds this node: stop it, releasing its data
+                // directory and port for another try.
+                node.shutdown().await;
+                Err(e)
+            }
+        }
     }
 
     /// Opens a handle on a started node. `nodes` and `initial_ranges` are the
-    /// cluster's (they locate the meta range).
+    /// cluster's (they locate the meta range). On an error the node is left
+    /// running: stop it with [`Node::shutdown`] on a clone kept beforehand.
     pub async fn on_node(
         node: Node,
         nodes: &[NodeId],
@@ -1011,6 +1020,12 @@ impl Db {
         let mut via_local = true;
         let mut target = None;
         loop {
+            // Retrying through peers would only run out the deadline.
+            if self.inner.node.is_shut_down() {
+                return Err(DbError::Unavailable(format!(
+                    "node {me} is shut down (last error: {last})"
+                )));
+            }
             if desc.is_none()
                 && let Some(k) = key
             {

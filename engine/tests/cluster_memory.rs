@@ -144,3 +144,38 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_a_shut_down_node_end_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = LocalCluster::start(options(
+        dir.path(),
+        StorageMode::Memory,
+        NetworkMode::Memory,
+    ))
+    .await
+    .expect("cluster starts");
+    let db = cluster.db(0).expect("node 1").clone();
+    db.put(key(1), "v").await.expect("put while running");
+    cluster.stop(0).await;
+    // Not retried through the peers until the deadline (10 s by default).
+    let started = std::time::Instant::now();
+    let put = db.put(key(1), "w").await;
+    assert!(matches!(put, Err(DbError::Unavailable(_))), "{put:?}");
+    let get = db.get(key(1)).await;
+    assert!(matches!(get, Err(DbError::Unavailable(_))), "{get:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The others serve on.
+    let v = cluster
+        .db(1)
+        .expect("node 2")
+        .get(key(1))
+        .await
+        .expect("get");
+    assert_eq!(v.as_deref(), Some(&b"v"[..]));
+    cluster.shutdown().await;
+}

@@ -248,6 +248,8 @@ struct NodeInner {
     publications: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RangeDescriptor>>>,
     /// Shared by every `Db` handle on the node.
     admission: WriteAdmission,
+    /// Set when [`Node::shutdown`] starts: requests end at once.
+    shut_down: std::sync::atomic::AtomicBool,
 }
 
 /// The node's transport, with what its shutdown needs.
@@ -521,6 +523,7 @@ impl Node {
                 datadir,
                 publications: parking_lot::Mutex::new(Some(publish_rx)),
                 admission: WriteAdmission::new(WRITE_BYTES_IN_FLIGHT_MAX),
+                shut_down: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -531,6 +534,13 @@ impl Node {
 
     pub(crate) fn admission(&self) -> &WriteAdmission {
         &self.inner.admission
+    }
+
+    /// Whether [`Node::shutdown`] was called (it may still be under way).
+    pub fn is_shut_down(&self) -> bool {
+        self.inner
+            .shut_down
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The peer (QUIC) address this node listens on (`0.0.0.0:0` on a
@@ -611,6 +621,9 @@ impl Node {
     /// Stops the store loop and the transport. Acknowledged writes are already
     /// durable (with [`StorageMode::Disk`]); requests still waiting are failed.
     pub async fn shutdown(&self) {
+        self.inner
+            .shut_down
+            .store(true, std::sync::atomic::Ordering::Release);
         self.inner.handle.shutdown().await;
         // The loop's references go once its task ends; then the WAL is
         // closed (its lock released) and the socket freed, so the node can
