@@ -31,6 +31,10 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// worker would not scale to thousands of workers).
 const RECORDER_SHARDS_MAX: usize = 16;
 
+/// The error kind of an open-loop operation still due when the run ended
+/// (the target fell behind the offered rate): never issued.
+pub const MISSED: &str = "missed";
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -181,8 +185,17 @@ pub async fn run(
     let measure_start = start + cfg.warmup;
     let end = measure_start + cfg.duration;
     let chooser = KeyChooser::new(cfg.distribution, cfg.keys.count());
+    let window_target = target.clone();
     let usage_at_measure_start = tokio::spawn(async move {
         tokio::time::sleep_until(tokio::time::Instant::from_std(measure_start)).await;
+        let usage = ProcessUsage::now();
+        window_target.window_started().await;
+        usage
+    });
+    // At the end of the window, not when the last operation (perhaps one
+    // timing out) returns: the usage is divided by the window.
+    let usage_at_window_end = tokio::spawn(async move {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
         ProcessUsage::now()
     });
 
@@ -283,7 +296,14 @@ pub async fn run(
         }
     }
     let finished = Instant::now();
-    let usage_at_end = ProcessUsage::now();
+    let usage_at_end = if usage_at_window_end.is_finished() {
+        usage_at_window_end
+            .await
+            .unwrap_or_else(|_| ProcessUsage::now())
+    } else {
+        usage_at_window_end.abort();
+        ProcessUsage::now()
+    };
     let usage_at_start = if usage_at_measure_start.is_finished() {
         usage_at_measure_start.await.unwrap_or(usage_at_end)
     } else {
@@ -457,7 +477,24 @@ async fn worker_loop(
                 if this >= ctx.end {
                     break;
                 }
-                if this > Instant::now() {
+                let now = Instant::now();
+                if now >= ctx.end {
+                    // Behind schedule when the run ends: what is still due was
+                    // never issued. Counted, not issued late: a target slower
+                    // than the offered rate would otherwise stretch the run
+                    // and be credited with the offered rate.
+                    let mut missed = this;
+                    while missed < ctx.end {
+                        if missed >= ctx.measure_start {
+                            let op = generator.next_op();
+                            ctx.shared.failed.fetch_add(1, Ordering::Relaxed);
+                            shard.lock().record_error(op.kind, MISSED.to_string());
+                        }
+                        missed += interval;
+                    }
+                    break;
+                }
+                if this > now {
                     let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(this));
                     tokio::pin!(sleep);
                     tokio::select! {
@@ -729,12 +766,27 @@ pub(crate) mod tests {
         let (_tx, rx) = watch::channel(false);
         cfg.concurrency = 1;
         cfg.rate = Some(200);
+        let started = Instant::now();
         let out = run(slow, &cfg, rx).await.unwrap();
         let h = out.recorder.histogram(OpKind::Update).unwrap();
         assert!(
             h.max() > 300_000_000,
             "max latency {} ns hides the backlog",
             h.max()
+        );
+        // It serves about 100/s: the run ends on time, and what was still
+        // due then is counted as missed, not issued late and credited.
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "ran {:?}",
+            started.elapsed()
+        );
+        assert!(h.len() <= 110, "{} done at 100/s", h.len());
+        let missed = out.recorder.error_count();
+        assert!(
+            (80..=120).contains(&missed),
+            "{missed} missed of 200 due, {} done",
+            h.len()
         );
     }
 

@@ -116,7 +116,7 @@ pub async fn connect_embedded(opts: &EmbeddedOptions) -> Result<Box<dyn Target>,
         dbs,
         cluster: tokio::sync::Mutex::new(Some(cluster)),
         temp: parking_lot::Mutex::new(temp),
-        started: Instant::now(),
+        window: parking_lot::Mutex::new((Instant::now(), Counters::default())),
     }))
 }
 
@@ -168,7 +168,80 @@ struct Embedded {
     dbs: Vec<Db>,
     cluster: tokio::sync::Mutex<Option<LocalCluster>>,
     temp: parking_lot::Mutex<Option<tempfile::TempDir>>,
-    started: Instant,
+    /// When the counters of `extra` start: the cluster's start, then the
+    /// measured window's (startup, loading and warmup are not counted).
+    window: parking_lot::Mutex<(Instant, Counters)>,
+}
+
+/// The cluster's counters, summed over its nodes.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    syncs: u64,
+    requests: u64,
+    bytes: u64,
+    lingered: u64,
+    rewritten: u64,
+    recycled: u64,
+    deleted: u64,
+    batches: u64,
+    entries: u64,
+}
+
+impl Counters {
+    fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            syncs: self.syncs.saturating_sub(earlier.syncs),
+            requests: self.requests.saturating_sub(earlier.requests),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            lingered: self.lingered.saturating_sub(earlier.lingered),
+            rewritten: self.rewritten.saturating_sub(earlier.rewritten),
+            recycled: self.recycled.saturating_sub(earlier.recycled),
+            deleted: self.deleted.saturating_sub(earlier.deleted),
+            batches: self.batches.saturating_sub(earlier.batches),
+            entries: self.entries.saturating_sub(earlier.entries),
+        }
+    }
+}
+
+impl Embedded {
+    /// The counters now, the segments in use, leaders and quiesced replicas
+    /// per node.
+    async fn counters(
+        &self,
+    ) -> (
+        Counters,
+        u64,
+        BTreeMap<String, serde_json::Value>,
+        BTreeMap<String, serde_json::Value>,
+    ) {
+        let mut c = Counters::default();
+        let mut segments = 0u64;
+        let mut leaders = BTreeMap::new();
+        let mut quiesced = BTreeMap::new();
+        for db in &self.dbs {
+            let node = db.node();
+            if let Some(w) = node.wal_stats() {
+                c.syncs += w.syncs;
+                c.requests += w.requests;
+                c.bytes += w.bytes_written;
+                c.lingered += w.lingered_rounds;
+                c.rewritten += w.bytes_rewritten;
+                segments += w.segments as u64;
+                c.recycled += w.segments_recycled;
+                c.deleted += w.segments_deleted;
+            }
+            if let Some(s) = node.handle().stats().await {
+                c.batches += s.write_batches;
+                c.entries += s.written_entries;
+                leaders.insert(format!("node{}", node.id()), serde_json::json!(s.leaders));
+                quiesced.insert(
+                    format!("node{}", node.id()),
+                    serde_json::json!(s.replicas - s.awake),
+                );
+            }
+        }
+        (c, segments, leaders, quiesced)
+    }
 }
 
 impl Target for Embedded {
@@ -193,55 +266,34 @@ impl Target for Embedded {
 
     fn extra(&self) -> BoxFuture<'_, BTreeMap<String, serde_json::Value>> {
         Box::pin(async move {
-            let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+            let (now, segments, leaders, quiesced) = self.counters().await;
+            let (since, at_start) = *self.window.lock();
+            let c = now.since(&at_start);
+            let secs = since.elapsed().as_secs_f64().max(1e-9);
             let mut out = BTreeMap::new();
-            let (mut syncs, mut requests, mut bytes, mut lingered) = (0u64, 0u64, 0u64, 0u64);
-            let (mut batches, mut entries) = (0u64, 0u64);
-            let (mut rewritten, mut segments, mut recycled, mut deleted) = (0u64, 0u64, 0u64, 0u64);
-            let mut leaders = BTreeMap::new();
-            let mut quiesced = BTreeMap::new();
-            for db in &self.dbs {
-                let node = db.node();
-                if let Some(w) = node.wal_stats() {
-                    syncs += w.syncs;
-                    requests += w.requests;
-                    bytes += w.bytes_written;
-                    lingered += w.lingered_rounds;
-                    rewritten += w.bytes_rewritten;
-                    segments += w.segments as u64;
-                    recycled += w.segments_recycled;
-                    deleted += w.segments_deleted;
-                }
-                if let Some(s) = node.handle().stats().await {
-                    batches += s.write_batches;
-                    entries += s.written_entries;
-                    leaders.insert(format!("node{}", node.id()), serde_json::json!(s.leaders));
-                    quiesced.insert(
-                        format!("node{}", node.id()),
-                        serde_json::json!(s.replicas - s.awake),
-                    );
-                }
-            }
-            out.insert("wal_syncs".into(), serde_json::json!(syncs));
+            out.insert("wal_syncs".into(), serde_json::json!(c.syncs));
             out.insert(
                 "wal_syncs_per_sec".into(),
-                serde_json::json!(syncs as f64 / secs),
+                serde_json::json!(c.syncs as f64 / secs),
             );
-            out.insert("wal_requests".into(), serde_json::json!(requests));
-            out.insert("wal_lingered_rounds".into(), serde_json::json!(lingered));
-            out.insert("wal_bytes_written".into(), serde_json::json!(bytes));
-            out.insert("wal_bytes_rewritten".into(), serde_json::json!(rewritten));
+            out.insert("wal_requests".into(), serde_json::json!(c.requests));
+            out.insert("wal_lingered_rounds".into(), serde_json::json!(c.lingered));
+            out.insert("wal_bytes_written".into(), serde_json::json!(c.bytes));
+            out.insert("wal_bytes_rewritten".into(), serde_json::json!(c.rewritten));
             out.insert("wal_segments_in_use".into(), serde_json::json!(segments));
-            out.insert("wal_segments_recycled".into(), serde_json::json!(recycled));
-            out.insert("wal_segments_deleted".into(), serde_json::json!(deleted));
-            out.insert("store_write_batches".into(), serde_json::json!(batches));
-            out.insert("entries_written".into(), serde_json::json!(entries));
+            out.insert(
+                "wal_segments_recycled".into(),
+                serde_json::json!(c.recycled),
+            );
+            out.insert("wal_segments_deleted".into(), serde_json::json!(c.deleted));
+            out.insert("store_write_batches".into(), serde_json::json!(c.batches));
+            out.insert("entries_written".into(), serde_json::json!(c.entries));
             out.insert(
                 "entries_per_sync".into(),
-                serde_json::json!(if syncs == 0 {
+                serde_json::json!(if c.syncs == 0 {
                     0.0
                 } else {
-                    entries as f64 / syncs as f64
+                    c.entries as f64 / c.syncs as f64
                 }),
             );
             out.insert("leaders_per_node".into(), serde_json::json!(leaders));
@@ -250,6 +302,13 @@ impl Target for Embedded {
                 serde_json::json!(quiesced),
             );
             out
+        })
+    }
+
+    fn window_started(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let (c, ..) = self.counters().await;
+            *self.window.lock() = (Instant::now(), c);
         })
     }
 

@@ -43,6 +43,12 @@ pub trait Target: Send + Sync {
         Box::pin(async { BTreeMap::new() })
     }
 
+    /// Called when the measured window starts (after the load and the warmup), so
+    /// that [`Target::extra`] can count from there.
+    fn window_started(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// Stops what the target started (an embedded cluster); external targets do nothing.
     fn shutdown(&self) -> BoxFuture<'_, Result<(), TargetError>> {
         Box::pin(async { Ok(()) })

@@ -40,7 +40,14 @@ impl RespTarget {
         assert!(!addrs.is_empty(), "a RESP target needs an address");
         for addr in &addrs {
             let mut conn = Conn::open(addr, connect_timeout).await?;
-            conn.ping().await?;
+            // A server that accepts but never answers (stopped, or its
+            // accept queue full) must not hold the run before it starts.
+            tokio::time::timeout(connect_timeout, conn.ping())
+                .await
+                .map_err(|_| TargetError::ConnectTimeout {
+                    addr: addr.clone(),
+                    timeout_ms: connect_timeout.as_millis() as u64,
+                })??;
         }
         Ok(RespTarget {
             addrs,
@@ -91,6 +98,12 @@ pub struct RespClient {
 
 impl RespClient {
     async fn call(&mut self, args: &[&[u8]]) -> Result<BytesFrame, TargetError> {
+        // A request whose future was dropped (the runner's timeout) left its
+        // reply due on the connection: the next request would read it as its
+        // own. Such a connection is replaced.
+        if self.conn.as_ref().is_some_and(|c| c.awaiting_reply) {
+            self.conn = None;
+        }
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
@@ -222,6 +235,8 @@ struct Conn {
     stream: TcpStream,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// A request was written and its reply not read yet.
+    awaiting_reply: bool,
 }
 
 const READ_BUF_BYTES: usize = 16 * 1024;
@@ -248,6 +263,7 @@ impl Conn {
             stream,
             read_buf: BytesMut::with_capacity(READ_BUF_BYTES),
             write_buf: BytesMut::with_capacity(1024),
+            awaiting_reply: false,
         })
     }
 
@@ -266,10 +282,14 @@ impl Conn {
         self.write_buf.clear();
         extend_encode_borrowed(&mut self.write_buf, &BorrowedFrame::Array(&parts), false)
             .map_err(|e| TargetError::Protocol(e.to_string()))?;
+        self.awaiting_reply = true;
         self.stream.write_all(&self.write_buf).await?;
         loop {
             match decode_bytes_mut(&mut self.read_buf) {
-                Ok(Some((frame, _, _))) => return Ok(frame),
+                Ok(Some((frame, _, _))) => {
+                    self.awaiting_reply = false;
+                    return Ok(frame);
+                }
                 Ok(None) => {}
                 Err(e) => return Err(TargetError::Protocol(e.to_string())),
             }
@@ -351,5 +371,45 @@ mod tests {
         assert_eq!(requests[0], b"*1\r\n$4\r\nPING\r\n");
         assert_eq!(requests[1], b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nhi\r\n");
         assert_eq!(target.info().name, format!("resp://{addr}"));
+    }
+    #[tokio::test]
+    async fn a_late_reply_to_an_abandoned_request_is_never_taken_for_the_next() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            // The open check.
+            let (mut sock, _) = listener.accept().await.unwrap();
+            assert!(sock.read(&mut buf).await.unwrap() > 0);
+            sock.write_all(b"+PONG\r\n").await.unwrap();
+            // The worker's first connection answers late, then on time.
+            let (mut slow, _) = listener.accept().await.unwrap();
+            assert!(slow.read(&mut buf).await.unwrap() > 0);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = slow.write_all(b"$3\r\nold\r\n").await;
+            let late = tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                if let Ok(n) = slow.read(&mut buf).await
+                    && n > 0
+                {
+                    let _ = slow.write_all(b"$3\r\nnew\r\n").await;
+                }
+            });
+            // A fresh connection, if the client makes one.
+            let (mut sock, _) = listener.accept().await.unwrap();
+            assert!(sock.read(&mut buf).await.unwrap() > 0);
+            sock.write_all(b"$3\r\nnew\r\n").await.unwrap();
+            late.abort();
+        });
+        let target = RespTarget::open(vec![addr]).await.unwrap();
+        let mut client = target.connect(0).await.unwrap();
+        // The runner's timeout drops the request with its reply still due.
+        let abandoned = tokio::time::timeout(Duration::from_millis(50), client.get(b"a")).await;
+        assert!(abandoned.is_err());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let v = client.get(b"b").await.unwrap();
+        assert_eq!(v.as_deref(), Some(b"new".as_slice()));
+        assert_eq!(client.retries().get("reconnect"), Some(&1));
+        server.await.unwrap();
     }
 }
