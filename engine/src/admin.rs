@@ -252,6 +252,16 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             "Placement operators that failed (retried next round if still due).",
             load(&p.failed),
         ),
+        (
+            "tessera_placement_rounds_failed_total",
+            "Placement rounds that ended early (the routing table was unreadable).",
+            load(&p.rounds_failed),
+        ),
+        (
+            "tessera_placement_stats_unread_total",
+            "Ranges whose size and leader a placement round could not read.",
+            load(&p.stats_unread),
+        ),
     ];
     metric_rows(&mut out, &rows);
     if let Some(w) = node.wal_stats() {

@@ -544,6 +544,18 @@ impl Db {
         range: RangeId,
         at: Bytes,
     ) -> Result<(RangeDescriptor, RangeDescriptor), DbError> {
+        self.split_range_planned(range, at, None).await
+    }
+
+    /// [`split_range`](Self::split_range), refused with
+    /// [`DbError::RangeChanged`] unless the range is still at `epoch` (when
+    /// given) as the split starts: for a plan made from a view of the range.
+    pub(crate) async fn split_range_planned(
+        &self,
+        range: RangeId,
+        at: Bytes,
+        epoch: Option<u64>,
+    ) -> Result<(RangeDescriptor, RangeDescriptor), DbError> {
         if range == META_RANGE {
             return Err(DbError::Invalid("the meta range is never split".into()));
         }
@@ -562,6 +574,11 @@ impl Db {
             let Some(desc) = self.ranges().into_iter().find(|d| d.id == range) else {
                 return Err(DbError::Invalid(format!("no range {range}")));
             };
+            // Only before the first attempt: later, a changed epoch may be
+            // this split's own doing.
+            if attempts == 0 && epoch.is_some_and(|e| e != desc.epoch) {
+                return Err(DbError::RangeChanged(Box::new(desc)));
+            }
             if !desc.contains(&at) || at == desc.start {
                 return Err(DbError::Invalid(format!(
                     "key {at:?} is not strictly inside range {range} [{:?}, {:?})",
@@ -1095,17 +1112,23 @@ impl Db {
                         | StoreError::KeyNotInRange { current, .. },
                     ) => {
                         let current = *current;
+                        let newer = current.epoch > d.epoch;
                         merge_route(&mut self.inner.routes.write().by_start, current.clone());
-                        if is_split {
+                        if is_split && newer {
                             return Err(DbError::RangeChanged(Box::new(current)));
                         }
-                        desc = match key {
-                            Some(k) => self.route(k),
-                            None => Some(current),
-                        };
-                        if desc.as_ref().is_some_and(|n| n.epoch > d.epoch) {
-                            target = None;
-                            continue;
+                        // A split refused by a replica that lags it keeps its
+                        // descriptor and tries another (nothing was proposed).
+                        if !is_split {
+                            desc = match key {
+                                Some(k) => self.route(k),
+                                None if newer => Some(current),
+                                None => Some(d.clone()),
+                            };
+                            if desc.as_ref().is_some_and(|n| n.epoch > d.epoch) {
+                                target = None;
+                                continue;
+                            }
                         }
                         // This replica lags the split we already know of:
                         // ask another.

@@ -52,6 +52,11 @@ pub struct PlacementCounters {
     /// Operators that failed (refused or timed out); the next round retries
     /// what still applies.
     pub failed: AtomicU64,
+    /// Rounds that ended early (the routing table could not be read).
+    pub rounds_failed: AtomicU64,
+    /// Ranges whose size and leader could not be read for a round's view
+    /// (the planner leaves them alone that round).
+    pub stats_unread: AtomicU64,
 }
 
 impl Db {
@@ -70,7 +75,10 @@ impl Db {
                     break; // the node stopped
                 }
                 if let Err(e) = placement_round(&db, &cfg.policy).await {
-                    tracing::debug!(error = %e, "placement round failed");
+                    db.placement_counters()
+                        .rounds_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "placement round failed");
                 }
             }
         });
@@ -96,12 +104,16 @@ pub async fn placement_round(db: &Db, policy: &Policy) -> Result<Vec<Operator>, 
     let ops = plan(&view, policy);
     for op in &ops {
         let result = match op {
-            Operator::Split { range, at, .. } => {
-                db.split_range(*range, at.clone()).await.map(|(l, r)| {
+            // Only at the epoch planned: the range may have been split
+            // meanwhile (by an operator), and the key chosen for the old
+            // span may be far off the middle of the new one.
+            Operator::Split { range, at, epoch } => db
+                .split_range_planned(*range, at.clone(), Some(*epoch))
+                .await
+                .map(|(l, r)| {
                     tracing::info!(range, left = ?l, right = ?r, "placement: split");
                     counters.splits.fetch_add(1, Ordering::Relaxed);
-                })
-            }
+                }),
             Operator::TransferLeader { range, from, to } => {
                 db.transfer_leader(*range, *to).await.map(|()| {
                     tracing::info!(range, from, to, "placement: leader moved");
@@ -146,7 +158,13 @@ pub async fn gather(db: &Db, policy: &Policy) -> ClusterView {
                 leader,
             }) => (keys, bytes, split_key, leader),
             // Unknown sizes and leader: the planner leaves the range alone.
-            _ => (0, 0, None, None),
+            other => {
+                db.placement_counters()
+                    .stats_unread
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(range = d.id, reply = ?other, "placement: range stats unread");
+                (0, 0, None, None)
+            }
         };
         ranges.push(RangeView {
             id: d.id,

@@ -39,10 +39,11 @@
 //!
 //! # Who runs it
 //!
-//! Not built yet: the driver on the meta range's leader that builds the view,
-//! calls [`plan`] and executes each operator (`Db::split_range`,
-//! `Db::transfer_leader`), one at a time per range. Merges, replica repair and
-//! rebalancing, and load-based splitting are not built either (docs/placement.md).
+//! The engine's driver (`engine/src/placement.rs`), on the node leading the
+//! meta range: it builds the view, calls [`plan`] and executes each operator
+//! (`Db::split_range` at the planned epoch, `Db::transfer_leader`). Merges,
+//! replica repair and rebalancing, and load-based splitting are not built
+//! (docs/placement.md).
 
 mod operator;
 mod plan;

@@ -21,7 +21,10 @@ use crate::{NodeId, Operator, Policy, RangeId};
 /// - it has no `split_key` (the planner reads no data, so it has nowhere
 ///   to cut), or that key is not strictly inside `(start, end)` (a cut at
 ///   `start` or outside would leave an empty half; the engine refuses it);
-/// - its span overlaps another range in the view (see below).
+/// - its span overlaps another range in the view (see below);
+/// - it has no known leader, or its leader is on a dead node (a split is a
+///   write to the range: it could only time out, and it would take a slot
+///   of the round from a leader move that can run).
 ///
 /// Splits go first because an oversized range is the costlier problem
 /// (snapshots, recovery time and hot spots grow with it), while a leader
@@ -74,7 +77,7 @@ pub fn plan(view: &ClusterView, policy: &Policy) -> Vec<Operator> {
     }
     let ranges = current_ranges(view);
     let live = live_nodes(view);
-    plan_splits(&ranges, policy, &mut ops);
+    plan_splits(&ranges, &live, policy, &mut ops);
     plan_leader_moves(&ranges, &live, policy, &mut ops);
     ops
 }
@@ -108,7 +111,12 @@ fn live_nodes(view: &ClusterView) -> BTreeSet<NodeId> {
         .collect()
 }
 
-fn plan_splits(ranges: &[&RangeView], policy: &Policy, ops: &mut Vec<Operator>) {
+fn plan_splits(
+    ranges: &[&RangeView],
+    live: &BTreeSet<NodeId>,
+    policy: &Policy,
+    ops: &mut Vec<Operator>,
+) {
     let overlapping = overlapping(ranges);
     let mut due: Vec<&RangeView> = ranges
         .iter()
@@ -118,6 +126,10 @@ fn plan_splits(ranges: &[&RangeView], policy: &Policy, ops: &mut Vec<Operator>) 
                 && (r.bytes >= policy.split_bytes || r.keys >= policy.split_keys)
                 && r.split_key.as_ref().is_some_and(|k| r.strictly_inside(k))
                 && !overlapping.contains(&r.id)
+                // A split is a write: one asked of a range with no live
+                // leader only waits out its timeout, and takes a slot of
+                // the round that a leader move could have used.
+                && r.leader.is_some_and(|l| live.contains(&l))
         })
         .collect();
     // Largest first: if the cap cuts the list, the ranges most over the

@@ -97,6 +97,19 @@ fn splits_by_bytes() {
 }
 
 #[test]
+fn no_split_without_a_live_leader() {
+    let r = big(range(7, "a", "z"), 64 * MIB, "m");
+    let leaderless = led(r.clone(), None, &[1, 2, 3]);
+    let v = view(nodes(&[1, 2, 3], &[]), vec![leaderless]);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+    let on_dead = led(r, Some(3), &[1, 2, 3]);
+    let v = view(nodes(&[1, 2], &[3]), vec![on_dead.clone()]);
+    assert_eq!(plan(&v, &Policy::default()), vec![]);
+    let v = view(nodes(&[1, 2, 3], &[]), vec![on_dead]);
+    assert_eq!(plan(&v, &Policy::default()), vec![split(7, 1, "m")]);
+}
+
+#[test]
 fn splits_by_keys() {
     let mut r = big(range(7, "a", "z"), 1, "m");
     r.keys = 1_000_000;
