@@ -218,6 +218,9 @@ async fn transfer_leader(
 ) -> impl IntoResponse {
     match db.transfer_leader(q.range, q.to).await {
         Ok(()) => (axum::http::StatusCode::OK, "transfer started\n".to_string()),
+        Err(e @ crate::db::DbError::Invalid(_)) => {
+            (axum::http::StatusCode::BAD_REQUEST, format!("{e}\n"))
+        }
         Err(e) => (axum::http::StatusCode::CONFLICT, format!("{e}\n")),
     }
 }

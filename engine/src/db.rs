@@ -489,16 +489,18 @@ impl Db {
     // ----- Administration -----
 
     /// Asks `range`'s leader to hand leadership to `to`. Returns once the
-    /// transfer started; it completes within an election timeout.
+    /// transfer started; it completes within an election timeout. An
+    /// unknown range, or a node with no replica of it, is
+    /// [`DbError::Invalid`].
     pub async fn transfer_leader(&self, range: RangeId, to: NodeId) -> Result<(), DbError> {
         let desc = self
             .ranges()
             .into_iter()
             .chain(std::iter::once(self.inner.meta.clone()))
             .find(|d| d.id == range)
-            .ok_or_else(|| DbError::Unavailable(format!("no range {range}")))?;
+            .ok_or_else(|| DbError::Invalid(format!("no range {range}")))?;
         if !desc.replicas.contains(&to) {
-            return Err(DbError::Unavailable(format!(
+            return Err(DbError::Invalid(format!(
                 "node {to} holds no replica of range {range}"
             )));
         }

@@ -168,6 +168,21 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
         String::from_utf8_lossy(&moved.stderr)
     );
     assert!(String::from_utf8_lossy(&moved.stdout).contains(&format!("led by node {target}")));
+    // A node with no replica of the range is refused, not waited for.
+    let refused = Command::new(BIN)
+        .args([
+            "ctl",
+            "--admin",
+            &admin_addr(dir, 1),
+            "transfer-leader",
+            "2",
+            "9",
+        ])
+        .output()
+        .expect("ctl runs");
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("holds no replica"), "{why}");
 
     // A Redis client library, unchanged: writes on one node, reads on another.
     let mut c1 = redis_conn(dir, 1);
