@@ -633,3 +633,52 @@ async fn a_write_on_a_leader_that_lost_its_quorum_ends_at_its_deadline() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_fails_stops_and_its_range_moves_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start(dir.path(), 1, None).await;
+    let k = key(3);
+    let db1 = cluster.db(0).expect("running").clone();
+    let range = db1.range_id_of(&k);
+    db1.transfer_leader(range, db1.node().id())
+        .await
+        .expect("node 1 leads the key's range");
+    db1.put(k.clone(), Bytes::from_static(b"before"))
+        .await
+        .expect("a write with every disk up");
+    // Node 1's next WAL sync fails, and the node stops as if it had crashed.
+    // (The write may still be acknowledged: both followers can commit it.)
+    db1.node().inject_storage_failure();
+    let _ = db1.put(k.clone(), Bytes::from_static(b"either")).await;
+    let why = tokio::time::timeout(Duration::from_secs(10), db1.node().failed())
+        .await
+        .expect("the node reports its failure");
+    assert!(why.contains("sync"), "{why}");
+    // The range elects a leader among the others and takes writes again.
+    let db2 = cluster.db(1).expect("running").clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = db2
+            .node()
+            .handle()
+            .inspect(move |s| s.leader_of(range))
+            .await
+            .flatten();
+        if leader.is_some_and(|l| l != 1)
+            && db2
+                .put(k.clone(), Bytes::from_static(b"after"))
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader: {leader:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        db2.get(&k).await.expect("read"),
+        Some(Bytes::from_static(b"after"))
+    );
+    cluster.shutdown().await;
+}

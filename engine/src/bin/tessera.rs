@@ -279,9 +279,11 @@ async fn run_node(file: NodeFile) -> Result<()> {
     tracing::info!(redis = %file.client_addr, admin = %file.admin_addr, "serving");
     // The servers run until a signal; one that ends before is a failure
     // (a node without its client port must not look healthy).
+    let node = db.node().clone();
     let failed = tokio::select! {
         () = wait_for_signal() => None,
         r = &mut resp_task => Some(format!("the Redis protocol server stopped: {}", ended(r))),
+        why = node.failed() => Some(format!("the node's storage failed: {why}")),
     };
     if let Some(why) = &failed {
         tracing::error!("{why}; shutting down");

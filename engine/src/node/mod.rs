@@ -543,6 +543,37 @@ impl Node {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Why the node stopped on its own, if it did: its storage failed (a
+    /// failed write or sync of the WAL, or of a snapshot file). Such a node
+    /// no longer takes part in its ranges (they elect leaders elsewhere);
+    /// restart it once the disk is fixed. Its `Db` handles still reach the
+    /// other nodes.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.handle.counters.failure.read().clone()
+    }
+
+    /// Waits until the node stops on a storage failure; its reason.
+    pub async fn failed(&self) -> String {
+        let counters = &self.inner.handle.counters;
+        loop {
+            let notified = counters.failure_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(why) = counters.failure.read().clone() {
+                return why;
+            }
+            notified.await;
+        }
+    }
+
+    /// Test hook: the WAL's next sync fails, as a dying disk's would.
+    #[doc(hidden)]
+    pub fn inject_storage_failure(&self) {
+        if let Some(wal) = self.inner.wal.lock().as_ref() {
+            wal.inject_sync_failure();
+        }
+    }
+
     /// The peer (QUIC) address this node listens on (`0.0.0.0:0` on a
     /// [`MemoryNetwork`]).
     pub fn addr(&self) -> SocketAddr {

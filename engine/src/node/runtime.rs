@@ -69,6 +69,10 @@ pub struct RuntimeCounters {
     /// Peers the store currently considers down (refreshed every tick), so
     /// that routing avoids sending to them.
     pub down_peers: parking_lot::RwLock<Vec<NodeId>>,
+    /// Why the loop stopped on a storage failure (see [`fail_stop`]), and
+    /// its waiters.
+    pub failure: parking_lot::RwLock<Option<String>>,
+    pub failure_notify: tokio::sync::Notify,
 }
 
 /// Peer batches decoded and queued for the loop, at most. The loop's
@@ -395,6 +399,12 @@ async fn run(
             }
             other => other,
         };
+        if shutdown.is_none()
+            && let Some(why) = lp.failed.clone()
+        {
+            fail_stop(&mut store, &io, &counters, &mut lp, why).await;
+            return;
+        }
         if let Some(done) = shutdown {
             if let Some(task) = lp.writes.task.take() {
                 let _ = task.await;
@@ -445,6 +455,37 @@ async fn run(
             }
         }
     }
+}
+
+/// Stops the loop after a storage failure, as a crash would: the node no
+/// longer ticks, votes, leads or answers, so its ranges elect leaders on the
+/// other nodes. A leader that went on heartbeating after its disk failed held
+/// its ranges: it could not make anything durable, and once a snapshot fell
+/// due it stopped applying, so their writes came back `Ambiguous`. Nothing
+/// is retried on the failed disk (fsyncgate). The reason is kept for
+/// [`crate::node::Node::failed`]; the node's data directory is left as the
+/// failure left it, for a restart to recover from.
+async fn fail_stop(
+    store: &mut Store,
+    io: &Io,
+    counters: &Arc<RuntimeCounters>,
+    lp: &mut Looper,
+    why: String,
+) {
+    tracing::error!(error = %why, "storage failed: the node stops taking part in its ranges");
+    // A snapshot file still being written must not land after a restart
+    // of this node wrote newer ones.
+    if let Some(task) = lp.writes.task.take() {
+        let _ = task.await;
+    }
+    say_goodbye(store, io, counters, &mut lp.waiting).await;
+    for (_, w) in lp.waiting.drain() {
+        let _ = w.send(Err(StoreError::Unavailable(format!(
+            "the node's storage failed: {why}"
+        ))));
+    }
+    *counters.failure.write() = Some(why);
+    counters.failure_notify.notify_waiters();
 }
 
 /// Tells the peers this node is stopping (see [`Store::leave`]), and gives
