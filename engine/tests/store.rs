@@ -60,8 +60,8 @@ impl DurableLog for Disk {
     fn hard_state(&self, range: RangeId) -> Option<HardState> {
         self.hard_state.get(&range).copied()
     }
-    fn compacted(&self, range: RangeId) -> Option<(u64, u64)> {
-        self.compacted.get(&range).copied()
+    fn compacted(&self, range: RangeId) -> Result<Option<(u64, u64)>, String> {
+        Ok(self.compacted.get(&range).copied())
     }
     fn first_index(&self, range: RangeId) -> Option<u64> {
         self.log.get(&range)?.keys().next().copied()

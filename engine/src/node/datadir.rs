@@ -279,7 +279,9 @@ impl DataDir {
         let (init, state) = rebuild_replica(range, snapshot, &log)
             .map_err(|e| DataDirError::Recovery(Box::new(e)))?;
         if let Some(rw) = log_rewrite(range, &init, &log) {
-            fix.remove_group(range);
+            if rw.replace_log {
+                fix.remove_group(range);
+            }
             fix.compact(
                 range,
                 tessera_wal::CompactionPoint {
@@ -290,19 +292,6 @@ impl DataDir {
                     )),
                 },
             );
-            if !rw.entries.is_empty() {
-                let entries = rw
-                    .entries
-                    .into_iter()
-                    .map(|(index, term, data)| tessera_wal::Entry { index, term, data })
-                    .collect();
-                fix.add_entries(range, entries).map_err(|e| {
-                    DataDirError::Recovery(Box::new(RecoveryError::Log {
-                        range,
-                        why: e.to_string(),
-                    }))
-                })?;
-            }
             fix.set_hard_state(
                 range,
                 tessera_wal::HardState {
@@ -328,12 +317,11 @@ impl DurableLog for WalLog<'_> {
         })
     }
 
-    fn compacted(&self, range: RangeId) -> Option<(u64, u64)> {
+    fn compacted(&self, range: RangeId) -> Result<Option<(u64, u64)>, String> {
         self.0
             .compaction_point(range)
-            .ok()
-            .flatten()
-            .map(|c| (c.index, c.term))
+            .map(|c| c.map(|c| (c.index, c.term)))
+            .map_err(|e| e.to_string())
     }
 
     fn first_index(&self, range: RangeId) -> Option<u64> {

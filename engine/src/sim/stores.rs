@@ -188,8 +188,8 @@ impl DurableLog for MemDisk {
     fn hard_state(&self, range: RangeId) -> Option<HardState> {
         self.wal.get(&range).and_then(|g| g.hard_state)
     }
-    fn compacted(&self, range: RangeId) -> Option<(u64, u64)> {
-        self.wal.get(&range).and_then(|g| g.compacted)
+    fn compacted(&self, range: RangeId) -> Result<Option<(u64, u64)>, String> {
+        Ok(self.wal.get(&range).and_then(|g| g.compacted))
     }
     fn first_index(&self, range: RangeId) -> Option<u64> {
         let g = self.wal.get(&range)?;
@@ -1133,12 +1133,13 @@ impl World {
         }
         // As the node does: the rewrites are durable before the store runs.
         for (range, rw) in rewrites {
-            node.disk.apply(&[
-                WalOp::Remove(range),
-                WalOp::Compact(range, rw.compact.0, rw.compact.1),
-                WalOp::Entries(range, rw.entries),
-                WalOp::HardState(range, rw.hard_state),
-            ]);
+            let mut ops = Vec::new();
+            if rw.replace_log {
+                ops.push(WalOp::Remove(range));
+            }
+            ops.push(WalOp::Compact(range, rw.compact.0, rw.compact.1));
+            ops.push(WalOp::HardState(range, rw.hard_state));
+            node.disk.apply(&ops);
         }
         // A split-off range back from its file while the range it came from
         // is back from before the split: a crash between the two (the left

@@ -25,8 +25,9 @@ use super::codec::{CodecError, decode_payload};
 /// What recovery reads of one group's durable log.
 pub trait DurableLog {
     fn hard_state(&self, range: RangeId) -> Option<HardState>;
-    /// The group's compaction point (index, term), if any.
-    fn compacted(&self, range: RangeId) -> Option<(u64, u64)>;
+    /// The group's compaction point (index, term), if any; an error if it
+    /// cannot be read (never taken for "none": recovery would drop the log).
+    fn compacted(&self, range: RangeId) -> Result<Option<(u64, u64)>, String>;
     fn first_index(&self, range: RangeId) -> Option<u64>;
     fn last_index(&self, range: RangeId) -> Option<u64>;
     /// Entries `[lo, hi)` as (index, term, payload); may return fewer (a
@@ -77,7 +78,6 @@ pub fn rebuild_replica(
     }
     let log_err = |why: String| RecoveryError::Log { range, why };
     let mut hard_state = log.hard_state(range).unwrap_or_default();
-    hard_state.term = hard_state.term.max(snapshot.meta.term);
 
     // Does the durable log continue this snapshot's history? A snapshot at
     // (1, 0) is a group's first state, the same on every replica (bootstrap,
@@ -88,8 +88,21 @@ pub fn rebuild_replica(
     // restart then start at 2 with nothing at 1, and must not be dropped at
     // the next restart (they may have been acknowledged).
     let first_state = at == 1 && snapshot.meta.term == 0;
-    let continues = log.compacted(range) == Some((at, snapshot.meta.term))
-        || (first_state && log.compacted(range).is_none() && log.first_index(range) == Some(2))
+    let compacted = log.compacted(range).map_err(log_err)?;
+    // The log builds on a snapshot file written before its compaction
+    // record: one compacted past the file means a newer file was lost, and
+    // with it the state between. Going back to the older state would undo
+    // acknowledged writes.
+    if let Some((c, _)) = compacted
+        && c > at
+    {
+        return Err(log_err(format!(
+            "the log is compacted at {c}, past the snapshot file's index {at}: \
+             a newer snapshot file is missing"
+        )));
+    }
+    let continues = compacted == Some((at, snapshot.meta.term))
+        || (first_state && compacted.is_none() && log.first_index(range) == Some(2))
         || (log.first_index(range).is_some_and(|f| f <= at)
             && log
                 .entries(range, at, at + 1)
@@ -102,7 +115,9 @@ pub fn rebuild_replica(
         while next <= last {
             let batch = log.entries(range, next, last + 1).map_err(log_err)?;
             if batch.is_empty() {
-                break;
+                return Err(log_err(format!(
+                    "entries {next}..={last} are listed but cannot be read"
+                )));
             }
             for (index, term, data) in batch {
                 if index != next {
@@ -121,6 +136,16 @@ pub fn rebuild_replica(
     }
     let last = entries.last().map_or(at, |e| e.index);
     hard_state.commit = hard_state.commit.clamp(at, last);
+    // The term is at least that of everything kept: a round's hard state
+    // goes in its last WAL request, so a crash between its requests can keep
+    // entries of a newer term than the stored one (or a snapshot can be).
+    // A vote belongs to its term: none is known for the newer one (one cast
+    // in that round was never sent, votes wait for their write).
+    let last_term = entries.last().map_or(snapshot.meta.term, |e| e.term);
+    if hard_state.term < last_term {
+        hard_state.term = last_term;
+        hard_state.vote = crate::raft::NO_NODE;
+    }
     Ok((
         InitialState {
             hard_state,
@@ -133,13 +158,18 @@ pub fn rebuild_replica(
 }
 
 /// A group's durable log as recovery decided it must be: compacted at the
-/// snapshot, then `entries`, then `hard_state`.
+/// snapshot, then the entries recovery kept, then `hard_state`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRewrite {
     /// The snapshot's (index, term).
     pub compact: (u64, u64),
-    /// (index, term, payload as `codec::encode_payload` makes it).
-    pub entries: Vec<(u64, u64, Bytes)>,
+    /// Whether the log's records go first: it is another history than the
+    /// snapshot's, and recovery kept none of it. Otherwise recovery kept all
+    /// of the log after the snapshot, and compacting at the snapshot leaves
+    /// exactly that: the entries are not written again (all of a group's
+    /// tail in one request could be more than a WAL segment holds, and the
+    /// node could then never start).
+    pub replace_log: bool,
     pub hard_state: HardState,
 }
 
@@ -157,16 +187,16 @@ pub fn log_rewrite(
     log: &impl DurableLog,
 ) -> Option<LogRewrite> {
     let meta = &init.snapshot.meta;
-    if log.compacted(range) == Some((meta.index, meta.term)) {
+    // Read once already by `rebuild_replica`, which refused an error.
+    let compacted = log.compacted(range).ok().flatten();
+    if compacted == Some((meta.index, meta.term)) {
         return None;
     }
+    // Recovery kept every entry after the snapshot (a gap is an error), or
+    // none: with none kept, whatever the log holds goes.
     Some(LogRewrite {
         compact: (meta.index, meta.term),
-        entries: init
-            .entries
-            .iter()
-            .map(|e| (e.index, e.term, super::codec::encode_payload(&e.payload)))
-            .collect(),
+        replace_log: init.entries.is_empty(),
         hard_state: init.hard_state,
     })
 }
@@ -192,8 +222,8 @@ mod tests {
         fn hard_state(&self, _: RangeId) -> Option<HardState> {
             self.hs
         }
-        fn compacted(&self, _: RangeId) -> Option<(u64, u64)> {
-            self.compacted
+        fn compacted(&self, _: RangeId) -> Result<Option<(u64, u64)>, String> {
+            Ok(self.compacted)
         }
         fn first_index(&self, _: RangeId) -> Option<u64> {
             self.entries.keys().next().copied()
@@ -274,6 +304,53 @@ mod tests {
         let (init, _) = rebuild_replica(2, snap, &log).expect("rebuilds");
         assert_eq!(init.entries.len(), 3);
         assert_eq!(init.hard_state.commit, 3);
+        // The log is kept: only its compaction point and hard state are
+        // written, however long its tail (all of it in one WAL request
+        // could exceed a segment and keep the node from starting).
+        let rw = log_rewrite(2, &init, &log).expect("the compaction record is missing");
+        assert_eq!(rw.compact, (1, 0));
+        assert!(!rw.replace_log);
+    }
+
+    #[test]
+    fn a_log_compacted_past_the_snapshot_file_is_refused() {
+        let snap = snapshot_at_1();
+        let mut log = Log {
+            compacted: Some((5, 2)),
+            ..Default::default()
+        };
+        log.entries.insert(6, (2, put(6)));
+        let err = rebuild_replica(2, snap, &log).expect_err("a newer snapshot file is missing");
+        assert!(err.to_string().contains("compacted at 5"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_compaction_point_is_an_error_not_an_empty_log() {
+        struct Broken;
+        impl DurableLog for Broken {
+            fn hard_state(&self, _: RangeId) -> Option<HardState> {
+                None
+            }
+            fn compacted(&self, _: RangeId) -> Result<Option<(u64, u64)>, String> {
+                Err("bad record".into())
+            }
+            fn first_index(&self, _: RangeId) -> Option<u64> {
+                Some(2)
+            }
+            fn last_index(&self, _: RangeId) -> Option<u64> {
+                Some(4)
+            }
+            fn entries(
+                &self,
+                _: RangeId,
+                _: u64,
+                _: u64,
+            ) -> Result<Vec<(u64, u64, Bytes)>, String> {
+                Ok(Vec::new())
+            }
+        }
+        let err = rebuild_replica(2, snapshot_at_1(), &Broken).expect_err("refused");
+        assert!(err.to_string().contains("bad record"), "{err}");
     }
 
     #[test]
@@ -292,5 +369,29 @@ mod tests {
         assert!(init.entries.is_empty());
         assert_eq!(init.hard_state.commit, 1);
         assert_eq!(init.hard_state.term, 3);
+        let rw = log_rewrite(2, &init, &log).expect("rewritten");
+        assert!(rw.replace_log, "the other history's records go");
+    }
+
+    #[test]
+    fn the_term_is_never_below_the_last_kept_entrys_and_its_vote_is_not_invented() {
+        let snap = snapshot_at_1();
+        // The round that appended term-3 entries lost its hard state (its
+        // last request) in a crash: the stored one is of term 2.
+        let mut log = Log {
+            compacted: Some((1, 0)),
+            hs: Some(HardState {
+                term: 2,
+                vote: 2,
+                commit: 2,
+            }),
+            ..Default::default()
+        };
+        log.entries.insert(2, (2, put(2)));
+        log.entries.insert(3, (3, put(3)));
+        let (init, _) = rebuild_replica(2, snap, &log).expect("rebuilds");
+        assert_eq!(init.hard_state.term, 3);
+        assert_eq!(init.hard_state.vote, 0, "no vote is known for term 3");
+        assert_eq!(init.hard_state.commit, 2);
     }
 }
