@@ -522,6 +522,23 @@ fn leadership_transfer_hands_over_to_the_target() {
 }
 
 #[test]
+fn asking_again_for_the_same_transfer_does_not_postpone_check_quorum() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.isolate(1);
+    // Asked every tick (a placement driver, an operator), the transfer must
+    // not keep restarting the leader's election timer: cut off, it steps
+    // down within two election timeouts (the first check still counts the
+    // answers from before the cut).
+    for _ in 0..25 {
+        let _ = net.raft(1).transfer_leader(3);
+        net.tick(1);
+        net.settle();
+    }
+    assert_ne!(net.nodes[&1].role(), Role::Leader);
+}
+
+#[test]
 fn joint_consensus_adds_a_voter_and_a_learner_that_never_votes() {
     let mut net = Net::new(3);
     net.elect(1);
@@ -559,6 +576,9 @@ fn joint_consensus_adds_a_voter_and_a_learner_that_never_votes() {
         net.nodes[&1].commit_index(),
         "the learner has the log"
     );
+    // Committed configuration changes no longer count as in flight (a
+    // leader that never gets back to zero never quiesces).
+    assert_eq!(net.nodes[&1].uncommitted_bytes(), 0);
     // The learner never campaigns, even with nobody leading.
     net.isolate(1);
     for _ in 0..60 {
@@ -594,4 +614,31 @@ fn a_follower_behind_a_compaction_gets_the_snapshot_in_chunks() {
         Bytes::from(vec![42u8; 100])
     );
     assert_eq!(net.nodes[&3].commit_index(), net.nodes[&1].commit_index());
+}
+
+#[test]
+fn a_heartbeat_that_raises_the_term_is_answered_once_the_term_is_durable() {
+    let mut f = Raft::new(config(2), InitialState::new_group(1..=3), 7).unwrap();
+    let _ = f.ready();
+    let heartbeat = |term| Message {
+        from: 1,
+        to: 2,
+        term,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            read_seq: 0,
+            sent_tick: 0,
+        },
+    };
+    f.step(heartbeat(1));
+    let rd = f.ready();
+    assert_eq!(rd.hard_state.map(|h| h.term), Some(1));
+    assert!(rd.messages.is_empty(), "{:?}", rd.messages);
+    assert_eq!(rd.persisted_messages.len(), 1);
+    assert_eq!(rd.persisted_messages[0].kind(), "HeartbeatResp");
+    // In a term already written, at once.
+    f.step(heartbeat(1));
+    let rd = f.ready();
+    assert_eq!(rd.messages.len(), 1);
+    assert!(rd.persisted_messages.is_empty());
 }

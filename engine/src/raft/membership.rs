@@ -143,6 +143,11 @@ impl Raft {
         if !self.conf.is_voter(to) {
             return Err(RequestError::NotAVoter(to));
         }
+        if self.lead_transferee == to {
+            // Asked again: the transfer under way keeps its deadline (each
+            // request restarting it would postpone check-quorum for ever).
+            return Ok(());
+        }
         self.lead_transferee = to;
         // It has one election timeout to finish; the leader's timer restarts.
         self.election_elapsed = 0;

@@ -192,9 +192,11 @@ impl Raft {
         let old = self.log.committed;
         let first_of_term = self.log.term(old) != Some(self.term);
         self.log.commit_to(index);
+        // Everything this leader proposed counts (configuration changes
+        // too); its opening `Empty` entry never did.
         let released: u64 = (old + 1..=index)
             .filter_map(|i| self.log.entry(i))
-            .filter(|e| matches!(e.payload, EntryPayload::Normal(_)) && e.term == self.term)
+            .filter(|e| !matches!(e.payload, EntryPayload::Empty) && e.term == self.term)
             .map(Entry::size_bytes)
             .sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(released);
@@ -251,13 +253,20 @@ impl Raft {
         if commit > self.log.committed && commit <= self.log.last_index() {
             self.commit_to(commit);
         }
-        self.send(
-            from,
-            MessageBody::HeartbeatResponse {
-                read_seq,
-                sent_tick,
-            },
-        );
+        let body = MessageBody::HeartbeatResponse {
+            read_seq,
+            sent_tick,
+        };
+        // The answer extends the leader's lease, which counts on this
+        // replica refusing votes in a term it acknowledged: a term not yet
+        // handed to the host for writing (this heartbeat raised it) must be
+        // durable first, or a crash could bring the replica back in an older
+        // term, free to elect a leader inside that lease.
+        if self.term > self.prev_hard_state.term {
+            self.send_after_persist(from, body);
+        } else {
+            self.send(from, body);
+        }
     }
 
     pub(super) fn handle_heartbeat_response(

@@ -1218,7 +1218,13 @@ impl Store {
             hard_state: carried,
         });
         if leads && let Some(r) = self.replicas.get_mut(&desc.id) {
-            r.raft.campaign_now();
+            // Not where a campaign reached this node first (the followers
+            // applied the split sooner and elected someone): a candidate at
+            // the next term, whose log holds only the first entry, cannot
+            // win, and its higher term would depose that leader.
+            if carried.is_none_or(|h| h.term == 0) {
+                r.raft.campaign_now();
+            }
             r.published_epoch = desc.epoch;
             self.publish.push(desc);
         }
