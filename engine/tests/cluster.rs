@@ -682,3 +682,39 @@ async fn a_leader_whose_disk_fails_stops_and_its_range_moves_on() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_missing_its_wal_or_its_bootstrap_mark_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start(dir.path(), 2, None).await;
+    let db = cluster.db(0).expect("running").clone();
+    for i in 0..20 {
+        db.put(key(i), "v").await.expect("put");
+    }
+    cluster.stop(2).await;
+    let node3 = dir.path().join("node3");
+    // The bootstrap mark lost: bootstrapping again would write over a log
+    // the node has written to.
+    std::fs::remove_file(node3.join("BOOTSTRAPPED")).expect("mark");
+    let err = cluster.restart(2).await.expect_err("refused");
+    assert!(err.to_string().contains("not marked bootstrapped"), "{err}");
+    std::fs::write(node3.join("BOOTSTRAPPED"), "1\n").expect("mark back");
+    // The WAL lost: it would come back empty, its votes forgotten.
+    std::fs::rename(node3.join("wal"), node3.join("wal.away")).expect("move");
+    let err = cluster.restart(2).await.expect_err("refused");
+    assert!(err.to_string().contains("WAL is missing"), "{err}");
+    std::fs::remove_dir_all(node3.join("wal")).ok();
+    std::fs::rename(node3.join("wal.away"), node3.join("wal")).expect("move back");
+    // A half-written snapshot file is cleared away at start.
+    std::fs::write(node3.join("snapshots").join("99.tmp"), b"partial").expect("tmp");
+    cluster.restart(2).await.expect("starts with its WAL back");
+    assert!(!node3.join("snapshots").join("99.tmp").exists());
+    let v = cluster
+        .db(2)
+        .expect("running")
+        .get(key(3))
+        .await
+        .expect("get");
+    assert_eq!(v.as_deref(), Some(&b"v"[..]));
+    cluster.shutdown().await;
+}

@@ -91,7 +91,15 @@ pub struct DataDir {
 impl DataDir {
     /// Opens `root`, creating it (with a new incarnation) if it holds nothing.
     pub fn open(root: &Path, node_id: NodeId) -> Result<DataDir, DataDirError> {
-        fs::create_dir_all(root).map_err(io(root))?;
+        if !root.exists() {
+            fs::create_dir_all(root).map_err(io(root))?;
+            // Its entry in the parent must survive a crash too.
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(parent))?;
+            }
+        }
         let id_path = root.join("IDENTITY");
         let (identity, fresh) = if id_path.exists() {
             let text = fs::read_to_string(&id_path).map_err(io(&id_path))?;
@@ -130,6 +138,13 @@ impl DataDir {
         };
         let snaps = root.join("snapshots");
         fs::create_dir_all(&snaps).map_err(io(&snaps))?;
+        // Files a crash left half-written (never renamed into place).
+        for entry in fs::read_dir(&snaps).map_err(io(&snaps))? {
+            let path = entry.map_err(io(&snaps))?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
         // A bootstrap cut short by a crash is done again from the start.
         let fresh = fresh || !root.join("BOOTSTRAPPED").exists();
         Ok(DataDir {
@@ -380,12 +395,17 @@ pub(crate) fn write_durably(path: &Path, data: &[u8]) -> Result<(), DataDirError
 /// [`write_durably`] of the concatenation of `parts`, without building it.
 fn write_durably_parts(path: &Path, parts: &[&[u8]]) -> Result<(), DataDirError> {
     let tmp = path.with_extension("tmp");
-    {
+    let written = (|| {
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         for part in parts {
             f.write_all(part).map_err(io(&tmp))?;
         }
-        f.sync_all().map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))
+    })();
+    if let Err(e) = written {
+        // A partial file on a full disk would keep it full after a restart.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     fs::rename(&tmp, path).map_err(io(path))?;
     let dir = path.parent().unwrap_or(Path::new("."));

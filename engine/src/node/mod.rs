@@ -357,7 +357,24 @@ impl Node {
         let datadir = Arc::new(DataDir::open(&cfg.data_dir, cfg.node_id)?);
         let wal = match cfg.storage {
             StorageMode::Disk => {
-                let (wal, report) = tessera_wal::Wal::open(datadir.wal_dir(), cfg.wal.clone())?;
+                // The WAL would recreate a missing directory: a bootstrapped
+                // node back without its log (votes, acknowledged entries)
+                // could vote against writes it acknowledged.
+                let wal_dir = datadir.wal_dir();
+                let wal_missing = !wal_dir.exists()
+                    || std::fs::read_dir(&wal_dir)
+                        .map_err(|e| NodeError::Config(format!("{}: {e}", wal_dir.display())))?
+                        .next()
+                        .is_none();
+                if !datadir.fresh && wal_missing {
+                    return Err(NodeError::Config(format!(
+                        "{}: the WAL is missing or empty in a data directory that was \
+                         bootstrapped; refusing to start (restore it, or wipe the whole data \
+                         directory to join as a new node)",
+                        wal_dir.display()
+                    )));
+                }
+                let (wal, report) = tessera_wal::Wal::open(wal_dir, cfg.wal.clone())?;
                 if let Some(torn) = &report.torn_tail {
                     tracing::warn!(
                         ?torn,
@@ -395,6 +412,20 @@ impl Node {
         let mut store = Store::new(sc, &datadir.peers()?);
 
         if datadir.fresh {
+            // A bootstrap cut short is done again, but never over a log the
+            // store has written to (only bootstrap's compaction records may
+            // be there): that node ran, and lost its BOOTSTRAPPED mark.
+            if let Some(wal) = &wal
+                && let Some(range) = wal.groups().into_iter().find(|&g| {
+                    wal.hard_state(g).is_some() || wal.last_index(g).is_some_and(|l| l > 1)
+                })
+            {
+                return Err(NodeError::Config(format!(
+                    "{}: not marked bootstrapped, but the WAL holds range {range}'s log; \
+                     refusing to bootstrap over it",
+                    cfg.data_dir.display()
+                )));
+            }
             let mut nodes: Vec<NodeId> = cfg.peers.keys().copied().collect();
             nodes.push(cfg.node_id);
             let layout = cluster_layout(&nodes, cfg.initial_ranges);

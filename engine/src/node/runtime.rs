@@ -442,10 +442,13 @@ async fn run(
                     let _ = w.send(reply);
                 }
             }
+            // Not recorded, a wiped peer's new incarnation would be taken
+            // for its first after a restart: a storage failure like another.
             if !rd.new_peer_incarnations.is_empty()
                 && let Err(e) = io.datadir.add_peers(&rd.new_peer_incarnations)
+                && lp.failed.is_none()
             {
-                tracing::error!(error = %e, "could not record peer incarnations");
+                lp.failed = Some(format!("recording peer incarnations: {e}"));
             }
             for f in rd.failures {
                 tracing::error!(failure = %f, "replica failed");
