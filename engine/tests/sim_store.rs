@@ -25,7 +25,7 @@ fn sim_store() {
         .unwrap_or_else(|f| panic!("{f}"));
     let sum = |f: fn(&StoreSimReport) -> u64| reports.iter().map(f).sum::<u64>();
     say(format!(
-        "sim_store: totals over {seeds} seeds: {} ranges, {} client ops answered, {} unknown, {} crashes, \
+        "sim_store: totals over {seeds} seeds: {} ranges, {} client ops answered, {} unknown, {} crashes, {} leadership transfers, \
          {} snapshots installed, {} quiesced, {} woken, {} entries in {} write batches, \
          {} requests forwarded to leaders ({} given up); {} splits done ({} ranges at the end), \
          {} split-off ranges rebuilt at a restart before their left side replayed the split, \
@@ -34,6 +34,7 @@ fn sim_store() {
         sum(|r| r.ops_ok as u64),
         sum(|r| r.ops_unknown as u64),
         sum(|r| r.crashes as u64),
+        sum(|r| r.transfers as u64),
         sum(|r| r.snapshots_installed),
         sum(|r| r.quiesced),
         sum(|r| r.woken),
@@ -54,6 +55,7 @@ fn sim_store() {
     // checks above covered forwarding, not only direct requests.
     if seeds >= 20 {
         assert!(sum(|r| r.forwarded) > 0, "no request was forwarded");
+        assert!(sum(|r| r.transfers as u64) > 0, "no leadership was moved");
         // Ranges were split under the faults: the checks covered splits too.
         assert!(
             sum(|r| r.splits as u64) >= seeds,

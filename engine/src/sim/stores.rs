@@ -84,6 +84,8 @@ pub struct StoreSimReport {
     pub ops_ok: usize,
     pub ops_unknown: usize,
     pub crashes: usize,
+    /// Leadership transfers asked for under the faults.
+    pub transfers: usize,
     pub snapshots_installed: u64,
     pub quiesced: u64,
     pub woken: u64,
@@ -348,6 +350,9 @@ enum Ev {
     Restart(NodeId),
     Isolate(NodeId),
     Heal,
+    /// A leadership transfer of a random range, as the placement driver or
+    /// an operator asks for one.
+    Transfer,
 }
 
 /// How hostile this seed's world is.
@@ -358,6 +363,7 @@ struct Faults {
     disk_ms_max: Time,
     crash_every_ms: Time,
     isolate_every_ms: Time,
+    transfer_every_ms: Time,
 }
 
 struct World {
@@ -404,6 +410,9 @@ impl World {
             disk_ms_max: pick(&mut rng, &[1, 5, 20]),
             crash_every_ms: pick(&mut rng, &[0, 600, 1500, 3000]),
             isolate_every_ms: pick(&mut rng, &[0, 800, 2000]),
+            // From the seed, not `rng`: the rest of a seed's world is built
+            // as before transfers were added.
+            transfer_every_ms: [0, 250, 1000][((opts.seed >> 9) % 3) as usize],
         };
         let snapshot_entries = pick(&mut rng, &[15, 40, 10_000]);
         // Half the seeds snapshot by count alone (many snapshots of large
@@ -565,6 +574,10 @@ impl World {
             let t = self.rng.range(100, self.faults.isolate_every_ms + 100);
             let n = ids[self.rng.range(0, ids.len() as u64) as usize];
             self.at(t, Ev::Isolate(n));
+        }
+        if self.faults.transfer_every_ms > 0 {
+            let t = self.rng.range(100, self.faults.transfer_every_ms + 100);
+            self.at(t, Ev::Transfer);
         }
         let end = self.opts.chaos_ms + self.opts.heal_ms_max;
         while let Some(Reverse((t, id))) = self.queue.pop() {
@@ -885,6 +898,13 @@ impl World {
                 }
             }
             Ev::Restart(n) => self.restart(n)?,
+            Ev::Transfer => {
+                if self.chaos {
+                    self.transfer()?;
+                    let t = self.now + self.rng.range(1, self.faults.transfer_every_ms + 1);
+                    self.at(t, Ev::Transfer);
+                }
+            }
             Ev::Isolate(n) => {
                 if self.chaos {
                     self.note(format!("node {n} isolated"));
@@ -905,6 +925,51 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Asks the leader of a random range to hand leadership to another of
+    /// its replicas. Nobody waits for the answer (`Accepted`, or a refusal).
+    fn transfer(&mut self) -> Result<(), Violation> {
+        let view: Vec<RangeDescriptor> = self.meta_view().into_values().collect();
+        if view.is_empty() {
+            return Ok(());
+        }
+        let d = view[self.rng.range(0, view.len() as u64) as usize].clone();
+        let leader = d.replicas.iter().copied().find(|&n| {
+            self.nodes[&n]
+                .store
+                .as_ref()
+                .is_some_and(|s| s.leader_of(d.id) == Some(n))
+        });
+        let Some(leader) = leader else {
+            return Ok(());
+        };
+        let others: Vec<NodeId> = d
+            .replicas
+            .iter()
+            .copied()
+            .filter(|&n| n != leader)
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let to = others[self.rng.range(0, others.len() as u64) as usize];
+        self.note(format!("range {}: transfer {leader} -> {to}", d.id));
+        self.report.transfers += 1;
+        let node = self.nodes.get_mut(&leader).expect("node");
+        let Some(store) = node.store.as_mut() else {
+            return Ok(());
+        };
+        node.next_req += 1;
+        store.request(
+            node.next_req,
+            Request::TransferLeader {
+                range: d.id,
+                epoch: d.epoch,
+                to,
+            },
+        );
+        self.drain(leader)
     }
 
     fn store_mut(&mut self, n: NodeId) -> Option<&mut Store> {
