@@ -142,12 +142,13 @@ impl Raft {
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
+        if reject && index == 0 && hint_index == 0 && hint_term == 0 {
+            // A refusal from a newer term was handled by the term check (and
+            // says nothing of the follower following us).
+            return;
+        }
         pr.recent_active = true;
         if reject {
-            if index == 0 && hint_index == 0 && hint_term == 0 {
-                // A refusal from a newer term was handled by the term check.
-                return;
-            }
             if pr.reject(index, probe_from) {
                 self.send_appends(from, true);
             }
