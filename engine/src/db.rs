@@ -1038,6 +1038,7 @@ impl Db {
         // cheaper than a call of its own. Retries route directly.
         let mut via_local = true;
         let mut target = None;
+        let mut redirects = 0;
         loop {
             // Retrying through peers would only run out the deadline.
             if self.inner.node.is_shut_down() {
@@ -1098,16 +1099,20 @@ impl Db {
                     {
                         self.inner.routes.write().leaders.insert(d.id, l);
                         target = Some(l);
-                        // At once, but not past the deadline: two replicas
-                        // naming each other (stale hints) must not bounce a
-                        // request for ever.
-                        if Instant::now() < deadline {
-                            continue;
+                        // At once the first times; after that, replicas
+                        // naming each other (stale hints, an election under
+                        // way) are asked again after the backoff below, not
+                        // in a tight loop until the deadline.
+                        redirects += 1;
+                        if redirects <= REDIRECTS_AT_ONCE {
+                            if Instant::now() < deadline {
+                                continue;
+                            }
+                            return Err(DbError::Timeout {
+                                elapsed: start.elapsed(),
+                                last,
+                            });
                         }
-                        return Err(DbError::Timeout {
-                            elapsed: start.elapsed(),
-                            last,
-                        });
                     }
                     CallError::Store(
                         StoreError::EpochMismatch { current, .. }
@@ -1210,6 +1215,10 @@ impl Db {
         }
     }
 }
+
+/// `NotLeader` redirects a request follows at once; later ones wait for the
+/// retry backoff.
+const REDIRECTS_AT_ONCE: u32 = 2;
 
 /// Marks the start of the `Protocol` error of a write with a key outside its
 /// range (a batch that a split cut in two).
