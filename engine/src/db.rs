@@ -621,8 +621,9 @@ impl Db {
                 Ok((other, _)) => return Err(DbError::Protocol(format!("{other:?}"))),
                 // It may have been applied (an unanswered forward), or the
                 // range changed under us: look again, a few times.
-                Err(DbError::Ambiguous(why)) if attempts < 5 => {
-                    tracing::debug!(range, why, "split outcome unknown; checking");
+                // (A timed-out attempt may have been applied too.)
+                Err(e @ (DbError::Ambiguous(_) | DbError::Timeout { .. })) if attempts < 5 => {
+                    tracing::debug!(range, error = %e, "split outcome unknown; checking");
                     attempts += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

@@ -32,6 +32,29 @@ async fn start(dir: &std::path::Path, ranges: u32, snapshot_entries: Option<u64>
     LocalCluster::start(opts).await.expect("cluster starts")
 }
 
+/// Makes `db`'s node the leader of `range`, and waits until it is.
+async fn lead(db: &Db, range: u64) {
+    let me = db.node().id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = db
+            .node()
+            .handle()
+            .inspect(move |s| s.leader_of(range))
+            .await
+            .flatten();
+        if leader == Some(me) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {me} never led range {range}"
+        );
+        let _ = db.transfer_leader(range, me).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until every replica of every range reports the same applied index
 /// and state hash.
 async fn converged(db: &Db) -> Result<(), String> {
@@ -601,9 +624,7 @@ async fn a_write_on_a_leader_that_lost_its_quorum_ends_at_its_deadline() {
     let k = key(7);
     let db = cluster.db(0).expect("running").clone();
     let range = db.range_id_of(&k);
-    db.transfer_leader(range, db.node().id())
-        .await
-        .expect("node 1 leads the key's range");
+    lead(&db, range).await;
     db.put(k.clone(), Bytes::from_static(b"before"))
         .await
         .expect("a write with every node up");
@@ -641,9 +662,7 @@ async fn a_leader_whose_disk_fails_stops_and_its_range_moves_on() {
     let k = key(3);
     let db1 = cluster.db(0).expect("running").clone();
     let range = db1.range_id_of(&k);
-    db1.transfer_leader(range, db1.node().id())
-        .await
-        .expect("node 1 leads the key's range");
+    lead(&db1, range).await;
     db1.put(k.clone(), Bytes::from_static(b"before"))
         .await
         .expect("a write with every disk up");

@@ -117,6 +117,7 @@ pub async fn connect_embedded(opts: &EmbeddedOptions) -> Result<Box<dyn Target>,
         cluster: tokio::sync::Mutex::new(Some(cluster)),
         temp: parking_lot::Mutex::new(temp),
         window: parking_lot::Mutex::new((Instant::now(), Counters::default())),
+        window_end: parking_lot::Mutex::new(None),
     }))
 }
 
@@ -171,6 +172,9 @@ struct Embedded {
     /// When the counters of `extra` start: the cluster's start, then the
     /// measured window's (startup, loading and warmup are not counted).
     window: parking_lot::Mutex<(Instant, Counters)>,
+    /// The counters at the window's end, once it ended (an interrupted run
+    /// counts up to when `extra` is asked).
+    window_end: parking_lot::Mutex<Option<(Instant, Counters)>>,
 }
 
 /// The cluster's counters, summed over its nodes.
@@ -268,8 +272,12 @@ impl Target for Embedded {
         Box::pin(async move {
             let (now, segments, leaders, quiesced) = self.counters().await;
             let (since, at_start) = *self.window.lock();
-            let c = now.since(&at_start);
-            let secs = since.elapsed().as_secs_f64().max(1e-9);
+            let (until, at_end) = self
+                .window_end
+                .lock()
+                .unwrap_or_else(|| (Instant::now(), now));
+            let c = at_end.since(&at_start);
+            let secs = until.duration_since(since).as_secs_f64().max(1e-9);
             let mut out = BTreeMap::new();
             out.insert("wal_syncs".into(), serde_json::json!(c.syncs));
             out.insert(
@@ -309,6 +317,13 @@ impl Target for Embedded {
         Box::pin(async move {
             let (c, ..) = self.counters().await;
             *self.window.lock() = (Instant::now(), c);
+        })
+    }
+
+    fn window_ended(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let (c, ..) = self.counters().await;
+            *self.window_end.lock() = Some((Instant::now(), c));
         })
     }
 

@@ -49,6 +49,12 @@ pub trait Target: Send + Sync {
         Box::pin(async {})
     }
 
+    /// Called when the measured window ends (not when the last operation, perhaps
+    /// one timing out, returns), so that [`Target::extra`] can count up to there.
+    fn window_ended(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// Stops what the target started (an embedded cluster); external targets do nothing.
     fn shutdown(&self) -> BoxFuture<'_, Result<(), TargetError>> {
         Box::pin(async { Ok(()) })

@@ -406,23 +406,27 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
                 let rows: Vec<RangeStatus> = serde_json::from_str(&http_get(admin, "/ranges")?)?;
-                let leader = rows.iter().find(|r| r.id == range).and_then(|r| r.leader);
+                let row = rows.iter().find(|r| r.id == range);
+                let leader = row.and_then(|r| r.leader);
                 let done = leader == Some(node);
-                if done || std::time::Instant::now() > deadline {
-                    match leader {
-                        Some(l) if l != node => {
-                            bail!("range {range}: leader is node {l} after 10 s, not {node}")
-                        }
-                        _ => {}
+                // Not listed (the meta range): nothing to wait for here.
+                if done || row.is_none() || std::time::Instant::now() > deadline {
+                    if let Some(l) = leader.filter(|&l| l != node) {
+                        bail!("range {range}: leader is node {l} after 10 s, not {node}");
                     }
                     if json {
-                        println!("{{\"range\":{range},\"leader\":{node},\"confirmed\":{done}}}");
+                        let leader = if done {
+                            node.to_string()
+                        } else {
+                            "null".into()
+                        };
+                        println!("{{\"range\":{range},\"leader\":{leader},\"confirmed\":{done}}}");
                     } else if done {
                         println!("range {range} is now led by node {node}");
                     } else {
                         println!(
-                            "range {range}: transfer to node {node} started; this node does not \
-                             see the range's leader (it holds no replica of it) to confirm it"
+                            "range {range}: transfer to node {node} started, not confirmed: this \
+                             node sees no leader of the range (it may hold no replica of it)"
                         );
                     }
                     return Ok(());

@@ -138,13 +138,6 @@ impl DataDir {
         };
         let snaps = root.join("snapshots");
         fs::create_dir_all(&snaps).map_err(io(&snaps))?;
-        // Files a crash left half-written (never renamed into place).
-        for entry in fs::read_dir(&snaps).map_err(io(&snaps))? {
-            let path = entry.map_err(io(&snaps))?.path();
-            if path.extension().is_some_and(|e| e == "tmp") {
-                fs::remove_file(&path).map_err(io(&path))?;
-            }
-        }
         // A bootstrap cut short by a crash is done again from the start.
         let fresh = fresh || !root.join("BOOTSTRAPPED").exists();
         Ok(DataDir {
@@ -154,6 +147,20 @@ impl DataDir {
             hold: parking_lot::Mutex::new(false),
             released: parking_lot::Condvar::new(),
         })
+    }
+
+    /// Removes snapshot files a crash left half-written (never renamed into
+    /// place). Only once the directory is this process's (the WAL's lock
+    /// held): another node running on it may be writing one.
+    pub fn clear_partial_snapshots(&self) -> Result<(), DataDirError> {
+        let snaps = self.root.join("snapshots");
+        for entry in fs::read_dir(&snaps).map_err(io(&snaps))? {
+            let path = entry.map_err(io(&snaps))?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(())
     }
 
     /// Records that the first replicas are all durably created.

@@ -375,6 +375,8 @@ impl Node {
                     )));
                 }
                 let (wal, report) = tessera_wal::Wal::open(wal_dir, cfg.wal.clone())?;
+                // The WAL's lock is held: the directory is this node's.
+                datadir.clear_partial_snapshots()?;
                 if let Some(torn) = &report.torn_tail {
                     tracing::warn!(
                         ?torn,

@@ -402,7 +402,7 @@ async fn run(
         if shutdown.is_none()
             && let Some(why) = lp.failed.clone()
         {
-            fail_stop(&mut store, &io, &counters, &mut lp, why).await;
+            fail_stop(&mut store, &io, &counters, &mut lp, &mut rx, why).await;
             return;
         }
         if let Some(done) = shutdown {
@@ -473,6 +473,7 @@ async fn fail_stop(
     io: &Io,
     counters: &Arc<RuntimeCounters>,
     lp: &mut Looper,
+    rx: &mut mpsc::UnboundedReceiver<Event>,
     why: String,
 ) {
     tracing::error!(error = %why, "storage failed: the node stops taking part in its ranges");
@@ -486,6 +487,20 @@ async fn fail_stop(
         let _ = w.send(Err(StoreError::Unavailable(format!(
             "the node's storage failed: {why}"
         ))));
+    }
+    // Requests that came meanwhile were never taken: safe to send elsewhere
+    // (a write answered `Unavailable` would count as ambiguous).
+    rx.close();
+    while let Ok(ev) = rx.try_recv() {
+        match ev {
+            Event::Request { reply, .. } => {
+                let _ = reply.send(Err(StoreError::Stopped));
+            }
+            Event::Shutdown(done) => {
+                let _ = done.send(());
+            }
+            _ => {}
+        }
     }
     *counters.failure.write() = Some(why);
     counters.failure_notify.notify_waiters();

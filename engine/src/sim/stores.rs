@@ -412,7 +412,7 @@ impl World {
             isolate_every_ms: pick(&mut rng, &[0, 800, 2000]),
             // From the seed, not `rng`: the rest of a seed's world is built
             // as before transfers were added.
-            transfer_every_ms: [0, 250, 1000][((opts.seed >> 9) % 3) as usize],
+            transfer_every_ms: [0, 250, 1000][(opts.seed % 3) as usize],
         };
         let snapshot_entries = pick(&mut rng, &[15, 40, 10_000]);
         // Half the seeds snapshot by count alone (many snapshots of large
