@@ -629,7 +629,17 @@ impl World {
                 }
             }
         }
-        format!("{busy} clients busy; ranges not converged: {lagging:?}")
+        let waiting: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|(n, node)| {
+                let detail = node.store.as_ref()?.requests_waiting_detail();
+                (!detail.is_empty()).then(|| format!("node {n}: {detail:?}"))
+            })
+            .collect();
+        format!(
+            "{busy} clients busy; ranges not converged: {lagging:?}; requests waiting: {waiting:?}"
+        )
     }
 
     /// (applied index, hash) of every replica of `range` on `nodes`, if running.
@@ -671,6 +681,15 @@ impl World {
         if self.nodes.values().any(|n| n.store.is_none()) {
             return false;
         }
+        // Requests still in the pipeline (a write whose acknowledgements are
+        // on their way) are let finish: the end checks none is left.
+        if self
+            .nodes
+            .values()
+            .any(|n| n.store.as_ref().is_some_and(|s| s.requests_waiting() > 0))
+        {
+            return false;
+        }
         self.meta_view().values().all(|d| {
             let holders = self.holders(d);
             let states = self.replica_states(d.id, &holders);
@@ -678,11 +697,19 @@ impl World {
                 && states.len() == holders.len()
                 && states.windows(2).all(|w| w[0] == w[1])
                 && holders.iter().any(|n| {
-                    self.nodes[n]
-                        .store
-                        .as_ref()
-                        .and_then(|s| s.replica_raft(d.id))
-                        .is_some_and(|r| r.is_leader())
+                    // A leader with its whole log committed and applied: one
+                    // just elected may hold acknowledged writes (committed by
+                    // its predecessor) that it has not committed again yet,
+                    // and the final reads look at the state directly.
+                    let Some(s) = self.nodes[n].store.as_ref() else {
+                        return false;
+                    };
+                    s.replica_raft(d.id).is_some_and(|r| {
+                        r.is_leader()
+                            && r.commit_index() == r.last_index()
+                            && s.replica_state(d.id)
+                                .is_some_and(|st| st.applied().0 == r.last_index())
+                    })
                 })
         })
     }
@@ -748,9 +775,14 @@ impl World {
             if let Some(waiting) = node.store.as_ref().map(Store::requests_waiting)
                 && waiting > 0
             {
+                let detail = node
+                    .store
+                    .as_ref()
+                    .map(Store::requests_waiting_detail)
+                    .unwrap_or_default();
                 return Err(fail(
                     "liveness",
-                    format!("node {n} still holds {waiting} unanswered requests"),
+                    format!("node {n} still holds {waiting} unanswered requests: {detail:?}"),
                 ));
             }
         }

@@ -331,6 +331,59 @@ impl Store {
         replicas + self.forwarded.len()
     }
 
+    /// What [`Store::requests_waiting`] counts, one line each, with the
+    /// replica's Raft position (for simulator failures and debugging).
+    pub fn requests_waiting_detail(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (range, r) in &self.replicas {
+            let raft = &r.raft;
+            let at = format!(
+                "role {:?} term {} leader {} commit {} applied {} last {} quiesced {} transferring {:?}",
+                raft.role(),
+                raft.term(),
+                raft.leader(),
+                raft.commit_index(),
+                r.state.applied().0,
+                raft.last_index(),
+                r.quiesced,
+                raft.transferring_to()
+            );
+            let progress: Vec<String> = raft
+                .conf_state()
+                .members()
+                .iter()
+                .filter_map(|&m| {
+                    let p = raft.progress(m)?;
+                    Some(format!(
+                        "{m}: matched {} next {} {:?} probe_sent {} inflight {}",
+                        p.matched,
+                        p.next,
+                        p.state,
+                        p.probe_sent,
+                        p.inflights.count()
+                    ))
+                })
+                .collect();
+            let at = format!("{at} stable {} progress {progress:?}", raft.stable_index());
+            for (index, (term, _)) in &r.proposals {
+                out.push(format!("range {range}: write at ({term}, {index}); {at}"));
+            }
+            for ctx in r.reads_unconfirmed.keys() {
+                out.push(format!("range {range}: read {ctx} unconfirmed; {at}"));
+            }
+            for _ in &r.reads_confirmed {
+                out.push(format!("range {range}: read confirmed, not served; {at}"));
+            }
+        }
+        for (seq, f) in &self.forwarded {
+            out.push(format!(
+                "forward {seq} of range {} to node {} since tick {}",
+                f.range, f.to, f.sent_tick
+            ));
+        }
+        out
+    }
+
     /// Write batches handed out and not yet released.
     pub fn writes_in_flight(&self) -> usize {
         self.persist.in_flight()
