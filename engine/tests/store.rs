@@ -2600,8 +2600,8 @@ fn a_late_answer_to_a_forward_of_an_earlier_life_is_not_taken_for_a_new_one() {
     assert_eq!(sim.reply(read), Some(&Ok(Reply::Value(Some(one)))));
 }
 
-#[test]
-fn a_leadership_transfer_whose_timeout_now_is_lost_still_completes() {
+/// One range, settled: its leader and a follower to hand it to.
+fn transfer_setup() -> (Sim, RangeId, NodeId, NodeId) {
     let mut sim = Sim::new(1, |_| {});
     sim.run_until_quiesced(100);
     let range = FIRST_USER_RANGE;
@@ -2611,6 +2611,12 @@ fn a_leadership_transfer_whose_timeout_now_is_lost_still_completes() {
         .copied()
         .find(|&n| n != leader)
         .expect("a follower");
+    (sim, range, leader, target)
+}
+
+#[test]
+fn a_leadership_transfer_whose_timeout_now_is_lost_still_completes() {
+    let (mut sim, range, leader, target) = transfer_setup();
     sim.lose_next.push("TimeoutNow");
     let id = sim.request(
         leader,
@@ -2635,15 +2641,7 @@ fn a_leadership_transfer_whose_timeout_now_is_lost_still_completes() {
 
 #[test]
 fn a_leadership_transfer_that_cannot_finish_is_abandoned_and_writes_resume() {
-    let mut sim = Sim::new(1, |_| {});
-    sim.run_until_quiesced(100);
-    let range = FIRST_USER_RANGE;
-    let leader = sim.agreed_leader(range).expect("leader");
-    let target = NODES
-        .iter()
-        .copied()
-        .find(|&n| n != leader)
-        .expect("a follower");
+    let (mut sim, range, leader, target) = transfer_setup();
     sim.lose_next = vec!["TimeoutNow"; 100];
     let transfer = Request::TransferLeader {
         range,
