@@ -300,6 +300,10 @@ pub async fn run(
         }
     }
     let finished = Instant::now();
+    // The workers saw the stop and were all done before the loop above did.
+    if stopped_at.is_none() && *stop.borrow() {
+        stopped_at = Some(finished);
+    }
     let usage_at_end = if usage_at_window_end.is_finished() {
         usage_at_window_end
             .await
@@ -315,7 +319,8 @@ pub async fn run(
         usage_at_end
     };
     outcome.process = usage_at_end.since(&usage_at_start);
-    if stopped_at.is_some_and(|s| s < end) {
+    if Instant::now() < end {
+        // Stopped early: the window never ended.
         window_marks.abort();
     } else {
         // It reads the target's counters at the end: let it finish.
