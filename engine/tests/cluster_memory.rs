@@ -28,16 +28,17 @@ fn options(
     opts
 }
 
+/// Three nodes, memory storage on a memory network.
+async fn start_in_memory(dir: &std::path::Path) -> LocalCluster {
+    LocalCluster::start(options(dir, StorageMode::Memory, NetworkMode::Memory))
+        .await
+        .expect("cluster starts")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_storage_on_a_memory_network_serves_linearizable_reads_without_a_wal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = LocalCluster::start(options(
-        dir.path(),
-        StorageMode::Memory,
-        NetworkMode::Memory,
-    ))
-    .await
-    .expect("cluster starts");
+    let mut cluster = start_in_memory(dir.path()).await;
     assert_eq!(cluster.len(), 3);
     let writer = cluster.db(0).expect("node 1");
     for i in 0..60 {
@@ -148,13 +149,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_on_a_shut_down_node_end_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = LocalCluster::start(options(
-        dir.path(),
-        StorageMode::Memory,
-        NetworkMode::Memory,
-    ))
-    .await
-    .expect("cluster starts");
+    let mut cluster = start_in_memory(dir.path()).await;
     let db = cluster.db(0).expect("node 1").clone();
     db.put(key(1), "v").await.expect("put while running");
     cluster.stop(0).await;

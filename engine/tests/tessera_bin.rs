@@ -30,6 +30,16 @@ fn serve(dir: &Path, node: u64) -> Proc {
     )
 }
 
+/// Runs `tessera ctl` against node `node`'s admin endpoint (its flags
+/// before the subcommand's).
+fn ctl(dir: &std::path::Path, node: u64, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["ctl", "--admin", &admin_addr(dir, node)])
+        .args(args)
+        .output()
+        .expect("ctl runs")
+}
+
 fn admin_addr(dir: &Path, node: u64) -> String {
     let text = std::fs::read_to_string(dir.join(format!("node{node}.toml"))).expect("config");
     let file: toml::Value = toml::from_str(&text).expect("toml");
@@ -139,10 +149,7 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
     );
 
     // Move range 2's leadership to a node that does not lead it.
-    let ranges = Command::new(BIN)
-        .args(["ctl", "--json", "--admin", &admin_addr(dir, 1), "ranges"])
-        .output()
-        .expect("ctl runs");
+    let ranges = ctl(dir, 1, &["--json", "ranges"]);
     let rows: serde_json::Value = serde_json::from_slice(&ranges.stdout).expect("json");
     let leader = rows
         .as_array()
@@ -150,17 +157,7 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
         .and_then(|r| r["leader"].as_u64())
         .expect("range 2 has a leader");
     let target = if leader == 3 { 1 } else { leader + 1 };
-    let moved = Command::new(BIN)
-        .args([
-            "ctl",
-            "--admin",
-            &admin_addr(dir, 1),
-            "transfer-leader",
-            "2",
-        ])
-        .arg(target.to_string())
-        .output()
-        .expect("ctl runs");
+    let moved = ctl(dir, 1, &["transfer-leader", "2", &target.to_string()]);
     assert!(
         moved.status.success(),
         "{}{}",
@@ -169,17 +166,7 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
     );
     assert!(String::from_utf8_lossy(&moved.stdout).contains(&format!("led by node {target}")));
     // A node with no replica of the range is refused, not waited for.
-    let refused = Command::new(BIN)
-        .args([
-            "ctl",
-            "--admin",
-            &admin_addr(dir, 1),
-            "transfer-leader",
-            "2",
-            "9",
-        ])
-        .output()
-        .expect("ctl runs");
+    let refused = ctl(dir, 1, &["transfer-leader", "2", "9"]);
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("holds no replica"), "{why}");
@@ -220,12 +207,7 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
         })
         .and_then(|r| r["id"].as_u64())
         .expect("a range holds k3");
-    let split = Command::new(BIN)
-        .args(["ctl", "--admin", &admin_addr(dir, 2), "split"])
-        .arg(holder.to_string())
-        .arg("k3")
-        .output()
-        .expect("ctl runs");
+    let split = ctl(dir, 2, &["split", &holder.to_string(), "k3"]);
     let out = String::from_utf8_lossy(&split.stdout);
     assert!(
         split.status.success(),
