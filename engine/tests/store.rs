@@ -709,6 +709,51 @@ fn a_write_wakes_only_its_range_and_it_quiesces_again() {
 }
 
 #[test]
+fn a_leader_woken_in_a_minority_steps_down_within_one_election_timeout() {
+    // A quiesced leader's clock stands still, and so do the marks of the
+    // followers it heard from before it slept. Woken cut off from both, it
+    // must count only what it hears once awake: one election timeout, not
+    // whatever was left of the one it slept in plus a whole new one.
+    for seed in 0..8u64 {
+        let mut sim = Sim::new(1, |c| c.seed += seed);
+        sim.run_until_quiesced(200);
+        let range = FIRST_USER_RANGE;
+        let leader = sim.agreed_leader(range).expect("leader");
+        // Quiesced at a different point of its election timeout each time.
+        sim.put(
+            leader,
+            range,
+            &sim.key_in(range, "a"),
+            &Bytes::from_static(b"1"),
+        );
+        sim.ticks(seed as usize);
+        sim.run_until_quiesced(200);
+        let election = sim.store(leader).config().raft.election_ticks as usize;
+        sim.isolate(leader);
+        let key = sim.key_in(range, "k");
+        sim.put(leader, range, &key, &Bytes::from_static(b"v"));
+        let mut stepped_down = None;
+        for t in 1..=3 * election {
+            sim.tick();
+            let still = sim
+                .store(leader)
+                .replica_raft(range)
+                .is_some_and(|r| r.is_leader());
+            if !still {
+                stepped_down = Some(t);
+                break;
+            }
+        }
+        let t = stepped_down.expect("the cut-off leader steps down");
+        assert!(
+            t <= election,
+            "seed {seed}: stepped down after {t} ticks, the election timeout is {election}"
+        );
+        sim.cut.clear();
+    }
+}
+
+#[test]
 fn losing_a_node_wakes_only_its_ranges_a_few_per_tick() {
     const WAKE_MAX: u64 = 8;
     let mut sim = Sim::new(200, |c| c.wake_per_tick_max = WAKE_MAX as usize);

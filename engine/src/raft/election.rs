@@ -151,6 +151,23 @@ impl Raft {
         }
     }
 
+    /// For a leader whose group slept (the store quiesced it) and is awake
+    /// again. Its clock stood still while it slept, and so did the activity
+    /// marks of the followers it heard from before: a check-quorum due soon
+    /// after waking would count them, and a leader woken cut off from its
+    /// followers would stay up to two election timeouts. The next check
+    /// comes one full election timeout from now and counts only what is
+    /// heard from here on. (Lease reads do not rest on these marks.)
+    pub fn restart_quorum_check(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        self.election_elapsed = 0;
+        for p in self.progress.values_mut() {
+            p.recent_active = false;
+        }
+    }
+
     /// Whether a quorum was heard from since the last check; resets the marks.
     pub(super) fn check_quorum_active(&mut self) -> bool {
         let me = self.id;

@@ -1380,6 +1380,7 @@ impl Store {
             r.quiesced = false;
             r.idle_ticks = 0;
             r.awake_since = self.ticks;
+            r.raft.restart_quorum_check();
             self.awake.insert(range);
             self.stats.woken_total += 1;
         }
