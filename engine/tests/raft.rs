@@ -18,6 +18,11 @@ struct Net {
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Messages sent, by kind.
     sent: BTreeMap<&'static str, usize>,
+    /// Entries sent in appends, by destination, one count per append.
+    appended: BTreeMap<NodeId, Vec<usize>>,
+    /// Nodes whose disk is slow: what they persist waits for `release`.
+    slow: BTreeSet<NodeId>,
+    held: BTreeMap<NodeId, Vec<(Option<(u64, u64)>, Vec<Message>)>>,
 }
 
 fn config(id: NodeId) -> Config {
@@ -40,6 +45,9 @@ impl Net {
             reads: BTreeMap::new(),
             cut: BTreeSet::new(),
             sent: BTreeMap::new(),
+            appended: BTreeMap::new(),
+            slow: BTreeSet::new(),
+            held: BTreeMap::new(),
         };
         for id in 1..=n {
             let mut cfg = config(id);
@@ -68,18 +76,47 @@ impl Net {
             let point = rd.persist_point();
             for m in rd.messages.iter().chain(&rd.persisted_messages) {
                 *self.sent.entry(m.kind()).or_default() += 1;
+                if let MessageBody::Append { entries, .. } = &m.body {
+                    self.appended.entry(m.to).or_default().push(entries.len());
+                }
             }
             self.queue.extend(rd.messages);
-            if let Some((index, term)) = point {
-                raft.on_persisted(index, term);
+            if self.slow.contains(&id) {
+                self.held
+                    .entry(id)
+                    .or_default()
+                    .push((point, rd.persisted_messages));
+            } else {
+                if let Some((index, term)) = point {
+                    raft.on_persisted(index, term);
+                }
+                self.queue.extend(rd.persisted_messages);
             }
-            self.queue.extend(rd.persisted_messages);
             self.applied
                 .entry(id)
                 .or_default()
                 .extend(rd.committed_entries);
             self.reads.entry(id).or_default().extend(rd.read_states);
         }
+    }
+
+    /// `id`'s disk catches up: everything it held becomes durable.
+    fn release(&mut self, id: NodeId) {
+        self.slow.remove(&id);
+        for (point, msgs) in self.held.remove(&id).unwrap_or_default() {
+            if let Some((index, term)) = point {
+                self.raft(id).on_persisted(index, term);
+            }
+            self.queue.extend(msgs);
+        }
+        self.drain(id);
+    }
+
+    /// Appends carrying entries sent to `id` so far.
+    fn appends_with_entries(&self, id: NodeId) -> usize {
+        self.appended
+            .get(&id)
+            .map_or(0, |v| v.iter().filter(|&&n| n > 0).count())
     }
 
     /// Delivers messages until the network is quiet.
@@ -472,6 +509,61 @@ fn a_new_leader_serves_reads_only_after_committing_in_its_term() {
     assert_eq!(net.nodes[&2].log_term(r[0].index), Some(2));
     let z_index = net.nodes[&2].last_index();
     assert!(r[0].index >= z_index - 1);
+}
+
+#[test]
+fn a_follower_slow_to_sync_is_not_sent_its_window_again_but_one_that_lost_it_is() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    let election = config(1).election_ticks as usize;
+    // Node 2 receives the entry but its disk does not finish the write.
+    let sent = net.appends_with_entries(2);
+    net.slow.insert(2);
+    net.raft(1).propose(Bytes::from_static(b"a")).unwrap();
+    net.drain(1);
+    net.settle();
+    assert_eq!(net.appends_with_entries(2), sent + 1);
+    // It answers heartbeats, holding everything sent: a slow disk, not a
+    // lost append. The window is not sent again for an election timeout.
+    for _ in 0..election - 2 {
+        net.tick_all();
+    }
+    assert_eq!(
+        net.appends_with_entries(2),
+        sent + 1,
+        "the slow follower was sent its window again"
+    );
+    // Its acknowledgements could have been lost, so the leader does probe
+    // in the end.
+    for _ in 0..4 {
+        net.tick_all();
+    }
+    assert!(net.appends_with_entries(2) > sent + 1, "never probed again");
+    net.release(2);
+    net.settle();
+    let last = net.nodes[&1].last_index();
+    assert_eq!(net.nodes[&1].progress(2).unwrap().matched, last);
+
+    // Node 3 loses an append: after two heartbeats it is sent again.
+    let before = net.appends_with_entries(3);
+    net.cut.insert((1, 3));
+    net.raft(1).propose(Bytes::from_static(b"b")).unwrap();
+    net.drain(1);
+    net.settle();
+    net.heal();
+    assert_eq!(net.appends_with_entries(3), before + 1);
+    for _ in 0..3 {
+        net.tick_all();
+    }
+    assert_eq!(
+        net.appends_with_entries(3),
+        before + 2,
+        "the lost append is sent again"
+    );
+    assert_eq!(
+        net.nodes[&1].progress(3).unwrap().matched,
+        net.nodes[&1].last_index()
+    );
 }
 
 #[test]

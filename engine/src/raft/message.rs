@@ -52,9 +52,14 @@ pub enum MessageBody {
         read_seq: u64,
         sent_tick: u64,
     },
+    /// `holds`: the follower's last index if its last entry is of the
+    /// heartbeat's term (by log matching, it then holds the leader's log up
+    /// to there, durable or not), else 0. It tells a follower whose disk is
+    /// slow from one that lost appends.
     HeartbeatResponse {
         read_seq: u64,
         sent_tick: u64,
+        holds: Index,
     },
     /// One chunk of a snapshot, sent in order. `offset` is where `data` starts
     /// in the whole snapshot; `done` marks the last chunk.

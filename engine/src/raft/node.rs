@@ -452,7 +452,8 @@ impl Raft {
             MessageBody::HeartbeatResponse {
                 read_seq,
                 sent_tick,
-            } => self.handle_heartbeat_response(m.from, read_seq, sent_tick),
+                holds,
+            } => self.handle_heartbeat_response(m.from, read_seq, sent_tick, holds),
             MessageBody::SnapshotChunk {
                 meta,
                 offset,

@@ -90,6 +90,10 @@ pub struct Progress {
     /// answers in a row saw no progress while appends were in flight.
     pub matched_at_heartbeat: Index,
     pub stalled_heartbeats: u32,
+    /// Leader clock and `next` when the last heartbeat was sent: what the
+    /// follower should hold by the time it answers (appends and heartbeats
+    /// travel in order).
+    pub heartbeat_sent: (u64, Index),
 }
 
 impl Progress {
@@ -108,6 +112,7 @@ impl Progress {
             heartbeat_tick_acked: 0,
             matched_at_heartbeat: 0,
             stalled_heartbeats: 0,
+            heartbeat_sent: (0, 0),
         }
     }
 

@@ -225,10 +225,14 @@ impl Raft {
     }
 
     pub(super) fn broadcast_heartbeat(&mut self) {
+        let ticks = self.ticks;
         let peers: Vec<(NodeId, Index)> = self
             .progress
-            .iter()
-            .map(|(&id, p)| (id, p.matched))
+            .iter_mut()
+            .map(|(&id, p)| {
+                p.heartbeat_sent = (ticks, p.next);
+                (id, p.matched)
+            })
             .collect();
         for (to, matched) in peers {
             // Never tell a follower to commit past what it is known to hold.
@@ -254,9 +258,16 @@ impl Raft {
         if commit > self.log.committed && commit <= self.log.last_index() {
             self.commit_to(commit);
         }
+        let last = self.log.last_index();
+        let holds = if self.log.term(last) == Some(self.term) {
+            last
+        } else {
+            0
+        };
         let body = MessageBody::HeartbeatResponse {
             read_seq,
             sent_tick,
+            holds,
         };
         // The answer extends the leader's lease, which counts on this
         // replica refusing votes in a term it acknowledged: a term not yet
@@ -275,11 +286,15 @@ impl Raft {
         from: NodeId,
         read_seq: u64,
         sent_tick: u64,
+        holds: Index,
     ) {
         if !self.is_leader() {
             return;
         }
         let last_index = self.log.last_index();
+        // How many heartbeats a follower may answer without acknowledging
+        // anything before the leader takes its window for lost.
+        let patience_if_held = (self.cfg.election_ticks / self.cfg.heartbeat_ticks.max(1)).max(2);
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
@@ -295,10 +310,20 @@ impl Raft {
                 resend = pr.matched < last_index;
             }
             // A window that stopped draining lost messages: probe again.
+            // Unless the follower holds every entry sent and its disk is
+            // only slow to make them durable: probing would send the window
+            // again to the one replica least able to take it. Its answers
+            // could have been lost too, so that wait is bounded as well.
             ProgressState::Replicate if pr.inflights.count() > 0 => {
                 if pr.matched == pr.matched_at_heartbeat {
                     pr.stalled_heartbeats += 1;
-                    if pr.stalled_heartbeats >= 2 {
+                    let sent = match pr.heartbeat_sent {
+                        (tick, next) if tick == sent_tick => next,
+                        _ => pr.next,
+                    };
+                    let holds_all_sent = holds + 1 >= sent;
+                    let patience = if holds_all_sent { patience_if_held } else { 2 };
+                    if pr.stalled_heartbeats >= patience {
                         pr.become_probe();
                         resend = true;
                     }

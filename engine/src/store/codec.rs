@@ -230,6 +230,7 @@ enum WireBody {
     HeartbeatResponse {
         read_seq: u64,
         sent_tick: u64,
+        holds: u64,
     },
     SnapshotChunk {
         meta: WireSnapshotMeta,
@@ -455,9 +456,11 @@ fn to_wire(range: RangeId, m: &Message) -> WireMessage {
         MessageBody::HeartbeatResponse {
             read_seq,
             sent_tick,
+            holds,
         } => WireBody::HeartbeatResponse {
             read_seq: *read_seq,
             sent_tick: *sent_tick,
+            holds: *holds,
         },
         MessageBody::SnapshotChunk {
             meta,
@@ -554,9 +557,11 @@ fn from_wire(m: WireMessage) -> Result<(RangeId, Message), CodecError> {
         WireBody::HeartbeatResponse {
             read_seq,
             sent_tick,
+            holds,
         } => MessageBody::HeartbeatResponse {
             read_seq,
             sent_tick,
+            holds,
         },
         WireBody::SnapshotChunk {
             meta,
@@ -684,6 +689,7 @@ mod tests {
             MessageBody::HeartbeatResponse {
                 read_seq: 8,
                 sent_tick: 99,
+                holds: 12,
             },
             MessageBody::SnapshotChunk {
                 meta,
