@@ -22,8 +22,12 @@ struct Net {
     appended: BTreeMap<NodeId, Vec<usize>>,
     /// Nodes whose disk is slow: what they persist waits for `release`.
     slow: BTreeSet<NodeId>,
-    held: BTreeMap<NodeId, Vec<(Option<(u64, u64)>, Vec<Message>)>>,
+    held: BTreeMap<NodeId, Vec<HeldWrite>>,
 }
+
+/// A slow disk's unfinished write: its persist point, and the messages
+/// waiting for it.
+type HeldWrite = (Option<(u64, u64)>, Vec<Message>);
 
 fn config(id: NodeId) -> Config {
     let mut c = Config::new(id);
