@@ -174,3 +174,34 @@ async fn requests_on_a_shut_down_node_end_at_once() {
     assert_eq!(v.as_deref(), Some(&b"v"[..]));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_fails_to_start_stops_the_nodes_it_did_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = || options(dir.path(), StorageMode::Disk, NetworkMode::Memory);
+    let mut cluster = LocalCluster::start(opts()).await.expect("cluster starts");
+    let db = cluster.db(0).expect("node 1").clone();
+    db.put("kept", "v").await.expect("put");
+    cluster.shutdown().await;
+
+    // Node 3 refuses to start without its log; nodes 1 and 2 start, and
+    // must be stopped again, or they would hold their WALs' locks.
+    let wal = dir.path().join("node3").join("wal");
+    let aside = dir.path().join("node3").join("wal.aside");
+    std::fs::rename(&wal, &aside).expect("move node 3's WAL aside");
+    let refused = LocalCluster::start(opts()).await;
+    assert!(
+        matches!(refused, Err(DbError::Start(_))),
+        "node 3 refuses: {:?}",
+        refused.err()
+    );
+    std::fs::rename(&aside, &wal).expect("put it back");
+    let cluster = LocalCluster::start(opts())
+        .await
+        .expect("every node starts again: nothing of the failed start holds on");
+    let db = cluster.db(1).expect("node 2");
+    assert_eq!(
+        db.get("kept").await.expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+}
