@@ -27,10 +27,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::raft::{HardState, InitialState, NodeId, Snapshot, SnapshotMeta};
-use crate::range::{RangeId, RangeState};
+use crate::raft::{HardState, NodeId, Snapshot, SnapshotMeta};
+use crate::range::RangeId;
+use crate::store::Store;
 use crate::store::codec::{decode_snapshot_meta, encode_snapshot_meta};
-use crate::store::recovery::{DurableLog, RecoveryError, log_rewrite, rebuild_replica};
+use crate::store::recovery::{
+    DurableLog, DurableStore, RecoveredRewrite, RecoveryError, recover_store,
+};
 
 const SNAP_MAGIC: &[u8; 4] = b"TSNP";
 const SNAP_VERSION: u32 = 1;
@@ -283,24 +286,27 @@ impl DataDir {
         Ok(out)
     }
 
-    /// Rebuilds one replica: its snapshot, then every WAL entry after it
-    /// (see [`crate::store::recovery`] for the rules).
-    ///
-    /// When the WAL does not record the snapshot's compaction point (its
-    /// batch was lost in a crash), the group's records are rewritten to what
-    /// recovery decided, added to `fix` (see [`log_rewrite`]); the caller
-    /// writes `fix` durably before the node runs.
-    pub fn recover_replica(
+    /// Puts back into `store` every replica this directory and `wal` hold
+    /// (see [`recover_store`] for the rules), and returns the WAL batch
+    /// that rewrites the groups whose log does not record their snapshot's
+    /// compaction point (its batch was lost in a crash; see
+    /// [`crate::store::recovery::log_rewrite`]). The caller writes it
+    /// durably before the node runs.
+    pub fn recover(
         &self,
         wal: &tessera_wal::Wal,
-        range: RangeId,
-        fix: &mut tessera_wal::LogBatch,
-    ) -> Result<(InitialState, RangeState), DataDirError> {
-        let snapshot = self.read_snapshot(range)?;
-        let log = WalLog(wal);
-        let (init, state) = rebuild_replica(range, snapshot, &log)
-            .map_err(|e| DataDirError::Recovery(Box::new(e)))?;
-        if let Some(rw) = log_rewrite(range, &init, &log) {
+        store: &mut Store,
+    ) -> Result<tessera_wal::LogBatch, DataDirError> {
+        let disk = NodeDisk { dir: self, wal };
+        let rewrites =
+            recover_store(store, &disk).map_err(|e| DataDirError::Recovery(Box::new(e)))?;
+        let mut fix = tessera_wal::LogBatch::new();
+        for RecoveredRewrite {
+            range,
+            rewrite: rw,
+            meta,
+        } in rewrites
+        {
             if rw.replace_log {
                 fix.remove_group(range);
             }
@@ -309,9 +315,7 @@ impl DataDir {
                 tessera_wal::CompactionPoint {
                     index: rw.compact.0,
                     term: rw.compact.1,
-                    meta: Bytes::from(crate::store::codec::encode_snapshot_meta(
-                        &init.snapshot.meta,
-                    )),
+                    meta: Bytes::from(crate::store::codec::encode_snapshot_meta(&meta)),
                 },
             );
             fix.set_hard_state(
@@ -323,16 +327,33 @@ impl DataDir {
                 },
             );
         }
-        Ok((init, state))
+        Ok(fix)
     }
 }
 
-/// The WAL as recovery reads it.
-struct WalLog<'a>(&'a tessera_wal::Wal);
+/// The data directory and its WAL as a restart reads them.
+struct NodeDisk<'a> {
+    dir: &'a DataDir,
+    wal: &'a tessera_wal::Wal,
+}
 
-impl DurableLog for WalLog<'_> {
+impl DurableStore for NodeDisk<'_> {
+    fn snapshot_ranges(&self) -> Result<Vec<RangeId>, String> {
+        self.dir.snapshot_ranges().map_err(|e| e.to_string())
+    }
+
+    fn read_snapshot(&self, range: RangeId) -> Result<Snapshot, String> {
+        self.dir.read_snapshot(range).map_err(|e| e.to_string())
+    }
+
+    fn log_groups(&self) -> Vec<RangeId> {
+        self.wal.groups()
+    }
+}
+
+impl DurableLog for NodeDisk<'_> {
     fn hard_state(&self, range: RangeId) -> Option<HardState> {
-        self.0.hard_state(range).map(|h| HardState {
+        self.wal.hard_state(range).map(|h| HardState {
             term: h.term,
             vote: h.vote,
             commit: h.commit,
@@ -340,23 +361,23 @@ impl DurableLog for WalLog<'_> {
     }
 
     fn compacted(&self, range: RangeId) -> Result<Option<(u64, u64)>, String> {
-        self.0
+        self.wal
             .compaction_point(range)
             .map(|c| c.map(|c| (c.index, c.term)))
             .map_err(|e| e.to_string())
     }
 
     fn first_index(&self, range: RangeId) -> Option<u64> {
-        self.0.first_index(range)
+        self.wal.first_index(range)
     }
 
     fn last_index(&self, range: RangeId) -> Option<u64> {
-        self.0.last_index(range)
+        self.wal.last_index(range)
     }
 
     fn entries(&self, range: RangeId, lo: u64, hi: u64) -> Result<Vec<(u64, u64, Bytes)>, String> {
         let es = self
-            .0
+            .wal
             .entries(range, lo, hi, 16 << 20)
             .map_err(|e| e.to_string())?;
         // Copied out of the map: the Raft core keeps them for a long time.

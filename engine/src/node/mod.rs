@@ -463,45 +463,7 @@ impl Node {
             }
             datadir.mark_bootstrapped()?;
         } else if let Some(wal) = &wal {
-            let mut fix = tessera_wal::LogBatch::new();
-            let with_files = datadir.snapshot_ranges()?;
-            for &range in &with_files {
-                let (init, state) = datadir.recover_replica(wal, range, &mut fix)?;
-                store
-                    .add_replica(range, init, state)
-                    .map_err(|e| NodeError::Config(e.to_string()))?;
-            }
-            // A group with a hard state and no snapshot file is an
-            // uninitialized replica (it may have voted): it comes back as one.
-            for range in wal.groups() {
-                if with_files.contains(&range) {
-                    continue;
-                }
-                // An uninitialized replica never holds entries or a
-                // compaction point (it gets them with a snapshot, whose
-                // file is written first). A group that has them lost its
-                // file: coming back empty, it could vote against entries
-                // this node acknowledged.
-                let compacted = wal
-                    .compaction_point(range)
-                    .map_err(|e| NodeError::Config(format!("range {range}: {e}")))?;
-                if wal.first_index(range).is_some() || compacted.is_some() {
-                    return Err(NodeError::Config(format!(
-                        "range {range}: the WAL holds its records but its snapshot file is \
-                         missing from the data directory; refusing to start"
-                    )));
-                }
-                if let Some(h) = wal.hard_state(range) {
-                    store.add_uninitialized_replica(
-                        range,
-                        crate::raft::HardState {
-                            term: h.term,
-                            vote: h.vote,
-                            commit: 0,
-                        },
-                    );
-                }
-            }
+            let fix = datadir.recover(wal, &mut store)?;
             if !fix.is_empty() {
                 wal.write(fix)?;
             }

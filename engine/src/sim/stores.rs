@@ -15,8 +15,8 @@
 //! range's stand-in). A write so refused was not applied and is sent again on
 //! the new route, so splits are invisible to the history's model.
 //!
-//! Recovery after a crash goes through [`rebuild_replica`], the function the
-//! node runtime uses, over the model's durable state. A crash in the middle of
+//! Recovery after a crash goes through [`recover_store`], the function the
+//! node starts with, over the model's durable state. A crash in the middle of
 //! applying needs no separate case: applied state is never stored outside
 //! snapshots, so every crash point is "between two events" for it.
 //!
@@ -39,7 +39,7 @@ use super::linearizability::{self, Input, Op, Output};
 use crate::raft::{HardState, NodeId, Rng, Snapshot};
 use crate::range::{ApplyResult, Command, RangeDescriptor, RangeId};
 use crate::store::codec::{decode_batch, encode_batch};
-use crate::store::recovery::{DurableLog, log_rewrite, rebuild_replica};
+use crate::store::recovery::{DurableLog, DurableStore, RecoveredRewrite, recover_store};
 use crate::store::{
     META_RANGE, ReadConsistency, ReadOp, Reply, ReqId, Request, SnapshotKind, Store, StoreConfig,
     StoreError, StoreReady, WriteBatch, cluster_layout, initial_replica,
@@ -183,6 +183,21 @@ impl MemDisk {
                 }
             }
         }
+    }
+}
+
+impl DurableStore for MemDisk {
+    fn snapshot_ranges(&self) -> Result<Vec<RangeId>, String> {
+        Ok(self.snapshots.keys().copied().collect())
+    }
+    fn read_snapshot(&self, range: RangeId) -> Result<Snapshot, String> {
+        self.snapshots
+            .get(&range)
+            .cloned()
+            .ok_or_else(|| format!("range {range}: no snapshot"))
+    }
+    fn log_groups(&self) -> Vec<RangeId> {
+        self.wal.keys().copied().collect()
     }
 }
 
@@ -1210,26 +1225,15 @@ impl World {
             sc.raft.bugs = self.opts.bugs;
         }
         let mut store = Store::new(sc, &node.disk.peers);
-        let mut rewrites = Vec::new();
-        for (&range, snap) in &node.disk.snapshots {
-            let (init, state) = rebuild_replica(range, snap.clone(), &node.disk)
-                .map_err(|e| fail("recovery", format!("node {n}: {e}")))?;
-            rewrites.extend(log_rewrite(range, &init, &node.disk).map(|rw| (range, rw)));
-            store
-                .add_replica(range, init, state)
-                .map_err(|e| fail("recovery", format!("node {n}: {e}")))?;
-        }
-        // As the node does: groups with a hard state and no snapshot file
-        // come back uninitialized.
-        for (&range, g) in &node.disk.wal {
-            if !node.disk.snapshots.contains_key(&range)
-                && let Some(hs) = g.hard_state
-            {
-                store.add_uninitialized_replica(range, hs);
-            }
-        }
-        // As the node does: the rewrites are durable before the store runs.
-        for (range, rw) in rewrites {
+        // The node's own start: replicas from their snapshots and the log,
+        // the other groups uninitialized, and the rewrites durable before
+        // the store runs.
+        let rewrites = recover_store(&mut store, &node.disk)
+            .map_err(|e| fail("recovery", format!("node {n}: {e}")))?;
+        for RecoveredRewrite {
+            range, rewrite: rw, ..
+        } in rewrites
+        {
             let mut ops = Vec::new();
             if rw.replace_log {
                 ops.push(WalOp::Remove(range));

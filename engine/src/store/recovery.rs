@@ -17,10 +17,11 @@
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::raft::{Entry, HardState, InitialState, Snapshot};
+use crate::raft::{Entry, HardState, InitialState, Snapshot, SnapshotMeta};
 use crate::range::{RangeId, RangeState};
 
 use super::codec::{CodecError, decode_payload};
+use super::core::Store;
 
 /// What recovery reads of one group's durable log.
 pub trait DurableLog {
@@ -33,6 +34,85 @@ pub trait DurableLog {
     /// Entries `[lo, hi)` as (index, term, payload); may return fewer (a
     /// byte budget), never a gap.
     fn entries(&self, range: RangeId, lo: u64, hi: u64) -> Result<Vec<(u64, u64, Bytes)>, String>;
+}
+
+/// A node's disk as a restart reads it: its snapshot files and its log.
+pub trait DurableStore: DurableLog {
+    /// Ranges that have a snapshot file.
+    fn snapshot_ranges(&self) -> Result<Vec<RangeId>, String>;
+    fn read_snapshot(&self, range: RangeId) -> Result<Snapshot, String>;
+    /// Every group the log holds records of.
+    fn log_groups(&self) -> Vec<RangeId>;
+}
+
+/// One group's log as a restart must rewrite it (see [`log_rewrite`]),
+/// with the meta of the snapshot it is compacted to.
+#[derive(Debug, Clone)]
+pub struct RecoveredRewrite {
+    pub range: RangeId,
+    pub rewrite: LogRewrite,
+    pub meta: SnapshotMeta,
+}
+
+/// Puts back into `store` (new, empty) every replica a restarted node
+/// held: a range with a snapshot file from it and the log after it
+/// ([`rebuild_replica`]); a group the log knows without one as an
+/// uninitialized replica with its hard state (it may have voted). The node
+/// and the simulator both start this way. The returned rewrites must be
+/// durable before the store runs.
+pub fn recover_store(
+    store: &mut Store,
+    disk: &impl DurableStore,
+) -> Result<Vec<RecoveredRewrite>, RecoveryError> {
+    let mut rewrites = Vec::new();
+    let with_files = disk
+        .snapshot_ranges()
+        .map_err(|why| RecoveryError::Disk { why })?;
+    for &range in &with_files {
+        let snapshot = disk
+            .read_snapshot(range)
+            .map_err(|why| RecoveryError::Disk { why })?;
+        let (init, state) = rebuild_replica(range, snapshot, disk)?;
+        if let Some(rewrite) = log_rewrite(range, &init, disk) {
+            rewrites.push(RecoveredRewrite {
+                range,
+                rewrite,
+                meta: init.snapshot.meta.clone(),
+            });
+        }
+        store
+            .add_replica(range, init, state)
+            .map_err(|e| RecoveryError::Replica {
+                range,
+                why: e.to_string(),
+            })?;
+    }
+    for range in disk.log_groups() {
+        if with_files.contains(&range) {
+            continue;
+        }
+        // An uninitialized replica never holds entries or a compaction
+        // point (it gets them with a snapshot, whose file is written
+        // first). A group that has them lost its file: coming back empty,
+        // it could vote against entries this node acknowledged.
+        let compacted = disk
+            .compacted(range)
+            .map_err(|why| RecoveryError::Log { range, why })?;
+        if disk.first_index(range).is_some() || compacted.is_some() {
+            return Err(RecoveryError::SnapshotMissing { range });
+        }
+        if let Some(h) = disk.hard_state(range) {
+            store.add_uninitialized_replica(
+                range,
+                HardState {
+                    term: h.term,
+                    vote: h.vote,
+                    commit: 0,
+                },
+            );
+        }
+    }
+    Ok(rewrites)
 }
 
 /// Why a replica could not be rebuilt.
@@ -55,6 +135,15 @@ pub enum RecoveryError {
         #[source]
         source: CodecError,
     },
+    #[error("{why}")]
+    Disk { why: String },
+    #[error(
+        "range {range}: the log holds its records but its snapshot file is missing; \
+         refusing to start"
+    )]
+    SnapshotMissing { range: RangeId },
+    #[error("range {range}: {why}")]
+    Replica { range: RangeId, why: String },
 }
 
 /// Rebuilds replica `range` from `snapshot` and the entries of `log` after it.
