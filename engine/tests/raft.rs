@@ -18,8 +18,9 @@ struct Net {
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Messages sent, by kind.
     sent: BTreeMap<&'static str, usize>,
-    /// Entries sent in appends, by destination, one count per append.
-    appended: BTreeMap<NodeId, Vec<usize>>,
+    /// Indices of the entries sent in appends, by destination, one list per
+    /// append.
+    appended: BTreeMap<NodeId, Vec<Vec<u64>>>,
     /// Nodes whose disk is slow: what they persist waits for `release`.
     slow: BTreeSet<NodeId>,
     held: BTreeMap<NodeId, Vec<HeldWrite>>,
@@ -81,7 +82,10 @@ impl Net {
             for m in rd.messages.iter().chain(&rd.persisted_messages) {
                 *self.sent.entry(m.kind()).or_default() += 1;
                 if let MessageBody::Append { entries, .. } = &m.body {
-                    self.appended.entry(m.to).or_default().push(entries.len());
+                    self.appended
+                        .entry(m.to)
+                        .or_default()
+                        .push(entries.iter().map(|e| e.index).collect());
                 }
             }
             self.queue.extend(rd.messages);
@@ -120,7 +124,21 @@ impl Net {
     fn appends_with_entries(&self, id: NodeId) -> usize {
         self.appended
             .get(&id)
-            .map_or(0, |v| v.iter().filter(|&&n| n > 0).count())
+            .map_or(0, |v| v.iter().filter(|a| !a.is_empty()).count())
+    }
+
+    /// Entries sent to `id` again, counted once per extra copy.
+    fn entries_sent_again(&self, id: NodeId) -> usize {
+        let sent: Vec<u64> = self
+            .appended
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        let distinct: BTreeSet<u64> = sent.iter().copied().collect();
+        sent.len() - distinct.len()
     }
 
     /// Delivers messages until the network is quiet.
@@ -538,11 +556,25 @@ fn a_follower_slow_to_sync_is_not_sent_its_window_again_but_one_that_lost_it_is(
         "the slow follower was sent its window again"
     );
     // Its acknowledgements could have been lost, so the leader does probe
-    // in the end.
+    // in the end...
     for _ in 0..4 {
         net.tick_all();
     }
     assert!(net.appends_with_entries(2) > sent + 1, "never probed again");
+    let again = net.entries_sent_again(2);
+    // ...and, probing a follower that still holds what it was sent, sends
+    // it only what is new (the proposals in between), and the whole log
+    // again only once its patience runs out.
+    for i in 0..election - 2 {
+        net.raft(1).propose(Bytes::from(format!("p{i}"))).unwrap();
+        net.drain(1);
+        net.tick_all();
+    }
+    assert_eq!(
+        net.entries_sent_again(2),
+        again,
+        "entries it holds were sent to it again"
+    );
     net.release(2);
     net.settle();
     let last = net.nodes[&1].last_index();

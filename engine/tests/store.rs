@@ -754,6 +754,46 @@ fn a_leader_woken_in_a_minority_steps_down_within_one_election_timeout() {
 }
 
 #[test]
+fn a_cut_off_leader_woken_by_votes_it_ignores_stays_awake_and_steps_down() {
+    // The leader still hears its followers but they no longer hear it, and
+    // they cannot elect each other: their pre-votes wake it again and
+    // again, and it ignores them (it leads). Were it allowed to go back to
+    // sleep after each, restarting its check-quorum every time, it would
+    // never reach a check and would hold the range for ever.
+    let mut sim = Sim::new(1, |_| {});
+    sim.run_until_quiesced(200);
+    let range = FIRST_USER_RANGE;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let followers = sim.followers(range, leader);
+    let [a, b] = followers[..] else {
+        panic!("two followers: {followers:?}")
+    };
+    for f in [a, b] {
+        sim.cut.insert((leader, f));
+    }
+    sim.cut.insert((a, b));
+    sim.cut.insert((b, a));
+    let election = sim.store(leader).config().raft.election_ticks as usize;
+    let mut stepped_down = false;
+    for _ in 0..8 * election {
+        sim.tick();
+        if !sim
+            .store(leader)
+            .replica_raft(range)
+            .is_some_and(|r| r.is_leader())
+        {
+            stepped_down = true;
+            break;
+        }
+    }
+    assert!(
+        stepped_down,
+        "the cut-off leader held on for {} ticks",
+        8 * election
+    );
+}
+
+#[test]
 fn losing_a_node_wakes_only_its_ranges_a_few_per_tick() {
     const WAKE_MAX: u64 = 8;
     let mut sim = Sim::new(200, |c| c.wake_per_tick_max = WAKE_MAX as usize);

@@ -157,7 +157,11 @@ impl Raft {
     /// after waking would count them, and a leader woken cut off from its
     /// followers would stay up to two election timeouts. The next check
     /// comes one full election timeout from now and counts only what is
-    /// heard from here on. (Lease reads do not rest on these marks.)
+    /// heard from here on. (Lease reads do not rest on these marks.) The
+    /// host must not put the group to sleep again before a quorum answered
+    /// ([`Raft::quorum_heard`]): a cut-off leader woken, idle and asleep
+    /// again and again (say, by vote requests it ignores) would never reach
+    /// a check.
     pub fn restart_quorum_check(&mut self) {
         if !self.is_leader() {
             return;
@@ -168,17 +172,24 @@ impl Raft {
         }
     }
 
-    /// Whether a quorum was heard from since the last check; resets the marks.
-    pub(super) fn check_quorum_active(&mut self) -> bool {
+    /// Whether a quorum of voters answered this leader since the last
+    /// check-quorum (or [`Raft::restart_quorum_check`]).
+    pub fn quorum_heard(&self) -> bool {
         let me = self.id;
         let progress = &self.progress;
         let result = joint_vote(&self.conf.voters, &self.conf.voters_outgoing, |id| {
             Some(id == me || progress.get(&id).is_some_and(|p| p.recent_active))
         });
+        result == VoteResult::Won
+    }
+
+    /// Whether a quorum was heard from since the last check; resets the marks.
+    pub(super) fn check_quorum_active(&mut self) -> bool {
+        let heard = self.quorum_heard();
         for p in self.progress.values_mut() {
             p.recent_active = false;
         }
-        result == VoteResult::Won
+        heard
     }
 
     /// Starts an election at once rather than after an election timeout, if

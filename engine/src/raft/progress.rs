@@ -133,6 +133,7 @@ impl Progress {
         self.next = self.matched + 1;
         self.probe_sent = false;
         self.inflights.reset();
+        self.stalled_heartbeats = 0;
     }
 
     pub fn become_snapshot(&mut self, index: Index) {

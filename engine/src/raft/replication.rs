@@ -300,28 +300,56 @@ impl Raft {
         };
         pr.recent_active = true;
         pr.read_seq_acked = pr.read_seq_acked.max(read_seq);
+        // Stalls are counted once per heartbeat round of the clock: the
+        // rounds ReadIndex adds between ticks would make any patience short.
+        let new_round = sent_tick > pr.heartbeat_tick_acked;
         pr.heartbeat_tick_acked = pr.heartbeat_tick_acked.max(sent_tick);
         let matched = pr.matched;
         let mut resend = false;
         match pr.state {
-            // A lost probe is retried at heartbeat pace.
-            ProgressState::Probe => {
-                pr.probe_sent = false;
-                resend = pr.matched < last_index;
+            // A probe need not carry what the follower already holds of
+            // this leader's log (durable or not), only what follows. If it
+            // holds the whole log, only its disk is slow to make it
+            // durable: sending it again would load the one replica least
+            // able to take it, so the probe waits (and so do the probes new
+            // proposals would send), but not for ever, as its answers could
+            // have been lost.
+            ProgressState::Probe if pr.matched < last_index => {
+                let holds = holds.min(last_index);
+                if holds >= pr.next {
+                    pr.next = holds + 1;
+                }
+                if pr.next <= last_index {
+                    pr.probe_sent = false;
+                    resend = true;
+                } else {
+                    if new_round {
+                        pr.stalled_heartbeats += 1;
+                    }
+                    if pr.stalled_heartbeats >= patience_if_held {
+                        pr.stalled_heartbeats = 0;
+                        pr.next = pr.matched + 1;
+                        pr.probe_sent = false;
+                        resend = true;
+                    } else {
+                        pr.probe_sent = true;
+                    }
+                }
             }
+            ProgressState::Probe => pr.probe_sent = false,
             // A window that stopped draining lost messages: probe again.
-            // Unless the follower holds every entry sent and its disk is
-            // only slow to make them durable: probing would send the window
-            // again to the one replica least able to take it. Its answers
-            // could have been lost too, so that wait is bounded as well.
+            // Unless the follower holds every entry sent before this
+            // heartbeat (the same slow disk as above), which waits longer.
             ProgressState::Replicate if pr.inflights.count() > 0 => {
                 if pr.matched == pr.matched_at_heartbeat {
-                    pr.stalled_heartbeats += 1;
+                    if new_round {
+                        pr.stalled_heartbeats += 1;
+                    }
                     let sent = match pr.heartbeat_sent {
                         (tick, next) if tick == sent_tick => next,
                         _ => pr.next,
                     };
-                    let holds_all_sent = holds + 1 >= sent;
+                    let holds_all_sent = holds.saturating_add(1) >= sent;
                     let patience = if holds_all_sent { patience_if_held } else { 2 };
                     if pr.stalled_heartbeats >= patience {
                         pr.become_probe();

@@ -116,7 +116,7 @@ fn decode_conf_change(b: &[u8]) -> Result<ConfChange, CodecError> {
 // ----- Message batches between nodes -----
 
 /// Version byte in front of every batch archive.
-const BATCH_VERSION: u8 = 2;
+const BATCH_VERSION: u8 = 3;
 
 /// What a node sends another node in one loop iteration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -84,6 +84,10 @@ impl Replica {
             || raft.uncommitted_bytes() > 0
             // A transfer must finish or time out, which takes ticks.
             || raft.transferring_to().is_some()
+            // Woken, it stays awake until a quorum answered it: a leader cut
+            // off from its followers then ticks on to its check-quorum and
+            // steps down, however often it is woken.
+            || !raft.quorum_heard()
         {
             return false;
         }
