@@ -315,14 +315,21 @@ impl Raft {
             // proposals would send), but not for ever, as its answers could
             // have been lost.
             ProgressState::Probe if pr.matched < last_index => {
-                let holds = holds.min(last_index);
-                if holds >= pr.next {
-                    pr.next = holds + 1;
-                }
-                if pr.next <= last_index {
+                if holds < last_index {
+                    // Decided on this answer, not on an earlier one: a
+                    // follower that lost its unsynced tail in a crash holds
+                    // less than it said before. (`holds` at or below the
+                    // match says nothing: the probe goes on from where the
+                    // rejection hints put it.)
+                    if holds > pr.matched {
+                        pr.next = holds + 1;
+                    } else if pr.next > last_index {
+                        pr.next = pr.matched + 1;
+                    }
                     pr.probe_sent = false;
                     resend = true;
                 } else {
+                    pr.next = last_index + 1;
                     if new_round {
                         pr.stalled_heartbeats += 1;
                     }
