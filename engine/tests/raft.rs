@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use tessera_engine::raft::{
     ConfChange, ConfChangeStep, Config, Entry, EntryPayload, InitialState, Message, MessageBody,
-    NodeId, ProposeError, Raft, ReadMode, ReadState, Role,
+    NodeId, ProgressState, ProposeError, Raft, ReadMode, ReadState, Role,
 };
 
 /// A few replicas with instant, reliable disks and a hand-driven network.
@@ -600,6 +600,56 @@ fn a_follower_slow_to_sync_is_not_sent_its_window_again_but_one_that_lost_it_is(
         net.nodes[&1].progress(3).unwrap().matched,
         net.nodes[&1].last_index()
     );
+}
+
+#[test]
+fn a_waiting_probe_goes_out_at_once_when_the_follower_no_longer_holds_the_log() {
+    // Node 2 holds the whole log but is slow to sync it, so the leader's
+    // probe to it waits. Then it crashes and loses the unsynced tail: its
+    // next heartbeat answer holds nothing of this term, and the probe must
+    // go out then, not after the leader's patience.
+    let mut net = Net::new(3);
+    net.elect(1);
+    let election = config(1).election_ticks as usize;
+    net.slow.insert(2);
+    net.raft(1).propose(Bytes::from_static(b"a")).unwrap();
+    net.drain(1);
+    net.settle();
+    for _ in 0..election + 2 {
+        net.tick_all();
+    }
+    let pr = net.nodes[&1].progress(2).unwrap();
+    assert_eq!(
+        pr.state,
+        ProgressState::Probe,
+        "the slow follower is probed"
+    );
+    let (matched, acked) = (pr.matched, pr.heartbeat_tick_acked);
+    net.tick_all();
+    let waiting = net.appends_with_entries(2);
+    net.tick_all();
+    assert_eq!(net.appends_with_entries(2), waiting, "the probe waits");
+    let term = net.nodes[&1].term();
+    net.raft(1).step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::HeartbeatResponse {
+            read_seq: 0,
+            sent_tick: acked,
+            holds: 0,
+        },
+    });
+    net.drain(1);
+    let probe = net
+        .queue
+        .iter()
+        .find(|m| m.to == 2 && m.kind() == "Append")
+        .expect("a probe goes out at once");
+    let MessageBody::Append { prev_index, .. } = &probe.body else {
+        unreachable!()
+    };
+    assert_eq!(*prev_index, matched, "from what the follower still has");
 }
 
 #[test]
