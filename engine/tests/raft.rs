@@ -120,6 +120,20 @@ impl Net {
         self.drain(id);
     }
 
+    /// `id`'s disk finishes its oldest unfinished write (and stays slow).
+    fn release_one(&mut self, id: NodeId) {
+        let held = self.held.entry(id).or_default();
+        if held.is_empty() {
+            return;
+        }
+        let (point, msgs) = held.remove(0);
+        if let Some((index, term)) = point {
+            self.raft(id).on_persisted(index, term);
+        }
+        self.queue.extend(msgs);
+        self.drain(id);
+    }
+
     /// Appends carrying entries sent to `id` so far.
     fn appends_with_entries(&self, id: NodeId) -> usize {
         self.appended
@@ -650,6 +664,43 @@ fn a_waiting_probe_goes_out_at_once_when_the_follower_no_longer_holds_the_log() 
         unreachable!()
     };
     assert_eq!(*prev_index, matched, "from what the follower still has");
+}
+
+#[test]
+fn a_slow_follower_acknowledging_part_of_what_it_holds_is_not_sent_the_rest_again() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    let election = config(1).election_ticks as usize;
+    net.slow.insert(2);
+    for p in [&b"a"[..], b"b", b"c"] {
+        net.raft(1).propose(Bytes::copy_from_slice(p)).unwrap();
+        net.drain(1);
+        net.settle();
+    }
+    // Patience runs out: the leader probes it once, from its match.
+    for _ in 0..election + 2 {
+        net.tick_all();
+    }
+    assert_eq!(
+        net.nodes[&1].progress(2).unwrap().state,
+        ProgressState::Probe
+    );
+    let again = net.entries_sent_again(2);
+    // Its disk finishes the first of its writes: it acknowledges part of
+    // what it holds, and the leader streams on after what it holds.
+    net.release_one(2);
+    net.settle();
+    assert_eq!(
+        net.nodes[&1].progress(2).unwrap().state,
+        ProgressState::Replicate
+    );
+    assert_eq!(net.entries_sent_again(2), again, "sent what it holds again");
+    net.release(2);
+    net.settle();
+    assert_eq!(
+        net.nodes[&1].progress(2).unwrap().matched,
+        net.nodes[&1].last_index()
+    );
 }
 
 #[test]

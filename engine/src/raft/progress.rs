@@ -94,6 +94,9 @@ pub struct Progress {
     /// follower should hold by the time it answers (appends and heartbeats
     /// travel in order).
     pub heartbeat_sent: (u64, Index),
+    /// How far the follower said, in its last heartbeat answer, that it
+    /// holds this leader's log (durable or not).
+    pub holds: Index,
 }
 
 impl Progress {
@@ -113,6 +116,7 @@ impl Progress {
             matched_at_heartbeat: 0,
             stalled_heartbeats: 0,
             heartbeat_sent: (0, 0),
+            holds: 0,
         }
     }
 

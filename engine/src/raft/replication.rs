@@ -157,7 +157,16 @@ impl Raft {
         let was_paused = pr.paused(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
         let advanced = pr.ack(index);
         match pr.state {
-            ProgressState::Probe if pr.matched == index => pr.become_replicate(),
+            ProgressState::Probe if pr.matched == index => {
+                pr.become_replicate();
+                // Stream on from what it holds, not from what it made
+                // durable (a slow disk acknowledging part of what it
+                // holds). If it lost that since, the append is refused and
+                // the probe starts again.
+                if pr.holds > pr.matched {
+                    pr.next = pr.holds + 1;
+                }
+            }
             ProgressState::Snapshot { index: snap } if pr.matched >= snap => pr.become_probe(),
             _ => {}
         }
@@ -304,6 +313,7 @@ impl Raft {
         // rounds ReadIndex adds between ticks would make any patience short.
         let new_round = sent_tick > pr.heartbeat_tick_acked;
         pr.heartbeat_tick_acked = pr.heartbeat_tick_acked.max(sent_tick);
+        pr.holds = holds.min(last_index);
         let matched = pr.matched;
         let mut resend = false;
         match pr.state {
@@ -347,7 +357,10 @@ impl Raft {
             // A window that stopped draining lost messages: probe again.
             // Unless the follower holds every entry sent before this
             // heartbeat (the same slow disk as above), which waits longer.
-            ProgressState::Replicate if pr.inflights.count() > 0 => {
+            // (Nothing in flight, but `next` past the match: streaming went
+            // on from what the follower held, which it has yet to make
+            // durable.)
+            ProgressState::Replicate if pr.inflights.count() > 0 || pr.matched + 1 < pr.next => {
                 if pr.matched == pr.matched_at_heartbeat {
                     if new_round {
                         pr.stalled_heartbeats += 1;
