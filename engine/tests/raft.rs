@@ -134,6 +134,26 @@ impl Net {
         self.drain(id);
     }
 
+    /// Node 1 leads; node 2's disk is slow and holds the write of each of
+    /// `proposals`, which node 1 proposed and sent.
+    fn with_slow_follower(proposals: &[&[u8]]) -> Net {
+        let mut net = Net::new(3);
+        net.elect(1);
+        net.slow.insert(2);
+        for p in proposals {
+            net.raft(1).propose(Bytes::copy_from_slice(p)).unwrap();
+            net.drain(1);
+            net.settle();
+        }
+        net
+    }
+
+    /// Whether the leader (node 1) knows `id` holds its whole log durably.
+    fn caught_up(&self, id: NodeId) -> bool {
+        let leader = &self.nodes[&1];
+        leader.progress(id).unwrap().matched == leader.last_index()
+    }
+
     /// Appends carrying entries sent to `id` so far.
     fn appends_with_entries(&self, id: NodeId) -> usize {
         self.appended
@@ -549,12 +569,10 @@ fn a_new_leader_serves_reads_only_after_committing_in_its_term() {
 
 #[test]
 fn a_follower_slow_to_sync_is_not_sent_its_window_again_but_one_that_lost_it_is() {
-    let mut net = Net::new(3);
-    net.elect(1);
-    let election = config(1).election_ticks as usize;
     // Node 2 receives the entry but its disk does not finish the write.
+    let mut net = Net::with_slow_follower(&[]);
+    let election = config(1).election_ticks as usize;
     let sent = net.appends_with_entries(2);
-    net.slow.insert(2);
     net.raft(1).propose(Bytes::from_static(b"a")).unwrap();
     net.drain(1);
     net.settle();
@@ -591,8 +609,7 @@ fn a_follower_slow_to_sync_is_not_sent_its_window_again_but_one_that_lost_it_is(
     );
     net.release(2);
     net.settle();
-    let last = net.nodes[&1].last_index();
-    assert_eq!(net.nodes[&1].progress(2).unwrap().matched, last);
+    assert!(net.caught_up(2));
 
     // Node 3 loses an append: after two heartbeats it is sent again.
     let before = net.appends_with_entries(3);
@@ -610,10 +627,7 @@ fn a_follower_slow_to_sync_is_not_sent_its_window_again_but_one_that_lost_it_is(
         before + 2,
         "the lost append is sent again"
     );
-    assert_eq!(
-        net.nodes[&1].progress(3).unwrap().matched,
-        net.nodes[&1].last_index()
-    );
+    assert!(net.caught_up(3));
 }
 
 #[test]
@@ -622,13 +636,8 @@ fn a_waiting_probe_goes_out_at_once_when_the_follower_no_longer_holds_the_log() 
     // probe to it waits. Then it crashes and loses the unsynced tail: its
     // next heartbeat answer holds nothing of this term, and the probe must
     // go out then, not after the leader's patience.
-    let mut net = Net::new(3);
-    net.elect(1);
+    let mut net = Net::with_slow_follower(&[b"a"]);
     let election = config(1).election_ticks as usize;
-    net.slow.insert(2);
-    net.raft(1).propose(Bytes::from_static(b"a")).unwrap();
-    net.drain(1);
-    net.settle();
     for _ in 0..election + 2 {
         net.tick_all();
     }
@@ -668,15 +677,8 @@ fn a_waiting_probe_goes_out_at_once_when_the_follower_no_longer_holds_the_log() 
 
 #[test]
 fn a_slow_follower_acknowledging_part_of_what_it_holds_is_not_sent_the_rest_again() {
-    let mut net = Net::new(3);
-    net.elect(1);
+    let mut net = Net::with_slow_follower(&[b"a", b"b", b"c"]);
     let election = config(1).election_ticks as usize;
-    net.slow.insert(2);
-    for p in [&b"a"[..], b"b", b"c"] {
-        net.raft(1).propose(Bytes::copy_from_slice(p)).unwrap();
-        net.drain(1);
-        net.settle();
-    }
     // Patience runs out: the leader probes it once, from its match.
     for _ in 0..election + 2 {
         net.tick_all();
@@ -697,10 +699,7 @@ fn a_slow_follower_acknowledging_part_of_what_it_holds_is_not_sent_the_rest_agai
     assert_eq!(net.entries_sent_again(2), again, "sent what it holds again");
     net.release(2);
     net.settle();
-    assert_eq!(
-        net.nodes[&1].progress(2).unwrap().matched,
-        net.nodes[&1].last_index()
-    );
+    assert!(net.caught_up(2));
 }
 
 #[test]
