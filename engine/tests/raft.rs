@@ -697,9 +697,52 @@ fn a_slow_follower_acknowledging_part_of_what_it_holds_is_not_sent_the_rest_agai
         ProgressState::Replicate
     );
     assert_eq!(net.entries_sent_again(2), again, "sent what it holds again");
+    // A new entry goes out alone, after what it holds.
+    let last = net.nodes[&1].last_index();
+    net.raft(1).propose(Bytes::from_static(b"d")).unwrap();
+    net.drain(1);
+    assert_eq!(net.appended[&2].last(), Some(&vec![last + 1]));
+    net.settle();
     net.release(2);
     net.settle();
     assert!(net.caught_up(2));
+}
+
+#[test]
+fn a_follower_streamed_to_past_its_match_that_lost_its_tail_is_probed_at_once() {
+    let mut net = Net::with_slow_follower(&[b"a", b"b", b"c"]);
+    let election = config(1).election_ticks as usize;
+    for _ in 0..election + 2 {
+        net.tick_all();
+    }
+    net.release_one(2);
+    net.settle();
+    let pr = net.nodes[&1].progress(2).unwrap();
+    assert_eq!(pr.state, ProgressState::Replicate);
+    assert!(pr.next > pr.matched + 1, "streaming on from what it holds");
+    let (matched, acked) = (pr.matched, pr.heartbeat_tick_acked);
+    // It crashed and kept only what it had made durable.
+    let term = net.nodes[&1].term();
+    net.raft(1).step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::HeartbeatResponse {
+            read_seq: 0,
+            sent_tick: acked,
+            holds: matched,
+        },
+    });
+    net.drain(1);
+    let probe = net
+        .queue
+        .iter()
+        .find(|m| m.to == 2 && m.kind() == "Append")
+        .expect("a probe goes out at once");
+    let MessageBody::Append { prev_index, .. } = &probe.body else {
+        unreachable!()
+    };
+    assert_eq!(*prev_index, matched);
 }
 
 #[test]

@@ -361,7 +361,13 @@ impl Raft {
             // on from what the follower held, which it has yet to make
             // durable.)
             ProgressState::Replicate if pr.inflights.count() > 0 || pr.matched + 1 < pr.next => {
-                if pr.matched == pr.matched_at_heartbeat {
+                if pr.inflights.count() == 0 && holds.saturating_add(1) < pr.next {
+                    // Streaming went on from what the follower said it held,
+                    // nothing is in flight, and now it holds less: it lost
+                    // its unsynced tail. Probe from its match at once.
+                    pr.become_probe();
+                    resend = true;
+                } else if pr.matched == pr.matched_at_heartbeat {
                     if new_round {
                         pr.stalled_heartbeats += 1;
                     }
