@@ -154,6 +154,17 @@ impl Net {
         leader.progress(id).unwrap().matched == leader.last_index()
     }
 
+    /// `id`'s disk catches up, but the answers waiting for it are lost.
+    fn release_losing_answers(&mut self, id: NodeId) {
+        self.slow.remove(&id);
+        for (point, _lost) in self.held.remove(&id).unwrap_or_default() {
+            if let Some((index, term)) = point {
+                self.raft(id).on_persisted(index, term);
+            }
+        }
+        self.drain(id);
+    }
+
     /// Appends carrying entries sent to `id` so far.
     fn appends_with_entries(&self, id: NodeId) -> usize {
         self.appended
@@ -743,6 +754,38 @@ fn a_follower_streamed_to_past_its_match_that_lost_its_tail_is_probed_at_once() 
         unreachable!()
     };
     assert_eq!(*prev_index, matched);
+}
+
+#[test]
+fn a_follower_streamed_to_past_its_match_whose_answers_were_lost_is_probed_after_patience() {
+    let mut net = Net::with_slow_follower(&[b"a", b"b", b"c"]);
+    let election = config(1).election_ticks as usize;
+    for _ in 0..election + 2 {
+        net.tick_all();
+    }
+    net.release_one(2);
+    net.settle();
+    let pr = net.nodes[&1].progress(2).unwrap();
+    assert_eq!(pr.state, ProgressState::Replicate);
+    assert!(pr.next > pr.matched + 1, "streaming on from what it holds");
+    // Its disk catches up, but the acknowledgements are lost: nothing is in
+    // flight, and only the heartbeats' patience brings them back.
+    net.release_losing_answers(2);
+    net.settle();
+    assert!(!net.caught_up(2));
+    let sent = net.appends_with_entries(2);
+    for _ in 0..election - 2 {
+        net.tick_all();
+    }
+    assert_eq!(
+        net.appends_with_entries(2),
+        sent,
+        "probed before its patience ran out"
+    );
+    for _ in 0..4 {
+        net.tick_all();
+    }
+    assert!(net.caught_up(2), "never probed again");
 }
 
 #[test]
