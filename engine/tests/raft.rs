@@ -148,6 +148,51 @@ impl Net {
         net
     }
 
+    /// [`Net::with_slow_follower`] with three entries, once the leader's
+    /// patience ran out and node 2's disk finished its first write: node 2
+    /// is back in Replicate, streamed to from what it holds, past its match.
+    fn streaming_past_a_slow_followers_match() -> Net {
+        let mut net = Net::with_slow_follower(&[b"a", b"b", b"c"]);
+        for _ in 0..config(1).election_ticks + 2 {
+            net.tick_all();
+        }
+        net.release_one(2);
+        net.settle();
+        let pr = net.nodes[&1].progress(2).unwrap();
+        assert_eq!(pr.state, ProgressState::Replicate);
+        assert!(pr.next > pr.matched + 1, "streaming on from what it holds");
+        net
+    }
+
+    /// Node 1 handles a heartbeat answer from node 2 saying it holds `holds`
+    /// (of the last heartbeat round node 2 answered).
+    fn heartbeat_answer_from_2(&mut self, holds: u64) {
+        let leader = &self.nodes[&1];
+        let (term, acked) = (
+            leader.term(),
+            leader.progress(2).unwrap().heartbeat_tick_acked,
+        );
+        self.raft(1).step(Message {
+            from: 2,
+            to: 1,
+            term,
+            body: MessageBody::HeartbeatResponse {
+                read_seq: 0,
+                sent_tick: acked,
+                holds,
+            },
+        });
+        self.drain(1);
+    }
+
+    /// The previous index of the first append queued for node 2, if any.
+    fn probe_to_2(&self) -> Option<u64> {
+        self.queue.iter().find_map(|m| match &m.body {
+            MessageBody::Append { prev_index, .. } if m.to == 2 => Some(*prev_index),
+            _ => None,
+        })
+    }
+
     /// Whether the leader (node 1) knows `id` holds its whole log durably.
     fn caught_up(&self, id: NodeId) -> bool {
         let leader = &self.nodes[&1];
@@ -658,32 +703,17 @@ fn a_waiting_probe_goes_out_at_once_when_the_follower_no_longer_holds_the_log() 
         ProgressState::Probe,
         "the slow follower is probed"
     );
-    let (matched, acked) = (pr.matched, pr.heartbeat_tick_acked);
+    let matched = pr.matched;
     net.tick_all();
     let waiting = net.appends_with_entries(2);
     net.tick_all();
     assert_eq!(net.appends_with_entries(2), waiting, "the probe waits");
-    let term = net.nodes[&1].term();
-    net.raft(1).step(Message {
-        from: 2,
-        to: 1,
-        term,
-        body: MessageBody::HeartbeatResponse {
-            read_seq: 0,
-            sent_tick: acked,
-            holds: 0,
-        },
-    });
-    net.drain(1);
-    let probe = net
-        .queue
-        .iter()
-        .find(|m| m.to == 2 && m.kind() == "Append")
-        .expect("a probe goes out at once");
-    let MessageBody::Append { prev_index, .. } = &probe.body else {
-        unreachable!()
-    };
-    assert_eq!(*prev_index, matched, "from what the follower still has");
+    net.heartbeat_answer_from_2(0);
+    assert_eq!(
+        net.probe_to_2(),
+        Some(matched),
+        "a probe goes out at once, from what the follower still has"
+    );
 }
 
 #[test]
@@ -721,53 +751,17 @@ fn a_slow_follower_acknowledging_part_of_what_it_holds_is_not_sent_the_rest_agai
 
 #[test]
 fn a_follower_streamed_to_past_its_match_that_lost_its_tail_is_probed_at_once() {
-    let mut net = Net::with_slow_follower(&[b"a", b"b", b"c"]);
-    let election = config(1).election_ticks as usize;
-    for _ in 0..election + 2 {
-        net.tick_all();
-    }
-    net.release_one(2);
-    net.settle();
-    let pr = net.nodes[&1].progress(2).unwrap();
-    assert_eq!(pr.state, ProgressState::Replicate);
-    assert!(pr.next > pr.matched + 1, "streaming on from what it holds");
-    let (matched, acked) = (pr.matched, pr.heartbeat_tick_acked);
+    let mut net = Net::streaming_past_a_slow_followers_match();
+    let matched = net.nodes[&1].progress(2).unwrap().matched;
     // It crashed and kept only what it had made durable.
-    let term = net.nodes[&1].term();
-    net.raft(1).step(Message {
-        from: 2,
-        to: 1,
-        term,
-        body: MessageBody::HeartbeatResponse {
-            read_seq: 0,
-            sent_tick: acked,
-            holds: matched,
-        },
-    });
-    net.drain(1);
-    let probe = net
-        .queue
-        .iter()
-        .find(|m| m.to == 2 && m.kind() == "Append")
-        .expect("a probe goes out at once");
-    let MessageBody::Append { prev_index, .. } = &probe.body else {
-        unreachable!()
-    };
-    assert_eq!(*prev_index, matched);
+    net.heartbeat_answer_from_2(matched);
+    assert_eq!(net.probe_to_2(), Some(matched), "a probe goes out at once");
 }
 
 #[test]
 fn a_follower_streamed_to_past_its_match_whose_answers_were_lost_is_probed_after_patience() {
-    let mut net = Net::with_slow_follower(&[b"a", b"b", b"c"]);
+    let mut net = Net::streaming_past_a_slow_followers_match();
     let election = config(1).election_ticks as usize;
-    for _ in 0..election + 2 {
-        net.tick_all();
-    }
-    net.release_one(2);
-    net.settle();
-    let pr = net.nodes[&1].progress(2).unwrap();
-    assert_eq!(pr.state, ProgressState::Replicate);
-    assert!(pr.next > pr.matched + 1, "streaming on from what it holds");
     // Its disk catches up, but the acknowledgements are lost: nothing is in
     // flight, and only the heartbeats' patience brings them back.
     net.release_losing_answers(2);
