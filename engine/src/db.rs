@@ -521,6 +521,91 @@ impl Db {
         }
     }
 
+    /// Changes `range`'s replicas: adds a replica on each node of `add` and
+    /// removes the one on each node of `remove`, in one membership change
+    /// (Raft's joint consensus: the old and the new replica sets both agree
+    /// to every decision until the change is complete). A new replica starts
+    /// empty and catches up from a snapshot of the range; a removed one
+    /// deletes its data once it knows it is out. Returns the range's
+    /// descriptor once the change is applied, and writes it to the meta
+    /// range.
+    ///
+    /// Idempotent: a change already made returns the descriptor. Refused
+    /// with [`DbError::Invalid`] for the meta range, an unknown range, a node
+    /// added that already holds a replica or removed that holds none, or a
+    /// change that would leave no replica. Waits (within the request
+    /// timeout) while another membership change of the range is completing.
+    pub async fn change_replicas(
+        &self,
+        range: RangeId,
+        add: &[NodeId],
+        remove: &[NodeId],
+    ) -> Result<RangeDescriptor, DbError> {
+        self.change_replicas_planned(range, add, remove, None).await
+    }
+
+    /// Moves `range`'s replica on node `from` to node `to`
+    /// ([`change_replicas`](Self::change_replicas) with one of each).
+    pub async fn move_replica(
+        &self,
+        range: RangeId,
+        from: NodeId,
+        to: NodeId,
+    ) -> Result<RangeDescriptor, DbError> {
+        self.change_replicas(range, &[to], &[from]).await
+    }
+
+    /// [`change_replicas`](Self::change_replicas), refused unless the
+    /// range's replica set is still at `conf_ver` (when given): for a plan
+    /// made from a view of the range.
+    pub(crate) async fn change_replicas_planned(
+        &self,
+        range: RangeId,
+        add: &[NodeId],
+        remove: &[NodeId],
+        conf_ver: Option<u64>,
+    ) -> Result<RangeDescriptor, DbError> {
+        if range == META_RANGE {
+            return Err(DbError::Invalid(
+                "the meta range's replicas never change".into(),
+            ));
+        }
+        let desc = match self.ranges().into_iter().find(|d| d.id == range) {
+            Some(d) => d,
+            None => {
+                self.refresh_routes().await?;
+                self.ranges()
+                    .into_iter()
+                    .find(|d| d.id == range)
+                    .ok_or_else(|| DbError::Invalid(format!("no range {range}")))?
+            }
+        };
+        // The leader answers a change it already made with the descriptor,
+        // so a retry after an unclear answer is safe: sent like a read.
+        let reply = self
+            .send(Instant::now(), Some(desc), None, true, |d| {
+                Request::ChangeReplicas {
+                    range: d.id,
+                    epoch: d.epoch,
+                    conf_ver,
+                    add: add.to_vec(),
+                    remove: remove.to_vec(),
+                }
+            })
+            .await?
+            .0;
+        let Reply::Applied(ApplyResult::Replicas(desc)) = reply else {
+            return Err(DbError::Protocol(format!("{reply:?}")));
+        };
+        // The leader publishes too; doing it here means the caller sees the
+        // change in the meta range on return.
+        if let Err(e) = self.publish_descriptor(&desc).await {
+            tracing::warn!(range, error = %e, "replicas changed; the meta range does not show it yet");
+        }
+        merge_route(&mut self.inner.routes.write().by_start, desc.clone());
+        Ok(desc)
+    }
+
     /// Splits the range holding `key` at `key`: that range keeps the keys
     /// below it and a new range takes `key` and the keys above. Returns the
     /// (left, right) descriptors. Idempotent: if a range already starts at
@@ -711,7 +796,7 @@ impl Db {
         loop {
             let current = self.meta_get(&key).await?;
             if let Some(raw) = &current
-                && RangeDescriptor::decode(raw).is_ok_and(|c| c.epoch >= d.epoch)
+                && RangeDescriptor::decode(raw).is_ok_and(|c| c.version() >= d.version())
             {
                 return Ok(());
             }
@@ -1276,7 +1361,16 @@ fn merge_route(by_start: &mut BTreeMap<Bytes, RangeDescriptor>, d: RangeDescript
     };
     let overlapping: Vec<RangeDescriptor> =
         by_start.values().filter(|o| overlaps(o)).cloned().collect();
-    if overlapping.iter().any(|o| o.epoch > d.epoch || *o == d) {
+    // Spans are ordered by epoch; one range's replica sets by conf_ver too.
+    let newer = |o: &RangeDescriptor| {
+        *o == d
+            || if o.id == d.id {
+                o.version() > d.version()
+            } else {
+                o.epoch > d.epoch
+            }
+    };
+    if overlapping.iter().any(newer) {
         return;
     }
     for o in overlapping {
@@ -1331,6 +1425,7 @@ mod tests {
             end: Bytes::copy_from_slice(end.as_bytes()),
             replicas: vec![1, 2, 3],
             epoch,
+            conf_ver: 0,
         }
     }
 

@@ -21,6 +21,7 @@ fn desc() -> RangeDescriptor {
         end: Bytes::from_static(b"d"),
         replicas: vec![1, 2, 3],
         epoch: EPOCH,
+        conf_ver: 0,
     }
 }
 
@@ -368,6 +369,7 @@ fn any_descriptor() -> impl Strategy<Value = RangeDescriptor> {
                 end,
                 replicas,
                 epoch,
+                conf_ver: 0,
             }
         })
 }

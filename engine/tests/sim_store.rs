@@ -29,7 +29,8 @@ fn sim_store() {
          {} snapshots installed, {} quiesced, {} woken, {} entries in {} write batches, \
          {} requests forwarded to leaders ({} given up); {} splits done ({} ranges at the end), \
          {} split-off ranges rebuilt at a restart before their left side replayed the split, \
-         {} uninitialized replicas created for a range's messages (in {} seeds)",
+         {} uninitialized replicas created for a range's messages (in {} seeds), \
+         {} replica moves asked, {} replicas deleted after a move took them out",
         sum(|r| r.ranges as u64),
         sum(|r| r.ops_ok as u64),
         sum(|r| r.ops_unknown as u64),
@@ -50,12 +51,16 @@ fn sim_store() {
             .iter()
             .filter(|r| r.uninitialized_created > 0)
             .count(),
+        sum(|r| r.moves as u64),
+        sum(|r| r.replicas_removed),
     ));
     // Clients that reached a follower had their requests forwarded: the
     // checks above covered forwarding, not only direct requests.
     if seeds >= 20 {
         assert!(sum(|r| r.forwarded) > 0, "no request was forwarded");
         assert!(sum(|r| r.transfers as u64) > 0, "no leadership was moved");
+        // Replicas were moved, and the moved-away ones deleted.
+        assert!(sum(|r| r.replicas_removed) > 0, "no replica was moved away");
         // Ranges were split under the faults: the checks covered splits too.
         assert!(
             sum(|r| r.splits as u64) >= seeds,

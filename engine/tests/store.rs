@@ -1938,12 +1938,14 @@ fn split_descriptors(sim: &Sim, at: &Bytes) -> (RangeDescriptor, RangeDescriptor
     let left = RangeDescriptor {
         end: at.clone(),
         epoch: 2,
+        conf_ver: 0,
         ..old.clone()
     };
     let right = RangeDescriptor {
         id: RHS,
         start: at.clone(),
         epoch: 2,
+        conf_ver: 0,
         ..old
     };
     (left, right)

@@ -261,6 +261,19 @@ impl DataDir {
         write_durably_parts(&self.snapshot_path(range), &[&head, data])
     }
 
+    /// Deletes a removed replica's snapshot file, durably (the directory is
+    /// synced). A file already gone is not an error.
+    pub fn delete_snapshot(&self, range: RangeId) -> Result<(), DataDirError> {
+        let path = self.snapshot_path(range);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&path)(e)),
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    }
+
     /// Reads and verifies a replica's snapshot file.
     pub fn read_snapshot(&self, range: RangeId) -> Result<Snapshot, DataDirError> {
         let path = self.snapshot_path(range);

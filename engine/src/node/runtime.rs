@@ -260,8 +260,12 @@ pub(crate) enum FileJob {
     /// Local snapshots: then their compaction records (their batch went on
     /// without them).
     Compactions(Vec<(RangeId, SnapshotWrite)>),
-    /// A batch with a snapshot the log builds on: then the whole batch.
+    /// A batch with a snapshot the log builds on, or removing groups: then
+    /// the whole batch.
     Ordered(WriteBatch),
+    /// Snapshot files of removed groups to delete (their removal is
+    /// durable); nothing follows.
+    Delete(Vec<RangeId>),
 }
 
 impl FileJob {
@@ -273,6 +277,7 @@ impl FileJob {
                 .iter()
                 .filter_map(|g| g.snapshot.as_ref().map(|s| (g.range, s)))
                 .collect(),
+            FileJob::Delete(_) => Vec::new(),
         }
     }
 }
@@ -426,6 +431,15 @@ async fn run(
             let rd = store.ready();
             // After a storage failure nothing more is written and nothing
             // waiting on a write is ever acknowledged.
+            // Deletions first: a file this batch writes may be a new
+            // replica's of a range removed here before.
+            if !rd.delete_snapshots.is_empty()
+                && lp.failed.is_none()
+                && matches!(io.log, Log::Wal(_))
+            {
+                lp.writes
+                    .delete_snapshots(&io, rd.delete_snapshots, &tx, &counters);
+            }
             if let Some(write) = rd.write
                 && lp.failed.is_none()
             {
@@ -546,9 +560,13 @@ impl Writes {
                 .iter()
                 .filter_map(|g| g.snapshot.as_ref().map(|s| s.kind))
         };
-        if !matches!(io.log, Log::Wal(_)) || snapshot_kinds().next().is_none() {
+        // A removal goes after every file job queued before it: a local
+        // snapshot's compaction record written after it would bring the
+        // removed group back.
+        let removes = !write.removed.is_empty();
+        if !matches!(io.log, Log::Wal(_)) || (snapshot_kinds().next().is_none() && !removes) {
             self.waiting.push_back(Job::Write(write));
-        } else if snapshot_kinds().any(SnapshotKind::orders_the_log) {
+        } else if removes || snapshot_kinds().any(SnapshotKind::orders_the_log) {
             self.waiting.push_back(Job::Files(FileJob::Ordered(write)));
         } else {
             let snaps: Vec<(RangeId, SnapshotWrite)> = write
@@ -559,6 +577,19 @@ impl Writes {
             self.waiting.push_back(Job::Write(write));
             self.queue_compactions(snaps);
         }
+        self.pump(io, tx, counters);
+    }
+
+    /// Queues the deletion of removed groups' snapshot files, behind every
+    /// file job queued before.
+    fn delete_snapshots(
+        &mut self,
+        io: &Io,
+        ranges: Vec<RangeId>,
+        tx: &mpsc::UnboundedSender<Event>,
+        counters: &Arc<RuntimeCounters>,
+    ) {
+        self.waiting.push_back(Job::Files(FileJob::Delete(ranges)));
         self.pump(io, tx, counters);
     }
 
@@ -602,6 +633,7 @@ impl Writes {
         match job {
             FileJob::Ordered(write) => submit(io, write, tx, counters),
             FileJob::Compactions(snaps) => submit_compactions(io, snaps, tx),
+            FileJob::Delete(_) => {}
         }
         self.pump(io, tx, counters);
     }
@@ -676,6 +708,14 @@ fn store_snapshots(
     job: &FileJob,
     counters: &RuntimeCounters,
 ) -> Result<(), String> {
+    if let FileJob::Delete(ranges) = job {
+        for &range in ranges {
+            datadir
+                .delete_snapshot(range)
+                .map_err(|e| format!("range {range}: snapshot delete failed: {e}"))?;
+        }
+        return Ok(());
+    }
     for (range, s) in job.snapshots() {
         // A local snapshot's bytes are made here, off the store loop.
         datadir
@@ -808,6 +848,17 @@ fn submit_wal(
     // most a quarter segment.
     let cap = (wal.config().segment_bytes / WAL_REQUEST_SEGMENT_FRACTION) as usize;
     let mut requests = vec![tessera_wal::LogBatch::new()];
+    for (range, hs) in write.removed {
+        requests[0].remove_group(range);
+        requests[0].set_hard_state(
+            range,
+            tessera_wal::HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: hs.commit,
+            },
+        );
+    }
     for g in write.groups {
         add_group(&mut requests, cap, g, counters)?;
     }
@@ -1106,7 +1157,9 @@ fn control_bytes(c: &Control) -> u64 {
             Request::WriteEncoded { proposal, .. } => proposal.bytes().len(),
             Request::Write { command, .. } => command.payload_bytes(),
             Request::Split { at, .. } => at.len(),
-            Request::Read { .. } | Request::TransferLeader { .. } => 0,
+            Request::Read { .. }
+            | Request::TransferLeader { .. }
+            | Request::ChangeReplicas { .. } => 0,
         },
         Control::ForwardReply { reply, .. } => match reply {
             Ok(Reply::Value(v)) => opt(v),
@@ -1139,6 +1192,7 @@ mod tests {
     fn batch(token: u64) -> WriteBatch {
         WriteBatch {
             token,
+            removed: Vec::new(),
             groups: Vec::new(),
         }
     }
@@ -1327,6 +1381,7 @@ mod tests {
         installed.kind = SnapshotKind::ReplacesLog;
         w.waiting.push_back(Job::Files(FileJob::Ordered(WriteBatch {
             token: 2,
+            removed: Vec::new(),
             groups: vec![GroupWrite {
                 range: 1,
                 snapshot: Some(installed),

@@ -115,8 +115,44 @@ impl Raft {
         }
     }
 
+    /// The log index at which the configuration in force came in force (the
+    /// snapshot's index if no change since).
+    pub fn conf_index(&self) -> Index {
+        self.conf_history
+            .last()
+            .map_or(self.snapshot().meta.index, |&(i, _)| i)
+    }
+
+    /// Whether anything this replica holds above `index` makes it a member:
+    /// its snapshot's configuration, a configuration put in force, or a
+    /// change in its log (committed or not) that adds it. A replica told it
+    /// was removed at `index` is out for good only if not; otherwise it
+    /// was added again after, and may have acknowledged entries as a member.
+    pub fn member_after(&self, index: Index) -> bool {
+        let me = self.id;
+        if self.snapshot().meta.index > index && self.conf_base.members().contains(&me) {
+            return true;
+        }
+        if self
+            .conf_history
+            .iter()
+            .any(|(i, c)| *i > index && c.members().contains(&me))
+        {
+            return true;
+        }
+        let from = index.max(self.first_index().saturating_sub(1)) + 1;
+        (from..=self.last_index()).any(|i| {
+            self.log.entry(i).is_some_and(|e| match &e.payload {
+                EntryPayload::ConfChange(cc) => cc.changes.iter().any(|s| {
+                    matches!(s, ConfChangeStep::AddVoter(n) | ConfChangeStep::AddLearner(n) if *n == me)
+                }),
+                _ => false,
+            })
+        })
+    }
+
     /// The configuration in force at `index` (for a snapshot taken there).
-    pub(super) fn conf_at(&self, index: Index) -> ConfState {
+    pub fn conf_at(&self, index: Index) -> ConfState {
         self.conf_history
             .iter()
             .rev()

@@ -307,6 +307,8 @@ pub enum ApplyResult {
         /// The new range, `[at, end)`.
         right: super::RangeDescriptor,
     },
+    /// A membership change: the range's descriptor once it applied.
+    Replicas(super::RangeDescriptor),
     /// The command was refused and changed nothing.
     Error(ApplyError),
 }

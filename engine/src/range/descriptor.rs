@@ -25,9 +25,19 @@ pub struct RangeDescriptor {
     pub replicas: Vec<NodeId>,
     /// Version of the span, bumped by every split and merge.
     pub epoch: u64,
+    /// Version of the replica set, bumped by every membership change that
+    /// enters a new configuration (`replicas` then lists its members). The
+    /// meta range keeps the descriptor with the greatest `(epoch, conf_ver)`.
+    pub conf_ver: u64,
 }
 
 impl RangeDescriptor {
+    /// The descriptor's version, `(epoch, conf_ver)`: of two descriptors of
+    /// a range, the one with the greater version is the newer.
+    pub fn version(&self) -> (u64, u64) {
+        (self.epoch, self.conf_ver)
+    }
+
     /// Whether `key` lies in `[start, end)`.
     pub fn contains(&self, key: &[u8]) -> bool {
         // Checked for every key of every command applied: `compare` spares
@@ -38,7 +48,7 @@ impl RangeDescriptor {
 
     /// The descriptor's bytes: one format version byte
     /// ([`DESCRIPTOR_FORMAT_VERSION`](super::DESCRIPTOR_FORMAT_VERSION)), then an
-    /// rkyv archive of `{ id: u64, start: [u8], end: [u8], replicas: [u64], epoch: u64 }`.
+    /// rkyv archive of `{ id: u64, start: [u8], end: [u8], replicas: [u64], epoch: u64, conf_ver: u64 }`.
     ///
     /// # Panics
     /// Only if `start` or `end` is over 2 GiB (rkyv's 32-bit offsets).
@@ -91,6 +101,7 @@ pub fn initial_layout(
             },
             replicas: replicas_for(i),
             epoch: 1,
+            conf_ver: 0,
         })
         .collect()
 }
@@ -106,6 +117,7 @@ mod tests {
             end: Bytes::from_static(end),
             replicas: vec![1, 2, 3],
             epoch: 1,
+            conf_ver: 0,
         }
     }
 

@@ -244,6 +244,7 @@ mod tests {
             end: Bytes::from_static(b"m"),
             replicas: vec![1, 2, 3],
             epoch: 4,
+            conf_ver: 0,
         };
         let sum = pair_hash(b"b", b"1").wrapping_add(pair_hash(b"c", b"2"));
         let h = state_hash((10, 2), &desc, 2, sum);

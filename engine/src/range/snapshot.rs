@@ -299,6 +299,7 @@ mod tests {
             end: Bytes::from_static(b"q"),
             replicas: vec![4, 5, 6],
             epoch: 2,
+            conf_ver: 0,
         };
         let mut s = RangeState::new(desc);
         for (i, k) in ["c", "e", "d", "pp"].iter().enumerate() {

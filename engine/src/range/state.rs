@@ -12,6 +12,7 @@ use super::descriptor::RangeDescriptor;
 use super::hash;
 use super::pairs::PairMap;
 use super::snapshot::{self, SnapshotError};
+use crate::raft::{ConfChange, ConfChangeStep};
 
 /// The replicated state of one range: an ordered map of the range's keys, the
 /// descriptor, and the (index, term) of the last applied log entry.
@@ -194,6 +195,8 @@ impl RangeState {
             end: d.end.clone(),
             replicas: d.replicas.clone(),
             epoch,
+            // Same replicas as the left side, so the same version of them.
+            conf_ver: d.conf_ver,
         };
         let right_map = self.map.split_off(at);
         // Recount the smaller side; the other is what remains of the totals.
@@ -233,6 +236,35 @@ impl RangeState {
     /// If `index != applied + 1` or `term < applied term`.
     pub fn advance(&mut self, index: u64, term: u64) {
         self.step_applied(index, term);
+    }
+
+    /// Applies the committed membership change at `index`/`term` to the
+    /// descriptor: a change entering a new configuration sets `replicas` to
+    /// its members (added nodes appended in the change's order, removed ones
+    /// dropped) and bumps `conf_ver`; the change that leaves a joint
+    /// configuration changes nothing but the applied position. Every replica
+    /// applies the same entries, so all of them hold the same descriptor at
+    /// the same index, as with splits.
+    ///
+    /// # Panics
+    /// If `index != applied + 1` or `term < applied term`.
+    pub fn apply_conf_change(&mut self, index: u64, term: u64, cc: &ConfChange) -> ApplyResult {
+        self.step_applied(index, term);
+        if !cc.is_leave_joint() {
+            let replicas = &mut self.desc.replicas;
+            for step in &cc.changes {
+                match *step {
+                    ConfChangeStep::AddVoter(n) | ConfChangeStep::AddLearner(n) => {
+                        if !replicas.contains(&n) {
+                            replicas.push(n);
+                        }
+                    }
+                    ConfChangeStep::Remove(n) => replicas.retain(|&r| r != n),
+                }
+            }
+            self.desc.conf_ver += 1;
+        }
+        ApplyResult::Replicas(self.desc.clone())
     }
 
     /// Runs a command whose epoch and keys have been checked.
@@ -527,6 +559,7 @@ mod tests {
             end: b("y"),
             replicas: vec![1, 2, 3],
             epoch: 5,
+            conf_ver: 0,
         }
     }
 
@@ -1113,6 +1146,7 @@ mod tests {
             end: b(at),
             replicas: vec![1, 2, 3],
             epoch: 6,
+            conf_ver: 0,
         };
         let right_desc = RangeDescriptor {
             id: 10,
@@ -1120,6 +1154,7 @@ mod tests {
             end: b("y"),
             replicas: vec![1, 2, 3],
             epoch: 6,
+            conf_ver: 0,
         };
         assert_eq!(
             result,
@@ -1208,6 +1243,7 @@ mod tests {
             end: b(""),
             replicas: vec![4],
             epoch: 1,
+            conf_ver: 0,
         });
         s.advance(1, 1);
         let p = |k: &str| Proposal {

@@ -24,7 +24,7 @@ use crate::raft::NodeId;
 /// Current version byte of [`Proposal`] encodings.
 pub const PROPOSAL_FORMAT_VERSION: u8 = 1;
 /// Current version byte of [`RangeDescriptor`] encodings.
-pub const DESCRIPTOR_FORMAT_VERSION: u8 = 1;
+pub const DESCRIPTOR_FORMAT_VERSION: u8 = 2;
 
 /// Why bytes could not be decoded into a proposal or a descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +111,7 @@ struct DescriptorWire {
     end: Bytes,
     replicas: Vec<NodeId>,
     epoch: u64,
+    conf_ver: u64,
 }
 
 fn archive_err(e: RkyvError) -> DecodeError {
@@ -296,6 +297,7 @@ pub(crate) fn encode_descriptor(d: &RangeDescriptor) -> Bytes {
         end: d.end.clone(),
         replicas: d.replicas.clone(),
         epoch: d.epoch,
+        conf_ver: d.conf_ver,
     };
     let buf = rkyv::api::high::to_bytes_in::<_, RkyvError>(&wire, vec![DESCRIPTOR_FORMAT_VERSION])
         .expect(TOO_BIG);
@@ -311,6 +313,7 @@ pub(crate) fn decode_descriptor(bytes: &[u8]) -> Result<RangeDescriptor, DecodeE
         end: bytes_of(&a.end),
         replicas: a.replicas.iter().map(|r| r.to_native()).collect(),
         epoch: a.epoch.to_native(),
+        conf_ver: a.conf_ver.to_native(),
     };
     if !d.end.is_empty() && d.start >= d.end {
         return Err(DecodeError::InvalidSpan);

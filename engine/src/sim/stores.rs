@@ -86,6 +86,10 @@ pub struct StoreSimReport {
     pub crashes: usize,
     /// Leadership transfers asked for under the faults.
     pub transfers: usize,
+    /// Replica moves asked for under the faults, and replicas the stores
+    /// deleted because a move took them out.
+    pub moves: usize,
+    pub replicas_removed: u64,
     pub snapshots_installed: u64,
     pub quiesced: u64,
     pub woken: u64,
@@ -316,11 +320,15 @@ impl SimClient {
     /// (for a given key the higher epoch is the newer descriptor), and then
     /// replaces every (older) descriptor it overlaps.
     fn learn(&mut self, d: &RangeDescriptor) {
-        if self
-            .routes
-            .values()
-            .any(|e| overlaps(e, d) && e.epoch >= d.epoch)
-        {
+        // One range's replica sets are ordered by `conf_ver` too.
+        let newer = |e: &RangeDescriptor| {
+            if e.id == d.id {
+                e.version() >= d.version()
+            } else {
+                e.epoch >= d.epoch
+            }
+        };
+        if self.routes.values().any(|e| overlaps(e, d) && newer(e)) {
             return;
         }
         self.routes.retain(|_, e| !overlaps(e, d));
@@ -368,6 +376,8 @@ enum Ev {
     /// A leadership transfer of a random range, as the placement driver or
     /// an operator asks for one.
     Transfer,
+    /// Move a replica of a random range to a node without one.
+    Move,
 }
 
 /// How hostile this seed's world is.
@@ -379,6 +389,8 @@ struct Faults {
     crash_every_ms: Time,
     isolate_every_ms: Time,
     transfer_every_ms: Time,
+    /// Replica moves (`Request::ChangeReplicas`), with four nodes or more.
+    move_every_ms: Time,
 }
 
 struct World {
@@ -428,6 +440,8 @@ impl World {
             // From the seed, not `rng`: the rest of a seed's world is built
             // as before transfers were added.
             transfer_every_ms: [0, 250, 1000][(opts.seed % 3) as usize],
+            // Likewise; set below once the number of nodes is known.
+            move_every_ms: 0,
         };
         let snapshot_entries = pick(&mut rng, &[15, 40, 10_000]);
         // Half the seeds snapshot by count alone (many snapshots of large
@@ -445,6 +459,10 @@ impl World {
             4 << 20
         };
         let wake_max = pick(&mut rng, &[1, 3, 256]) as usize;
+        let mut faults = faults;
+        if n_nodes > 3 {
+            faults.move_every_ms = [0, 300, 1000][((opts.seed / 3) % 3) as usize];
+        }
         let ids: Vec<NodeId> = (1..=n_nodes as u64).collect();
         let layout = cluster_layout(&ids, n_ranges);
         let mut nodes = BTreeMap::new();
@@ -594,6 +612,10 @@ impl World {
             let t = self.rng.range(100, self.faults.transfer_every_ms + 100);
             self.at(t, Ev::Transfer);
         }
+        if self.faults.move_every_ms > 0 {
+            // Not from `rng`: seeds without moves run as before.
+            self.at(self.faults.move_every_ms, Ev::Move);
+        }
         let end = self.opts.chaos_ms + self.opts.heal_ms_max;
         while let Some(Reverse((t, id))) = self.queue.pop() {
             let Some(ev) = self.events.remove(&id) else {
@@ -652,8 +674,29 @@ impl World {
                 (!detail.is_empty()).then(|| format!("node {n}: {detail:?}"))
             })
             .collect();
+        let stale: Vec<String> = self
+            .stale_replicas()
+            .into_iter()
+            .map(|(n, range)| {
+                let store = self.nodes[&n].store.as_ref();
+                let raft = store.and_then(|s| s.replica_raft(range));
+                let quiesced = store.is_some_and(|s| s.is_quiesced(range));
+                format!(
+                    "node {n} range {range}: {:?}",
+                    raft.map(|r| (
+                        r.term(),
+                        r.leader(),
+                        r.commit_index(),
+                        r.last_index(),
+                        r.conf_state().clone(),
+                        quiesced
+                    ))
+                )
+            })
+            .collect();
         format!(
-            "{busy} clients busy; ranges not converged: {lagging:?}; requests waiting: {waiting:?}"
+            "{busy} clients busy; ranges not converged: {lagging:?}; requests waiting: {waiting:?}; \
+             replicas moved away but not deleted (node, range): {stale:?}"
         )
     }
 
@@ -669,6 +712,28 @@ impl World {
     /// The nodes that must hold a replica of `d`: all of its replicas.
     fn holders(&self, d: &RangeDescriptor) -> Vec<NodeId> {
         d.replicas.clone()
+    }
+
+    /// Replicas still on a node their range's newest descriptor does not
+    /// list (a move took them out), as (node, range): none may be left once
+    /// healed.
+    fn stale_replicas(&self) -> Vec<(NodeId, RangeId)> {
+        let view = self.meta_view();
+        let mut stale = Vec::new();
+        for node in self.nodes.values() {
+            let Some(s) = &node.store else {
+                continue;
+            };
+            for id in s.range_ids() {
+                if view
+                    .get(&id)
+                    .is_some_and(|d| !d.replicas.contains(&node.id))
+                {
+                    stale.push((node.id, id));
+                }
+            }
+        }
+        stale
     }
 
     fn start_heal(&mut self) {
@@ -703,6 +768,9 @@ impl World {
             .values()
             .any(|n| n.store.as_ref().is_some_and(|s| s.requests_waiting() > 0))
         {
+            return false;
+        }
+        if !self.stale_replicas().is_empty() {
             return false;
         }
         self.meta_view().values().all(|d| {
@@ -850,6 +918,7 @@ impl World {
                 self.report.write_batches += st.write_batches;
                 self.report.forwarded += st.forwarded;
                 self.report.forwards_abandoned += st.forwards_abandoned;
+                self.report.replicas_removed += st.replicas_removed;
             }
         }
         linearizability::check(&self.history).map_err(|v| {
@@ -952,6 +1021,13 @@ impl World {
                     self.at(t, Ev::Transfer);
                 }
             }
+            Ev::Move => {
+                if self.chaos {
+                    self.move_replica()?;
+                    let t = self.now + self.rng.range(1, self.faults.move_every_ms + 1);
+                    self.at(t, Ev::Move);
+                }
+            }
             Ev::Isolate(n) => {
                 if self.chaos {
                     self.note(format!("node {n} isolated"));
@@ -1019,6 +1095,55 @@ impl World {
         self.drain(leader)
     }
 
+    /// Asks the leader of a random range to move one of its replicas (the
+    /// leader's own, at times) to a node without one, planned at the
+    /// range's replica-set version. Nobody waits for the answer.
+    fn move_replica(&mut self) -> Result<(), Violation> {
+        let view: Vec<RangeDescriptor> = self.meta_view().into_values().collect();
+        if view.is_empty() {
+            return Ok(());
+        }
+        let d = view[self.rng.range(0, view.len() as u64) as usize].clone();
+        let leader = d.replicas.iter().copied().find(|&n| {
+            self.nodes[&n]
+                .store
+                .as_ref()
+                .is_some_and(|s| s.leader_of(d.id) == Some(n))
+        });
+        let spare: Vec<NodeId> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| !d.replicas.contains(n))
+            .collect();
+        let (Some(leader), false) = (leader, spare.is_empty()) else {
+            return Ok(());
+        };
+        let from = d.replicas[self.rng.range(0, d.replicas.len() as u64) as usize];
+        let to = spare[self.rng.range(0, spare.len() as u64) as usize];
+        self.note(format!(
+            "range {}: move {from} -> {to} (leader {leader}, replicas {:?} v{})",
+            d.id, d.replicas, d.conf_ver
+        ));
+        self.report.moves += 1;
+        let node = self.nodes.get_mut(&leader).expect("node");
+        let Some(store) = node.store.as_mut() else {
+            return Ok(());
+        };
+        node.next_req += 1;
+        store.request(
+            node.next_req,
+            Request::ChangeReplicas {
+                range: d.id,
+                epoch: d.epoch,
+                conf_ver: Some(d.conf_ver),
+                add: vec![to],
+                remove: vec![from],
+            },
+        );
+        self.drain(leader)
+    }
+
     fn store_mut(&mut self, n: NodeId) -> Option<&mut Store> {
         self.nodes.get_mut(&n).and_then(|x| x.store.as_mut())
     }
@@ -1053,19 +1178,36 @@ impl World {
     }
 
     fn act(&mut self, n: NodeId, rd: StoreReady) -> Result<(), Violation> {
-        if let Some(WriteBatch { token, groups }) = rd.write {
+        // Before this batch's files, as the runtime does.
+        let node = self.nodes.get_mut(&n).expect("node");
+        for range in &rd.delete_snapshots {
+            node.disk.snapshots.remove(range);
+        }
+        if let Some(WriteBatch {
+            token,
+            removed,
+            groups,
+        }) = rd.write
+        {
             let node = self.nodes.get_mut(&n).expect("node");
             let mut ops = Vec::new();
             let mut deferred = Vec::new();
             // As the runtime does: a batch with a snapshot the log builds
             // on is written whole, after every compaction record held back
             // before it.
-            let ordered = groups
-                .iter()
-                .any(|g| g.snapshot.as_ref().is_some_and(|s| s.kind.orders_the_log()));
+            // So is a batch removing groups: their compaction records held
+            // back go first, and the removal drops them.
+            let ordered = !removed.is_empty()
+                || groups
+                    .iter()
+                    .any(|g| g.snapshot.as_ref().is_some_and(|s| s.kind.orders_the_log()));
             if ordered && !node.deferred.is_empty() {
                 let earlier = std::mem::take(&mut node.deferred);
                 node.pending.push_back((0, earlier));
+            }
+            for (range, hs) in removed {
+                ops.push(WalOp::Remove(range));
+                ops.push(WalOp::HardState(range, hs));
             }
             for g in groups {
                 if let Some(s) = g.snapshot {
@@ -1371,7 +1513,7 @@ impl World {
                 let Some(d) = s.descriptor(id) else {
                     continue;
                 };
-                if id != META_RANGE && view.get(&id).is_none_or(|v| v.epoch < d.epoch) {
+                if id != META_RANGE && view.get(&id).is_none_or(|v| v.version() < d.version()) {
                     view.insert(id, d.clone());
                 }
             }
@@ -1574,6 +1716,13 @@ impl World {
                 | StoreError::KeyNotInRange { current, .. },
             ) => {
                 self.clients[c].learn(&current);
+                self.retry(c, None);
+            }
+            // A replica moved away, maybe: learn where the range is now.
+            Err(StoreError::RangeNotFound { .. }) => {
+                if let Some(d) = self.meta_view().remove(&range) {
+                    self.clients[c].learn(&d);
+                }
                 self.retry(c, None);
             }
             Err(e) if e.is_retryable() => self.retry(c, None),

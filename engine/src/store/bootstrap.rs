@@ -65,6 +65,7 @@ pub fn cluster_layout(nodes: &[NodeId], initial_ranges: u32) -> Layout {
         end: Bytes::new(),
         replicas: pick(0),
         epoch: 1,
+        conf_ver: 0,
     };
     let ranges = initial_layout(initial_ranges, FIRST_USER_RANGE, |i| pick(i as usize));
     Layout { meta, ranges }

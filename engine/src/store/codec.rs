@@ -115,8 +115,8 @@ fn decode_conf_change(b: &[u8]) -> Result<ConfChange, CodecError> {
 
 // ----- Message batches between nodes -----
 
-/// Version byte in front of every batch archive.
-const BATCH_VERSION: u8 = 3;
+/// Version byte in front of every batch archive (4: the length after it).
+const BATCH_VERSION: u8 = 4;
 
 /// What a node sends another node in one loop iteration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -148,6 +148,15 @@ pub enum Control {
     },
     /// The sender is stopping (a graceful shutdown).
     Leaving,
+    /// The receiver's replica of `range` is out of the range: the
+    /// sender's configuration in force since log index `at` (committed, not
+    /// joint) does not list it; the sender is at `term`. The receiver
+    /// deletes its replica unless its own log shows it added again after
+    /// `at` (`Store::removed_by_peer`).
+    Removed { range: RangeId, at: u64, term: u64 },
+    /// The sender took note of a [`Control::Removed`] about `range` (its
+    /// replica is deleted, was never there, or was added again): stop.
+    RemovedAck { range: RangeId },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -165,6 +174,8 @@ enum WireControl {
     Forward { seq: u64, request: Bytes },
     ForwardReply { seq: u64, reply: Bytes },
     Leaving,
+    Removed { range: u64, at: u64, term: u64 },
+    RemovedAck { range: u64 },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -251,11 +262,20 @@ pub fn encode_batch(batch: &PeerBatch) -> Bytes {
     let wire = wire_batch(batch);
     let mut out = Vec::with_capacity(archive_size_hint(&wire));
     out.push(BATCH_VERSION);
+    out.extend_from_slice(&[0; 4]);
     // Serializing plain owned data into a Vec cannot fail.
-    let out = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&wire, out)
+    let mut out = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&wire, out)
         .expect("serializing a message batch into memory");
+    // The archive's length: a cut batch is refused, never read as a shorter
+    // valid one (an archive's root is at its end, and any 24 zero bytes of a
+    // payload make a valid empty batch).
+    let len = u32::try_from(out.len() - BATCH_HEADER).expect("a batch under 4 GiB");
+    out[1..BATCH_HEADER].copy_from_slice(&len.to_le_bytes());
     Bytes::from(out)
 }
+
+/// Version byte, then the archive's length (u32, little-endian).
+const BATCH_HEADER: usize = 5;
 
 fn wire_batch(batch: &PeerBatch) -> WireBatch {
     WireBatch {
@@ -287,6 +307,8 @@ fn wire_batch(batch: &PeerBatch) -> WireBatch {
                     reply: super::remote::encode_reply(reply),
                 },
                 Control::Leaving => WireControl::Leaving,
+                &Control::Removed { range, at, term } => WireControl::Removed { range, at, term },
+                &Control::RemovedAck { range } => WireControl::RemovedAck { range },
             })
             .collect(),
     }
@@ -330,7 +352,7 @@ fn archive_size_hint(wire: &WireBatch) -> usize {
                 }
         })
         .sum();
-    1 + size_of::<ArchivedWireBatch>() + messages + control
+    BATCH_HEADER + size_of::<ArchivedWireBatch>() + messages + control
 }
 
 /// Decodes and validates a batch from a peer.
@@ -340,6 +362,16 @@ pub fn decode_batch(bytes: &[u8]) -> Result<PeerBatch, CodecError> {
         .ok_or_else(|| CodecError::Archive("empty".into()))?;
     if version != BATCH_VERSION {
         return Err(CodecError::Version(version));
+    }
+    let (len, body) = body
+        .split_first_chunk::<4>()
+        .ok_or_else(|| CodecError::Archive("no length".into()))?;
+    if u32::from_le_bytes(*len) as usize != body.len() {
+        return Err(CodecError::Archive(format!(
+            "length {} for {} bytes",
+            u32::from_le_bytes(*len),
+            body.len()
+        )));
     }
     let wire = rkyv::from_bytes::<WireBatch, rkyv::rancor::Error>(body)
         .map_err(|e| CodecError::Archive(e.to_string()))?;
@@ -370,6 +402,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<PeerBatch, CodecError> {
                     reply: super::remote::decode_reply(&reply)?,
                 },
                 WireControl::Leaving => Control::Leaving,
+                WireControl::Removed { range, at, term } => Control::Removed { range, at, term },
+                WireControl::RemovedAck { range } => Control::RemovedAck { range },
             })
         })
         .collect::<Result<Vec<_>, CodecError>>()?;

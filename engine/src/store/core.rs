@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use bytes::Bytes;
 
 use crate::raft::{
-    ConfigError, EntryPayload, HardState, InitialState, Message, MessageBody, NO_NODE, NodeId,
-    ProposeError, Raft, ReadMode, SnapshotData,
+    ConfChange, ConfChangeStep, ConfigError, EntryPayload, HardState, Index, InitialState, Message,
+    MessageBody, NO_NODE, NodeId, ProposeError, Raft, ReadMode, SnapshotData, Term,
 };
 use crate::range::{
     ApplyError, ApplyResult, Command, Proposal, RangeDescriptor, RangeId, RangeState,
@@ -84,8 +84,12 @@ pub struct StoreReady {
     /// (compare-and-set on the epoch). Emitted by the leaders of the two
     /// halves: the new range's first, so that routing sees an overlap
     /// rather than a gap, and again by any later leader of a range whose
-    /// epoch is above 1 (repairing a write lost to a crash).
+    /// epoch is above 1 (repairing a write lost to a crash). Likewise after
+    /// a membership change (`RangeDescriptor::conf_ver`).
     pub publish: Vec<RangeDescriptor>,
+    /// Removed replicas whose removal is durable: delete their snapshot
+    /// files, after any snapshot file write queued before.
+    pub delete_snapshots: Vec<RangeId>,
 }
 
 /// What a peer node looks like from here.
@@ -125,6 +129,8 @@ pub struct StoreStats {
     pub splits_applied: u64,
     /// Uninitialized replicas created for peers' messages (or recovered).
     pub uninitialized_created: u64,
+    /// Replicas deleted because a membership change took them out.
+    pub replicas_removed: u64,
 }
 
 /// Every replica on one node. See the module docs.
@@ -162,6 +168,24 @@ pub struct Store {
     /// Replicas created empty for a peer's message about a range this node
     /// does not hold (see [`Store::create_uninitialized`]).
     uninitialized: BTreeSet<RangeId>,
+    /// Term and vote of replicas removed from their range (see
+    /// [`Store::remove_replica`]), for a replica of the range made here again.
+    tombstones: BTreeMap<RangeId, HardState>,
+    /// Replicas that membership changes applied here took out of their
+    /// range, as (their node, range) -> (index since which they are out,
+    /// tick of the next notice): each is told `Control::Removed` once an
+    /// election timeout while its node is live, until it answers. A
+    /// replica cut off while it was removed hears nothing else: the leader
+    /// no longer sends to it, and if it was a quiesced leader itself it
+    /// never campaigns (which the members would answer the same way).
+    departed: BTreeMap<(NodeId, RangeId), (Index, u64)>,
+    /// Uninitialized replicas made from a tombstone: they ignore vote
+    /// requests until a snapshot initializes them (`create_uninitialized`).
+    silent: BTreeSet<RangeId>,
+    /// Removals in the next write batch.
+    removing: Vec<(RangeId, HardState)>,
+    /// See [`StoreReady::delete_snapshots`].
+    delete_snapshots: Vec<RangeId>,
     /// Ranges whose replica failed and was taken out: never recreated in
     /// this process (a blank replica would have forgotten the failed one's
     /// term and vote, and could vote twice in a term).
@@ -214,6 +238,11 @@ impl Store {
             resend: BTreeMap::new(),
             publish: Vec::new(),
             uninitialized: BTreeSet::new(),
+            tombstones: BTreeMap::new(),
+            departed: BTreeMap::new(),
+            silent: BTreeSet::new(),
+            removing: Vec::new(),
+            delete_snapshots: Vec::new(),
             failed: BTreeSet::new(),
             stats: StoreStats::default(),
         }
@@ -452,7 +481,9 @@ impl Store {
         match req {
             Request::Write { .. } | Request::WriteEncoded { .. } | Request::Split { .. } => {}
             Request::Read { consistency, .. } if *consistency != ReadConsistency::Stale => {}
-            Request::Read { .. } | Request::TransferLeader { .. } => return None,
+            Request::Read { .. }
+            | Request::TransferLeader { .. }
+            | Request::ChangeReplicas { .. } => return None,
         }
         let r = self.replicas.get(&req.range())?;
         if r.state.descriptor().epoch != req.epoch() || r.raft.is_leader() {
@@ -650,6 +681,56 @@ impl Store {
                     &mut self.replies,
                 )?;
             }
+            Request::ChangeReplicas {
+                conf_ver,
+                add,
+                remove,
+                ..
+            } => {
+                if range == META_RANGE {
+                    return Err(StoreError::Invalid {
+                        range,
+                        why: "the meta range's replicas never change".into(),
+                    });
+                }
+                if !r.raft.is_leader() {
+                    return Err(not_leader(r.raft.leader()));
+                }
+                // Asked again (a retry after an unclear answer): done is done.
+                let done = add.iter().all(|n| desc.replicas.contains(n))
+                    && remove.iter().all(|n| !desc.replicas.contains(n));
+                if done {
+                    let reply = Ok(Reply::Applied(ApplyResult::Replicas(desc.clone())));
+                    self.replies.push((id, reply));
+                    return Ok(());
+                }
+                let change = replica_change(desc, conf_ver, &add, &remove)
+                    .map_err(|why| StoreError::Invalid { range, why })?;
+                // A leader removing itself would leave the range leaderless
+                // until an election: it hands leadership on first, and the
+                // caller retries with the new leader.
+                let me = self.cfg.node_id;
+                if remove.contains(&me) {
+                    let heir = desc
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|n| *n != me && !remove.contains(n));
+                    if let Some(heir) = heir {
+                        let _ = r.raft.transfer_leader(heir);
+                        self.wake(range);
+                        self.dirty.insert(range);
+                    }
+                    return Err(StoreError::Busy { range });
+                }
+                // The version is checked against the applied descriptor: a
+                // change committed but not applied yet would make it stale.
+                if r.state.applied().0 < r.raft.commit_index() {
+                    return Err(StoreError::Busy { range });
+                }
+                let proposed = r.raft.propose_conf_change(change);
+                track_proposal(r, id, proposed, &mut self.stats, &mut self.replies)?;
+            }
             Request::Read {
                 op, consistency, ..
             } => {
@@ -705,6 +786,24 @@ impl Store {
             let Some(r) = self.replicas.get_mut(&range) else {
                 continue;
             };
+            // A replica this range no longer has missed the end of its
+            // removal (the leader stops sending once it is out) and, hearing
+            // nothing, asks for votes: it is told. Still stepped (Raft refuses
+            // or grants it as any vote): this replica may be the one behind,
+            // the sender added again since.
+            let vote = matches!(msg.body, MessageBody::Vote { .. });
+            if vote && let Some(at) = removed_sender(r, from) {
+                let term = r.raft.term();
+                self.outbox
+                    .entry(from)
+                    .or_default()
+                    .control
+                    .push(Control::Removed { range, at, term });
+            }
+            // See `create_uninitialized`: it must not vote yet.
+            if vote && self.silent.contains(&range) {
+                continue;
+            }
             // Late acknowledgements to a quiesced leader change nothing.
             let wakes = !matches!(
                 msg.body,
@@ -727,6 +826,17 @@ impl Store {
                 Control::Forward { seq, request } => self.serve_forwarded(from, seq, request),
                 Control::ForwardReply { seq, reply } => self.forward_replied(from, seq, reply),
                 Control::Leaving => self.peer_left(from),
+                Control::Removed { range, at, term } => {
+                    self.removed_by_peer(range, at, term);
+                    self.outbox
+                        .entry(from)
+                        .or_default()
+                        .control
+                        .push(Control::RemovedAck { range });
+                }
+                Control::RemovedAck { range } => {
+                    self.departed.remove(&(from, range));
+                }
             }
         }
     }
@@ -769,7 +879,37 @@ impl Store {
         {
             return false;
         }
-        self.add_uninitialized_replica(range, HardState::default())
+        // A replica this node held before (removed from the range, or
+        // known only by its hard state since a restart). Blank, it would
+        // vote for anyone; a member that missed the removal, still counting
+        // this node in the old configuration, could so be elected without
+        // the entries the others committed since. So it is made again only
+        // for a leader's message in the tombstone's term or later (where
+        // every leader holds the removal, so it is one adding this node
+        // back), and it does not vote until a snapshot initializes it.
+        let Some(hs) = self.tombstones.get(&range).copied() else {
+            return self.add_uninitialized_replica(range, HardState::default());
+        };
+        if matches!(msg.body, MessageBody::Vote { .. }) || msg.term < hs.term {
+            return false;
+        }
+        self.tombstones.remove(&range);
+        self.silent.insert(range);
+        self.add_uninitialized_replica(range, hs)
+    }
+
+    /// Remembers the term and vote of a group the host's log knows and this
+    /// node holds no replica of (an uninitialized one before a restart, or
+    /// one removed from its range): a replica made here for the range starts
+    /// from them. Costs a map entry, not a replica.
+    pub fn add_tombstone(&mut self, range: RangeId, hard_state: HardState) {
+        if !self.replicas.contains_key(&range) {
+            let hs = HardState {
+                commit: 0,
+                ..hard_state
+            };
+            self.tombstones.insert(range, hs);
+        }
     }
 
     /// Recreates an uninitialized replica (see `create_uninitialized`) with
@@ -786,6 +926,7 @@ impl Store {
             end: Bytes::new(),
             replicas: Vec::new(),
             epoch: 0,
+            conf_ver: 0,
         };
         let init = InitialState {
             hard_state: HardState {
@@ -841,6 +982,9 @@ impl Store {
         self.check_liveness();
         if !self.forwarded.is_empty() {
             self.abandon_forwards();
+        }
+        if !self.departed.is_empty() {
+            self.notify_departed();
         }
         for (to, controls) in std::mem::take(&mut self.resend) {
             if !self.peer_live(to) {
@@ -909,6 +1053,8 @@ impl Store {
             || !self.replies.is_empty()
             || !self.failures.is_empty()
             || !self.publish.is_empty()
+            || !self.removing.is_empty()
+            || !self.delete_snapshots.is_empty()
     }
 
     /// Everything to do now, for all groups. See [`StoreReady`].
@@ -920,8 +1066,10 @@ impl Store {
             self.ready_group(range, &mut groups, &mut after);
         }
         let mut write = None;
-        if !groups.is_empty() || !after.groups.is_empty() {
-            let needs_write = !groups.is_empty();
+        let removed = std::mem::take(&mut self.removing);
+        after.removed = removed.iter().map(|&(range, _)| range).collect();
+        if !groups.is_empty() || !after.groups.is_empty() || !removed.is_empty() {
+            let needs_write = !groups.is_empty() || !removed.is_empty();
             let token = self.persist.push(after, needs_write);
             if needs_write {
                 self.stats.write_batches += 1;
@@ -929,7 +1077,11 @@ impl Store {
                     .iter()
                     .map(|g: &GroupWrite| g.entries.len() as u64)
                     .sum::<u64>();
-                write = Some(WriteBatch { token, groups });
+                write = Some(WriteBatch {
+                    token,
+                    removed,
+                    groups,
+                });
             } else {
                 for a in self.persist.release() {
                     self.release(a);
@@ -975,6 +1127,7 @@ impl Store {
             new_peer_incarnations: std::mem::take(&mut self.new_incarnations),
             failures: std::mem::take(&mut self.failures),
             publish: std::mem::take(&mut self.publish),
+            delete_snapshots: std::mem::take(&mut self.delete_snapshots),
         }
     }
 
@@ -1026,6 +1179,7 @@ impl Store {
                     }
                     r.state = state;
                     self.uninitialized.remove(&range);
+                    self.silent.remove(&range);
                     self.stats.snapshots_installed += 1;
                     r.entries_since_snapshot = 0;
                     r.bytes_since_snapshot = 0;
@@ -1074,6 +1228,7 @@ impl Store {
         };
         let mut undecodable = None;
         let mut split_off = Vec::new();
+        let mut left_range = false;
         for e in rd.committed_entries {
             let result = match &e.payload {
                 EntryPayload::Normal(data) => match Proposal::decode(data) {
@@ -1095,6 +1250,16 @@ impl Store {
                         break;
                     }
                 },
+                EntryPayload::ConfChange(cc) => {
+                    let result = r.state.apply_conf_change(e.index, e.term, cc);
+                    left_range = leaves_range(r, node, e.index);
+                    if cc.is_leave_joint() {
+                        for gone in departed_at(&r.raft, e.index) {
+                            self.departed.insert((gone, range), (e.index, self.ticks));
+                        }
+                    }
+                    Some(result)
+                }
                 _ => {
                     r.state.advance(e.index, e.term);
                     None
@@ -1128,6 +1293,9 @@ impl Store {
                 };
                 self.replies.push((req, reply));
             }
+            if left_range {
+                break;
+            }
         }
         let leads = r.raft.is_leader();
         for right in split_off {
@@ -1137,12 +1305,20 @@ impl Store {
             self.fail_replica(range, why);
             return;
         }
+        if left_range {
+            let term = self.replicas.get(&range).map_or(0, |r| r.raft.term());
+            self.remove_replica(range, term, groups, after);
+            return;
+        }
         let Some(r) = self.replicas.get_mut(&range) else {
             return;
         };
         let desc = r.state.descriptor();
-        if desc.epoch > 1 && r.published_epoch < desc.epoch && r.raft.is_leader() {
-            r.published_epoch = desc.epoch;
+        if (desc.epoch > 1 || desc.conf_ver > 0)
+            && r.published < desc.version()
+            && r.raft.is_leader()
+        {
+            r.published = desc.version();
             self.publish.push(desc.clone());
         }
         for rs in rd.read_states {
@@ -1208,10 +1384,20 @@ impl Store {
         // have voted: its term and vote carry over (CockroachDB #44615).
         let mut carried = None;
         let mut replaced = None;
+        // Or a replica of it removed from here before (or not recreated
+        // since a restart): its term and vote likewise.
+        if let Some(hs) = self.tombstones.remove(&desc.id)
+            && hs.term > init.hard_state.term
+        {
+            init.hard_state.term = hs.term;
+            init.hard_state.vote = hs.vote;
+            carried = Some(init.hard_state);
+        }
         if self.uninitialized.remove(&desc.id)
             && let Some(mut old) = self.replicas.remove(&desc.id)
         {
             self.awake.remove(&desc.id);
+            self.silent.remove(&desc.id);
             let hs = old.raft.hard_state();
             if hs.term > init.hard_state.term {
                 init.hard_state.term = hs.term;
@@ -1252,6 +1438,8 @@ impl Store {
                 self.replicas.insert(desc.id, old);
                 self.uninitialized.insert(desc.id);
                 self.awake.insert(desc.id);
+            } else if let Some(hs) = carried {
+                self.tombstones.insert(desc.id, hs);
             }
             self.failures.push(format!(
                 "range {}: split-off range not created: {e}",
@@ -1278,7 +1466,7 @@ impl Store {
             if carried.is_none_or(|h| h.term == 0) {
                 r.raft.campaign_now();
             }
-            r.published_epoch = desc.epoch;
+            r.published = desc.version();
             self.publish.push(desc);
         }
     }
@@ -1334,6 +1522,12 @@ impl Store {
 
     /// Effects of a write batch that is now durable.
     fn release(&mut self, after: AfterPersist) {
+        // A replica made here again since keeps its file (written later).
+        for range in after.removed {
+            if !self.replicas.contains_key(&range) {
+                self.delete_snapshots.push(range);
+            }
+        }
         for (range, point, messages) in after.groups {
             let Some(r) = self.replicas.get_mut(&range) else {
                 continue;
@@ -1348,6 +1542,104 @@ impl Store {
             }
             self.dirty.insert(range);
         }
+    }
+
+    /// Deletes this node's replica of `range`, which a membership change
+    /// took out (see [`leaves_range`], [`Store::removed_by_peer`]). Waiting
+    /// writes are answered `Ambiguous` (their entries may still commit on
+    /// the other replicas), reads `RangeNotFound` (retried elsewhere). This
+    /// batch's records of the group are dropped; the next write batch drops
+    /// its older ones and keeps a tombstone: its term and vote, raised to
+    /// `term` (a term in which the removal was known to be committed), which
+    /// a replica made here again starts from (`create_uninitialized`).
+    fn remove_replica(
+        &mut self,
+        range: RangeId,
+        term: u64,
+        groups: &mut Vec<GroupWrite>,
+        after: &mut AfterPersist,
+    ) {
+        let Some(r) = self.replicas.remove(&range) else {
+            return;
+        };
+        for (_, (_, req)) in r.proposals {
+            self.replies
+                .push((req, Err(StoreError::Ambiguous { range })));
+        }
+        let gone = || Err(StoreError::RangeNotFound { range });
+        for (req, _) in r.reads_unconfirmed {
+            self.replies.push((req, gone()));
+        }
+        for read in r.reads_confirmed {
+            self.replies.push((read.req, gone()));
+        }
+        groups.retain(|g| g.range != range);
+        after.groups.retain(|g| g.0 != range);
+        self.awake.remove(&range);
+        self.dirty.remove(&range);
+        self.uninitialized.remove(&range);
+        self.silent.remove(&range);
+        let hs = r.raft.hard_state();
+        let tombstone = if term > hs.term {
+            HardState {
+                term,
+                vote: NO_NODE,
+                commit: 0,
+            }
+        } else {
+            HardState { commit: 0, ..hs }
+        };
+        self.tombstones.insert(range, tombstone);
+        self.removing.push((range, tombstone));
+        self.stats.replicas_removed += 1;
+    }
+
+    /// Tells each replica taken out of its range here (`departed`) that it
+    /// is out, once an election timeout while its node is live. Forgotten
+    /// once it answers, or once it is back in the range or this node's
+    /// replica is gone.
+    fn notify_departed(&mut self) {
+        let now = self.ticks;
+        let every = self.cfg.raft.election_ticks as u64;
+        let replicas = &self.replicas;
+        self.departed.retain(|&(node, range), _| {
+            replicas
+                .get(&range)
+                .is_some_and(|r| !r.state.descriptor().replicas.contains(&node))
+        });
+        for (&(node, range), (at, next)) in self.departed.iter_mut() {
+            let live = self.peers.get(&node).is_some_and(|p| p.live);
+            if live && *next <= now {
+                *next = now + every;
+                let term = replicas.get(&range).map_or(0, |r| r.raft.term());
+                self.outbox
+                    .entry(node)
+                    .or_default()
+                    .control
+                    .push(Control::Removed {
+                        range,
+                        at: *at,
+                        term,
+                    });
+            }
+        }
+    }
+
+    /// A peer says this node's replica of `range` is out since index `at`
+    /// of its log (`Control::Removed`). Believed unless this replica holds
+    /// anything above `at` that makes it a member (added again since; it
+    /// may have acknowledged entries as one). An uninitialized replica has
+    /// nothing to delete.
+    fn removed_by_peer(&mut self, range: RangeId, at: u64, term: u64) {
+        let Some(r) = self.replicas.get(&range) else {
+            return;
+        };
+        if self.uninitialized.contains(&range) || r.raft.member_after(at) {
+            return;
+        }
+        let mut groups = Vec::new();
+        let mut after = AfterPersist::default();
+        self.remove_replica(range, term, &mut groups, &mut after);
     }
 
     fn fail_replica(&mut self, range: RangeId, why: String) {
@@ -1367,6 +1659,7 @@ impl Store {
         }
         self.awake.remove(&range);
         self.uninitialized.remove(&range);
+        self.silent.remove(&range);
         self.failed.insert(range);
         self.failures.push(format!("range {range}: {why}"));
     }
@@ -1519,6 +1812,86 @@ fn answer_cut_proposals(
     }
 }
 
+/// If `from` is not in `r`'s range: the index since which the configuration
+/// in force (committed, not joint, applied here) has left it out.
+fn removed_sender(r: &Replica, from: NodeId) -> Option<Index> {
+    let conf = r.raft.conf_state();
+    let at = r.raft.conf_index();
+    let out = !conf.is_joint()
+        && !conf.members().is_empty()
+        && !conf.members().contains(&from)
+        && r.state.applied().0 >= at
+        && !r.state.descriptor().replicas.contains(&from);
+    out.then_some(at)
+}
+
+/// The nodes that the change leaving a joint configuration at `index` took
+/// out: members of the joint configuration before, not of the one after.
+fn departed_at(raft: &Raft, index: Index) -> Vec<NodeId> {
+    let after = raft.conf_at(index).members();
+    raft.conf_at(index - 1)
+        .members()
+        .into_iter()
+        .filter(|n| !after.contains(n) && *n != raft.id())
+        .collect()
+}
+
+/// Whether applying the membership change at `index` took this node's
+/// replica out of its range for good: the configuration it put in force
+/// (committed, not joint, and not followed by a newer one already) lacks
+/// this node, and nothing the replica holds after adds it again
+/// (`Raft::member_after`). Its replica set will never count it again, so
+/// its log and state serve nothing. Decided only when applying the change
+/// itself: a replica added to a range starts from a snapshot that may
+/// predate its addition, whose configuration lacks it too.
+fn leaves_range(r: &Replica, node: NodeId, index: Index) -> bool {
+    let conf = r.raft.conf_state();
+    r.raft.conf_index() == index
+        && !conf.is_joint()
+        && !conf.members().contains(&node)
+        && !r.raft.member_after(index)
+}
+
+/// The membership change that adds `add` and removes `remove` from the
+/// range `desc` describes, if it is still at replica-set version `conf_ver`
+/// (when given) and the change makes sense: nodes added are not replicas yet, nodes
+/// removed are, none is both, and at least one replica remains.
+fn replica_change(
+    desc: &RangeDescriptor,
+    conf_ver: Option<u64>,
+    add: &[NodeId],
+    remove: &[NodeId],
+) -> Result<ConfChange, String> {
+    if let Some(conf_ver) = conf_ver
+        && desc.conf_ver != conf_ver
+    {
+        return Err(format!(
+            "the replica set changed: version {} is {:?}, not version {conf_ver}",
+            desc.conf_ver, desc.replicas
+        ));
+    }
+    let mut changes = Vec::with_capacity(add.len() + remove.len());
+    for (i, &n) in add.iter().enumerate() {
+        if n == NO_NODE || desc.replicas.contains(&n) || add[..i].contains(&n) {
+            return Err(format!("node {n} cannot be added to {:?}", desc.replicas));
+        }
+        changes.push(ConfChangeStep::AddVoter(n));
+    }
+    for (i, &n) in remove.iter().enumerate() {
+        if !desc.replicas.contains(&n) || remove[..i].contains(&n) || add.contains(&n) {
+            return Err(format!(
+                "node {n} cannot be removed from {:?}",
+                desc.replicas
+            ));
+        }
+        changes.push(ConfChangeStep::Remove(n));
+    }
+    if changes.is_empty() || desc.replicas.len() + add.len() == remove.len() {
+        return Err("a change must leave at least one replica and change something".into());
+    }
+    Ok(ConfChange { changes })
+}
+
 /// Proposes a write on a replica that must lead its range; its reply comes
 /// when the entry is applied (or dropped).
 fn propose(
@@ -1528,8 +1901,21 @@ fn propose(
     stats: &mut StoreStats,
     replies: &mut Vec<(ReqId, Result<Reply, StoreError>)>,
 ) -> Result<(), StoreError> {
+    let proposed = r.raft.propose(proposal);
+    track_proposal(r, id, proposed, stats, replies)
+}
+
+/// Waits for the entry a proposal got (its reply comes when the entry is
+/// applied, or dropped), or maps why Raft refused it.
+fn track_proposal(
+    r: &mut Replica,
+    id: ReqId,
+    proposed: Result<(Term, Index), ProposeError>,
+    stats: &mut StoreStats,
+    replies: &mut Vec<(ReqId, Result<Reply, StoreError>)>,
+) -> Result<(), StoreError> {
     let range = r.state.descriptor().id;
-    match r.raft.propose(proposal) {
+    match proposed {
         Ok((term, index)) => {
             // A write still waiting at this index was proposed in an earlier
             // term and its entry replaced here since (see
@@ -1548,6 +1934,11 @@ fn propose(
             range,
             leader: None,
         }),
+        Err(ProposeError::InvalidConfChange(why)) => Err(StoreError::Invalid {
+            range,
+            why: why.to_string(),
+        }),
+        // Too many bytes in flight, or a membership change under way.
         Err(_) => Err(StoreError::Busy { range }),
     }
 }

@@ -20,6 +20,13 @@ use crate::range::RangeId;
 #[derive(Debug, Default)]
 pub struct WriteBatch {
     pub token: u64,
+    /// Groups whose replica left this node, written FIRST: drop all the
+    /// group's records, then keep only this hard state (its term and vote
+    /// outlive the replica, see `Store::remove_replica`). The group's
+    /// snapshot file is deleted only once this is durable
+    /// (`StoreReady::delete_snapshots`): a log without its file is refused
+    /// at recovery.
+    pub removed: Vec<(RangeId, HardState)>,
     pub groups: Vec<GroupWrite>,
 }
 
@@ -81,6 +88,8 @@ pub(super) type GroupAfter = (RangeId, Option<(Index, Term)>, Vec<Message>);
 #[derive(Debug, Default)]
 pub(super) struct AfterPersist {
     pub groups: Vec<GroupAfter>,
+    /// Removed groups whose snapshot files may go once this is durable.
+    pub removed: Vec<RangeId>,
 }
 
 #[derive(Debug)]
@@ -143,6 +152,7 @@ mod tests {
     fn marker(range: RangeId) -> AfterPersist {
         AfterPersist {
             groups: vec![(range, None, vec![])],
+            removed: vec![],
         }
     }
 

@@ -56,8 +56,10 @@ pub struct RecoveredRewrite {
 
 /// Puts back into `store` (new, empty) every replica a restarted node
 /// held: a range with a snapshot file from it and the log after it
-/// ([`rebuild_replica`]); a group the log knows without one as an
-/// uninitialized replica with its hard state (it may have voted). The node
+/// ([`rebuild_replica`]); of a group the log knows without one (an
+/// uninitialized replica, or one removed from its range) only its term and
+/// vote, which a replica made for it again starts from
+/// ([`Store::add_tombstone`]). The node
 /// and the simulator both start this way. The returned rewrites must be
 /// durable before the store runs.
 pub fn recover_store(
@@ -102,7 +104,7 @@ pub fn recover_store(
             return Err(RecoveryError::SnapshotMissing { range });
         }
         if let Some(h) = disk.hard_state(range) {
-            store.add_uninitialized_replica(
+            store.add_tombstone(
                 range,
                 HardState {
                     term: h.term,

@@ -36,6 +36,13 @@ enum WireRequest {
         at: Bytes,
         new_range: u64,
     },
+    ChangeReplicas {
+        range: u64,
+        epoch: u64,
+        conf_ver: Option<u64>,
+        add: Vec<u64>,
+        remove: Vec<u64>,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -156,6 +163,7 @@ enum WireApply {
         len: u64,
         max: u64,
     },
+    Replicas(Bytes),
 }
 
 /// Bytes an encoding starts with room for, at least.
@@ -236,6 +244,19 @@ pub fn encode_request(req: &Request) -> Bytes {
             epoch: *epoch,
             at: at.clone(),
             new_range: *new_range,
+        },
+        Request::ChangeReplicas {
+            range,
+            epoch,
+            conf_ver,
+            add,
+            remove,
+        } => WireRequest::ChangeReplicas {
+            range: *range,
+            epoch: *epoch,
+            conf_ver: *conf_ver,
+            add: add.clone(),
+            remove: remove.clone(),
         },
         Request::Read {
             range,
@@ -322,6 +343,19 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
             at,
             new_range,
         },
+        WireRequest::ChangeReplicas {
+            range,
+            epoch,
+            conf_ver,
+            add,
+            remove,
+        } => Request::ChangeReplicas {
+            range,
+            epoch,
+            conf_ver,
+            add,
+            remove,
+        },
         WireRequest::Read {
             range,
             epoch,
@@ -402,6 +436,7 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
                 left: left.encode(),
                 right: right.encode(),
             },
+            ApplyResult::Replicas(d) => WireApply::Replicas(d.encode()),
         }),
         Ok(Reply::Value(v)) => WireReply::Value(v.clone()),
         Ok(Reply::Pairs(ps)) => WireReply::Pairs(
@@ -486,6 +521,9 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecErro
                 left: RangeDescriptor::decode(&left).map_err(archive_err)?,
                 right: RangeDescriptor::decode(&right).map_err(archive_err)?,
             },
+            WireApply::Replicas(d) => {
+                ApplyResult::Replicas(RangeDescriptor::decode(&d).map_err(archive_err)?)
+            }
         })),
         WireReply::Value(v) => Ok(Reply::Value(v)),
         WireReply::Pairs(ps) => Ok(Reply::Pairs(

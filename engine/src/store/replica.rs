@@ -40,9 +40,10 @@ pub(super) struct Replica {
     /// Entries applied since the last snapshot, and their bytes.
     pub entries_since_snapshot: u64,
     pub bytes_since_snapshot: u64,
-    /// Highest descriptor epoch this replica, as leader, asked the host to
-    /// publish to the meta range (see `StoreReady::publish`).
-    pub published_epoch: u64,
+    /// Highest descriptor version (`RangeDescriptor::version`) this replica,
+    /// as leader, asked the host to publish to the meta range (see
+    /// `StoreReady::publish`).
+    pub published: (u64, u64),
     /// Term and vote of the last hard state handed to the host to write, and
     /// whether a newer commit index is still unwritten (see
     /// `Store::ready_group`: a change of the commit index alone is written
@@ -67,7 +68,7 @@ impl Replica {
             awake_since: now,
             entries_since_snapshot: 0,
             bytes_since_snapshot: 0,
-            published_epoch: 0,
+            published: (0, 0),
         }
     }
 

@@ -95,6 +95,23 @@ pub enum Request {
         at: Bytes,
         new_range: RangeId,
     },
+    /// Change the range's replicas: `add` nodes (as voters) and `remove`
+    /// nodes, in one membership change (a move adds one and removes
+    /// another). Refused with [`StoreError::Invalid`] if the range's replica
+    /// set is no longer at `conf_ver` (when given: for a change planned from
+    /// a view of the range), and with [`StoreError::Busy`] while another
+    /// change is under way.
+    /// The leader proposes it to Raft, which enters a joint configuration
+    /// and leaves it on its own; answered with
+    /// `Reply::Applied(ApplyResult::Replicas(descriptor))` once the entering
+    /// change is applied. The meta range is never changed this way.
+    ChangeReplicas {
+        range: RangeId,
+        epoch: u64,
+        conf_ver: Option<u64>,
+        add: Vec<NodeId>,
+        remove: Vec<NodeId>,
+    },
 }
 
 impl Request {
@@ -104,7 +121,8 @@ impl Request {
             | Request::WriteEncoded { range, .. }
             | Request::Read { range, .. }
             | Request::TransferLeader { range, .. }
-            | Request::Split { range, .. } => *range,
+            | Request::Split { range, .. }
+            | Request::ChangeReplicas { range, .. } => *range,
         }
     }
 
@@ -114,7 +132,8 @@ impl Request {
             | Request::WriteEncoded { epoch, .. }
             | Request::Read { epoch, .. }
             | Request::TransferLeader { epoch, .. }
-            | Request::Split { epoch, .. } => *epoch,
+            | Request::Split { epoch, .. }
+            | Request::ChangeReplicas { epoch, .. } => *epoch,
         }
     }
 }
