@@ -530,11 +530,12 @@ impl Db {
     /// descriptor once the change is applied, and writes it to the meta
     /// range.
     ///
-    /// Idempotent: a change already made returns the descriptor. Refused
-    /// with [`DbError::Invalid`] for the meta range, an unknown range, a node
-    /// added that already holds a replica or removed that holds none, or a
-    /// change that would leave no replica. Waits (within the request
-    /// timeout) while another membership change of the range is completing.
+    /// Idempotent: a change already made (every node of `add` holds a
+    /// replica, none of `remove` does) returns the descriptor. Refused with
+    /// [`DbError::Invalid`] for the meta range, an unknown range, a node not
+    /// in the cluster, a node both added and removed, or a change that would
+    /// leave no replica. Waits (within the request timeout) while another
+    /// membership change of the range is completing.
     pub async fn change_replicas(
         &self,
         range: RangeId,

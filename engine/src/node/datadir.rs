@@ -32,7 +32,7 @@ use crate::range::RangeId;
 use crate::store::Store;
 use crate::store::codec::{decode_snapshot_meta, encode_snapshot_meta};
 use crate::store::recovery::{
-    DurableLog, DurableStore, RecoveredRewrite, RecoveryError, recover_store,
+    DurableLog, DurableStore, Recovered, RecoveredRewrite, RecoveryError, recover_store,
 };
 
 const SNAP_MAGIC: &[u8; 4] = b"TSNP";
@@ -311,8 +311,13 @@ impl DataDir {
         store: &mut Store,
     ) -> Result<tessera_wal::LogBatch, DataDirError> {
         let disk = NodeDisk { dir: self, wal };
-        let rewrites =
-            recover_store(store, &disk).map_err(|e| DataDirError::Recovery(Box::new(e)))?;
+        let Recovered {
+            rewrites,
+            stale_snapshots,
+        } = recover_store(store, &disk).map_err(|e| DataDirError::Recovery(Box::new(e)))?;
+        for range in stale_snapshots {
+            self.delete_snapshot(range)?;
+        }
         let mut fix = tessera_wal::LogBatch::new();
         for RecoveredRewrite {
             range,

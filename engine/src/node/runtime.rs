@@ -848,7 +848,8 @@ fn submit_wal(
     // most a quarter segment.
     let cap = (wal.config().segment_bytes / WAL_REQUEST_SEGMENT_FRACTION) as usize;
     let mut requests = vec![tessera_wal::LogBatch::new()];
-    for (range, hs) in write.removed {
+    for (range, tomb) in write.removed {
+        let hs = tomb.hard_state;
         requests[0].remove_group(range);
         requests[0].set_hard_state(
             range,
@@ -856,6 +857,15 @@ fn submit_wal(
                 term: hs.term,
                 vote: hs.vote,
                 commit: hs.commit,
+            },
+        );
+        let (index, term) = tomb.floor;
+        requests[0].set_hard_state(
+            crate::store::floor_group(range),
+            tessera_wal::HardState {
+                term,
+                vote: 0,
+                commit: index,
             },
         );
     }

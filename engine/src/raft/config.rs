@@ -72,6 +72,10 @@ pub struct Bugs {
     /// (The store.) Trust a leader's lease right after its quiesced group
     /// wakes, though its clock stood still while it slept.
     pub lease_after_sleep: bool,
+    /// A replica made again for a group, after one on its node was deleted
+    /// (taken out of the group), votes as a blank one: it ignores the log
+    /// the deleted one held (`InitialState::vote_floor`).
+    pub ignore_vote_floor: bool,
 }
 
 impl Config {

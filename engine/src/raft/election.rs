@@ -89,7 +89,16 @@ impl Raft {
         let can_vote = self.vote == from
             || (self.vote == NO_NODE && self.leader == NO_NODE)
             || (pre_vote && term > self.term);
-        let up_to_date = self.log.is_up_to_date(last_log_index, last_log_term);
+        let (floor_index, floor_term) = self.vote_floor;
+        #[cfg(feature = "bug-injection")]
+        let (floor_index, floor_term) = if self.cfg.bugs.ignore_vote_floor {
+            (0, 0)
+        } else {
+            (floor_index, floor_term)
+        };
+        let up_to_date = self.log.is_up_to_date(last_log_index, last_log_term)
+            && (last_log_term > floor_term
+                || (last_log_term == floor_term && last_log_index >= floor_index));
         #[cfg(feature = "bug-injection")]
         let up_to_date = up_to_date || self.cfg.bugs.vote_without_log_check;
         let granted = can_vote && up_to_date;

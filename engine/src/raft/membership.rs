@@ -109,8 +109,13 @@ impl Raft {
             }
         }
         self.broadcast_pending = true;
-        // A leader that is no longer a voter steps down; the rest elect.
+        // A leader that is no longer a voter steps down; the rest elect. It
+        // tells them the commit index first: left joint without knowing the
+        // change committed, they would need the old configuration's majority
+        // to elect, and this replica may be deleted (its node's store does
+        // so once out of the group).
         if !self.conf.is_voter(self.id) {
+            self.broadcast_append();
             self.become_follower(self.term, NO_NODE);
         }
     }

@@ -31,6 +31,14 @@ pub struct InitialState {
     pub entries: Vec<Entry>,
     /// Last index the host's state machine had applied (at least the snapshot's).
     pub applied: Index,
+    /// (last index, last term) of the log an earlier replica of this group
+    /// on this node held before it was deleted (taken out of the group),
+    /// (0, 0) if none: votes compare a candidate's log with the greater of
+    /// this and the replica's own, as that replica would have. A replica
+    /// made again blank for the group would otherwise vote for any
+    /// candidate, such as a member that missed the removal and still
+    /// counts this node in its old configuration.
+    pub vote_floor: (Index, Term),
 }
 
 impl InitialState {
@@ -56,6 +64,7 @@ impl InitialState {
             },
             entries: Vec::new(),
             applied: 1,
+            vote_floor: (0, 0),
         }
     }
 
@@ -111,6 +120,8 @@ pub struct Raft {
     pub(super) leader: NodeId,
     pub(super) log: RaftLog,
     pub(super) rng: Rng,
+    /// See [`InitialState::vote_floor`].
+    pub(super) vote_floor: (Index, Term),
 
     // Configuration: `conf` is in force (changes take effect once committed);
     // `conf_history` remembers it after each change since the snapshot so a
@@ -184,6 +195,7 @@ impl Raft {
             leader: NO_NODE,
             log,
             rng: Rng::new(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            vote_floor: init.vote_floor,
             conf: snap_meta.conf_state.clone(),
             conf_base: snap_meta.conf_state.clone(),
             conf_history: Vec::new(),
@@ -230,6 +242,24 @@ impl Raft {
     }
 
     // ----- Accessors -----
+
+    /// See [`InitialState::vote_floor`].
+    pub fn vote_floor(&self) -> (Index, Term) {
+        self.vote_floor
+    }
+
+    /// (last index, last term) of this replica's log, or of the log a
+    /// replica deleted here before held (`vote_floor`) if that is more up
+    /// to date: what its votes compare candidates' logs with.
+    pub fn log_position(&self) -> (Index, Term) {
+        let own = (self.log.last_index(), self.log.last_term());
+        let (fi, ft) = self.vote_floor;
+        if (ft, fi) > (own.1, own.0) {
+            self.vote_floor
+        } else {
+            own
+        }
+    }
 
     pub fn id(&self) -> NodeId {
         self.id

@@ -50,6 +50,7 @@ impl Disk {
             snapshot: self.snapshot.clone(),
             entries: self.entries.clone(),
             applied: self.snapshot.meta.index,
+            vote_floor: (0, 0),
         }
     }
 

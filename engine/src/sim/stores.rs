@@ -39,10 +39,12 @@ use super::linearizability::{self, Input, Op, Output};
 use crate::raft::{HardState, NodeId, Rng, Snapshot};
 use crate::range::{ApplyResult, Command, RangeDescriptor, RangeId};
 use crate::store::codec::{decode_batch, encode_batch};
-use crate::store::recovery::{DurableLog, DurableStore, RecoveredRewrite, recover_store};
+use crate::store::recovery::{
+    DurableLog, DurableStore, Recovered, RecoveredRewrite, recover_store,
+};
 use crate::store::{
     META_RANGE, ReadConsistency, ReadOp, Reply, ReqId, Request, SnapshotKind, Store, StoreConfig,
-    StoreError, StoreReady, WriteBatch, cluster_layout, initial_replica,
+    StoreError, StoreReady, WriteBatch, cluster_layout, floor_group, initial_replica,
 };
 
 type Time = u64;
@@ -253,6 +255,10 @@ struct SimNode {
     /// they reach `pending` after the next batch (or when nothing else is
     /// pending), so later records can be durable before them.
     deferred: Vec<WalOp>,
+    /// Snapshot files of removed replicas to delete, as the runtime does
+    /// after the removal is durable: at the next sync, or never if the node
+    /// crashes first (recovery must then tell the file is stale).
+    deletes: Vec<RangeId>,
     sync_scheduled: bool,
     incarnation: u64,
     tick_ms: Time,
@@ -475,6 +481,8 @@ impl World {
             sc.snapshot_log_percent = snapshot_log_percent;
             sc.snapshot_inline_bytes = snapshot_inline_bytes;
             sc.wake_per_tick_max = wake_max;
+            // From the seed: the node's minute, and shorter.
+            sc.replica_check_ticks = [100, 400, 1200][((opts.seed / 9) % 3) as usize];
             #[cfg(feature = "bug-injection")]
             {
                 sc.raft.bugs = opts.bugs;
@@ -501,6 +509,7 @@ impl World {
                     disk,
                     pending: VecDeque::new(),
                     deferred: Vec::new(),
+                    deletes: Vec::new(),
                     sync_scheduled: false,
                     incarnation: 1000 + id,
                     tick_ms,
@@ -654,8 +663,14 @@ impl World {
                 for n in &holders {
                     let store = self.nodes[n].store.as_ref();
                     if let Some((s, r)) = store.and_then(|s| Some((s, s.replica_raft(d.id)?))) {
+                        // As its leader sees it.
+                        let seen = holders
+                            .iter()
+                            .filter_map(|l| self.nodes[l].store.as_ref()?.replica_raft(d.id))
+                            .find(|l| l.is_leader())
+                            .and_then(|l| l.progress(*n).cloned());
                         lagging.push(format!(
-                            "node {n}: term {} leader {} commit {} last {} quiesced {}",
+                            "node {n}: term {} leader {} commit {} last {} quiesced {} progress {seen:?}",
                             r.term(),
                             r.leader(),
                             r.commit_index(),
@@ -948,6 +963,9 @@ impl World {
             Ev::Sync(n) => {
                 let node = self.nodes.get_mut(&n).expect("node");
                 node.sync_scheduled = false;
+                for range in std::mem::take(&mut node.deletes) {
+                    node.disk.snapshots.remove(&range);
+                }
                 if node.pending.len() <= 1 && !node.deferred.is_empty() {
                     let deferred = std::mem::take(&mut node.deferred);
                     node.pending.push_back((0, deferred));
@@ -1180,9 +1198,7 @@ impl World {
     fn act(&mut self, n: NodeId, rd: StoreReady) -> Result<(), Violation> {
         // Before this batch's files, as the runtime does.
         let node = self.nodes.get_mut(&n).expect("node");
-        for range in &rd.delete_snapshots {
-            node.disk.snapshots.remove(range);
-        }
+        node.deletes.extend(&rd.delete_snapshots);
         if let Some(WriteBatch {
             token,
             removed,
@@ -1205,13 +1221,22 @@ impl World {
                 let earlier = std::mem::take(&mut node.deferred);
                 node.pending.push_back((0, earlier));
             }
-            for (range, hs) in removed {
+            for (range, tomb) in removed {
                 ops.push(WalOp::Remove(range));
-                ops.push(WalOp::HardState(range, hs));
+                ops.push(WalOp::HardState(range, tomb.hard_state));
+                let (index, term) = tomb.floor;
+                let floor = HardState {
+                    term,
+                    vote: 0,
+                    commit: index,
+                };
+                ops.push(WalOp::HardState(floor_group(range), floor));
             }
             for g in groups {
                 if let Some(s) = g.snapshot {
-                    // Snapshot files are durable before the batch is written.
+                    // Snapshot files are durable before the batch is written;
+                    // a deletion queued before goes first.
+                    node.deletes.retain(|&r| r != g.range);
                     node.disk.snapshots.insert(
                         g.range,
                         Snapshot {
@@ -1335,6 +1360,7 @@ impl World {
         }
         node.sync_scheduled = false;
         node.deferred.clear();
+        node.deletes.clear();
         node.waiting.clear();
         self.report.crashes += 1;
         self.note(format!(
@@ -1370,8 +1396,14 @@ impl World {
         // The node's own start: replicas from their snapshots and the log,
         // the other groups uninitialized, and the rewrites durable before
         // the store runs.
-        let rewrites = recover_store(&mut store, &node.disk)
+        let Recovered {
+            rewrites,
+            stale_snapshots,
+        } = recover_store(&mut store, &node.disk)
             .map_err(|e| fail("recovery", format!("node {n}: {e}")))?;
+        for range in stale_snapshots {
+            node.disk.snapshots.remove(&range);
+        }
         for RecoveredRewrite {
             range, rewrite: rw, ..
         } in rewrites

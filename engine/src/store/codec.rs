@@ -149,14 +149,16 @@ pub enum Control {
     /// The sender is stopping (a graceful shutdown).
     Leaving,
     /// The receiver's replica of `range` is out of the range: the
-    /// sender's configuration in force since log index `at` (committed, not
-    /// joint) does not list it; the sender is at `term`. The receiver
-    /// deletes its replica unless its own log shows it added again after
-    /// `at` (`Store::removed_by_peer`).
+    /// configuration of the range's leader, at `term`, in force since log
+    /// index `at` (committed, not joint), does not list it. The receiver
+    /// deletes its replica unless its term is newer or its own log shows it
+    /// added again after `at` (`Store::removed_by_peer`).
     Removed { range: RangeId, at: u64, term: u64 },
-    /// The sender took note of a [`Control::Removed`] about `range` (its
-    /// replica is deleted, was never there, or was added again): stop.
-    RemovedAck { range: RangeId },
+    /// Node `node`'s replica of `range` asks whether it is still in the
+    /// range: the range's leader answers it [`Control::Removed`] if not;
+    /// nobody answers otherwise. A follower passes the question on to its
+    /// leader (`node` is then not the sender).
+    Probe { range: RangeId, node: NodeId },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -175,7 +177,7 @@ enum WireControl {
     ForwardReply { seq: u64, reply: Bytes },
     Leaving,
     Removed { range: u64, at: u64, term: u64 },
-    RemovedAck { range: u64 },
+    Probe { range: u64, node: u64 },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -308,7 +310,7 @@ fn wire_batch(batch: &PeerBatch) -> WireBatch {
                 },
                 Control::Leaving => WireControl::Leaving,
                 &Control::Removed { range, at, term } => WireControl::Removed { range, at, term },
-                &Control::RemovedAck { range } => WireControl::RemovedAck { range },
+                &Control::Probe { range, node } => WireControl::Probe { range, node },
             })
             .collect(),
     }
@@ -403,7 +405,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<PeerBatch, CodecError> {
                 },
                 WireControl::Leaving => Control::Leaving,
                 WireControl::Removed { range, at, term } => Control::Removed { range, at, term },
-                WireControl::RemovedAck { range } => Control::RemovedAck { range },
+                WireControl::Probe { range, node } => Control::Probe { range, node },
             })
         })
         .collect::<Result<Vec<_>, CodecError>>()?;

@@ -27,6 +27,12 @@ pub struct StoreConfig {
     pub liveness_timeout_ticks: u32,
     /// Most quiesced groups woken per tick after a node is lost. Default 256.
     pub wake_per_tick_max: usize,
+    /// Every replica asks the other members of its range, once in this many
+    /// ticks, whether it is still one (`Control::Probe`): a replica taken
+    /// out of its range while it could not hear (cut off, or quiesced) is
+    /// otherwise never told. The replicas are spread over the period, a
+    /// few per tick. 0: never.
+    pub replica_check_ticks: u64,
     /// Entries applied since the last snapshot before a replica takes a new
     /// one and compacts its log. Default 2,000: every entry kept is memory
     /// and WAL space, times the number of replicas on the node (see
@@ -89,6 +95,8 @@ impl StoreConfig {
             raft,
             quiesce_after_ticks: 3,
             wake_per_tick_max: 256,
+            // A minute at the node's 50 ms tick.
+            replica_check_ticks: 1200,
             snapshot_entries: 2_000,
             snapshot_log_percent: 100,
             snapshot_bytes: 64 << 20,

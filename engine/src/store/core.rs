@@ -40,7 +40,7 @@ use super::bootstrap::META_RANGE;
 use super::codec::{Control, PeerBatch, encode_payload};
 use super::config::StoreConfig;
 use super::persist::{
-    AfterPersist, GroupWrite, PersistQueue, SnapshotKind, SnapshotWrite, WriteBatch,
+    AfterPersist, GroupWrite, PersistQueue, SnapshotKind, SnapshotWrite, Tombstone, WriteBatch,
 };
 use super::replica::{ConfirmedRead, Replica};
 use super::request::{ReadConsistency, ReadOp, Reply, ReqId, Request, StoreError};
@@ -170,20 +170,14 @@ pub struct Store {
     uninitialized: BTreeSet<RangeId>,
     /// Term and vote of replicas removed from their range (see
     /// [`Store::remove_replica`]), for a replica of the range made here again.
-    tombstones: BTreeMap<RangeId, HardState>,
-    /// Replicas that membership changes applied here took out of their
-    /// range, as (their node, range) -> (index since which they are out,
-    /// tick of the next notice): each is told `Control::Removed` once an
-    /// election timeout while its node is live, until it answers. A
-    /// replica cut off while it was removed hears nothing else: the leader
-    /// no longer sends to it, and if it was a quiesced leader itself it
-    /// never campaigns (which the members would answer the same way).
-    departed: BTreeMap<(NodeId, RangeId), (Index, u64)>,
-    /// Uninitialized replicas made from a tombstone: they ignore vote
-    /// requests until a snapshot initializes them (`create_uninitialized`).
-    silent: BTreeSet<RangeId>,
+    tombstones: BTreeMap<RangeId, Tombstone>,
+    /// Where `check_replicas` goes on at the next tick.
+    check_cursor: RangeId,
+    /// Uninitialized replicas that heard a peer since `check_replicas`
+    /// last looked at them; the others go back to tombstones.
+    uninitialized_heard: BTreeSet<RangeId>,
     /// Removals in the next write batch.
-    removing: Vec<(RangeId, HardState)>,
+    removing: Vec<(RangeId, Tombstone)>,
     /// See [`StoreReady::delete_snapshots`].
     delete_snapshots: Vec<RangeId>,
     /// Ranges whose replica failed and was taken out: never recreated in
@@ -239,8 +233,8 @@ impl Store {
             publish: Vec::new(),
             uninitialized: BTreeSet::new(),
             tombstones: BTreeMap::new(),
-            departed: BTreeMap::new(),
-            silent: BTreeSet::new(),
+            check_cursor: 0,
+            uninitialized_heard: BTreeSet::new(),
             removing: Vec::new(),
             delete_snapshots: Vec::new(),
             failed: BTreeSet::new(),
@@ -704,18 +698,37 @@ impl Store {
                     self.replies.push((id, reply));
                     return Ok(());
                 }
+                let me = self.cfg.node_id;
+                if let Some(n) = add
+                    .iter()
+                    .find(|&&n| n != me && !self.peers.contains_key(&n))
+                {
+                    return Err(StoreError::Invalid {
+                        range,
+                        why: format!("node {n} is not in the cluster"),
+                    });
+                }
                 let change = replica_change(desc, conf_ver, &add, &remove)
                     .map_err(|why| StoreError::Invalid { range, why })?;
                 // A leader removing itself would leave the range leaderless
                 // until an election: it hands leadership on first, and the
                 // caller retries with the new leader.
-                let me = self.cfg.node_id;
                 if remove.contains(&me) {
-                    let heir = desc
+                    // A live one, caught up if any is.
+                    let last = r.raft.last_index();
+                    let peers = &self.peers;
+                    let heirs: Vec<NodeId> = desc
                         .replicas
                         .iter()
                         .copied()
-                        .find(|n| *n != me && !remove.contains(n));
+                        .filter(|n| *n != me && !remove.contains(n))
+                        .filter(|n| peers.get(n).is_some_and(|p| p.live))
+                        .collect();
+                    let heir = heirs
+                        .iter()
+                        .copied()
+                        .find(|&n| r.raft.progress(n).is_some_and(|p| p.matched == last))
+                        .or(heirs.first().copied());
                     if let Some(heir) = heir {
                         let _ = r.raft.transfer_leader(heir);
                         self.wake(range);
@@ -783,27 +796,21 @@ impl Store {
             if !self.replicas.contains_key(&range) && !self.create_uninitialized(range, &msg) {
                 continue;
             }
-            let Some(r) = self.replicas.get_mut(&range) else {
-                continue;
-            };
             // A replica this range no longer has missed the end of its
             // removal (the leader stops sending once it is out) and, hearing
             // nothing, asks for votes: it is told. Still stepped (Raft refuses
             // or grants it as any vote): this replica may be the one behind,
             // the sender added again since.
             let vote = matches!(msg.body, MessageBody::Vote { .. });
-            if vote && let Some(at) = removed_sender(r, from) {
-                let term = r.raft.term();
-                self.outbox
-                    .entry(from)
-                    .or_default()
-                    .control
-                    .push(Control::Removed { range, at, term });
+            if vote {
+                self.answer_probe(from, from, range);
             }
-            // See `create_uninitialized`: it must not vote yet.
-            if vote && self.silent.contains(&range) {
+            if self.uninitialized.contains(&range) {
+                self.uninitialized_heard.insert(range);
+            }
+            let Some(r) = self.replicas.get_mut(&range) else {
                 continue;
-            }
+            };
             // Late acknowledgements to a quiesced leader change nothing.
             let wakes = !matches!(
                 msg.body,
@@ -826,17 +833,8 @@ impl Store {
                 Control::Forward { seq, request } => self.serve_forwarded(from, seq, request),
                 Control::ForwardReply { seq, reply } => self.forward_replied(from, seq, reply),
                 Control::Leaving => self.peer_left(from),
-                Control::Removed { range, at, term } => {
-                    self.removed_by_peer(range, at, term);
-                    self.outbox
-                        .entry(from)
-                        .or_default()
-                        .control
-                        .push(Control::RemovedAck { range });
-                }
-                Control::RemovedAck { range } => {
-                    self.departed.remove(&(from, range));
-                }
+                Control::Removed { range, at, term } => self.removed_by_peer(range, at, term),
+                Control::Probe { range, node } => self.answer_probe(from, node, range),
             }
         }
     }
@@ -880,35 +878,24 @@ impl Store {
             return false;
         }
         // A replica this node held before (removed from the range, or
-        // known only by its hard state since a restart). Blank, it would
-        // vote for anyone; a member that missed the removal, still counting
-        // this node in the old configuration, could so be elected without
-        // the entries the others committed since. So it is made again only
-        // for a leader's message in the tombstone's term or later (where
-        // every leader holds the removal, so it is one adding this node
-        // back), and it does not vote until a snapshot initializes it.
-        let Some(hs) = self.tombstones.get(&range).copied() else {
-            return self.add_uninitialized_replica(range, HardState::default());
-        };
-        if matches!(msg.body, MessageBody::Vote { .. }) || msg.term < hs.term {
-            return false;
-        }
-        self.tombstones.remove(&range);
-        self.silent.insert(range);
-        self.add_uninitialized_replica(range, hs)
+        // known only by its term and vote since a restart) starts from them.
+        let tomb = self.tombstones.remove(&range).unwrap_or_default();
+        self.add_uninitialized_replica_from(range, tomb)
     }
 
-    /// Remembers the term and vote of a group the host's log knows and this
-    /// node holds no replica of (an uninitialized one before a restart, or
-    /// one removed from its range): a replica made here for the range starts
-    /// from them. Costs a map entry, not a replica.
-    pub fn add_tombstone(&mut self, range: RangeId, hard_state: HardState) {
+    /// Remembers what a group the host's log knows, and this node holds no
+    /// replica of, leaves behind (see [`Tombstone`]): an uninitialized
+    /// replica's before a restart, or a replica's taken out of its range. A
+    /// replica made here for the range again starts from it. Costs a map
+    /// entry, not a replica.
+    pub fn add_tombstone(&mut self, range: RangeId, tomb: Tombstone) {
         if !self.replicas.contains_key(&range) {
-            let hs = HardState {
+            let hard_state = HardState {
                 commit: 0,
-                ..hard_state
+                ..tomb.hard_state
             };
-            self.tombstones.insert(range, hs);
+            self.tombstones
+                .insert(range, Tombstone { hard_state, ..tomb });
         }
     }
 
@@ -917,6 +904,14 @@ impl Store {
     /// hard state in the log and no snapshot file. False if the range is
     /// already here.
     pub fn add_uninitialized_replica(&mut self, range: RangeId, hard_state: HardState) -> bool {
+        let tomb = Tombstone {
+            hard_state,
+            floor: (0, 0),
+        };
+        self.add_uninitialized_replica_from(range, tomb)
+    }
+
+    fn add_uninitialized_replica_from(&mut self, range: RangeId, tomb: Tombstone) -> bool {
         if self.replicas.contains_key(&range) {
             return false;
         }
@@ -931,8 +926,9 @@ impl Store {
         let init = InitialState {
             hard_state: HardState {
                 commit: 0,
-                ..hard_state
+                ..tomb.hard_state
             },
+            vote_floor: tomb.floor,
             ..InitialState::joining()
         };
         if self
@@ -983,9 +979,7 @@ impl Store {
         if !self.forwarded.is_empty() {
             self.abandon_forwards();
         }
-        if !self.departed.is_empty() {
-            self.notify_departed();
-        }
+        self.check_replicas();
         for (to, controls) in std::mem::take(&mut self.resend) {
             if !self.peer_live(to) {
                 continue;
@@ -1179,7 +1173,7 @@ impl Store {
                     }
                     r.state = state;
                     self.uninitialized.remove(&range);
-                    self.silent.remove(&range);
+                    self.uninitialized_heard.remove(&range);
                     self.stats.snapshots_installed += 1;
                     r.entries_since_snapshot = 0;
                     r.bytes_since_snapshot = 0;
@@ -1253,11 +1247,6 @@ impl Store {
                 EntryPayload::ConfChange(cc) => {
                     let result = r.state.apply_conf_change(e.index, e.term, cc);
                     left_range = leaves_range(r, node, e.index);
-                    if cc.is_leave_joint() {
-                        for gone in departed_at(&r.raft, e.index) {
-                            self.departed.insert((gone, range), (e.index, self.ticks));
-                        }
-                    }
                     Some(result)
                 }
                 _ => {
@@ -1306,8 +1295,7 @@ impl Store {
             return;
         }
         if left_range {
-            let term = self.replicas.get(&range).map_or(0, |r| r.raft.term());
-            self.remove_replica(range, term, groups, after);
+            self.remove_replica(range, groups, after);
             return;
         }
         let Some(r) = self.replicas.get_mut(&range) else {
@@ -1373,8 +1361,22 @@ impl Store {
         after: &mut AfterPersist,
     ) {
         let desc = right.descriptor().clone();
+        // A replica of the new range taken out of it since (this replica of
+        // the left side replays the split: it lags, or restarted from a
+        // snapshot before the split): the range has moved on without this
+        // node, which must not come back as one of its first voters.
+        let removed_here = self
+            .tombstones
+            .get(&desc.id)
+            .is_some_and(Tombstone::removed)
+            || (self.uninitialized.contains(&desc.id)
+                && self
+                    .replicas
+                    .get(&desc.id)
+                    .is_some_and(|r| r.raft.vote_floor().0 > 0));
         if self.initialized(desc.id)
             || self.failed.contains(&desc.id)
+            || removed_here
             || !desc.replicas.contains(&self.cfg.node_id)
         {
             return;
@@ -1384,20 +1386,19 @@ impl Store {
         // have voted: its term and vote carry over (CockroachDB #44615).
         let mut carried = None;
         let mut replaced = None;
-        // Or a replica of it removed from here before (or not recreated
-        // since a restart): its term and vote likewise.
-        if let Some(hs) = self.tombstones.remove(&desc.id)
-            && hs.term > init.hard_state.term
+        // Or one not made again since a restart: its term and vote likewise.
+        if let Some(tomb) = self.tombstones.remove(&desc.id)
+            && tomb.hard_state.term > init.hard_state.term
         {
-            init.hard_state.term = hs.term;
-            init.hard_state.vote = hs.vote;
+            init.hard_state.term = tomb.hard_state.term;
+            init.hard_state.vote = tomb.hard_state.vote;
             carried = Some(init.hard_state);
         }
         if self.uninitialized.remove(&desc.id)
             && let Some(mut old) = self.replicas.remove(&desc.id)
         {
             self.awake.remove(&desc.id);
-            self.silent.remove(&desc.id);
+            self.uninitialized_heard.remove(&desc.id);
             let hs = old.raft.hard_state();
             if hs.term > init.hard_state.term {
                 init.hard_state.term = hs.term;
@@ -1438,8 +1439,12 @@ impl Store {
                 self.replicas.insert(desc.id, old);
                 self.uninitialized.insert(desc.id);
                 self.awake.insert(desc.id);
-            } else if let Some(hs) = carried {
-                self.tombstones.insert(desc.id, hs);
+            } else if let Some(hard_state) = carried {
+                let tomb = Tombstone {
+                    hard_state,
+                    floor: (0, 0),
+                };
+                self.tombstones.insert(desc.id, tomb);
             }
             self.failures.push(format!(
                 "range {}: split-off range not created: {e}",
@@ -1522,9 +1527,10 @@ impl Store {
 
     /// Effects of a write batch that is now durable.
     fn release(&mut self, after: AfterPersist) {
-        // A replica made here again since keeps its file (written later).
+        // A replica made here again and initialized since has its own file
+        // (written after the removal); an uninitialized one has none.
         for range in after.removed {
-            if !self.replicas.contains_key(&range) {
+            if !self.initialized(range) {
                 self.delete_snapshots.push(range);
             }
         }
@@ -1548,14 +1554,19 @@ impl Store {
     /// took out (see [`leaves_range`], [`Store::removed_by_peer`]). Waiting
     /// writes are answered `Ambiguous` (their entries may still commit on
     /// the other replicas), reads `RangeNotFound` (retried elsewhere). This
-    /// batch's records of the group are dropped; the next write batch drops
-    /// its older ones and keeps a tombstone: its term and vote, raised to
-    /// `term` (a term in which the removal was known to be committed), which
-    /// a replica made here again starts from (`create_uninitialized`).
+    /// batch's records of the group, and the effects of earlier batches
+    /// still in flight, are dropped; the next write batch drops its older
+    /// records and keeps a [`Tombstone`]: its term, vote and log position,
+    /// which a replica made here again starts from (`create_uninitialized`).
+    ///
+    /// Its votes outlive it that way. Members that have not learned that
+    /// the change is complete still need the old configuration's majority
+    /// to elect, and may ask this node; a blank replica would vote for any
+    /// candidate, such as a member that missed the change and could then
+    /// be elected without entries committed since.
     fn remove_replica(
         &mut self,
         range: RangeId,
-        term: u64,
         groups: &mut Vec<GroupWrite>,
         after: &mut AfterPersist,
     ) {
@@ -1575,71 +1586,153 @@ impl Store {
         }
         groups.retain(|g| g.range != range);
         after.groups.retain(|g| g.0 != range);
+        self.persist.forget(range);
         self.awake.remove(&range);
         self.dirty.remove(&range);
         self.uninitialized.remove(&range);
-        self.silent.remove(&range);
-        let hs = r.raft.hard_state();
-        let tombstone = if term > hs.term {
-            HardState {
-                term,
-                vote: NO_NODE,
+        self.uninitialized_heard.remove(&range);
+        let tomb = Tombstone {
+            hard_state: HardState {
                 commit: 0,
-            }
-        } else {
-            HardState { commit: 0, ..hs }
+                ..r.raft.hard_state()
+            },
+            floor: r.raft.log_position(),
         };
-        self.tombstones.insert(range, tombstone);
-        self.removing.push((range, tombstone));
+        self.tombstones.insert(range, tomb);
+        self.removing.push((range, tomb));
         self.stats.replicas_removed += 1;
     }
 
-    /// Tells each replica taken out of its range here (`departed`) that it
-    /// is out, once an election timeout while its node is live. Forgotten
-    /// once it answers, or once it is back in the range or this node's
-    /// replica is gone.
-    fn notify_departed(&mut self) {
-        let now = self.ticks;
-        let every = self.cfg.raft.election_ticks as u64;
-        let replicas = &self.replicas;
-        self.departed.retain(|&(node, range), _| {
-            replicas
-                .get(&range)
-                .is_some_and(|r| !r.state.descriptor().replicas.contains(&node))
-        });
-        for (&(node, range), (at, next)) in self.departed.iter_mut() {
-            let live = self.peers.get(&node).is_some_and(|p| p.live);
-            if live && *next <= now {
-                *next = now + every;
-                let term = replicas.get(&range).map_or(0, |r| r.raft.term());
-                self.outbox
-                    .entry(node)
-                    .or_default()
-                    .control
-                    .push(Control::Removed {
-                        range,
-                        at: *at,
-                        term,
-                    });
+    /// Asks, for a few replicas each tick, the other members of their range
+    /// whether they are still in it (`StoreConfig::replica_check_ticks`).
+    /// A replica taken out of its range is told at once only if it hears
+    /// the change applied, or when it asks for votes. One cut off meanwhile
+    /// and quiesced, or added and taken out again before it caught up (its
+    /// snapshot's configuration lacks it, so it never campaigns), would
+    /// otherwise keep its state for ever.
+    fn check_replicas(&mut self) {
+        let period = self.cfg.replica_check_ticks;
+        if period == 0 || self.replicas.is_empty() {
+            return;
+        }
+        let budget = (self.replicas.len() as u64).div_ceil(period) as usize;
+        let me = self.cfg.node_id;
+        let from = self.check_cursor;
+        let picked: Vec<RangeId> = self
+            .replicas
+            .range(from..)
+            .chain(self.replicas.range(..from))
+            .map(|(&id, _)| id)
+            .take(budget)
+            .collect();
+        self.check_cursor = picked.last().map_or(0, |&id| id + 1);
+        for range in picked {
+            // One that heard nothing for a whole period waits as a
+            // tombstone (the messages that made it make it again).
+            if self.uninitialized.contains(&range) {
+                if !self.uninitialized_heard.remove(&range) {
+                    self.bury_uninitialized(range);
+                }
+                continue;
             }
+            if range == META_RANGE {
+                continue;
+            }
+            let Some(r) = self.replicas.get(&range) else {
+                continue;
+            };
+            let mut ask = r.raft.conf_state().members();
+            ask.extend(r.state.descriptor().replicas.iter().copied());
+            ask.remove(&me);
+            for node in ask {
+                if self.peers.contains_key(&node) {
+                    peer_batch(&mut self.outbox, node, self.outbox_hint)
+                        .control
+                        .push(Control::Probe { range, node: me });
+                }
+            }
+        }
+    }
+
+    /// `node`'s replica of `range` asks whether it is still in the range
+    /// (or asks for votes), through `from` (itself, or a follower passing
+    /// the question on): if this replica leads the range, and its
+    /// configuration in force (committed, not joint, applied here) leaves
+    /// `node` out, it is told `Control::Removed`. Only the leader answers: a
+    /// follower behind may not know yet that `node` was added (and `node`
+    /// may have acknowledged a snapshot to the leader, which counts on it).
+    /// A follower passes a question asked of it to the leader it knows: a
+    /// replica taken out while cut off asks the members it knew, and the
+    /// leader may not be one of them.
+    fn answer_probe(&mut self, from: NodeId, node: NodeId, range: RangeId) {
+        let Some(r) = self.replicas.get(&range) else {
+            return;
+        };
+        let me = self.cfg.node_id;
+        if !r.raft.is_leader() {
+            let leader = r.raft.leader();
+            if from == node && leader != NO_NODE && leader != me && leader != node {
+                peer_batch(&mut self.outbox, leader, self.outbox_hint)
+                    .control
+                    .push(Control::Probe { range, node });
+            }
+            return;
+        }
+        if let Some(at) = removed_sender(r, node) {
+            let term = r.raft.term();
+            self.outbox
+                .entry(node)
+                .or_default()
+                .control
+                .push(Control::Removed { range, at, term });
         }
     }
 
     /// A peer says this node's replica of `range` is out since index `at`
-    /// of its log (`Control::Removed`). Believed unless this replica holds
+    /// of its log (`Control::Removed`), as the range's leader at `term`
+    /// sees it. An uninitialized replica goes back to a tombstone (which it
+    /// is worth). Another is deleted unless its term is newer, or it holds
     /// anything above `at` that makes it a member (added again since; it
-    /// may have acknowledged entries as one). An uninitialized replica has
-    /// nothing to delete.
+    /// may have acknowledged entries as one).
+    ///
+    /// A leader at this replica's term or later holds the change that added
+    /// it (it was committed before any leader sent it anything; the leader
+    /// of its term is the one that did), so a configuration of that
+    /// leader's that leaves it out came after: it was taken out, and the
+    /// leader no longer counts on what it acknowledged.
     fn removed_by_peer(&mut self, range: RangeId, at: u64, term: u64) {
         let Some(r) = self.replicas.get(&range) else {
             return;
         };
-        if self.uninitialized.contains(&range) || r.raft.member_after(at) {
+        if self.uninitialized.contains(&range) {
+            self.bury_uninitialized(range);
+            return;
+        }
+        if term < r.raft.term() || r.raft.member_after(at) {
             return;
         }
         let mut groups = Vec::new();
         let mut after = AfterPersist::default();
-        self.remove_replica(range, term, &mut groups, &mut after);
+        self.remove_replica(range, &mut groups, &mut after);
+    }
+
+    /// Turns an uninitialized replica back into the tombstone it is
+    /// equivalent to (its term, vote and vote floor are in the log
+    /// already): a range's messages make it again.
+    fn bury_uninitialized(&mut self, range: RangeId) {
+        if !self.uninitialized.remove(&range) {
+            return;
+        }
+        self.uninitialized_heard.remove(&range);
+        self.awake.remove(&range);
+        self.dirty.remove(&range);
+        if let Some(r) = self.replicas.remove(&range) {
+            let tomb = Tombstone {
+                hard_state: r.raft.hard_state(),
+                floor: r.raft.vote_floor(),
+            };
+            self.add_tombstone(range, tomb);
+        }
     }
 
     fn fail_replica(&mut self, range: RangeId, why: String) {
@@ -1659,7 +1752,7 @@ impl Store {
         }
         self.awake.remove(&range);
         self.uninitialized.remove(&range);
-        self.silent.remove(&range);
+        self.uninitialized_heard.remove(&range);
         self.failed.insert(range);
         self.failures.push(format!("range {range}: {why}"));
     }
@@ -1823,17 +1916,6 @@ fn removed_sender(r: &Replica, from: NodeId) -> Option<Index> {
         && r.state.applied().0 >= at
         && !r.state.descriptor().replicas.contains(&from);
     out.then_some(at)
-}
-
-/// The nodes that the change leaving a joint configuration at `index` took
-/// out: members of the joint configuration before, not of the one after.
-fn departed_at(raft: &Raft, index: Index) -> Vec<NodeId> {
-    let after = raft.conf_at(index).members();
-    raft.conf_at(index - 1)
-        .members()
-        .into_iter()
-        .filter(|n| !after.contains(n) && *n != raft.id())
-        .collect()
 }
 
 /// Whether applying the membership change at `index` took this node's

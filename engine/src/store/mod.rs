@@ -32,5 +32,7 @@ pub use bootstrap::{
 pub use codec::{Control, PeerBatch};
 pub use config::{PROPOSAL_BYTES_MAX, StoreConfig};
 pub use core::{FORWARDED_ID_BIT, Store, StoreReady, StoreStats};
-pub use persist::{GroupWrite, SnapshotKind, SnapshotWrite, WriteBatch};
+pub use persist::{
+    FLOOR_GROUP_BIT, GroupWrite, SnapshotKind, SnapshotWrite, Tombstone, WriteBatch, floor_group,
+};
 pub use request::{ReadConsistency, ReadOp, Reply, ReqId, Request, StoreError};

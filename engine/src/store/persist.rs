@@ -21,14 +21,44 @@ use crate::range::RangeId;
 pub struct WriteBatch {
     pub token: u64,
     /// Groups whose replica left this node, written FIRST: drop all the
-    /// group's records, then keep only this hard state (its term and vote
-    /// outlive the replica, see `Store::remove_replica`). The group's
+    /// group's records, then keep only the tombstone: its hard state, and
+    /// its floor as the hard state of group [`floor_group`] (term = the
+    /// floor's term, commit = its index; see `Store::remove_replica`). The
+    /// group's
     /// snapshot file is deleted only once this is durable
     /// (`StoreReady::delete_snapshots`): a log without its file is refused
     /// at recovery.
-    pub removed: Vec<(RangeId, HardState)>,
+    pub removed: Vec<(RangeId, Tombstone)>,
     pub groups: Vec<GroupWrite>,
 }
+
+/// What a replica that is gone leaves behind on its node: its term and vote,
+/// and the position of the log it held, (last index, last term), which a
+/// replica made again for the range votes by (`InitialState::vote_floor`);
+/// (0, 0) for one that held no log (an uninitialized replica).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tombstone {
+    pub hard_state: HardState,
+    pub floor: (Index, Term),
+}
+
+impl Tombstone {
+    /// Whether it is what a replica taken out of its range left (it held a
+    /// log), not an uninitialized replica's.
+    pub fn removed(&self) -> bool {
+        self.floor.0 > 0
+    }
+}
+
+/// The WAL group holding the floor of a tombstone of `range` (as a hard
+/// state: term = the floor's term, commit = its index). Apart from the
+/// range's own group, which a snapshot from the leader replaces whole.
+pub fn floor_group(range: RangeId) -> u64 {
+    range | FLOOR_GROUP_BIT
+}
+
+/// Set in the ids of floor groups ([`floor_group`]); never in a range id.
+pub const FLOOR_GROUP_BIT: u64 = 1 << 63;
 
 /// One group's share of a [`WriteBatch`], applied in this order: snapshot,
 /// entries, hard state.
@@ -142,6 +172,14 @@ impl PersistQueue {
 
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Drops the effects waiting for `range` (its replica was deleted): a
+    /// replica made again for the range must not take them as its own.
+    pub fn forget(&mut self, range: RangeId) {
+        for p in &mut self.pending {
+            p.after.groups.retain(|g| g.0 != range);
+        }
     }
 }
 

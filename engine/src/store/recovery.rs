@@ -14,14 +14,17 @@
 //!   and are discarded (Raft sends them again);
 //! - the commit index is at least the snapshot's and at most the last entry.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::raft::{Entry, HardState, InitialState, Snapshot, SnapshotMeta};
+use crate::raft::{Entry, HardState, Index, InitialState, Snapshot, SnapshotMeta, Term};
 use crate::range::{RangeId, RangeState};
 
 use super::codec::{CodecError, decode_payload};
 use super::core::Store;
+use super::persist::{FLOOR_GROUP_BIT, Tombstone};
 
 /// What recovery reads of one group's durable log.
 pub trait DurableLog {
@@ -65,16 +68,50 @@ pub struct RecoveredRewrite {
 pub fn recover_store(
     store: &mut Store,
     disk: &impl DurableStore,
-) -> Result<Vec<RecoveredRewrite>, RecoveryError> {
+) -> Result<Recovered, RecoveryError> {
     let mut rewrites = Vec::new();
+    let mut stale_snapshots = Vec::new();
     let with_files = disk
         .snapshot_ranges()
         .map_err(|why| RecoveryError::Disk { why })?;
+    let floors: BTreeMap<RangeId, (Index, Term)> = disk
+        .log_groups()
+        .into_iter()
+        .filter(|g| g & FLOOR_GROUP_BIT != 0)
+        .filter_map(|g| {
+            let h = disk.hard_state(g)?;
+            Some((g & !FLOOR_GROUP_BIT, (h.commit, h.term)))
+        })
+        .collect();
+    let tombstone = |range: RangeId| Tombstone {
+        hard_state: disk
+            .hard_state(range)
+            .map(|h| HardState {
+                term: h.term,
+                vote: h.vote,
+                commit: 0,
+            })
+            .unwrap_or_default(),
+        floor: floors.get(&range).copied().unwrap_or((0, 0)),
+    };
     for &range in &with_files {
+        // Taken out of its range: the group holds nothing but its tombstone
+        // once the removal is durable. Its file outlived it (the node
+        // stopped before deleting it), or is a snapshot from a leader whose
+        // batch was lost (never acknowledged).
+        let compacted = disk
+            .compacted(range)
+            .map_err(|why| RecoveryError::Log { range, why })?;
+        if floors.contains_key(&range) && compacted.is_none() && disk.first_index(range).is_none() {
+            store.add_tombstone(range, tombstone(range));
+            stale_snapshots.push(range);
+            continue;
+        }
         let snapshot = disk
             .read_snapshot(range)
             .map_err(|why| RecoveryError::Disk { why })?;
-        let (init, state) = rebuild_replica(range, snapshot, disk)?;
+        let (mut init, state) = rebuild_replica(range, snapshot, disk)?;
+        init.vote_floor = floors.get(&range).copied().unwrap_or((0, 0));
         if let Some(rewrite) = log_rewrite(range, &init, disk) {
             rewrites.push(RecoveredRewrite {
                 range,
@@ -90,7 +127,7 @@ pub fn recover_store(
             })?;
     }
     for range in disk.log_groups() {
-        if with_files.contains(&range) {
+        if range & FLOOR_GROUP_BIT != 0 || with_files.contains(&range) {
             continue;
         }
         // An uninitialized replica never holds entries or a compaction
@@ -103,18 +140,21 @@ pub fn recover_store(
         if disk.first_index(range).is_some() || compacted.is_some() {
             return Err(RecoveryError::SnapshotMissing { range });
         }
-        if let Some(h) = disk.hard_state(range) {
-            store.add_tombstone(
-                range,
-                HardState {
-                    term: h.term,
-                    vote: h.vote,
-                    commit: 0,
-                },
-            );
-        }
+        store.add_tombstone(range, tombstone(range));
     }
-    Ok(rewrites)
+    Ok(Recovered {
+        rewrites,
+        stale_snapshots,
+    })
+}
+
+/// What [`recover_store`] leaves the host to do before the store runs.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Log rewrites to make durable.
+    pub rewrites: Vec<RecoveredRewrite>,
+    /// Snapshot files of ranges taken out of this node, to delete.
+    pub stale_snapshots: Vec<RangeId>,
 }
 
 /// Why a replica could not be rebuilt.
@@ -243,6 +283,7 @@ pub fn rebuild_replica(
             snapshot,
             entries,
             applied: at,
+            vote_floor: (0, 0),
         },
         state,
     ))

@@ -97,10 +97,12 @@ pub enum Request {
     },
     /// Change the range's replicas: `add` nodes (as voters) and `remove`
     /// nodes, in one membership change (a move adds one and removes
-    /// another). Refused with [`StoreError::Invalid`] if the range's replica
-    /// set is no longer at `conf_ver` (when given: for a change planned from
-    /// a view of the range), and with [`StoreError::Busy`] while another
-    /// change is under way.
+    /// another). A change already made (every node of `add` a replica, none
+    /// of `remove`) is answered at once with the descriptor. Refused with
+    /// [`StoreError::Invalid`] for a node not in the cluster, a change that
+    /// would leave no replica, or if the range's replica set is no longer at
+    /// `conf_ver` (when given: for a change planned from a view of the
+    /// range); with [`StoreError::Busy`] while another change is under way.
     /// The leader proposes it to Raft, which enters a joint configuration
     /// and leaves it on its own; answered with
     /// `Reply::Applied(ApplyResult::Replicas(descriptor))` once the entering

@@ -1,0 +1,297 @@
+//! Moving a range's replicas between the nodes of a real cluster (QUIC,
+//! WAL with fsync): the new replica gets the data, the old one deletes its
+//! state and its snapshot file and stays gone across a restart, writes go on
+//! through the change, and the meta range shows the new replica set.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_engine::cluster::{LocalCluster, LocalClusterOptions};
+use tessera_engine::range::RangeDescriptor;
+use tessera_engine::store::StoreConfig;
+use tessera_engine::{Db, DbError, ReadConsistency};
+
+const NODES: usize = 4;
+
+fn key(i: usize) -> Bytes {
+    let spread = (i as u32).wrapping_mul(2_654_435_761);
+    Bytes::from(format!("{:08x}-{i}", spread))
+}
+
+async fn start(dir: &Path) -> LocalCluster {
+    let mut opts = LocalClusterOptions::new(dir);
+    opts.nodes = NODES;
+    opts.initial_ranges = 2;
+    // Snapshots every 50 entries: the new replica catches up from a
+    // snapshot taken after the range was created, not only from its log.
+    let mut sc = StoreConfig::new(0, vec![]);
+    sc.snapshot_entries = 50;
+    sc.snapshot_log_percent = 0;
+    opts.store = Some(sc);
+    LocalCluster::start(opts).await.expect("cluster starts")
+}
+
+fn snapshot_file(dir: &Path, node: u64, range: u64) -> PathBuf {
+    dir.join(format!("node{node}"))
+        .join("snapshots")
+        .join(format!("{range}.snap"))
+}
+
+/// The user range holding `k`, and a node without a replica of it.
+fn range_and_spare(db: &Db, k: &Bytes) -> (RangeDescriptor, u64) {
+    let d = db.range_of(k);
+    let spare = (1..=NODES as u64)
+        .find(|n| !d.replicas.contains(n))
+        .expect("four nodes, three replicas");
+    (d, spare)
+}
+
+/// Whether node `node` (1-based) holds a replica of `range`, initialized or not.
+async fn holds(cluster: &LocalCluster, node: u64, range: u64) -> bool {
+    let db = cluster.db(node as usize - 1).expect("running");
+    db.node()
+        .handle()
+        .inspect(move |s| s.replica_raft(range).is_some())
+        .await
+        .unwrap_or(false)
+}
+
+async fn wait_until_gone(cluster: &LocalCluster, dir: &Path, node: u64, range: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while holds(cluster, node, range).await || snapshot_file(dir, node, range).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "node {node} still holds range {range} (file there: {})",
+            snapshot_file(dir, node, range).exists()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every replica `d` lists reports the same applied index and
+/// state hash (and never two hashes at one index).
+async fn converged(db: &Db, d: &RangeDescriptor) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hashes = db.replica_hashes(d).await;
+        let ok: Vec<(u64, u64)> = hashes.iter().filter_map(|(_, h)| h.clone().ok()).collect();
+        for a in &ok {
+            for b in &ok {
+                assert!(
+                    a.0 != b.0 || a.1 == b.1,
+                    "range {}: replicas diverge at index {}",
+                    d.id,
+                    a.0
+                );
+            }
+        }
+        if ok.len() == d.replicas.len() && ok.windows(2).all(|w| w[0] == w[1]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "range {} did not converge: {hashes:?}",
+            d.id
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_replica_takes_the_data_and_the_old_one_is_deleted_for_good() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start(dir.path()).await;
+    let db = cluster.db(0).expect("running").clone();
+    for i in 0..200 {
+        db.put(key(i), format!("v{i}")).await.expect("put");
+    }
+    let (d, to) = range_and_spare(&db, &key(0));
+    let leader = db
+        .node()
+        .handle()
+        .inspect({
+            let id = d.id;
+            move |s| s.leader_of(id)
+        })
+        .await
+        .flatten();
+    // A follower's replica moves (the leader's is the next test).
+    let from = *d
+        .replicas
+        .iter()
+        .find(|&&n| Some(n) != leader)
+        .expect("a follower");
+
+    assert!(
+        snapshot_file(dir.path(), from, d.id).exists(),
+        "node {from} has no snapshot file of range {} to delete",
+        d.id
+    );
+    // Writes go on while the replica moves.
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            for i in 200..400 {
+                db.put(key(i), format!("v{i}"))
+                    .await
+                    .expect("put during the move");
+            }
+        })
+    };
+    let moved = db.move_replica(d.id, from, to).await.expect("move");
+    writer.await.expect("writer");
+    assert!(moved.replicas.contains(&to) && !moved.replicas.contains(&from));
+    assert_eq!(moved.replicas.len(), 3);
+    assert_eq!(moved.conf_ver, d.conf_ver + 1);
+    assert_eq!(
+        (moved.epoch, &moved.start, &moved.end),
+        (d.epoch, &d.start, &d.end)
+    );
+
+    // Asked again: already done, nothing changes.
+    let again = db.move_replica(d.id, from, to).await.expect("move again");
+    assert_eq!(again, moved);
+
+    // The meta range shows the new replica set, to every node.
+    let db4 = cluster.db(3).expect("running").clone();
+    db4.refresh_routes().await.expect("refresh");
+    let seen = db4
+        .ranges()
+        .into_iter()
+        .find(|r| r.id == d.id)
+        .expect("range listed");
+    assert_eq!(seen, moved);
+
+    converged(&db, &moved).await;
+    wait_until_gone(&cluster, dir.path(), from, d.id).await;
+    // The new replica holds every write, the ones made during the move too.
+    let on_new = cluster.db(to as usize - 1).expect("running");
+    for i in 0..400 {
+        if moved.contains(&key(i)) {
+            let v = on_new
+                .node()
+                .handle()
+                .inspect({
+                    let (id, k) = (d.id, key(i));
+                    move |s| {
+                        s.replica_state(id)
+                            .and_then(|st| st.get(&k).map(|v| v.to_vec()))
+                    }
+                })
+                .await
+                .flatten();
+            assert_eq!(
+                v,
+                Some(format!("v{i}").into_bytes()),
+                "key {i} on node {to}"
+            );
+        }
+    }
+
+    // Restarts: the old node does not bring the replica back, the new one
+    // keeps it, and every write is still read back.
+    cluster
+        .restart(from as usize - 1)
+        .await
+        .expect("restart old");
+    cluster.restart(to as usize - 1).await.expect("restart new");
+    assert!(
+        !holds(&cluster, from, d.id).await,
+        "replica back on node {from}"
+    );
+    assert!(holds(&cluster, to, d.id).await, "replica lost on node {to}");
+    let db = cluster.db(1).expect("running").clone();
+    for i in 0..400 {
+        assert_eq!(
+            db.get(key(i)).await.expect("get"),
+            Some(Bytes::from(format!("v{i}")))
+        );
+    }
+    converged(&db, &moved).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_own_replica_moves_and_comes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start(dir.path()).await;
+    let db = cluster.db(0).expect("running").clone();
+    for i in 0..100 {
+        db.put(key(i), format!("v{i}")).await.expect("put");
+    }
+    let (d, to) = range_and_spare(&db, &key(0));
+    let leader = loop {
+        let l = db
+            .node()
+            .handle()
+            .inspect({
+                let id = d.id;
+                move |s| s.leader_of(id)
+            })
+            .await
+            .flatten();
+        if let Some(l) = l {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The leader hands leadership on before its replica goes.
+    let moved = db
+        .move_replica(d.id, leader, to)
+        .await
+        .expect("move the leader");
+    assert!(!moved.replicas.contains(&leader));
+    converged(&db, &moved).await;
+    wait_until_gone(&cluster, dir.path(), leader, d.id).await;
+    db.put(key(0), "after").await.expect("put after the move");
+
+    // And back: the node that held it gets a new replica, from a snapshot.
+    let back = db.move_replica(d.id, to, leader).await.expect("move back");
+    assert!(back.replicas.contains(&leader) && !back.replicas.contains(&to));
+    assert_eq!(back.conf_ver, d.conf_ver + 2);
+    converged(&db, &back).await;
+    wait_until_gone(&cluster, dir.path(), to, d.id).await;
+    let v = cluster
+        .db(leader as usize - 1)
+        .expect("running")
+        .get_with(key(0), ReadConsistency::Stale)
+        .await
+        .expect("stale read on the node it came back to");
+    assert_eq!(v, Some(Bytes::from_static(b"after")));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_that_make_no_sense_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start(dir.path()).await;
+    let db = cluster.db(0).expect("running").clone();
+    db.put(key(0), "x").await.expect("put");
+    let (d, spare) = range_and_spare(&db, &key(0));
+    let member = d.replicas[0];
+    let invalid = |r: Result<RangeDescriptor, DbError>| matches!(r, Err(DbError::Invalid(_)));
+    // Nothing to do: a node that already holds a replica added, one that
+    // holds none removed.
+    let same = db.change_replicas(d.id, &[member], &[spare]).await;
+    assert_eq!(same.expect("nothing to change"), d);
+    // A node not in the cluster, one both added and removed, every replica
+    // removed.
+    assert!(invalid(db.change_replicas(d.id, &[99], &[]).await));
+    assert!(invalid(db.change_replicas(d.id, &[spare], &[spare]).await));
+    assert!(invalid(db.change_replicas(d.id, &[], &d.replicas).await));
+    // The meta range, and a range that does not exist.
+    let meta = db.meta_descriptor();
+    assert!(invalid(
+        db.move_replica(meta.id, meta.replicas[0], spare).await
+    ));
+    assert!(invalid(db.move_replica(9_999, member, spare).await));
+    db.refresh_routes().await.expect("refresh");
+    let now = db.range_of(&key(0));
+    assert_eq!(now, d, "a refused change changed the range");
+    assert_eq!(
+        db.get(key(0)).await.expect("get"),
+        Some(Bytes::from_static(b"x"))
+    );
+    cluster.shutdown().await;
+}
