@@ -3,9 +3,11 @@
 //! range's descriptor and the leader this node knows of), `/metrics`
 //! (Prometheus text format: store, WAL, transport and Redis protocol
 //! counters), and
-//! `POST /transfer-leader?range=R&to=N` (routed to the range's leader), and
+//! `POST /transfer-leader?range=R&to=N` (routed to the range's leader),
 //! `POST /split?range=R&key=HEX` (splits range R at the key; answers the two
-//! halves as `/ranges` rows).
+//! halves as `/ranges` rows), and
+//! `POST /change-replicas?range=R&add=N,..&remove=N,..` (adds and removes
+//! replicas in one membership change; answers the range as a `/ranges` row).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -52,6 +54,9 @@ pub struct RangeStatus {
     pub end: String,
     pub replicas: Vec<NodeId>,
     pub epoch: u64,
+    /// Version of the replica set (bumped by every membership change).
+    #[serde(default)]
+    pub conf_ver: u64,
     /// The leader this node knows of (only for ranges it holds a replica of).
     pub leader: Option<NodeId>,
 }
@@ -84,6 +89,7 @@ pub async fn serve_admin(
         .route("/metrics", get(metrics))
         .route("/transfer-leader", post(transfer_leader))
         .route("/split", post(split))
+        .route("/change-replicas", post(change_replicas))
         .with_state(AdminState { db, resp });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -165,6 +171,7 @@ async fn range_rows(db: &Db, descs: Vec<crate::range::RangeDescriptor>) -> Vec<R
             end: hex(&d.end),
             replicas: d.replicas.clone(),
             epoch: d.epoch,
+            conf_ver: d.conf_ver,
             leader: leaders.get(i).copied().flatten(),
         })
         .collect();
@@ -186,6 +193,43 @@ async fn split(State(db): State<Db>, Query(q): Query<SplitQuery>) -> axum::respo
     };
     match db.split_range(q.range, bytes::Bytes::from(key)).await {
         Ok((left, right)) => axum::Json(range_rows(&db, vec![left, right]).await).into_response(),
+        Err(e @ crate::db::DbError::Invalid(_)) => {
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Query of `POST /change-replicas`: comma-separated node ids, either list
+/// may be empty or absent.
+#[derive(Debug, serde::Deserialize)]
+pub struct ChangeReplicasQuery {
+    pub range: RangeId,
+    #[serde(default)]
+    pub add: String,
+    #[serde(default)]
+    pub remove: String,
+}
+
+/// Parses "1,2,3" (or "") into node ids.
+fn node_list(s: &str) -> Option<Vec<NodeId>> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+async fn change_replicas(
+    State(db): State<Db>,
+    Query(q): Query<ChangeReplicasQuery>,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let (Some(add), Some(remove)) = (node_list(&q.add), node_list(&q.remove)) else {
+        let why = "add, remove: comma-separated node ids\n".to_string();
+        return (StatusCode::BAD_REQUEST, why).into_response();
+    };
+    match db.change_replicas(q.range, &add, &remove).await {
+        Ok(d) => axum::Json(range_rows(&db, vec![d]).await).into_response(),
         Err(e @ crate::db::DbError::Invalid(_)) => {
             (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
         }
@@ -392,7 +436,7 @@ fn resp_metrics(out: &mut String, stats: &RespStats) {
 }
 
 fn store_metrics(out: &mut String, s: &StoreStats) {
-    let rows: [(&str, &str, u64); 16] = [
+    let rows: [(&str, &str, u64); 17] = [
         (
             "tessera_replicas",
             "Replicas on this node.",
@@ -467,6 +511,11 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
             "tessera_splits_applied_total",
             "Ranges this node created by applying a split.",
             s.splits_applied,
+        ),
+        (
+            "tessera_replicas_removed_total",
+            "Replicas this node deleted because a membership change took them out.",
+            s.replicas_removed,
         ),
         (
             "tessera_uninitialized_replicas_total",

@@ -234,6 +234,40 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
         assert!(!bad.status.success(), "split {args:?} was accepted");
     }
 
+    // Take range 2's replica off node 3, then put one back (three nodes,
+    // three replicas: there is nowhere to move one). Writes and reads go
+    // on; a node that is not in the cluster is refused.
+    let replicas = |out: &std::process::Output| -> Vec<u64> {
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        rows[0]["replicas"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let out = ctl(dir, 1, &["--json", "change-replicas", "2", "--remove", "3"]);
+    let mut without = replicas(&out);
+    without.sort_unstable();
+    assert_eq!(without, vec![1, 2]);
+    let _: () = redis::cmd("SET")
+        .arg("k0")
+        .arg("v0")
+        .query(&mut c2)
+        .expect("SET");
+    let out = ctl(dir, 1, &["--json", "change-replicas", "2", "--add", "3"]);
+    let mut back = replicas(&out);
+    back.sort_unstable();
+    assert_eq!(back, vec![1, 2, 3]);
+    let refused = ctl(dir, 1, &["move-replica", "2", "1", "9"]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("not in the cluster"), "{why}");
+
     // kill -9 node 3: the others report it unreachable. Both must: a write
     // that reaches a node still counting on node 3 (as its range's leader)
     // is forwarded there and lost, an ambiguous outcome.

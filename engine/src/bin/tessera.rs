@@ -76,6 +76,29 @@ enum CtlCommand {
         /// The node to lead it.
         node: u64,
     },
+    /// Moves a range's replica from one node to another (one membership
+    /// change: the new replica catches up from a snapshot, the old one
+    /// deletes its data). Prints the range.
+    MoveReplica {
+        /// The range id (see `ranges`).
+        range: u64,
+        /// The node whose replica goes.
+        from: u64,
+        /// The node that gets one.
+        to: u64,
+    },
+    /// Adds and removes replicas of a range in one membership change
+    /// (comma-separated node ids). Prints the range.
+    ChangeReplicas {
+        /// The range id (see `ranges`).
+        range: u64,
+        /// Nodes to add a replica on.
+        #[arg(long, value_delimiter = ',')]
+        add: Vec<u64>,
+        /// Nodes whose replica goes.
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<u64>,
+    },
     /// Splits a range in two at KEY: the range keeps the keys below KEY, a
     /// new range takes KEY and above. Prints the two halves.
     Split {
@@ -434,6 +457,15 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        CtlCommand::MoveReplica { range, from, to } => {
+            change_replicas(admin, json, range, &[to], &[from])?;
+        }
+        CtlCommand::ChangeReplicas { range, add, remove } => {
+            if add.is_empty() && remove.is_empty() {
+                bail!("nothing to change: give --add and/or --remove");
+            }
+            change_replicas(admin, json, range, &add, &remove)?;
+        }
         CtlCommand::Split { range, key, hex } => {
             let key_hex = if hex {
                 if tessera_engine::admin::from_hex(&key).is_none() {
@@ -472,6 +504,34 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
 }
 
 /// The `ctl ranges` table.
+/// `POST /change-replicas` and prints the range it answers.
+fn change_replicas(
+    admin: SocketAddr,
+    json: bool,
+    range: u64,
+    add: &[u64],
+    remove: &[u64],
+) -> Result<()> {
+    let list = |ns: &[u64]| ns.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let body = http(
+        admin,
+        "POST",
+        &format!(
+            "/change-replicas?range={range}&add={}&remove={}",
+            list(add),
+            list(remove)
+        ),
+    )?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let rows: Vec<RangeStatus> =
+        serde_json::from_str(&body).context("decoding /change-replicas")?;
+    print_range_rows(rows);
+    Ok(())
+}
+
 fn print_range_rows(rows: Vec<RangeStatus>) {
     println!(
         "{:>6}  {:<10} {:<10} {:<12} {:>5}  leader",
