@@ -22,7 +22,7 @@ fn assert_caught(name: &str, bugs: Bugs, budget: u64) {
 /// quiesced group woke (its clock had stood still). It needs an isolated
 /// leader whose group slept, a write elsewhere, then a lease read on the old
 /// leader: first caught at seed 470, then 42 once half the seeds snapshot
-/// by the state's size, 81 in session 17, 168 in session 18 (the seed moves with every change
+/// by the state's size, 81 in session 17 and again in session 18 (the seed moves with every change
 /// of the message pattern; the budget leaves room for that).
 #[test]
 fn catches_a_lease_trusted_after_sleep() {
@@ -40,7 +40,7 @@ fn catches_a_lease_trusted_after_sleep() {
 /// move took it out, made again blank for the range's messages, voted for
 /// a member that had missed the change, which was elected without entries
 /// committed since (seed 6 on the first version of moves; with the floor
-/// ignored, caught at seed 554). Replicas move
+/// ignored, caught at seed 23). Replicas move
 /// only in seeds with four nodes or more, and a third of those.
 #[test]
 fn catches_a_removed_replica_voting_blank() {

@@ -156,6 +156,30 @@ impl Raft {
         })
     }
 
+    /// Leader: forgets what follower `id` acknowledged and probes it from
+    /// the start (a snapshot if the log no longer reaches back). For a
+    /// replica whose node deleted it and made it again empty (it was told
+    /// it had left the group, wrongly or by a stale notice): the leader would
+    /// otherwise wait for ever for appends after `matched` to be accepted.
+    /// `matched` only ever decided commits already made, which stay made;
+    /// a vote floor on the follower keeps what it acknowledged binding on
+    /// its votes (`InitialState::vote_floor`). False if nothing was reset.
+    pub fn restart_progress(&mut self, id: NodeId) -> bool {
+        if !self.is_leader() || id == self.id {
+            return false;
+        }
+        let next = self.log.last_index() + 1;
+        match self.progress.get_mut(&id) {
+            Some(pr) if pr.matched > 0 => {
+                *pr = Progress::new(next);
+                pr.recent_active = true;
+            }
+            _ => return false,
+        }
+        self.send_appends(id, true);
+        true
+    }
+
     /// The configuration in force at `index` (for a snapshot taken there).
     pub fn conf_at(&self, index: Index) -> ConfState {
         self.conf_history

@@ -385,7 +385,20 @@ impl Raft {
 
     /// Whether this replica may campaign: only voters do.
     pub(super) fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id)
+        self.conf.is_voter(self.id) && !self.below_vote_floor()
+    }
+
+    /// Whether this replica's own log is less up to date than the one a
+    /// replica deleted here before held (`vote_floor`). It may not stand
+    /// for election then: that replica would not have voted for a log like
+    /// this one, its own included.
+    pub(super) fn below_vote_floor(&self) -> bool {
+        let (fi, ft) = self.vote_floor;
+        #[cfg(feature = "bug-injection")]
+        if self.cfg.bugs.ignore_vote_floor {
+            return false;
+        }
+        (ft, fi) > (self.log.last_term(), self.log.last_index())
     }
 
     /// Followers that heard a live leader within an election timeout ignore

@@ -481,8 +481,9 @@ impl World {
             sc.snapshot_log_percent = snapshot_log_percent;
             sc.snapshot_inline_bytes = snapshot_inline_bytes;
             sc.wake_per_tick_max = wake_max;
-            // From the seed: the node's minute, and shorter.
-            sc.replica_check_ticks = [100, 400, 1200][((opts.seed / 9) % 3) as usize];
+            // From the seed, shorter than the node's minute: a zombie must be
+            // found within the heal time, whenever its node last restarted.
+            sc.replica_check_ticks = [100, 300, 600][((opts.seed / 9) % 3) as usize];
             #[cfg(feature = "bug-injection")]
             {
                 sc.raft.bugs = opts.bugs;

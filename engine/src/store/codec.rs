@@ -148,17 +148,29 @@ pub enum Control {
     },
     /// The sender is stopping (a graceful shutdown).
     Leaving,
-    /// The receiver's replica of `range` is out of the range: the
-    /// configuration of the range's leader, at `term`, in force since log
-    /// index `at` (committed, not joint), does not list it. The receiver
-    /// deletes its replica unless its term is newer or its own log shows it
-    /// added again after `at` (`Store::removed_by_peer`).
-    Removed { range: RangeId, at: u64, term: u64 },
+    /// The receiver's replica of `range` is out of the range: the range's
+    /// leader's configuration in force since log index `at` (committed, not
+    /// joint) does not list it. The answer to a [`Control::Probe`] of
+    /// replica `incarnation`: the receiver deletes that replica unless its
+    /// own log shows it added again after `at` (`Store::removed_by_peer`).
+    Removed {
+        range: RangeId,
+        at: u64,
+        incarnation: u64,
+    },
     /// Node `node`'s replica of `range` asks whether it is still in the
     /// range: the range's leader answers it [`Control::Removed`] if not;
     /// nobody answers otherwise. A follower passes the question on to its
     /// leader (`node` is then not the sender).
-    Probe { range: RangeId, node: NodeId },
+    Probe {
+        range: RangeId,
+        node: NodeId,
+        incarnation: u64,
+    },
+    /// The sender's replica of `range` holds nothing (uninitialized) yet was
+    /// sent entries after some index: the leader must probe it from the
+    /// start (`Raft::restart_progress`).
+    Restart { range: RangeId },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -170,14 +182,35 @@ struct WireBatch {
 
 #[derive(Archive, Serialize, Deserialize)]
 enum WireControl {
-    Quiesce { range: u64, term: u64, commit: u64 },
+    Quiesce {
+        range: u64,
+        term: u64,
+        commit: u64,
+    },
     // Requests and replies keep the encoding of `remote` (its own version
     // byte), so that there is one wire form of each.
-    Forward { seq: u64, request: Bytes },
-    ForwardReply { seq: u64, reply: Bytes },
+    Forward {
+        seq: u64,
+        request: Bytes,
+    },
+    ForwardReply {
+        seq: u64,
+        reply: Bytes,
+    },
     Leaving,
-    Removed { range: u64, at: u64, term: u64 },
-    Probe { range: u64, node: u64 },
+    Removed {
+        range: u64,
+        at: u64,
+        incarnation: u64,
+    },
+    Probe {
+        range: u64,
+        node: u64,
+        incarnation: u64,
+    },
+    Restart {
+        range: u64,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -309,8 +342,25 @@ fn wire_batch(batch: &PeerBatch) -> WireBatch {
                     reply: super::remote::encode_reply(reply),
                 },
                 Control::Leaving => WireControl::Leaving,
-                &Control::Removed { range, at, term } => WireControl::Removed { range, at, term },
-                &Control::Probe { range, node } => WireControl::Probe { range, node },
+                &Control::Removed {
+                    range,
+                    at,
+                    incarnation,
+                } => WireControl::Removed {
+                    range,
+                    at,
+                    incarnation,
+                },
+                &Control::Probe {
+                    range,
+                    node,
+                    incarnation,
+                } => WireControl::Probe {
+                    range,
+                    node,
+                    incarnation,
+                },
+                &Control::Restart { range } => WireControl::Restart { range },
             })
             .collect(),
     }
@@ -404,8 +454,25 @@ pub fn decode_batch(bytes: &[u8]) -> Result<PeerBatch, CodecError> {
                     reply: super::remote::decode_reply(&reply)?,
                 },
                 WireControl::Leaving => Control::Leaving,
-                WireControl::Removed { range, at, term } => Control::Removed { range, at, term },
-                WireControl::Probe { range, node } => Control::Probe { range, node },
+                WireControl::Removed {
+                    range,
+                    at,
+                    incarnation,
+                } => Control::Removed {
+                    range,
+                    at,
+                    incarnation,
+                },
+                WireControl::Probe {
+                    range,
+                    node,
+                    incarnation,
+                } => Control::Probe {
+                    range,
+                    node,
+                    incarnation,
+                },
+                WireControl::Restart { range } => Control::Restart { range },
             })
         })
         .collect::<Result<Vec<_>, CodecError>>()?;

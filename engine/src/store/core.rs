@@ -171,13 +171,25 @@ pub struct Store {
     /// Term and vote of replicas removed from their range (see
     /// [`Store::remove_replica`]), for a replica of the range made here again.
     tombstones: BTreeMap<RangeId, Tombstone>,
-    /// Where `check_replicas` goes on at the next tick.
+    /// Where `check_replicas` goes on at the next tick, and its budget
+    /// carried from earlier ticks (in replicas times ticks).
     check_cursor: RangeId,
+    check_credit: u64,
+    /// The next replica's `Replica::incarnation`.
+    next_incarnation: u64,
     /// Uninitialized replicas that heard a peer since `check_replicas`
     /// last looked at them; the others go back to tombstones.
     uninitialized_heard: BTreeSet<RangeId>,
-    /// Removals in the next write batch.
-    removing: Vec<(RangeId, Tombstone)>,
+    /// Removals in the next write batch, with the count of snapshot files
+    /// written for the range so far (`removal_files`).
+    removing: Vec<(RangeId, Tombstone, u64)>,
+    /// Ranges with removals not durable yet: how many, and how many snapshot
+    /// files were written for the range since the first of them. A removal
+    /// deletes the range's file once durable only if no file was written
+    /// after it: a replica made again and removed again meanwhile has a
+    /// newer file, which its own removal deletes (its WAL records need the
+    /// file until then).
+    removal_files: BTreeMap<RangeId, (u32, u64)>,
     /// See [`StoreReady::delete_snapshots`].
     delete_snapshots: Vec<RangeId>,
     /// Ranges whose replica failed and was taken out: never recreated in
@@ -234,8 +246,11 @@ impl Store {
             uninitialized: BTreeSet::new(),
             tombstones: BTreeMap::new(),
             check_cursor: 0,
+            check_credit: 0,
+            next_incarnation: boot,
             uninitialized_heard: BTreeSet::new(),
             removing: Vec::new(),
+            removal_files: BTreeMap::new(),
             delete_snapshots: Vec::new(),
             failed: BTreeSet::new(),
             stats: StoreStats::default(),
@@ -271,8 +286,13 @@ impl Store {
         rc.id = self.cfg.node_id;
         let seed = self.cfg.seed ^ range.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let raft = Raft::new(rc, init, seed)?;
-        self.replicas
-            .insert(range, Replica::new(raft, state, self.ticks));
+        self.replicas.insert(
+            range,
+            Replica::new(raft, state, self.ticks, self.next_incarnation),
+        );
+        // From `boot`, picked anew at every start: a notice meant for a
+        // replica of an earlier run never matches one of this run.
+        self.next_incarnation = self.next_incarnation.wrapping_add(1);
         self.awake.insert(range);
         self.dirty.insert(range);
         Ok(())
@@ -796,17 +816,17 @@ impl Store {
             if !self.replicas.contains_key(&range) && !self.create_uninitialized(range, &msg) {
                 continue;
             }
-            // A replica this range no longer has missed the end of its
-            // removal (the leader stops sending once it is out) and, hearing
-            // nothing, asks for votes: it is told. Still stepped (Raft refuses
-            // or grants it as any vote): this replica may be the one behind,
-            // the sender added again since.
-            let vote = matches!(msg.body, MessageBody::Vote { .. });
-            if vote {
-                self.answer_probe(from, from, range);
-            }
             if self.uninitialized.contains(&range) {
                 self.uninitialized_heard.insert(range);
+                // Sent entries after an index: its leader thinks it holds
+                // that much (it was deleted since, see `answer_probe`).
+                if matches!(msg.body, MessageBody::Append { prev_index, .. } if prev_index > 0) {
+                    self.outbox
+                        .entry(from)
+                        .or_default()
+                        .control
+                        .push(Control::Restart { range });
+                }
             }
             let Some(r) = self.replicas.get_mut(&range) else {
                 continue;
@@ -833,8 +853,24 @@ impl Store {
                 Control::Forward { seq, request } => self.serve_forwarded(from, seq, request),
                 Control::ForwardReply { seq, reply } => self.forward_replied(from, seq, reply),
                 Control::Leaving => self.peer_left(from),
-                Control::Removed { range, at, term } => self.removed_by_peer(range, at, term),
-                Control::Probe { range, node } => self.answer_probe(from, node, range),
+                Control::Removed {
+                    range,
+                    at,
+                    incarnation,
+                } => self.removed_by_peer(range, at, incarnation),
+                Control::Restart { range } => {
+                    if let Some(r) = self.replicas.get_mut(&range)
+                        && r.raft.restart_progress(from)
+                    {
+                        self.dirty.insert(range);
+                        self.wake(range);
+                    }
+                }
+                Control::Probe {
+                    range,
+                    node,
+                    incarnation,
+                } => self.answer_probe(from, node, range, incarnation),
             }
         }
     }
@@ -1060,8 +1096,21 @@ impl Store {
             self.ready_group(range, &mut groups, &mut after);
         }
         let mut write = None;
-        let removed = std::mem::take(&mut self.removing);
-        after.removed = removed.iter().map(|&(range, _)| range).collect();
+        // Snapshot files this batch writes, for ranges with a removal in
+        // flight.
+        for g in &groups {
+            if g.snapshot.is_some()
+                && let Some(files) = self.removal_files.get_mut(&g.range)
+            {
+                files.1 += 1;
+            }
+        }
+        let removing = std::mem::take(&mut self.removing);
+        after.removed = removing.iter().map(|&(range, _, n)| (range, n)).collect();
+        let removed: Vec<(RangeId, Tombstone)> = removing
+            .into_iter()
+            .map(|(range, t, _)| (range, t))
+            .collect();
         if !groups.is_empty() || !after.groups.is_empty() || !removed.is_empty() {
             let needs_write = !groups.is_empty() || !removed.is_empty();
             let token = self.persist.push(after, needs_write);
@@ -1146,6 +1195,27 @@ impl Store {
         }
         let rd = r.raft.ready();
         let point = rd.persist_point();
+        // A replica asking for votes that its range's descriptor no longer
+        // lists, or whose elections keep failing: most likely taken out
+        // while it could not hear the end of it. It asks at once whether it
+        // is still in (see `answer_probe`).
+        let campaigns = rd
+            .messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Vote { .. }));
+        if r.raft.leader() != NO_NODE {
+            r.campaigns_without_leader = 0;
+        } else if campaigns {
+            r.campaigns_without_leader += 1;
+        }
+        let suspect =
+            !r.state.descriptor().replicas.contains(&node) || r.campaigns_without_leader % 3 == 2;
+        if campaigns && suspect && !self.uninitialized.contains(&range) {
+            self.probe_members(range);
+        }
+        let Some(r) = self.replicas.get_mut(&range) else {
+            return;
+        };
         for m in rd.messages {
             peer_batch(&mut self.outbox, m.to, self.outbox_hint)
                 .messages
@@ -1222,7 +1292,7 @@ impl Store {
         };
         let mut undecodable = None;
         let mut split_off = Vec::new();
-        let mut left_range = false;
+        let mut probe = false;
         for e in rd.committed_entries {
             let result = match &e.payload {
                 EntryPayload::Normal(data) => match Proposal::decode(data) {
@@ -1246,7 +1316,7 @@ impl Store {
                 },
                 EntryPayload::ConfChange(cc) => {
                     let result = r.state.apply_conf_change(e.index, e.term, cc);
-                    left_range = leaves_range(r, node, e.index);
+                    probe |= leaves_range(r, node, e.index);
                     Some(result)
                 }
                 _ => {
@@ -1282,9 +1352,6 @@ impl Store {
                 };
                 self.replies.push((req, reply));
             }
-            if left_range {
-                break;
-            }
         }
         let leads = r.raft.is_leader();
         for right in split_off {
@@ -1294,9 +1361,8 @@ impl Store {
             self.fail_replica(range, why);
             return;
         }
-        if left_range {
-            self.remove_replica(range, groups, after);
-            return;
+        if probe {
+            self.probe_members(range);
         }
         let Some(r) = self.replicas.get_mut(&range) else {
             return;
@@ -1527,11 +1593,19 @@ impl Store {
 
     /// Effects of a write batch that is now durable.
     fn release(&mut self, after: AfterPersist) {
-        // A replica made here again and initialized since has its own file
-        // (written after the removal); an uninitialized one has none.
-        for range in after.removed {
-            if !self.initialized(range) {
+        // Not if a file was written for the range after the removal (see
+        // `removal_files`).
+        for (range, files_before) in after.removed {
+            let initialized = self.initialized(range);
+            let Some(files) = self.removal_files.get_mut(&range) else {
+                continue;
+            };
+            if files.1 == files_before && !initialized {
                 self.delete_snapshots.push(range);
+            }
+            files.0 -= 1;
+            if files.0 == 0 {
+                self.removal_files.remove(&range);
             }
         }
         for (range, point, messages) in after.groups {
@@ -1599,7 +1673,9 @@ impl Store {
             floor: r.raft.log_position(),
         };
         self.tombstones.insert(range, tomb);
-        self.removing.push((range, tomb));
+        let files = self.removal_files.entry(range).or_insert((0, 0));
+        files.0 += 1;
+        self.removing.push((range, tomb, files.1));
         self.stats.replicas_removed += 1;
     }
 
@@ -1615,8 +1691,14 @@ impl Store {
         if period == 0 || self.replicas.is_empty() {
             return;
         }
-        let budget = (self.replicas.len() as u64).div_ceil(period) as usize;
-        let me = self.cfg.node_id;
+        // Each replica once per period: `len / period` a tick, the
+        // remainder carried (fewer replicas than ticks: one every few ticks).
+        self.check_credit += self.replicas.len() as u64;
+        let budget = (self.check_credit / period) as usize;
+        self.check_credit %= period;
+        if budget == 0 {
+            return;
+        }
         let from = self.check_cursor;
         let picked: Vec<RangeId> = self
             .replicas
@@ -1635,21 +1717,10 @@ impl Store {
                 }
                 continue;
             }
-            if range == META_RANGE {
-                continue;
-            }
-            let Some(r) = self.replicas.get(&range) else {
-                continue;
-            };
-            let mut ask = r.raft.conf_state().members();
-            ask.extend(r.state.descriptor().replicas.iter().copied());
-            ask.remove(&me);
-            for node in ask {
-                if self.peers.contains_key(&node) {
-                    peer_batch(&mut self.outbox, node, self.outbox_hint)
-                        .control
-                        .push(Control::Probe { range, node: me });
-                }
+            // Quiesced ones too: a follower whose leader was deposed while
+            // it slept (and the range moved on without it) hears nothing.
+            if range != META_RANGE {
+                self.probe_members(range);
             }
         }
     }
@@ -1661,54 +1732,104 @@ impl Store {
     /// `node` out, it is told `Control::Removed`. Only the leader answers: a
     /// follower behind may not know yet that `node` was added (and `node`
     /// may have acknowledged a snapshot to the leader, which counts on it).
-    /// A follower passes a question asked of it to the leader it knows: a
-    /// replica taken out while cut off asks the members it knew, and the
-    /// leader may not be one of them.
-    fn answer_probe(&mut self, from: NodeId, node: NodeId, range: RangeId) {
+    /// A follower passes a question asked of it by a replica it does not
+    /// count as a member on to the leader it knows: a replica taken out while
+    /// cut off asks the members it knew, and the leader may not be one of
+    /// them.
+    fn answer_probe(&mut self, from: NodeId, node: NodeId, range: RangeId, incarnation: u64) {
         let Some(r) = self.replicas.get(&range) else {
             return;
         };
         let me = self.cfg.node_id;
         if !r.raft.is_leader() {
+            // Passed on only for a replica this one does not count as a
+            // member (a member's question went to the leader too).
             let leader = r.raft.leader();
-            if from == node && leader != NO_NODE && leader != me && leader != node {
+            let member = r.raft.conf_state().members().contains(&node);
+            if from == node && !member && leader != NO_NODE && leader != me && leader != node {
                 peer_batch(&mut self.outbox, leader, self.outbox_hint)
                     .control
-                    .push(Control::Probe { range, node });
+                    .push(Control::Probe {
+                        range,
+                        node,
+                        incarnation,
+                    });
             }
             return;
         }
         if let Some(at) = removed_sender(r, node) {
-            let term = r.raft.term();
             self.outbox
                 .entry(node)
                 .or_default()
                 .control
-                .push(Control::Removed { range, at, term });
+                .push(Control::Removed {
+                    range,
+                    at,
+                    incarnation,
+                });
+        }
+    }
+
+    /// Asks whether `range`'s replica here is still in its range (see
+    /// `answer_probe`): the other members it knows of (its configuration's
+    /// and its descriptor's), whose leader answers or who pass the question
+    /// on to theirs. A replica that knows no leader, or that its own
+    /// configuration or descriptor leaves out, asks every peer: the members
+    /// it knows may all be gone, or know no leader either.
+    fn probe_members(&mut self, range: RangeId) {
+        let Some(r) = self.replicas.get(&range) else {
+            return;
+        };
+        let me = self.cfg.node_id;
+        let incarnation = r.incarnation;
+        let mut ask = r.raft.conf_state().members();
+        let suspect = r.raft.leader() == NO_NODE
+            || !ask.contains(&me)
+            || !r.state.descriptor().replicas.contains(&me);
+        ask.extend(r.state.descriptor().replicas.iter().copied());
+        if suspect {
+            ask.extend(self.peers.keys().copied());
+        }
+        ask.remove(&me);
+        for node in ask {
+            if self.peers.contains_key(&node) {
+                peer_batch(&mut self.outbox, node, self.outbox_hint)
+                    .control
+                    .push(Control::Probe {
+                        range,
+                        node: me,
+                        incarnation,
+                    });
+            }
         }
     }
 
     /// A peer says this node's replica of `range` is out since index `at`
-    /// of its log (`Control::Removed`), as the range's leader at `term`
-    /// sees it. An uninitialized replica goes back to a tombstone (which it
-    /// is worth). Another is deleted unless its term is newer, or it holds
-    /// anything above `at` that makes it a member (added again since; it
-    /// may have acknowledged entries as one).
+    /// of its log (`Control::Removed`), as the range's leader sees it. An
+    /// uninitialized replica goes back to a tombstone (which it is worth).
+    /// Another is deleted unless it holds anything above `at` that makes it
+    /// a member (added again since; it may have acknowledged entries as
+    /// one).
     ///
-    /// A leader at this replica's term or later holds the change that added
-    /// it (it was committed before any leader sent it anything; the leader
-    /// of its term is the one that did), so a configuration of that
-    /// leader's that leaves it out came after: it was taken out, and the
-    /// leader no longer counts on what it acknowledged.
-    fn removed_by_peer(&mut self, range: RangeId, at: u64, term: u64) {
+    /// The leader may be a stale one (cut off, not knowing it was deposed)
+    /// whose configuration predates this replica's addition. Deleting it
+    /// then is safe: the tombstone's vote floor keeps what it acknowledged
+    /// binding on its votes. And live: made again empty for the real
+    /// leader's next append, it asks that leader to probe it from the start
+    /// (`Control::Restart`).
+    fn removed_by_peer(&mut self, range: RangeId, at: u64, incarnation: u64) {
         let Some(r) = self.replicas.get(&range) else {
             return;
         };
+        // An answer to an earlier replica's question (it was delayed).
+        if r.incarnation != incarnation {
+            return;
+        }
         if self.uninitialized.contains(&range) {
             self.bury_uninitialized(range);
             return;
         }
-        if term < r.raft.term() || r.raft.member_after(at) {
+        if r.raft.member_after(at) {
             return;
         }
         let mut groups = Vec::new();
@@ -1918,14 +2039,14 @@ fn removed_sender(r: &Replica, from: NodeId) -> Option<Index> {
     out.then_some(at)
 }
 
-/// Whether applying the membership change at `index` took this node's
-/// replica out of its range for good: the configuration it put in force
+/// Whether applying the membership change at `index` seems to take this
+/// node's replica out of its range: the configuration it put in force
 /// (committed, not joint, and not followed by a newer one already) lacks
 /// this node, and nothing the replica holds after adds it again
-/// (`Raft::member_after`). Its replica set will never count it again, so
-/// its log and state serve nothing. Decided only when applying the change
-/// itself: a replica added to a range starts from a snapshot that may
-/// predate its addition, whose configuration lacks it too.
+/// (`Raft::member_after`). The replica then asks the leader at once
+/// (`probe_members`) rather than delete itself: added back since, it may
+/// not hold that change yet (its appends come in pieces) while the leader
+/// counts on what it acknowledged.
 fn leaves_range(r: &Replica, node: NodeId, index: Index) -> bool {
     let conf = r.raft.conf_state();
     r.raft.conf_index() == index

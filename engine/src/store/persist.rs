@@ -118,8 +118,10 @@ pub(super) type GroupAfter = (RangeId, Option<(Index, Term)>, Vec<Message>);
 #[derive(Debug, Default)]
 pub(super) struct AfterPersist {
     pub groups: Vec<GroupAfter>,
-    /// Removed groups whose snapshot files may go once this is durable.
-    pub removed: Vec<RangeId>,
+    /// Removed groups whose snapshot files may go once this is durable, with
+    /// the count of snapshot files written for the range before the removal
+    /// (`Store::removal_files`).
+    pub removed: Vec<(RangeId, u64)>,
 }
 
 #[derive(Debug)]

@@ -50,12 +50,21 @@ pub(super) struct Replica {
     /// with the group's next entries, not on its own).
     pub written_term_vote: (Term, NodeId),
     pub commit_unwritten: bool,
+    /// Names this replica object apart from any other of the range on this
+    /// node, before or after (made again from a tombstone, or after a
+    /// restart): a `Control::Removed` answers the `Control::Probe` of one
+    /// incarnation only.
+    pub incarnation: u64,
+    /// Elections this replica started since it last knew a leader.
+    pub campaigns_without_leader: u32,
 }
 
 impl Replica {
-    pub fn new(raft: Raft, state: RangeState, now: u64) -> Self {
+    pub fn new(raft: Raft, state: RangeState, now: u64, incarnation: u64) -> Self {
         let hs = raft.hard_state();
         Replica {
+            incarnation,
+            campaigns_without_leader: 0,
             written_term_vote: (hs.term, hs.vote),
             commit_unwritten: false,
             raft,
