@@ -148,14 +148,15 @@ pub enum Control {
     },
     /// The sender is stopping (a graceful shutdown).
     Leaving,
-    /// The receiver's replica of `range` is out of the range: the range's
-    /// leader's configuration in force since log index `at` (committed, not
-    /// joint) does not list it. The answer to a [`Control::Probe`] of
+    /// The receiver's replica of `range` is out of the range: the configuration
+    /// of the range's leader (at `term`) in force since log index `at`
+    /// (committed, not joint) does not list it. The answer to a [`Control::Probe`] of
     /// replica `incarnation`: the receiver deletes that replica unless its
     /// own log shows it added again after `at` (`Store::removed_by_peer`).
     Removed {
         range: RangeId,
         at: u64,
+        term: u64,
         incarnation: u64,
     },
     /// Node `node`'s replica of `range` asks whether it is still in the
@@ -201,6 +202,7 @@ enum WireControl {
     Removed {
         range: u64,
         at: u64,
+        term: u64,
         incarnation: u64,
     },
     Probe {
@@ -345,10 +347,12 @@ fn wire_batch(batch: &PeerBatch) -> WireBatch {
                 &Control::Removed {
                     range,
                     at,
+                    term,
                     incarnation,
                 } => WireControl::Removed {
                     range,
                     at,
+                    term,
                     incarnation,
                 },
                 &Control::Probe {
@@ -457,10 +461,12 @@ pub fn decode_batch(bytes: &[u8]) -> Result<PeerBatch, CodecError> {
                 WireControl::Removed {
                     range,
                     at,
+                    term,
                     incarnation,
                 } => Control::Removed {
                     range,
                     at,
+                    term,
                     incarnation,
                 },
                 WireControl::Probe {

@@ -856,8 +856,9 @@ impl Store {
                 Control::Removed {
                     range,
                     at,
+                    term,
                     incarnation,
-                } => self.removed_by_peer(range, at, incarnation),
+                } => self.removed_by_peer(range, at, term, incarnation),
                 Control::Restart { range } => {
                     if let Some(r) = self.replicas.get_mut(&range)
                         && r.raft.restart_progress(from)
@@ -915,8 +916,14 @@ impl Store {
         }
         // A replica this node held before (removed from the range, or
         // known only by its term and vote since a restart) starts from them.
-        let tomb = self.tombstones.remove(&range).unwrap_or_default();
-        self.add_uninitialized_replica_from(range, tomb)
+        let Some(tomb) = self.tombstones.remove(&range) else {
+            return self.add_uninitialized_replica_from(range, Tombstone::default());
+        };
+        if self.add_uninitialized_replica_from(range, tomb) {
+            return true;
+        }
+        self.tombstones.insert(range, tomb);
+        false
     }
 
     /// Remembers what a group the host's log knows, and this node holds no
@@ -1758,6 +1765,7 @@ impl Store {
             return;
         }
         if let Some(at) = removed_sender(r, node) {
+            let term = r.raft.term();
             self.outbox
                 .entry(node)
                 .or_default()
@@ -1765,6 +1773,7 @@ impl Store {
                 .push(Control::Removed {
                     range,
                     at,
+                    term,
                     incarnation,
                 });
         }
@@ -1812,12 +1821,17 @@ impl Store {
     /// one).
     ///
     /// The leader may be a stale one (cut off, not knowing it was deposed)
-    /// whose configuration predates this replica's addition. Deleting it
-    /// then is safe: the tombstone's vote floor keeps what it acknowledged
-    /// binding on its votes. And live: made again empty for the real
-    /// leader's next append, it asks that leader to probe it from the start
-    /// (`Control::Restart`).
-    fn removed_by_peer(&mut self, range: RangeId, at: u64, incarnation: u64) {
+    /// whose configuration predates this replica's addition. Not believed
+    /// if its `term` is below the last term in this replica's log: an
+    /// acknowledgement of this replica's that counted for a commit is one of
+    /// an entry of the term of a leader that counted it as a member, so
+    /// later than any leader that does not know of its addition. (Not the
+    /// replica's own term, which its failed elections may have raised above
+    /// every leader's.) A deletion that gets past this is still safe: the
+    /// tombstone's vote floor keeps what it acknowledged binding on its
+    /// votes. And live: made again empty for the real leader's next append,
+    /// it asks that leader to probe it from the start (`Control::Restart`).
+    fn removed_by_peer(&mut self, range: RangeId, at: u64, term: u64, incarnation: u64) {
         let Some(r) = self.replicas.get(&range) else {
             return;
         };
@@ -1829,7 +1843,8 @@ impl Store {
             self.bury_uninitialized(range);
             return;
         }
-        if r.raft.member_after(at) {
+        let last_term = r.raft.log_term(r.raft.last_index()).unwrap_or(0);
+        if term < last_term || r.raft.member_after(at) {
             return;
         }
         let mut groups = Vec::new();
