@@ -25,6 +25,7 @@ fn small_range() -> RangeState {
         end: Bytes::from_static(b"y"),
         replicas: vec![1, 2, 3],
         epoch: 1,
+        conf_ver: 0,
     })
 }
 
