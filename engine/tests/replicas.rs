@@ -47,6 +47,15 @@ fn range_and_spare(db: &Db, k: &Bytes) -> (RangeDescriptor, u64) {
     (d, spare)
 }
 
+/// The leader of `range` that `db`'s node knows of.
+async fn leader_of(db: &Db, range: u64) -> Option<u64> {
+    db.node()
+        .handle()
+        .inspect(move |s| s.leader_of(range))
+        .await
+        .flatten()
+}
+
 /// Whether node `node` (1-based) holds a replica of `range`, initialized or not.
 async fn holds(cluster: &LocalCluster, node: u64, range: u64) -> bool {
     let db = cluster.db(node as usize - 1).expect("running");
@@ -107,15 +116,7 @@ async fn a_moved_replica_takes_the_data_and_the_old_one_is_deleted_for_good() {
         db.put(key(i), format!("v{i}")).await.expect("put");
     }
     let (d, to) = range_and_spare(&db, &key(0));
-    let leader = db
-        .node()
-        .handle()
-        .inspect({
-            let id = d.id;
-            move |s| s.leader_of(id)
-        })
-        .await
-        .flatten();
+    let leader = leader_of(&db, d.id).await;
     // A follower's replica moves (the leader's is the next test).
     let from = *d
         .replicas
@@ -222,16 +223,7 @@ async fn the_leaders_own_replica_moves_and_comes_back() {
     }
     let (d, to) = range_and_spare(&db, &key(0));
     let leader = loop {
-        let l = db
-            .node()
-            .handle()
-            .inspect({
-                let id = d.id;
-                move |s| s.leader_of(id)
-            })
-            .await
-            .flatten();
-        if let Some(l) = l {
+        if let Some(l) = leader_of(&db, d.id).await {
             break l;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1069,12 +1069,11 @@ impl World {
         Ok(())
     }
 
-    /// Asks the leader of a random range to hand leadership to another of
-    /// its replicas. Nobody waits for the answer (`Accepted`, or a refusal).
-    fn transfer(&mut self) -> Result<(), Violation> {
+    /// A random range of the meta view, and the node leading it, if any.
+    fn random_range_and_leader(&mut self) -> Option<(RangeDescriptor, NodeId)> {
         let view: Vec<RangeDescriptor> = self.meta_view().into_values().collect();
         if view.is_empty() {
-            return Ok(());
+            return None;
         }
         let d = view[self.rng.range(0, view.len() as u64) as usize].clone();
         let leader = d.replicas.iter().copied().find(|&n| {
@@ -1082,8 +1081,14 @@ impl World {
                 .store
                 .as_ref()
                 .is_some_and(|s| s.leader_of(d.id) == Some(n))
-        });
-        let Some(leader) = leader else {
+        })?;
+        Some((d, leader))
+    }
+
+    /// Asks the leader of a random range to hand leadership to another of
+    /// its replicas. Nobody waits for the answer (`Accepted`, or a refusal).
+    fn transfer(&mut self) -> Result<(), Violation> {
+        let Some((d, leader)) = self.random_range_and_leader() else {
             return Ok(());
         };
         let others: Vec<NodeId> = d
@@ -1118,26 +1123,18 @@ impl World {
     /// leader's own, at times) to a node without one, planned at the
     /// range's replica-set version. Nobody waits for the answer.
     fn move_replica(&mut self) -> Result<(), Violation> {
-        let view: Vec<RangeDescriptor> = self.meta_view().into_values().collect();
-        if view.is_empty() {
+        let Some((d, leader)) = self.random_range_and_leader() else {
             return Ok(());
-        }
-        let d = view[self.rng.range(0, view.len() as u64) as usize].clone();
-        let leader = d.replicas.iter().copied().find(|&n| {
-            self.nodes[&n]
-                .store
-                .as_ref()
-                .is_some_and(|s| s.leader_of(d.id) == Some(n))
-        });
+        };
         let spare: Vec<NodeId> = self
             .nodes
             .keys()
             .copied()
             .filter(|n| !d.replicas.contains(n))
             .collect();
-        let (Some(leader), false) = (leader, spare.is_empty()) else {
+        if spare.is_empty() {
             return Ok(());
-        };
+        }
         let from = d.replicas[self.rng.range(0, d.replicas.len() as u64) as usize];
         let to = spare[self.rng.range(0, spare.len() as u64) as usize];
         self.note(format!(
