@@ -1103,20 +1103,23 @@ impl World {
         let to = others[self.rng.range(0, others.len() as u64) as usize];
         self.note(format!("range {}: transfer {leader} -> {to}", d.id));
         self.report.transfers += 1;
-        let node = self.nodes.get_mut(&leader).expect("node");
+        let req = Request::TransferLeader {
+            range: d.id,
+            epoch: d.epoch,
+            to,
+        };
+        self.request_unanswered(leader, req)
+    }
+
+    /// Hands `req` to node `n`'s store; nobody waits for the answer.
+    fn request_unanswered(&mut self, n: NodeId, req: Request) -> Result<(), Violation> {
+        let node = self.nodes.get_mut(&n).expect("node");
         let Some(store) = node.store.as_mut() else {
             return Ok(());
         };
         node.next_req += 1;
-        store.request(
-            node.next_req,
-            Request::TransferLeader {
-                range: d.id,
-                epoch: d.epoch,
-                to,
-            },
-        );
-        self.drain(leader)
+        store.request(node.next_req, req);
+        self.drain(n)
     }
 
     /// Asks the leader of a random range to move one of its replicas (the
@@ -1142,22 +1145,14 @@ impl World {
             d.id, d.replicas, d.conf_ver
         ));
         self.report.moves += 1;
-        let node = self.nodes.get_mut(&leader).expect("node");
-        let Some(store) = node.store.as_mut() else {
-            return Ok(());
+        let req = Request::ChangeReplicas {
+            range: d.id,
+            epoch: d.epoch,
+            conf_ver: Some(d.conf_ver),
+            add: vec![to],
+            remove: vec![from],
         };
-        node.next_req += 1;
-        store.request(
-            node.next_req,
-            Request::ChangeReplicas {
-                range: d.id,
-                epoch: d.epoch,
-                conf_ver: Some(d.conf_ver),
-                add: vec![to],
-                remove: vec![from],
-            },
-        );
-        self.drain(leader)
+        self.request_unanswered(leader, req)
     }
 
     fn store_mut(&mut self, n: NodeId) -> Option<&mut Store> {
