@@ -1,5 +1,5 @@
-//! Placement: pure decisions to split ranges and move their leaders, made
-//! from a view of the cluster.
+//! Placement: pure decisions to split ranges, repair and move their
+//! replicas, and move their leaders, made from a view of the cluster.
 //!
 //! # What it is
 //!
@@ -16,18 +16,27 @@
 //!
 //! # What a round decides, in order
 //!
-//! 1. **Splits** ([`Operator::Split`]): a splittable range at or above
+//! 1. **Replica repairs** ([`Operator::ChangeReplicas`]): a replica on a node
+//!    the driver gave up on ([`NodeView::lost`]) is replaced on the live node
+//!    holding the fewest replicas; a range with fewer or more replicas than
+//!    [`Policy::replicas`] gets one added or removed.
+//! 2. **Splits** ([`Operator::Split`]): a splittable range at or above
 //!    [`Policy::split_bytes`] or [`Policy::split_keys`] is split at the key its
 //!    leader sampled, if that key lies strictly inside the range. Largest
 //!    first.
-//! 2. **Leader moves** ([`Operator::TransferLeader`]): while the live node
+//! 3. **Replica moves** ([`Operator::ChangeReplicas`]): while the live node
+//!    holding the most replicas holds more than [`Policy::replica_tolerance`]
+//!    more than the one holding the fewest, a replica moves from the first to
+//!    the second.
+//! 4. **Leader moves** ([`Operator::TransferLeader`]): while the live node
 //!    leading the most ranges leads more than [`Policy::leader_tolerance`]
 //!    ranges more than the one leading the fewest, one of its ranges' leadership
 //!    goes to the least-loaded live node holding a replica of it.
 //!
 //! A range gets at most one operator per round, and a round has at most
-//! [`Policy::max_operators`]. [`plan`]'s own docs give each rule and its
-//! reason.
+//! [`Policy::max_operators`], of which at most
+//! [`Policy::max_replica_changes`] replica changes. [`plan`]'s own docs give
+//! each rule and its reason.
 //!
 //! # Stale and odd views
 //!
@@ -41,9 +50,9 @@
 //!
 //! The engine's driver (`engine/src/placement.rs`), on the node leading the
 //! meta range: it builds the view, calls [`plan`] and executes each operator
-//! (`Db::split_range` at the planned epoch, `Db::transfer_leader`). Merges,
-//! replica repair and rebalancing, and load-based splitting are not built
-//! (docs/placement.md).
+//! (`Db::split_range` at the planned epoch, `Db::transfer_leader`,
+//! `Db::change_replicas` at the planned replica-set version). Merges and
+//! load-based splitting are not built (docs/placement.md).
 
 mod operator;
 mod plan;

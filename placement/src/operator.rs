@@ -32,13 +32,31 @@ pub enum Operator {
         /// The new leader.
         to: NodeId,
     },
+    /// Change `range`'s replica set in one membership change: a replica is
+    /// added on each node of `add` and the one on each node of `remove` is
+    /// removed (`Db::change_replicas`). The planner emits at most one of
+    /// each: a move (one of both), a repair of an under-replicated range
+    /// (one add), or the removal of a surplus replica (one remove).
+    ChangeReplicas {
+        /// The range.
+        range: RangeId,
+        /// Its replica-set version in the view: the driver acts only if the
+        /// range is still at it.
+        conf_ver: u64,
+        /// Nodes to take a new replica.
+        add: Vec<NodeId>,
+        /// Nodes whose replica goes.
+        remove: Vec<NodeId>,
+    },
 }
 
 impl Operator {
     /// The range this operator acts on.
     pub fn range(&self) -> RangeId {
         match self {
-            Operator::Split { range, .. } | Operator::TransferLeader { range, .. } => *range,
+            Operator::Split { range, .. }
+            | Operator::TransferLeader { range, .. }
+            | Operator::ChangeReplicas { range, .. } => *range,
         }
     }
 }

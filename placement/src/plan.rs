@@ -5,11 +5,51 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::view::{ClusterView, RangeView, overlapping};
 use crate::{NodeId, Operator, Policy, RangeId};
 
+mod replicas;
+
 /// Plans one round: the operators to execute now, at most
-/// `policy.max_operators`, at most one per range, splits before leader moves.
+/// `policy.max_operators`, at most one per range: replica repairs, then
+/// splits, then replica moves, then leader moves.
 ///
 /// Deterministic: the same view and policy give the same list (every map is
 /// ordered, every tie is broken by id).
+///
+/// # Replica repairs
+///
+/// A range should have `policy.replicas` replicas (fewer if the cluster has
+/// fewer members: nodes listed and not lost). Most endangered first (fewest
+/// replicas on live nodes, then id):
+/// - a replica on a lost node is replaced by one on the live node without a
+///   replica of the range that holds the fewest replicas (then lowest id);
+///   if no node is free, it is only removed when the range has more
+///   replicas than it should, and otherwise stays until a node is;
+/// - a range with too few replicas gets one on that node;
+/// - a range with too many loses one: a replica on a node that is down if
+///   any, else the one on the fullest node, never the leader's.
+///
+/// Repairs come first: a range short of a replica is one failure away from
+/// losing its quorum. Only ranges led from a live replica are repaired (the
+/// change is proposed by the leader), never the meta range (`movable:
+/// false`), and never by a change after which the live replicas that stay
+/// would not be a majority of the new set on their own (a new replica holds
+/// nothing until its snapshot arrives). Replica changes, repairs and moves
+/// together, are capped at `policy.max_replica_changes` per round, as each
+/// ships a snapshot.
+///
+/// # Replica moves
+///
+/// While the live node holding the most replicas holds more than
+/// `policy.replica_tolerance` more than the live node holding the fewest, a
+/// replica moves from a fullest node to the emptiest live node without a
+/// replica of that range, if that node holds at least two fewer (the
+/// spread never widens). Only healthy ranges move: movable, with as many
+/// replicas as they should have, all on live nodes, and led from one of
+/// them. A range the source node does not lead goes first (moving a
+/// leader's replica costs a leadership transfer), then the emptiest
+/// destination, then the smallest range (the cheapest snapshot). Nodes that
+/// are down but not lost (*suspects*) take no replica and their ranges do
+/// not move: a restart should not cost a snapshot of every range a node
+/// holds.
 ///
 /// # Splits
 ///
@@ -57,10 +97,12 @@ use crate::{NodeId, Operator, Policy, RangeId};
 /// # Stale or malformed views
 ///
 /// The plan never fails and never panics:
-/// - A range id listed twice: the entry with the highest epoch is used
-///   (the newer descriptor), the first of equal ones; the others are ignored.
-/// - Nodes listed twice: live only if every entry says live. A node named by
-///   a range but not listed is dead.
+/// - A range id listed twice: the entry with the highest epoch (then
+///   `conf_ver`) is used (the newer descriptor), the first of equal ones;
+///   the others are ignored.
+/// - Nodes listed twice: live only if every entry says live and none says
+///   lost, lost if any says lost. A node named by a range but not listed is
+///   down, not lost: it takes nothing, and its replicas are not replaced.
 /// - Overlapping ranges (the moment after a split before the meta range has
 ///   both halves): none of them is split this round, since at least one
 ///   descriptor is stale and the engine would refuse the split by epoch or
@@ -76,21 +118,23 @@ pub fn plan(view: &ClusterView, policy: &Policy) -> Vec<Operator> {
         return ops;
     }
     let ranges = current_ranges(view);
-    let live = live_nodes(view);
-    plan_splits(&ranges, &live, policy, &mut ops);
-    plan_leader_moves(&ranges, &live, policy, &mut ops);
+    let nodes = nodes(view);
+    replicas::plan_repairs(&ranges, &nodes, policy, &mut ops);
+    plan_splits(&ranges, &nodes.live, policy, &mut ops);
+    replicas::plan_moves(&ranges, &nodes, policy, &mut ops);
+    plan_leader_moves(&ranges, &nodes.live, policy, &mut ops);
     ops
 }
 
-/// One entry per range id, the highest epoch (first among equals), in id
-/// order.
+/// One entry per range id, the newest descriptor (highest epoch, then
+/// highest `conf_ver`; the first among equals), in id order.
 fn current_ranges(view: &ClusterView) -> Vec<&RangeView> {
     let mut by_id: BTreeMap<RangeId, &RangeView> = BTreeMap::new();
     for r in &view.ranges {
         by_id
             .entry(r.id)
             .and_modify(|cur| {
-                if r.epoch > cur.epoch {
+                if (r.epoch, r.conf_ver) > (cur.epoch, cur.conf_ver) {
                     *cur = r;
                 }
             })
@@ -99,16 +143,23 @@ fn current_ranges(view: &ClusterView) -> Vec<&RangeView> {
     by_id.into_values().collect()
 }
 
-/// The live nodes: listed, and never listed as dead.
-fn live_nodes(view: &ClusterView) -> BTreeSet<NodeId> {
-    let mut live: BTreeMap<NodeId, bool> = BTreeMap::new();
+/// The nodes by state: live (listed, never listed down or lost), lost
+/// (listed lost anywhere), and the count of members: nodes listed or named
+/// by a range, and not lost.
+fn nodes(view: &ClusterView) -> replicas::Nodes {
+    let mut state: BTreeMap<NodeId, (bool, bool)> = BTreeMap::new();
     for n in &view.nodes {
-        *live.entry(n.id).or_insert(true) &= n.live;
+        let (live, lost) = state.entry(n.id).or_insert((true, false));
+        *live &= n.live && !n.lost;
+        *lost |= n.lost;
     }
-    live.into_iter()
-        .filter(|&(_, l)| l)
-        .map(|(n, _)| n)
-        .collect()
+    let named = view.ranges.iter().flat_map(|r| r.replicas.iter());
+    let unlisted: BTreeSet<NodeId> = named.filter(|n| !state.contains_key(n)).copied().collect();
+    replicas::Nodes {
+        live: state.iter().filter(|(_, s)| s.0).map(|(&n, _)| n).collect(),
+        lost: state.iter().filter(|(_, s)| s.1).map(|(&n, _)| n).collect(),
+        members: state.values().filter(|s| !s.1).count() + unlisted.len(),
+    }
 }
 
 fn plan_splits(
@@ -118,11 +169,13 @@ fn plan_splits(
     ops: &mut Vec<Operator>,
 ) {
     let overlapping = overlapping(ranges);
+    let touched: BTreeSet<RangeId> = ops.iter().map(Operator::range).collect();
     let mut due: Vec<&RangeView> = ranges
         .iter()
         .copied()
         .filter(|r| {
             r.splittable
+                && !touched.contains(&r.id)
                 && (r.bytes >= policy.split_bytes || r.keys >= policy.split_keys)
                 && r.split_key.as_ref().is_some_and(|k| r.strictly_inside(k))
                 && !overlapping.contains(&r.id)

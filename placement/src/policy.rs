@@ -28,6 +28,21 @@ pub struct Policy {
     /// small steps correct themselves instead of overshooting on a stale
     /// view.
     pub max_operators: usize,
+    /// Replicas a range should have. Default 3, the layout a cluster starts
+    /// with; a cluster with fewer nodes than this aims for one per node
+    /// (never counting lost nodes). Ranges with fewer get one added, ranges
+    /// with more lose one, a replica on a lost node is replaced.
+    pub replicas: usize,
+    /// A live node may hold at most this many replicas more than the live
+    /// node holding the fewest before a replica moves. Default 2: every move
+    /// ships a whole range to its new node, so the last replica of
+    /// difference is not worth one; a move is made only where it narrows
+    /// the spread.
+    pub replica_tolerance: u64,
+    /// At most this many replica changes (repairs first, then moves) per
+    /// round, within `max_operators`. Default 2: each one ships a snapshot
+    /// of its range, and the next round sees how the last ones went.
+    pub max_replica_changes: usize,
 }
 
 impl Policy {
@@ -39,6 +54,12 @@ impl Policy {
     pub const DEFAULT_LEADER_TOLERANCE: u64 = 1;
     /// Four operators.
     pub const DEFAULT_MAX_OPERATORS: usize = 4;
+    /// Three replicas.
+    pub const DEFAULT_REPLICAS: usize = 3;
+    /// Two replicas.
+    pub const DEFAULT_REPLICA_TOLERANCE: u64 = 2;
+    /// Two changes.
+    pub const DEFAULT_MAX_REPLICA_CHANGES: usize = 2;
 }
 
 impl Default for Policy {
@@ -48,6 +69,9 @@ impl Default for Policy {
             split_keys: Self::DEFAULT_SPLIT_KEYS,
             leader_tolerance: Self::DEFAULT_LEADER_TOLERANCE,
             max_operators: Self::DEFAULT_MAX_OPERATORS,
+            replicas: Self::DEFAULT_REPLICAS,
+            replica_tolerance: Self::DEFAULT_REPLICA_TOLERANCE,
+            max_replica_changes: Self::DEFAULT_MAX_REPLICA_CHANGES,
         }
     }
 }

@@ -25,6 +25,12 @@ pub struct NodeView {
     pub id: NodeId,
     /// Whether it is up (reachable and heartbeating, as the driver judges).
     pub live: bool,
+    /// Whether it has been down long enough to be given up on: its replicas
+    /// are replaced elsewhere. A node down for less is only *suspect*: it
+    /// takes nothing new and leads nothing new, but keeps its replicas (a
+    /// restart or a network blip must not cost a snapshot of every range it
+    /// holds). A lost node is never live, whatever `live` says.
+    pub lost: bool,
 }
 
 /// A range: its descriptor, its leader and its size.
@@ -38,6 +44,9 @@ pub struct RangeView {
     pub end: Bytes,
     /// The descriptor's epoch (bumped by every split).
     pub epoch: u64,
+    /// The descriptor's replica-set version (bumped by every membership
+    /// change), so a driver can refuse a move planned on an old replica set.
+    pub conf_ver: u64,
     /// Nodes holding a replica.
     pub replicas: Vec<NodeId>,
     /// The node leading it, if known.
@@ -51,6 +60,9 @@ pub struct RangeView {
     pub split_key: Option<Bytes>,
     /// False for ranges that must never split (the meta range).
     pub splittable: bool,
+    /// False for ranges whose replicas never move (the meta range). They
+    /// still count towards their nodes' replica load.
+    pub movable: bool,
 }
 
 impl RangeView {

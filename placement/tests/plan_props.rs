@@ -17,7 +17,9 @@ fn key() -> impl Strategy<Value = Bytes> {
 /// random span instead, so overlaps, gaps and empty spans all occur.
 fn cluster_view() -> impl Strategy<Value = ClusterView> {
     (1u64..=6, 0usize..=24).prop_flat_map(|(n, count)| {
-        let nodes = proptest::collection::vec(prop::bool::weighted(0.8), n as usize);
+        // Each node: live, or down (a suspect), or lost.
+        let nodes =
+            proptest::collection::vec((prop::bool::weighted(0.8), prop::bool::ANY), n as usize);
         // Fewer distinct boundaries than ranges leaves the last ones
         // spanning every key, overlapping all the others.
         let bounds = proptest::collection::vec(key(), count.saturating_sub(1));
@@ -26,9 +28,10 @@ fn cluster_view() -> impl Strategy<Value = ClusterView> {
             let nodes = live
                 .into_iter()
                 .enumerate()
-                .map(|(i, live)| NodeView {
+                .map(|(i, (live, lost))| NodeView {
                     id: i as u64 + 1,
                     live,
+                    lost: !live && lost,
                 })
                 .collect();
             let bounds: BTreeSet<Bytes> = bounds.into_iter().collect();
@@ -46,12 +49,14 @@ fn cluster_view() -> impl Strategy<Value = ClusterView> {
                         start,
                         end,
                         epoch: f.epoch,
+                        conf_ver: f.conf_ver,
                         replicas: f.replicas,
                         leader: f.leader,
                         keys: f.keys,
                         bytes: f.bytes,
                         split_key: f.split_key,
                         splittable: f.splittable,
+                        movable: f.splittable,
                     }
                 })
                 .collect();
@@ -64,6 +69,7 @@ fn cluster_view() -> impl Strategy<Value = ClusterView> {
 struct Fields {
     span: Option<(Bytes, Bytes)>,
     epoch: u64,
+    conf_ver: u64,
     replicas: Vec<u64>,
     leader: Option<u64>,
     keys: u64,
@@ -75,8 +81,8 @@ struct Fields {
 fn range_fields(n: u64) -> impl Strategy<Value = Fields> {
     (
         prop::option::weighted(0.2, (key(), key())),
-        1u64..4,
-        proptest::collection::vec(1..=n + 1, 0..=3),
+        (1u64..4, 0u64..4),
+        proptest::collection::vec(1..=n + 1, 0..=4),
         prop::option::weighted(0.9, 1..=n + 1),
         0u64..2_000_000,
         0u64..(200 * MIB),
@@ -84,19 +90,22 @@ fn range_fields(n: u64) -> impl Strategy<Value = Fields> {
         prop::bool::weighted(0.9),
     )
         .prop_map(
-            |(span, epoch, replicas, leader, keys, bytes, split_key, splittable)| Fields {
-                span,
-                epoch,
-                replicas: replicas
-                    .into_iter()
-                    .collect::<BTreeSet<u64>>()
-                    .into_iter()
-                    .collect(),
-                leader,
-                keys,
-                bytes,
-                split_key,
-                splittable,
+            |(span, (epoch, conf_ver), replicas, leader, keys, bytes, split_key, splittable)| {
+                Fields {
+                    span,
+                    epoch,
+                    conf_ver,
+                    replicas: replicas
+                        .into_iter()
+                        .collect::<BTreeSet<u64>>()
+                        .into_iter()
+                        .collect(),
+                    leader,
+                    keys,
+                    bytes,
+                    split_key,
+                    splittable,
+                }
             },
         )
 }
@@ -107,13 +116,23 @@ fn policy() -> impl Strategy<Value = Policy> {
         prop_oneof![Just(1_000_000u64), 0u64..2_000_000],
         0u64..4,
         0usize..10,
+        (1usize..=4, 0u64..4, 0usize..4),
     )
         .prop_map(
-            |(split_bytes, split_keys, leader_tolerance, max_operators)| Policy {
+            |(
                 split_bytes,
                 split_keys,
                 leader_tolerance,
                 max_operators,
+                (replicas, replica_tolerance, max_replica_changes),
+            )| Policy {
+                split_bytes,
+                split_keys,
+                leader_tolerance,
+                max_operators,
+                replicas,
+                replica_tolerance,
+                max_replica_changes,
             },
         )
 }
@@ -132,6 +151,45 @@ fn leader_counts(view: &ClusterView, leaders: &BTreeMap<u64, Option<u64>>) -> BT
         }
     }
     counts
+}
+
+/// Replicas per live node.
+fn replica_load(view: &ClusterView) -> BTreeMap<u64, u64> {
+    let mut load: BTreeMap<u64, u64> = view
+        .nodes
+        .iter()
+        .filter(|n| n.live)
+        .map(|n| (n.id, 0))
+        .collect();
+    for n in view.ranges.iter().flat_map(|r| r.replicas.iter()) {
+        if let Some(c) = load.get_mut(n) {
+            *c += 1;
+        }
+    }
+    load
+}
+
+fn apply_change(load: &mut BTreeMap<u64, u64>, add: &[u64], remove: &[u64]) {
+    for n in add {
+        *load.get_mut(n).expect("added on a live node") += 1;
+    }
+    for n in remove {
+        if let Some(c) = load.get_mut(n) {
+            *c -= 1;
+        }
+    }
+}
+
+/// Nodes listed or named by a range, and not lost.
+fn members(view: &ClusterView) -> usize {
+    let lost: BTreeSet<u64> = view.nodes.iter().filter(|n| n.lost).map(|n| n.id).collect();
+    let all: BTreeSet<u64> = view
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .chain(view.ranges.iter().flat_map(|r| r.replicas.iter().copied()))
+        .collect();
+    all.difference(&lost).count()
 }
 
 fn spread(counts: &BTreeMap<u64, u64>) -> u64 {
@@ -156,6 +214,8 @@ proptest! {
         let mut leaders: BTreeMap<u64, Option<u64>> =
             view.ranges.iter().map(|r| (r.id, r.leader)).collect();
         let before = spread(&leader_counts(&view, &leaders));
+        let mut load = replica_load(&view);
+        let load_before = spread(&load);
         for op in &ops {
             let r = ranges[&op.range()];
             match op {
@@ -173,10 +233,41 @@ proptest! {
                     prop_assert_ne!(from, to);
                     leaders.insert(r.id, Some(*to));
                 }
+                Operator::ChangeReplicas { conf_ver, add, remove, .. } => {
+                    prop_assert!(r.movable);
+                    prop_assert_eq!(*conf_ver, r.conf_ver);
+                    let leader = r.leader.expect("changes need a leader");
+                    prop_assert!(live.contains(&leader) && r.replicas.contains(&leader));
+                    prop_assert!(add.len() <= 1 && remove.len() <= 1 && !(add.is_empty() && remove.is_empty()));
+                    for n in add {
+                        prop_assert!(live.contains(n) && !r.replicas.contains(n), "{:?} on {:?}", op, r);
+                    }
+                    // A move may take the leader's own replica (the engine
+                    // hands leadership on first); a removal alone never does.
+                    for n in remove {
+                        prop_assert!(r.replicas.contains(n), "{:?} on {:?}", op, r);
+                        prop_assert!(!add.is_empty() || *n != leader, "{:?} on {:?}", op, r);
+                    }
+                    // The replicas that stay and serve are a majority of the
+                    // new set on their own.
+                    let serving = r.replicas.iter().filter(|n| live.contains(n) && !remove.contains(n)).count();
+                    let size = r.replicas.len() + add.len() - remove.len();
+                    prop_assert!(2 * serving > size, "{:?} on {:?}", op, r);
+                    apply_change(&mut load, add, remove);
+                }
             }
         }
         let after = spread(&leader_counts(&view, &leaders));
         prop_assert!(after <= before, "spread {} -> {}: {:?}", before, after, ops);
+        let changes = ops.iter().filter(|o| matches!(o, Operator::ChangeReplicas { .. })).count();
+        prop_assert!(changes <= policy.max_replica_changes);
+        // Moves alone (nothing lost or short, so nothing to repair) never
+        // widen the spread of replicas over live nodes.
+        let no_repairs = view.nodes.iter().all(|n| !n.lost)
+            && view.ranges.iter().all(|r| r.replicas.len() == policy.replicas.min(members(&view)));
+        if no_repairs {
+            prop_assert!(spread(&load) <= load_before, "replica spread {} -> {}: {:?}", load_before, spread(&load), ops);
+        }
 
         // Deterministic, and blind to the input order.
         prop_assert_eq!(&plan(&view, &policy), &ops);
@@ -194,7 +285,7 @@ proptest! {
     ) {
         // Every node holds every range, all live, no splits, no cap: one
         // round brings the spread within the tolerance.
-        let nodes = (1..=n).map(|id| NodeView { id, live: true }).collect();
+        let nodes = (1..=n).map(|id| NodeView { id, live: true, lost: false }).collect();
         let ranges = leads
             .iter()
             .enumerate()
@@ -203,16 +294,23 @@ proptest! {
                 start: Bytes::from(vec![i as u8]),
                 end: Bytes::from(vec![i as u8 + 1]),
                 epoch: 1,
+                conf_ver: 0,
                 replicas: (1..=n).collect(),
                 leader: Some((l - 1) % n + 1),
                 keys: 0,
                 bytes: 0,
                 split_key: None,
                 splittable: true,
+                movable: true,
             })
             .collect();
         let view = ClusterView { nodes, ranges };
-        let policy = Policy { leader_tolerance: tolerance, max_operators: usize::MAX, ..Policy::default() };
+        let policy = Policy {
+            leader_tolerance: tolerance,
+            max_operators: usize::MAX,
+            replicas: n as usize,
+            ..Policy::default()
+        };
         let ops = plan(&view, &policy);
         let mut leaders: BTreeMap<u64, Option<u64>> =
             view.ranges.iter().map(|r| (r.id, r.leader)).collect();
@@ -222,5 +320,94 @@ proptest! {
             }
         }
         prop_assert!(spread(&leader_counts(&view, &leaders)) <= tolerance);
+    }
+}
+
+/// Healthy views: every node live, every range on three distinct nodes and
+/// led by one of them.
+fn healthy_view() -> impl Strategy<Value = ClusterView> {
+    (3u64..=6).prop_flat_map(|n| {
+        let range = (
+            proptest::sample::subsequence((1..=n).collect::<Vec<u64>>(), 3),
+            0usize..3,
+        );
+        proptest::collection::vec(range, 0..40).prop_map(move |ranges| {
+            let nodes = (1..=n)
+                .map(|id| NodeView {
+                    id,
+                    live: true,
+                    lost: false,
+                })
+                .collect();
+            let ranges = ranges
+                .into_iter()
+                .enumerate()
+                .map(|(i, (replicas, l))| RangeView {
+                    id: i as u64 + 1,
+                    start: Bytes::from(vec![i as u8]),
+                    end: Bytes::from(vec![i as u8 + 1]),
+                    epoch: 1,
+                    conf_ver: 0,
+                    leader: Some(replicas[l]),
+                    replicas,
+                    keys: 0,
+                    bytes: 0,
+                    split_key: None,
+                    splittable: true,
+                    movable: true,
+                })
+                .collect();
+            ClusterView { nodes, ranges }
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn replica_moves_narrow_the_spread_until_none_can(
+        view in healthy_view(),
+        tolerance in 0u64..3,
+    ) {
+        let policy = Policy {
+            replica_tolerance: tolerance,
+            max_operators: usize::MAX,
+            max_replica_changes: usize::MAX,
+            ..Policy::default()
+        };
+        let ops = plan(&view, &policy);
+        let before = spread(&replica_load(&view));
+        let mut replicas: BTreeMap<u64, BTreeSet<u64>> = view
+            .ranges
+            .iter()
+            .map(|r| (r.id, r.replicas.iter().copied().collect()))
+            .collect();
+        for op in &ops {
+            if let Operator::ChangeReplicas { range, add, remove, .. } = op {
+                prop_assert_eq!((add.len(), remove.len()), (1, 1), "only moves: {:?}", ops);
+                let set = replicas.get_mut(range).expect("planned on a listed range");
+                set.remove(&remove[0]);
+                set.insert(add[0]);
+            }
+        }
+        let mut load: BTreeMap<u64, u64> = view.nodes.iter().map(|n| (n.id, 0)).collect();
+        for n in replicas.values().flatten() {
+            *load.get_mut(n).expect("a listed node") += 1;
+        }
+        let after = spread(&load);
+        prop_assert!(after <= before, "spread {} -> {}: {:?}", before, after, ops);
+        // Stopped early only if no range can leave a fullest node for a
+        // node holding two fewer (among those the round did not touch).
+        if after > tolerance {
+            let touched: BTreeSet<u64> = ops.iter().map(Operator::range).collect();
+            let max = *load.values().max().expect("nodes");
+            let possible = replicas.iter().any(|(id, set)| {
+                !touched.contains(id)
+                    && load.iter().any(|(n, &c)| c == max && set.contains(n))
+                    && load.iter().any(|(n, &c)| c + 2 <= max && !set.contains(n))
+            });
+            prop_assert!(!possible, "stopped at spread {} with a move left: {:?}", after, ops);
+        }
     }
 }

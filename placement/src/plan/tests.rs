@@ -5,8 +5,19 @@ use crate::{ClusterView, NodeView, Operator, Policy, RangeView, ViewIssue, check
 const MIB: u64 = 1024 * 1024;
 
 fn nodes(live: &[u64], dead: &[u64]) -> Vec<NodeView> {
-    let mut v: Vec<NodeView> = live.iter().map(|&id| NodeView { id, live: true }).collect();
-    v.extend(dead.iter().map(|&id| NodeView { id, live: false }));
+    let mut v: Vec<NodeView> = live
+        .iter()
+        .map(|&id| NodeView {
+            id,
+            live: true,
+            lost: false,
+        })
+        .collect();
+    v.extend(dead.iter().map(|&id| NodeView {
+        id,
+        live: false,
+        lost: false,
+    }));
     v
 }
 
@@ -17,12 +28,14 @@ fn range(id: u64, start: &str, end: &str) -> RangeView {
         start: Bytes::copy_from_slice(start.as_bytes()),
         end: Bytes::copy_from_slice(end.as_bytes()),
         epoch: 1,
+        conf_ver: 0,
         replicas: vec![1, 2, 3],
         leader: Some(1),
         keys: 10,
         bytes: 1000,
         split_key: None,
         splittable: true,
+        movable: true,
     }
 }
 
@@ -36,6 +49,15 @@ fn led(mut r: RangeView, leader: Option<u64>, replicas: &[u64]) -> RangeView {
     r.leader = leader;
     r.replicas = replicas.to_vec();
     r
+}
+
+/// The default policy without replica changes, for views whose replica
+/// sets only matter to leader moves.
+fn leaders_only() -> Policy {
+    Policy {
+        max_replica_changes: 0,
+        ..Policy::default()
+    }
 }
 
 fn split(range: u64, epoch: u64, at: &str) -> Operator {
@@ -191,7 +213,7 @@ fn leader_moves_to_the_least_loaded_replica_holder() {
     // Then 1→3, 2→1, 3→1, 4→0: range 4 can reach node 4.
     // Then 1→2, 2→1, 3→1, 4→1: spread 1, done.
     assert_eq!(
-        plan(&v, &Policy::default()),
+        plan(&v, &leaders_only()),
         vec![moved(1, 1, 3), moved(4, 1, 4)]
     );
     assert_eq!(check_view(&v), vec![]);
@@ -232,7 +254,7 @@ fn no_move_when_no_replica_holder_is_less_loaded_by_two() {
         led(range(3, "c", ""), Some(2), &[2, 3]),
     ];
     let v = view(nodes(&[1, 2, 3], &[]), ranges);
-    assert_eq!(plan(&v, &Policy::default()), vec![]);
+    assert_eq!(plan(&v, &leaders_only()), vec![]);
 }
 
 #[test]
@@ -429,7 +451,11 @@ fn check_view_finds_gaps_and_odd_entries() {
     );
 
     let mut ns2 = ns();
-    ns2.push(NodeView { id: 2, live: true });
+    ns2.push(NodeView {
+        id: 2,
+        live: true,
+        lost: false,
+    });
     let odd = vec![
         led(range(1, "", "b"), Some(9), &[1, 8]),
         range(2, "c", "b"),
@@ -483,4 +509,223 @@ fn the_meta_range_does_not_count_as_an_overlap() {
         &Policy::default(),
     );
     assert!(ops.contains(&split(2, 1, "m")), "{ops:?}");
+}
+
+fn lost(ids: &[u64]) -> Vec<NodeView> {
+    ids.iter()
+        .map(|&id| NodeView {
+            id,
+            live: false,
+            lost: true,
+        })
+        .collect()
+}
+
+/// The replica changes of a plan (leader moves left out).
+fn changes(v: &ClusterView, p: &Policy) -> Vec<Operator> {
+    plan(v, p)
+        .into_iter()
+        .filter(|o| matches!(o, Operator::ChangeReplicas { .. }))
+        .collect()
+}
+
+fn change(range: u64, add: &[u64], remove: &[u64]) -> Operator {
+    Operator::ChangeReplicas {
+        range,
+        conf_ver: 0,
+        add: add.to_vec(),
+        remove: remove.to_vec(),
+    }
+}
+
+#[test]
+fn a_lost_nodes_replicas_are_replaced_on_the_emptiest_live_nodes() {
+    // Node 3 is lost; nodes 4 and 5 hold one and no replica. Range 3 has
+    // two replicas left on live nodes, like the others, but range 2 also
+    // has a suspect (node 6, down but not lost): fewest live replicas first.
+    let mut ranges = tiled(3, |_| 1, &[1, 2, 3]);
+    ranges[1].replicas = vec![1, 3, 6];
+    ranges.push(led(range(4, "zz", ""), Some(4), &[1, 2, 4]));
+    ranges[2].end = Bytes::from_static(b"zz");
+    let mut ns = nodes(&[1, 2, 4, 5], &[6]);
+    ns.extend(lost(&[3]));
+    let v = view(ns, ranges);
+    // Range 2 (one live replica) cannot be repaired: replacing 3 would leave
+    // node 1 alone serving a set of three. Ranges 1 and 3 go to 5, then to
+    // 4 (5 now holds one, like 4; lower id).
+    assert_eq!(
+        plan(&v, &Policy::default()),
+        vec![change(1, &[5], &[3]), change(3, &[4], &[3])]
+    );
+    // The cap on replica changes holds whatever else is due.
+    let one = Policy {
+        max_replica_changes: 1,
+        ..Policy::default()
+    };
+    assert_eq!(changes(&v, &one), vec![change(1, &[5], &[3])]);
+}
+
+#[test]
+fn a_suspect_nodes_replicas_stay() {
+    // Node 3 is down, not lost: nothing is repaired, nothing moves to it,
+    // and its ranges do not move either.
+    let mut ranges = tiled(4, |_| 1, &[1, 2, 3]);
+    ranges[3].replicas = vec![1, 2, 4];
+    let v = view(nodes(&[1, 2, 4], &[3]), ranges);
+    assert_eq!(plan(&v, &leaders_only()), plan(&v, &Policy::default()));
+}
+
+#[test]
+fn without_a_free_node_a_lost_replica_stays_unless_surplus() {
+    // Three nodes, one lost: no node to replace it on, and the range needs
+    // three (the lost node is not a member any more, so two is the most the
+    // cluster can hold and the target is two: the lost replica goes).
+    let ranges = tiled(1, |_| 1, &[1, 2, 3]);
+    let mut ns = nodes(&[1, 2], &[]);
+    ns.extend(lost(&[3]));
+    let v = view(ns.clone(), ranges);
+    assert_eq!(plan(&v, &Policy::default()), vec![change(1, &[], &[3])]);
+
+    // Four members, one lost and one suspect: the target stays three, no
+    // live node is free, so the lost replica stays.
+    let ranges = tiled(1, |_| 1, &[1, 2, 3]);
+    let mut ns = nodes(&[1, 2], &[4]);
+    ns.extend(lost(&[3]));
+    assert_eq!(plan(&view(ns, ranges), &Policy::default()), vec![]);
+}
+
+#[test]
+fn short_and_surplus_ranges_are_brought_to_the_policy() {
+    let ranges = vec![
+        led(range(1, "", "b"), Some(1), &[1, 2]),
+        led(range(2, "b", "c"), Some(2), &[1, 2, 3, 4]),
+        led(range(3, "c", ""), Some(1), &[1, 2, 3]),
+    ];
+    let v = view(nodes(&[1, 2, 3, 4], &[]), ranges);
+    // Loads: 1→3, 2→3, 3→2, 4→1. Range 1 gets node 4 (the emptiest);
+    // range 2 loses a replica on the fullest node that is not its leader
+    // (node 1: 3 replicas; node 2 leads it).
+    assert_eq!(
+        changes(&v, &Policy::default()),
+        vec![change(1, &[4], &[]), change(2, &[], &[1])]
+    );
+    // A surplus replica on a down node goes first.
+    let ranges = vec![led(range(1, "", ""), Some(1), &[1, 2, 3, 4])];
+    let v = view(nodes(&[1, 2, 4], &[3]), ranges);
+    assert_eq!(plan(&v, &Policy::default()), vec![change(1, &[], &[3])]);
+}
+
+#[test]
+fn no_replica_change_without_a_live_leader_or_for_the_meta_range() {
+    let mut meta = led(range(1, "", ""), Some(1), &[1, 2]);
+    meta.splittable = false;
+    meta.movable = false;
+    let orphan = led(range(2, "", ""), None, &[1, 2]);
+    let led_from_dead = led(range(3, "", ""), Some(4), &[1, 4]);
+    let v = view(nodes(&[1, 2, 3], &[4]), vec![meta, orphan, led_from_dead]);
+    assert_eq!(plan(&v, &leaders_only()), plan(&v, &Policy::default()));
+}
+
+#[test]
+fn replicas_move_to_an_empty_node() {
+    // Six ranges on nodes 1-3 (and the unmovable meta range), node 4 holds
+    // nothing: loads 7, 7, 7, 0.
+    let mut ranges = tiled(6, |i| (i - 1) % 3 + 1, &[1, 2, 3]);
+    for (i, r) in ranges.iter_mut().enumerate() {
+        r.bytes = 1000 * (10 - i as u64);
+    }
+    let mut meta = led(range(99, "", ""), Some(1), &[1, 2, 3]);
+    meta.splittable = false;
+    meta.movable = false;
+    ranges.push(meta);
+    let v = view(nodes(&[1, 2, 3, 4], &[]), ranges);
+    let all = Policy {
+        max_operators: 100,
+        max_replica_changes: 100,
+        ..Policy::default()
+    };
+    let ops = plan(&v, &all);
+    let moves: Vec<&Operator> = ops
+        .iter()
+        .filter(|o| matches!(o, Operator::ChangeReplicas { .. }))
+        .collect();
+    // 21 replicas over 4 nodes: moves stop once the spread is within 2
+    // (7,7,7,0 → 6,6,6,3 → ...); every one goes to node 4, never the meta
+    // range, and off a node that does not lead the range.
+    assert!(moves.len() >= 3, "{ops:?}");
+    for op in &moves {
+        let Operator::ChangeReplicas {
+            range, add, remove, ..
+        } = op
+        else {
+            unreachable!()
+        };
+        assert_eq!(add, &vec![4], "{ops:?}");
+        assert_ne!(*range, 99);
+        let r = v.ranges.iter().find(|r| r.id == *range).unwrap();
+        assert_ne!(r.leader, Some(remove[0]), "{ops:?}");
+    }
+    // The first move: off node 1 (lowest id among the fullest), the
+    // smallest range node 1 holds but does not lead (range 6 is led by 3).
+    assert_eq!(moves[0], &change(6, &[4], &[1]));
+    // Default caps: two replica changes a round.
+    assert_eq!(
+        plan(&v, &Policy::default())
+            .iter()
+            .filter(|o| matches!(o, Operator::ChangeReplicas { .. }))
+            .count(),
+        2
+    );
+    // Within tolerance: nothing moves.
+    let lax = Policy {
+        replica_tolerance: 7,
+        ..all
+    };
+    assert!(
+        plan(&v, &lax)
+            .iter()
+            .all(|o| !matches!(o, Operator::ChangeReplicas { .. }))
+    );
+}
+
+#[test]
+fn a_change_that_would_lose_the_quorum_is_not_planned() {
+    // Range 1 on {1, 2, 3} with 2 and 3 lost, its leader 1 (stale):
+    // replacing either would leave one serving replica in a set of three.
+    let ranges = tiled(1, |_| 1, &[1, 2, 3]);
+    let mut ns = nodes(&[1, 4, 5], &[]);
+    ns.extend(lost(&[2, 3]));
+    assert_eq!(plan(&view(ns, ranges), &Policy::default()), vec![]);
+    // Two replicas (policy of two): a move would need the new replica for
+    // every commit of the joint configuration, so none is planned.
+    let ranges = tiled(4, |_| 1, &[1, 2]);
+    let two = Policy {
+        replicas: 2,
+        replica_tolerance: 0,
+        ..Policy::default()
+    };
+    let v = view(nodes(&[1, 2, 3], &[]), ranges);
+    assert!(
+        plan(&v, &two)
+            .iter()
+            .all(|o| !matches!(o, Operator::ChangeReplicas { .. }))
+    );
+}
+
+#[test]
+fn repairs_come_before_splits() {
+    let ranges = vec![
+        big(range(1, "", "m"), 100 * MIB, "f"),
+        big(range(2, "m", ""), 100 * MIB, "t"),
+    ];
+    let mut ns = nodes(&[1, 2, 4], &[]);
+    ns.extend(lost(&[3]));
+    let p = Policy {
+        max_operators: 2,
+        ..Policy::default()
+    };
+    assert_eq!(
+        plan(&view(ns, ranges), &p),
+        vec![change(1, &[4], &[3]), change(2, &[4], &[3])]
+    );
 }

@@ -1,0 +1,270 @@
+//! Replica changes: repairing ranges that lost or lack a replica, and moving
+//! replicas from the fullest live nodes to the emptiest.
+//!
+//! Every change is checked against the quorum it leaves: the replicas that
+//! stay and are live must be a majority of the new set on their own, since a
+//! replica just added holds nothing until its snapshot arrives. A change
+//! that fails this would leave the range unable to commit until the new
+//! replica caught up (or forever, if it cannot), so it is not planned; the
+//! engine refuses such a change too.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::view::RangeView;
+use crate::{NodeId, Operator, Policy, RangeId};
+
+/// The nodes as replica changes see them.
+pub(super) struct Nodes {
+    /// Up now: may take replicas.
+    pub live: BTreeSet<NodeId>,
+    /// Given up on: their replicas are replaced.
+    pub lost: BTreeSet<NodeId>,
+    /// Listed and not lost (suspects included): how many replicas a range
+    /// can have at most.
+    pub members: usize,
+}
+
+impl Nodes {
+    /// Replicas a range should have: the policy's, or one per member if the
+    /// cluster is smaller.
+    fn target(&self, policy: &Policy) -> usize {
+        policy.replicas.min(self.members).max(1)
+    }
+}
+
+/// Replicas per live node, with the changes already planned applied.
+fn load(ranges: &[&RangeView], live: &BTreeSet<NodeId>, ops: &[Operator]) -> BTreeMap<NodeId, u64> {
+    let mut load: BTreeMap<NodeId, u64> = live.iter().map(|&n| (n, 0)).collect();
+    for r in ranges {
+        for n in distinct(&r.replicas) {
+            if let Some(c) = load.get_mut(&n) {
+                *c += 1;
+            }
+        }
+    }
+    for op in ops {
+        apply(&mut load, op);
+    }
+    load
+}
+
+fn apply(load: &mut BTreeMap<NodeId, u64>, op: &Operator) {
+    if let Operator::ChangeReplicas { add, remove, .. } = op {
+        for n in add {
+            if let Some(c) = load.get_mut(n) {
+                *c += 1;
+            }
+        }
+        for n in remove {
+            if let Some(c) = load.get_mut(n) {
+                *c = c.saturating_sub(1);
+            }
+        }
+    }
+}
+
+fn distinct(replicas: &[NodeId]) -> BTreeSet<NodeId> {
+    replicas.iter().copied().collect()
+}
+
+fn changes(ops: &[Operator]) -> usize {
+    ops.iter()
+        .filter(|o| matches!(o, Operator::ChangeReplicas { .. }))
+        .count()
+}
+
+/// Whether `serving` replicas that hold the range's data (live, not just
+/// added) are a majority of a replica set of `size`.
+fn keeps_quorum(serving: usize, size: usize) -> bool {
+    size > 0 && serving > size / 2
+}
+
+/// The live node without a replica of the range holding the fewest
+/// replicas (lowest id among equals).
+fn emptiest_spare(replicas: &BTreeSet<NodeId>, load: &BTreeMap<NodeId, u64>) -> Option<NodeId> {
+    load.iter()
+        .filter(|(n, _)| !replicas.contains(n))
+        .min_by_key(|&(&n, &c)| (c, n))
+        .map(|(&n, _)| n)
+}
+
+/// Repairs, most endangered range first (fewest live replicas, then id):
+/// a replica on a lost node is replaced by one on the emptiest live node
+/// without one (or only removed, when the range has more than it needs and
+/// no node is free); a range with fewer replicas than it should gets one; a
+/// range with more loses one. Only ranges led from a live node: the change
+/// is a command its leader proposes.
+pub(super) fn plan_repairs(
+    ranges: &[&RangeView],
+    nodes: &Nodes,
+    policy: &Policy,
+    ops: &mut Vec<Operator>,
+) {
+    let target = nodes.target(policy);
+    let mut load = load(ranges, &nodes.live, ops);
+    let touched: BTreeSet<RangeId> = ops.iter().map(Operator::range).collect();
+    let mut due: Vec<(usize, RangeId, &RangeView)> = ranges
+        .iter()
+        .copied()
+        .filter(|r| r.movable && !touched.contains(&r.id))
+        .filter(|r| {
+            r.leader
+                .is_some_and(|l| nodes.live.contains(&l) && r.replicas.contains(&l))
+        })
+        .filter_map(|r| {
+            let replicas = distinct(&r.replicas);
+            let needs = replicas.len() != target || !replicas.is_disjoint(&nodes.lost);
+            let serving = replicas.intersection(&nodes.live).count();
+            needs.then_some((serving, r.id, r))
+        })
+        .collect();
+    due.sort_by_key(|&(serving, id, _)| (serving, id));
+    for (_, _, r) in due {
+        if ops.len() >= policy.max_operators || changes(ops) >= policy.max_replica_changes {
+            break;
+        }
+        if let Some(op) = repair(r, nodes, target, &load) {
+            apply(&mut load, &op);
+            ops.push(op);
+        }
+    }
+}
+
+fn repair(
+    r: &RangeView,
+    nodes: &Nodes,
+    target: usize,
+    load: &BTreeMap<NodeId, u64>,
+) -> Option<Operator> {
+    let replicas = distinct(&r.replicas);
+    let serving = |gone: Option<NodeId>| {
+        replicas
+            .iter()
+            .filter(|&&n| nodes.live.contains(&n) && Some(n) != gone)
+            .count()
+    };
+    let change = |add: Vec<NodeId>, remove: Vec<NodeId>| Operator::ChangeReplicas {
+        range: r.id,
+        conf_ver: r.conf_ver,
+        add,
+        remove,
+    };
+    let spare = emptiest_spare(&replicas, load);
+    if let Some(&gone) = replicas.iter().find(|n| nodes.lost.contains(n)) {
+        // Replace it where a node is free, else drop it if the range can
+        // spare it; otherwise wait for a node (the range keeps serving
+        // from the others).
+        return match spare {
+            Some(to) if keeps_quorum(serving(Some(gone)), replicas.len()) => {
+                Some(change(vec![to], vec![gone]))
+            }
+            None if replicas.len() > target
+                && keeps_quorum(serving(Some(gone)), replicas.len() - 1) =>
+            {
+                Some(change(vec![], vec![gone]))
+            }
+            _ => None,
+        };
+    }
+    if replicas.len() < target {
+        let to = spare?;
+        return keeps_quorum(serving(None), replicas.len() + 1).then(|| change(vec![to], vec![]));
+    }
+    if replicas.len() > target {
+        // Drop a replica that is down if there is one, else the one on the
+        // fullest node; never the leader's (it proposes the change).
+        let leader = r.leader?;
+        let gone = replicas
+            .iter()
+            .copied()
+            .filter(|&n| n != leader)
+            .min_by_key(|&n| {
+                let live = nodes.live.contains(&n);
+                (live, Reverse(load.get(&n).copied().unwrap_or(0)), n)
+            })?;
+        return keeps_quorum(serving(Some(gone)), replicas.len() - 1)
+            .then(|| change(vec![], vec![gone]));
+    }
+    None
+}
+
+/// Rebalancing: while the live node holding the most replicas holds more
+/// than `replica_tolerance` more than the one holding the fewest, one
+/// replica moves from a fullest node (lowest id first) to the emptiest live
+/// node without a replica of that range, and only if that node holds at
+/// least two fewer (so both end between their old counts and the spread
+/// never widens). Only healthy ranges move: movable, not yet given an
+/// operator this round, every replica on a live node, as many replicas as
+/// they should have, led from a live replica. Among a node's candidates, a
+/// range it does not lead goes first (moving the leader's own replica
+/// costs a leadership transfer first), then the emptiest destination, the
+/// smallest range (the cheapest snapshot), the lowest id.
+pub(super) fn plan_moves(
+    ranges: &[&RangeView],
+    nodes: &Nodes,
+    policy: &Policy,
+    ops: &mut Vec<Operator>,
+) {
+    if nodes.live.len() < 2 {
+        return;
+    }
+    let target = nodes.target(policy);
+    let mut load = load(ranges, &nodes.live, ops);
+    let mut touched: BTreeSet<RangeId> = ops.iter().map(Operator::range).collect();
+    let healthy: Vec<&RangeView> = ranges
+        .iter()
+        .copied()
+        .filter(|r| {
+            let replicas = distinct(&r.replicas);
+            r.movable
+                && replicas.len() == target
+                && replicas.is_subset(&nodes.live)
+                && r.leader.is_some_and(|l| replicas.contains(&l))
+        })
+        .collect();
+    while ops.len() < policy.max_operators && changes(ops) < policy.max_replica_changes {
+        let max = *load.values().max().expect("two or more live nodes");
+        let min = *load.values().min().expect("two or more live nodes");
+        if max - min <= policy.replica_tolerance {
+            break;
+        }
+        let mut chosen = None;
+        for (&from, _) in load.iter().filter(|&(_, &c)| c == max) {
+            let best = healthy
+                .iter()
+                .filter(|r| !touched.contains(&r.id) && r.replicas.contains(&from))
+                .filter(|r| {
+                    let size = distinct(&r.replicas).len();
+                    keeps_quorum(size - 1, size)
+                })
+                .filter_map(|r| {
+                    let to = emptiest_spare(&distinct(&r.replicas), &load)?;
+                    (load[&to] + 2 <= max).then_some((
+                        r.leader == Some(from),
+                        load[&to],
+                        r.bytes,
+                        r.id,
+                        to,
+                        r.conf_ver,
+                    ))
+                })
+                .min();
+            if let Some((_, _, _, range, to, conf_ver)) = best {
+                chosen = Some(Operator::ChangeReplicas {
+                    range,
+                    conf_ver,
+                    add: vec![to],
+                    remove: vec![from],
+                });
+                break;
+            }
+        }
+        let Some(op) = chosen else {
+            break;
+        };
+        touched.insert(op.range());
+        apply(&mut load, &op);
+        ops.push(op);
+    }
+}
