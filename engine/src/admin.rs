@@ -295,6 +295,16 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             load(&p.transfers),
         ),
         (
+            "tessera_placement_replica_changes_total",
+            "Replica changes the placement driver made (repairs and moves).",
+            load(&p.replica_changes),
+        ),
+        (
+            "tessera_placement_lost_nodes",
+            "Nodes down longer than dead_after at the last placement round this node ran.",
+            load(&p.lost_nodes),
+        ),
+        (
             "tessera_placement_failed_total",
             "Placement operators that failed (retried next round if still due).",
             load(&p.failed),

@@ -25,6 +25,10 @@
 //! split_keys = 1000000
 //! leader_tolerance = 1
 //! max_operators = 4
+//! replicas = 3
+//! replica_tolerance = 2
+//! max_replica_changes = 2
+//! dead_after_ms = 300000
 //! ```
 
 use std::collections::BTreeMap;
@@ -124,8 +128,9 @@ pub struct NodeFile {
     /// (docs/transport.md). Above 6548 quinn's segmentation offload is off.
     #[serde(default = "default_peer_mtu_max")]
     pub peer_mtu_max: u16,
-    /// The placement driver (`[placement]`): splits ranges that grow large
-    /// and spreads the leaders over the nodes. On by default.
+    /// The placement driver (`[placement]`): splits ranges that grow large,
+    /// replaces the replicas of nodes lost for good, evens out replicas and
+    /// leaders over the nodes. On by default.
     #[serde(default)]
     pub placement: PlacementFile,
 }
@@ -146,6 +151,17 @@ pub struct PlacementFile {
     pub leader_tolerance: u64,
     /// Operators per round at most. Default 4.
     pub max_operators: usize,
+    /// Replicas per range. Default 3.
+    pub replicas: usize,
+    /// A live node may hold this many more replicas than the one holding the
+    /// fewest before replicas move. Default 2.
+    pub replica_tolerance: u64,
+    /// Replica changes (repairs and moves) per round at most. Default 2.
+    pub max_replica_changes: usize,
+    /// Milliseconds a node must stay unreachable before its replicas are
+    /// replaced on other nodes. Default 300000 (5 minutes): a restart or a
+    /// blip should not cost a snapshot of every range the node holds.
+    pub dead_after_ms: u64,
 }
 
 impl Default for PlacementFile {
@@ -158,6 +174,12 @@ impl Default for PlacementFile {
             split_keys: p.split_keys,
             leader_tolerance: p.leader_tolerance,
             max_operators: p.max_operators,
+            replicas: p.replicas,
+            replica_tolerance: p.replica_tolerance,
+            max_replica_changes: p.max_replica_changes,
+            dead_after_ms: crate::placement::PlacementConfig::default()
+                .dead_after
+                .as_millis() as u64,
         }
     }
 }
@@ -167,11 +189,15 @@ impl PlacementFile {
     pub fn config(&self) -> crate::placement::PlacementConfig {
         crate::placement::PlacementConfig {
             interval: Duration::from_millis(self.interval_ms),
+            dead_after: Duration::from_millis(self.dead_after_ms),
             policy: tessera_placement::Policy {
                 split_bytes: self.split_bytes,
                 split_keys: self.split_keys,
                 leader_tolerance: self.leader_tolerance,
                 max_operators: self.max_operators,
+                replicas: self.replicas,
+                replica_tolerance: self.replica_tolerance,
+                max_replica_changes: self.max_replica_changes,
             },
         }
     }
@@ -284,6 +310,15 @@ impl NodeFile {
         }
         if p.split_keys < 2 {
             return Err(invalid("placement.split_keys", "must be at least 2"));
+        }
+        if !(1..=7).contains(&p.replicas) {
+            return Err(invalid("placement.replicas", "must be in 1..=7"));
+        }
+        if p.dead_after_ms < 1000 {
+            return Err(invalid(
+                "placement.dead_after_ms",
+                "must be at least 1000 (a node is given up on only after it has been down a while)",
+            ));
         }
         if self.client_addr.port() != 0 && self.client_addr == self.admin_addr {
             return Err(invalid("admin_addr", "is the same as client_addr"));

@@ -2,8 +2,15 @@
 //! range (and only there, so one driver acts at a time), it gathers a view
 //! of the cluster, asks the planner (`tessera-placement`, pure) what to do,
 //! and does it through the same `Db` calls an operator would use:
-//! `Db::split_range` for a range grown past the policy's size, and
-//! `Db::transfer_leader` to even out the leaders across live nodes.
+//! `Db::split_range` for a range grown past the policy's size,
+//! `Db::change_replicas` to replace the replicas of a lost node and even
+//! out replicas across live nodes, and `Db::transfer_leader` to even out
+//! the leaders.
+//!
+//! A node is *lost* once it has been seen down at every round for
+//! `dead_after` (every node keeps this record, so a node that takes over
+//! the meta range knows how long its peers have been down); until then it
+//! is only suspect, and its replicas stay where they are.
 //!
 //! The view is gathered without waking idle ranges: each range's size and
 //! leader come from a stale read of a replica (this node's own when it has
@@ -13,14 +20,15 @@
 //! split refuses a key its range no longer holds; a transfer to a node that
 //! no longer holds a replica is refused).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tessera_placement::{ClusterView, NodeView, Operator, Policy, RangeView, plan};
 
 use crate::db::{Db, DbError};
+use crate::raft::NodeId;
 use crate::range::RangeDescriptor;
 use crate::store::{META_RANGE, ReadConsistency, ReadOp, Reply, Request};
 
@@ -29,7 +37,13 @@ use crate::store::{META_RANGE, ReadConsistency, ReadOp, Reply, Request};
 pub struct PlacementConfig {
     /// Time between rounds. Default 10 s.
     pub interval: Duration,
-    /// What the planner aims for (sizes, leader balance, operators per round).
+    /// How long a node must be down before its replicas are replaced.
+    /// Default 5 minutes: a restart or a network blip should not cost a
+    /// snapshot of every range the node holds, and a node gone for good
+    /// costs only this long at two replicas per range.
+    pub dead_after: Duration,
+    /// What the planner aims for (sizes, replicas, leader balance,
+    /// operators per round).
     pub policy: Policy,
 }
 
@@ -37,8 +51,34 @@ impl Default for PlacementConfig {
     fn default() -> Self {
         PlacementConfig {
             interval: Duration::from_secs(10),
+            dead_after: Duration::from_secs(300),
             policy: Policy::default(),
         }
+    }
+}
+
+/// Since when each peer has been seen down, as this node's rounds saw it.
+#[derive(Debug, Default, Clone)]
+pub struct NodeHealth {
+    down_since: BTreeMap<NodeId, Instant>,
+}
+
+impl NodeHealth {
+    /// Records whether `node` is down at `now`; a node seen up is forgotten.
+    pub fn observe(&mut self, node: NodeId, down: bool, now: Instant) {
+        if down {
+            self.down_since.entry(node).or_insert(now);
+        } else {
+            self.down_since.remove(&node);
+        }
+    }
+
+    /// Whether `node` has been down, at every observation, for at least
+    /// `dead_after` by `now`.
+    pub fn lost(&self, node: NodeId, dead_after: Duration, now: Instant) -> bool {
+        self.down_since
+            .get(&node)
+            .is_some_and(|&t| now.saturating_duration_since(t) >= dead_after)
     }
 }
 
@@ -49,6 +89,11 @@ pub struct PlacementCounters {
     pub rounds: AtomicU64,
     pub splits: AtomicU64,
     pub transfers: AtomicU64,
+    /// Replica changes made: repairs (a lost node's replica replaced, a
+    /// range brought to its replica count) and moves.
+    pub replica_changes: AtomicU64,
+    /// Nodes given up on at the last round (a gauge).
+    pub lost_nodes: AtomicU64,
     /// Operators that failed (refused or timed out); the next round retries
     /// what still applies.
     pub failed: AtomicU64,
@@ -69,12 +114,13 @@ impl Db {
             let mut tick = tokio::time::interval(cfg.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut health = NodeHealth::default();
             loop {
                 tick.tick().await;
                 if db.node().handle().stats().await.is_none() {
                     break; // the node stopped
                 }
-                if let Err(e) = placement_round(&db, &cfg.policy).await {
+                if let Err(e) = placement_round(&db, &cfg, &mut health).await {
                     db.placement_counters()
                         .rounds_failed
                         .fetch_add(1, Ordering::Relaxed);
@@ -85,10 +131,25 @@ impl Db {
     }
 }
 
-/// One round: if this node leads the meta range, plan and run the operators.
-/// Returns what was planned (empty when this node is not the driver).
-pub async fn placement_round(db: &Db, policy: &Policy) -> Result<Vec<Operator>, DbError> {
+/// One round: records which peers are down (on every node), then, if this
+/// node leads the meta range, plans and runs the operators. Returns what
+/// was planned (empty when this node is not the driver).
+pub async fn placement_round(
+    db: &Db,
+    cfg: &PlacementConfig,
+    health: &mut NodeHealth,
+) -> Result<Vec<Operator>, DbError> {
+    let policy = &cfg.policy;
     let node = db.node();
+    let now = Instant::now();
+    let handle = node.handle();
+    let peers = handle
+        .inspect(|s| s.config().peers.clone())
+        .await
+        .unwrap_or_default();
+    for &p in &peers {
+        health.observe(p, handle.peer_down(p), now);
+    }
     let leads_meta = node
         .handle()
         .inspect(|s| s.leader_of(META_RANGE) == Some(s.node_id()))
@@ -100,7 +161,15 @@ pub async fn placement_round(db: &Db, policy: &Policy) -> Result<Vec<Operator>, 
     let counters = db.placement_counters();
     counters.rounds.fetch_add(1, Ordering::Relaxed);
     db.refresh_routes().await?;
-    let view = gather(db, policy).await;
+    let lost: BTreeSet<NodeId> = peers
+        .iter()
+        .copied()
+        .filter(|&p| health.lost(p, cfg.dead_after, now))
+        .collect();
+    counters
+        .lost_nodes
+        .store(lost.len() as u64, Ordering::Relaxed);
+    let view = gather(db, policy, &peers, &lost).await;
     let ops = plan(&view, policy);
     for op in &ops {
         let result = match op {
@@ -120,6 +189,21 @@ pub async fn placement_round(db: &Db, policy: &Policy) -> Result<Vec<Operator>, 
                     counters.transfers.fetch_add(1, Ordering::Relaxed);
                 })
             }
+            // Only at the replica set planned: a change made meanwhile (by
+            // an operator, or a round of a previous driver) may have made
+            // this one wrong.
+            Operator::ChangeReplicas {
+                range,
+                conf_ver,
+                add,
+                remove,
+            } => db
+                .change_replicas_planned(*range, add, remove, Some(*conf_ver))
+                .await
+                .map(|d| {
+                    tracing::info!(range, ?add, ?remove, replicas = ?d.replicas, "placement: replicas changed");
+                    counters.replica_changes.fetch_add(1, Ordering::Relaxed);
+                }),
         };
         if let Err(e) = result {
             counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -129,9 +213,16 @@ pub async fn placement_round(db: &Db, policy: &Policy) -> Result<Vec<Operator>, 
     Ok(ops)
 }
 
-/// The cluster as the planner sees it: every range of the routing table and
-/// the meta range, with sizes and leaders from stale reads.
-pub async fn gather(db: &Db, policy: &Policy) -> ClusterView {
+/// The cluster as the planner sees it: every node (this one, `peers`, and
+/// any a range names), those in `lost` given up on; every range of the
+/// routing table and the meta range, with sizes and leaders from stale
+/// reads.
+pub async fn gather(
+    db: &Db,
+    policy: &Policy,
+    peers: &[NodeId],
+    lost: &BTreeSet<NodeId>,
+) -> ClusterView {
     let node = db.node();
     let me = node.id();
     let mut descs: Vec<RangeDescriptor> = db.ranges();
@@ -171,25 +262,32 @@ pub async fn gather(db: &Db, policy: &Policy) -> ClusterView {
             start: d.start.clone(),
             end: d.end.clone(),
             epoch: d.epoch,
+            conf_ver: d.conf_ver,
             replicas: d.replicas.clone(),
             leader,
             keys,
             bytes,
             split_key,
             splittable: d.id != META_RANGE,
+            movable: d.id != META_RANGE,
         });
     }
     let ids: BTreeSet<u64> = ranges
         .iter()
         .flat_map(|r| r.replicas.iter().copied())
+        .chain(peers.iter().copied())
         .chain(std::iter::once(me))
         .collect();
     let handle = node.handle();
     let nodes = ids
         .into_iter()
-        .map(|id| NodeView {
-            id,
-            live: id == me || !handle.peer_down(id),
+        .map(|id| {
+            let lost = id != me && lost.contains(&id);
+            NodeView {
+                id,
+                live: id == me || (!lost && peers.contains(&id) && !handle.peer_down(id)),
+                lost,
+            }
         })
         .collect();
     ClusterView { nodes, ranges }

@@ -1,7 +1,11 @@
-//! The placement driver on three nodes in one process (QUIC + mTLS, fsync'd
-//! WALs): ranges that grow past the policy's size are split at their middle
-//! key while clients write, nothing acknowledged is lost, the ranges tile the
-//! key space, and the leaders end up spread evenly over the nodes.
+//! The placement driver on real clusters in one process (QUIC + mTLS,
+//! fsync'd WALs):
+//! - on three nodes, ranges that grow past the policy's size are split at
+//!   their middle key while clients write, nothing acknowledged is lost, the
+//!   ranges tile the key space, and the leaders end up spread evenly;
+//! - on four nodes, the replicas of a node that stays down are replaced on
+//!   the others, and replicas move to a node that holds none, with every
+//!   write still readable.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +47,7 @@ async fn the_driver_splits_large_ranges_and_spreads_the_leaders() {
             split_keys: 60,
             ..Policy::default()
         },
+        ..PlacementConfig::default()
     };
     for db in cluster.dbs() {
         db.start_placement(cfg.clone());
@@ -115,5 +120,173 @@ async fn the_driver_splits_large_ranges_and_spreads_the_leaders() {
         assert!(Instant::now() < deadline, "leaders per node: {per_node:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    cluster.shutdown().await;
+}
+
+const FOUR: usize = 4;
+
+async fn four_nodes(dir: &std::path::Path, ranges: u32) -> LocalCluster {
+    let mut opts = LocalClusterOptions::new(dir);
+    opts.nodes = FOUR;
+    opts.initial_ranges = ranges;
+    LocalCluster::start(opts).await.expect("cluster starts")
+}
+
+/// The user ranges as the meta range has them now.
+async fn descriptors(db: &Db) -> Vec<RangeDescriptor> {
+    db.refresh_routes().await.expect("refresh");
+    db.ranges()
+}
+
+/// Replicas per node (1-based ids) over the user ranges and the meta range.
+fn load(ranges: &[RangeDescriptor], meta: &RangeDescriptor) -> Vec<usize> {
+    let mut out = vec![0; FOUR];
+    for d in ranges.iter().chain(std::iter::once(meta)) {
+        for &n in &d.replicas {
+            out[n as usize - 1] += 1;
+        }
+    }
+    out
+}
+
+fn fast_driver(dead_after: Duration) -> PlacementConfig {
+    PlacementConfig {
+        interval: Duration::from_millis(300),
+        dead_after,
+        ..PlacementConfig::default()
+    }
+}
+
+fn replica_changes(dbs: &[Db]) -> u64 {
+    dbs.iter()
+        .map(|d| {
+            d.placement_counters()
+                .replica_changes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum()
+}
+
+async fn write_keys(db: &Db, range: std::ops::Range<usize>) {
+    for i in range {
+        db.put(key(i), format!("v{i}")).await.expect("put");
+    }
+}
+
+async fn check_keys(db: &Db, range: std::ops::Range<usize>) {
+    for i in range {
+        assert_eq!(
+            db.get(key(i)).await.expect("get"),
+            Some(Bytes::from(format!("v{i}"))),
+            "key {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_nodes_replicas_are_replaced_on_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = four_nodes(dir.path(), 4).await;
+    let db = cluster.db(0).expect("node 1").clone();
+    write_keys(&db, 0..200).await;
+    let before = descriptors(&db).await;
+    let on_4 = before.iter().filter(|d| d.replicas.contains(&4)).count();
+    assert!(on_4 >= 2, "node 4 holds {on_4} ranges: {before:?}");
+
+    // Node 4 goes away for good; the driver gives up on it after a second.
+    cluster.stop(3).await;
+    let dbs: Vec<Db> = cluster.dbs().cloned().collect();
+    for d in &dbs {
+        d.start_placement(fast_driver(Duration::from_secs(1)));
+    }
+    // Writes go on meanwhile, on three of the four.
+    write_keys(&db, 200..300).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let ranges = descriptors(&db).await;
+        if ranges
+            .iter()
+            .all(|d| !d.replicas.contains(&4) && d.replicas.len() == 3)
+        {
+            break ranges;
+        }
+        assert!(Instant::now() < deadline, "not repaired: {ranges:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(after.len(), before.len(), "no split, no merge");
+    assert!(
+        replica_changes(&dbs) >= on_4 as u64,
+        "{} changes for {on_4} ranges",
+        replica_changes(&dbs)
+    );
+    // Every write is there, and the repaired ranges take more, each through
+    // a different node.
+    for (i, d) in dbs.iter().enumerate() {
+        check_keys(d, 0..300).await;
+        write_keys(d, 300 + 10 * i..310 + 10 * i).await;
+    }
+    check_keys(&db, 300..330).await;
+    // A replica that was added holds the range's data: read each user range
+    // at stale consistency from every node holding it.
+    for d in &after {
+        for &n in &d.replicas {
+            let node_db = cluster.db(n as usize - 1).expect("live");
+            node_db
+                .node()
+                .handle()
+                .inspect({
+                    let id = d.id;
+                    move |s| s.replica_raft(id).is_some()
+                })
+                .await
+                .filter(|&held| held)
+                .unwrap_or_else(|| panic!("node {n} does not hold range {}", d.id));
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_move_to_a_node_that_holds_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = four_nodes(dir.path(), 6).await;
+    let db = cluster.db(0).expect("node 1").clone();
+    write_keys(&db, 0..200).await;
+    // Empty node 4 by hand: each of its replicas goes to the node its range
+    // lacks.
+    for d in descriptors(&db).await {
+        if d.replicas.contains(&4) {
+            let to = (1..=3).find(|n| !d.replicas.contains(n)).expect("a spare");
+            db.move_replica(d.id, 4, to).await.expect("move off node 4");
+        }
+    }
+    let meta = db.meta_descriptor();
+    let emptied = load(&descriptors(&db).await, &meta);
+    assert_eq!(emptied[3], 0, "{emptied:?}");
+
+    let dbs: Vec<Db> = cluster.dbs().cloned().collect();
+    for d in &dbs {
+        d.start_placement(fast_driver(Duration::from_secs(300)));
+    }
+    let tolerance = tessera_placement::Policy::DEFAULT_REPLICA_TOLERANCE as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let per_node = load(&descriptors(&db).await, &meta);
+        let (max, min) = (
+            per_node.iter().max().copied().unwrap_or(0),
+            per_node.iter().min().copied().unwrap_or(0),
+        );
+        if max - min <= tolerance {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas per node: {per_node:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(replica_changes(&dbs) >= 3);
+    for d in &dbs {
+        check_keys(d, 0..200).await;
+    }
+    write_keys(&dbs[3], 200..250).await;
+    check_keys(&db, 200..250).await;
     cluster.shutdown().await;
 }

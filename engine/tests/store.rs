@@ -2759,3 +2759,51 @@ fn a_leadership_transfer_that_cannot_finish_is_abandoned_and_writes_resume() {
     assert_eq!(sim.reply(id), Some(&applied_done()));
     sim.lose_next.clear();
 }
+
+fn change_req(range: RangeId, add: &[NodeId], remove: &[NodeId]) -> Request {
+    Request::ChangeReplicas {
+        range,
+        epoch: 1,
+        conf_ver: Some(0),
+        add: add.to_vec(),
+        remove: remove.to_vec(),
+    }
+}
+
+/// A leader refuses (`Busy`) a membership change after which the replicas
+/// that stay could not commit without the new ones, because one of them is
+/// down: the range would stall until it came back. Once it is back and
+/// caught up, the same change goes through.
+#[test]
+fn a_change_waits_while_a_replica_that_stays_is_down() {
+    let (mut sim, _, _, _) = split_setup();
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    let followers = sim.followers(LHS, leader);
+    let (stays, goes) = (followers[0], followers[1]);
+    // Take out the replica that would stay with the leader, long enough
+    // for the leader's store to see its node down.
+    sim.isolate(stays);
+    sim.ticks(60);
+    let id = sim.request(leader, change_req(LHS, &[], &[goes]));
+    assert!(
+        matches!(sim.reply(id), Some(Err(StoreError::Busy { .. }))),
+        "{:?}",
+        sim.reply(id)
+    );
+    // Back, heard from and streaming: the change is made.
+    sim.cut.clear();
+    let w = sim.request(leader, write_req(LHS, 1, &sim.key_in(LHS, "x"), "after"));
+    sim.ticks(60);
+    assert_eq!(sim.reply(w), Some(&applied_done()));
+    let id = sim.request(leader, change_req(LHS, &[], &[goes]));
+    sim.ticks(20);
+    match sim.reply(id) {
+        Some(Ok(Reply::Applied(ApplyResult::Replicas(d)))) => {
+            assert!(
+                !d.replicas.contains(&goes) && d.replicas.contains(&stays),
+                "{d:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

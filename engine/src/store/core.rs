@@ -30,7 +30,7 @@ use bytes::Bytes;
 
 use crate::raft::{
     ConfChange, ConfChangeStep, ConfigError, EntryPayload, HardState, Index, InitialState, Message,
-    MessageBody, NO_NODE, NodeId, ProposeError, Raft, ReadMode, SnapshotData, Term,
+    MessageBody, NO_NODE, NodeId, ProgressState, ProposeError, Raft, ReadMode, SnapshotData, Term,
 };
 use crate::range::{
     ApplyError, ApplyResult, Command, Proposal, RangeDescriptor, RangeId, RangeState,
@@ -759,6 +759,9 @@ impl Store {
                 // The version is checked against the applied descriptor: a
                 // change committed but not applied yet would make it stale.
                 if r.state.applied().0 < r.raft.commit_index() {
+                    return Err(StoreError::Busy { range });
+                }
+                if !keeps_serving(r, desc, &add, &remove, me, &self.peers) {
                     return Err(StoreError::Busy { range });
                 }
                 let proposed = r.raft.propose_conf_change(change);
@@ -2108,6 +2111,45 @@ fn replica_change(
         return Err("a change must leave at least one replica and change something".into());
     }
     Ok(ConfChange { changes })
+}
+
+/// Whether a change leaves enough replicas able to commit at once: of the
+/// replicas that stay, as many as could be (up to a majority of the new
+/// set) must be live and caught up (the leader streaming to them). A new
+/// replica holds nothing until its snapshot arrives, so a change made while
+/// a replica that stays is down or still catching up (a move planned right
+/// after another) would stall every write of the range until it catches
+/// up. Such a change waits (`Busy`). A change that needs its new replicas
+/// however healthy the others are (growing one replica to two, a move
+/// within two) is not refused: it stalls the range only until they catch
+/// up, and it is the only way there.
+fn keeps_serving(
+    r: &Replica,
+    desc: &RangeDescriptor,
+    add: &[NodeId],
+    remove: &[NodeId],
+    me: NodeId,
+    peers: &BTreeMap<NodeId, Peer>,
+) -> bool {
+    let staying: Vec<NodeId> = desc
+        .replicas
+        .iter()
+        .copied()
+        .filter(|n| !remove.contains(n))
+        .collect();
+    let new_size = staying.len() + add.len();
+    let majority = new_size / 2 + 1;
+    let serving = staying
+        .iter()
+        .filter(|&&n| {
+            n == me
+                || (peers.get(&n).is_some_and(|p| p.live)
+                    && r.raft
+                        .progress(n)
+                        .is_some_and(|p| p.state == ProgressState::Replicate))
+        })
+        .count();
+    serving >= staying.len().min(majority)
 }
 
 /// Proposes a write on a replica that must lead its range; its reply comes
