@@ -57,6 +57,58 @@ impl Default for PlacementConfig {
     }
 }
 
+/// What the driver remembers between rounds.
+#[derive(Debug, Default, Clone)]
+pub struct DriverState {
+    /// Since when each peer has been down.
+    pub health: NodeHealth,
+    /// Ranges whose replica change failed, with the replica-set version it
+    /// was planned at and the round until which they are left alone.
+    held_off: BTreeMap<u64, (u64, u64)>,
+    /// Rounds this node drove.
+    rounds: u64,
+}
+
+/// Rounds a range is left alone after a replica change of it failed (a
+/// minute at the default interval), unless its replica set changes. The
+/// leader refuses a change whose staying replicas it cannot count on, a
+/// test the planner cannot make (it sees neither the leader's view of its
+/// peers nor which replicas are still catching up): without the pause, the
+/// same refused changes would be planned first every round and take every
+/// slot from the repairs that can run.
+const HOLD_OFF_ROUNDS: u64 = 6;
+
+impl DriverState {
+    /// Starts a round on `view`: ranges held off since a failed replica
+    /// change, and still at the replica set it was planned at, are marked
+    /// unmovable for this round.
+    pub fn begin_round(&mut self, view: &mut ClusterView) {
+        self.rounds += 1;
+        let round = self.rounds;
+        self.held_off.retain(|_, &mut (_, until)| round <= until);
+        for r in &mut view.ranges {
+            if self
+                .held_off
+                .get(&r.id)
+                .is_some_and(|&(conf_ver, _)| conf_ver == r.conf_ver)
+            {
+                r.movable = false;
+            }
+        }
+    }
+
+    /// Records that `op`, planned this round, failed.
+    pub fn failed(&mut self, op: &Operator) {
+        if let Operator::ChangeReplicas {
+            range, conf_ver, ..
+        } = op
+        {
+            self.held_off
+                .insert(*range, (*conf_ver, self.rounds + HOLD_OFF_ROUNDS));
+        }
+    }
+}
+
 /// Since when each peer has been seen down, as this node's rounds saw it.
 #[derive(Debug, Default, Clone)]
 pub struct NodeHealth {
@@ -114,13 +166,13 @@ impl Db {
             let mut tick = tokio::time::interval(cfg.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
-            let mut health = NodeHealth::default();
+            let mut state = DriverState::default();
             loop {
                 tick.tick().await;
                 if db.node().handle().stats().await.is_none() {
                     break; // the node stopped
                 }
-                if let Err(e) = placement_round(&db, &cfg, &mut health).await {
+                if let Err(e) = placement_round(&db, &cfg, &mut state).await {
                     db.placement_counters()
                         .rounds_failed
                         .fetch_add(1, Ordering::Relaxed);
@@ -137,8 +189,9 @@ impl Db {
 pub async fn placement_round(
     db: &Db,
     cfg: &PlacementConfig,
-    health: &mut NodeHealth,
+    state: &mut DriverState,
 ) -> Result<Vec<Operator>, DbError> {
+    let health = &mut state.health;
     let policy = &cfg.policy;
     let node = db.node();
     let now = Instant::now();
@@ -169,7 +222,8 @@ pub async fn placement_round(
     counters
         .lost_nodes
         .store(lost.len() as u64, Ordering::Relaxed);
-    let view = gather(db, policy, &peers, &lost).await;
+    let mut view = gather(db, policy, &peers, &lost).await;
+    state.begin_round(&mut view);
     let ops = plan(&view, policy);
     for op in &ops {
         let result = match op {
@@ -206,6 +260,7 @@ pub async fn placement_round(
                 }),
         };
         if let Err(e) = result {
+            state.failed(op);
             counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(operator = ?op, error = %e, "placement: operator failed");
         }
@@ -295,3 +350,84 @@ pub async fn gather(
 
 /// Shared by every handle on a node.
 pub(crate) type SharedCounters = Arc<PlacementCounters>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(conf_ver: u64) -> ClusterView {
+        ClusterView {
+            nodes: Vec::new(),
+            ranges: vec![RangeView {
+                id: 7,
+                start: bytes::Bytes::new(),
+                end: bytes::Bytes::new(),
+                epoch: 1,
+                conf_ver,
+                replicas: vec![1, 2, 3],
+                leader: Some(1),
+                keys: 0,
+                bytes: 0,
+                split_key: None,
+                splittable: true,
+                movable: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_range_whose_change_failed_is_held_off_for_a_while() {
+        let mut state = DriverState::default();
+        let mut v = view(3);
+        state.begin_round(&mut v);
+        assert!(v.ranges[0].movable);
+        state.failed(&Operator::ChangeReplicas {
+            range: 7,
+            conf_ver: 3,
+            add: vec![4],
+            remove: vec![1],
+        });
+        // A change made meanwhile lifts it: the plan was for another
+        // replica set.
+        let mut changed = view(4);
+        state.clone().begin_round(&mut changed);
+        assert!(changed.ranges[0].movable);
+        for _ in 0..HOLD_OFF_ROUNDS {
+            let mut v = view(3);
+            state.begin_round(&mut v);
+            assert!(!v.ranges[0].movable, "round {}", state.rounds);
+        }
+        let mut v = view(3);
+        state.begin_round(&mut v);
+        assert!(
+            v.ranges[0].movable,
+            "held off past {HOLD_OFF_ROUNDS} rounds"
+        );
+        // Other operators failing hold nothing off.
+        state.failed(&Operator::TransferLeader {
+            range: 7,
+            from: 1,
+            to: 2,
+        });
+        let mut v = view(3);
+        state.begin_round(&mut v);
+        assert!(v.ranges[0].movable);
+    }
+
+    #[test]
+    fn a_node_is_lost_only_after_being_down_at_every_round_for_dead_after() {
+        let mut h = NodeHealth::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        h.observe(4, true, t0);
+        assert!(!h.lost(4, 5 * s, t0 + 4 * s));
+        assert!(h.lost(4, 5 * s, t0 + 5 * s));
+        // Seen up once: forgotten, and the clock starts again.
+        h.observe(4, false, t0 + 6 * s);
+        assert!(!h.lost(4, 5 * s, t0 + 6 * s));
+        h.observe(4, true, t0 + 7 * s);
+        assert!(!h.lost(4, 5 * s, t0 + 11 * s));
+        assert!(h.lost(4, 5 * s, t0 + 12 * s));
+        assert!(!h.lost(3, Duration::ZERO, t0 + 12 * s), "never seen down");
+    }
+}

@@ -4,8 +4,8 @@
 //!   their middle key while clients write, nothing acknowledged is lost, the
 //!   ranges tile the key space, and the leaders end up spread evenly;
 //! - on four nodes, the replicas of a node that stays down are replaced on
-//!   the others, and replicas move to a node that holds none, with every
-//!   write still readable.
+//!   the others (and deleted from it when it comes back), and replicas move
+//!   to a node that holds none, with every write still readable.
 
 use std::time::{Duration, Instant};
 
@@ -243,6 +243,42 @@ async fn a_lost_nodes_replicas_are_replaced_on_the_others() {
                 .unwrap_or_else(|| panic!("node {n} does not hold range {}", d.id));
         }
     }
+
+    // Node 4 comes back: the replicas it held were replaced, so they learn
+    // they are out and go; then replicas move back to it (it holds none).
+    cluster.restart(3).await.expect("node 4 back");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ranges = descriptors(&db).await;
+        let mut stale = Vec::new();
+        for d in &ranges {
+            let listed = d.replicas.contains(&4);
+            let held = cluster
+                .db(3)
+                .expect("node 4")
+                .node()
+                .handle()
+                .inspect({
+                    let id = d.id;
+                    move |s| s.replica_raft(id).is_some()
+                })
+                .await
+                .unwrap_or(false);
+            if held != listed {
+                stale.push((d.id, held, listed));
+            }
+        }
+        let on_4 = ranges.iter().filter(|d| d.replicas.contains(&4)).count();
+        if stale.is_empty() && on_4 >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 holds what it should not, or nothing: {stale:?} {ranges:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    check_keys(cluster.db(3).expect("node 4"), 0..330).await;
     cluster.shutdown().await;
 }
 

@@ -19,10 +19,10 @@ mod replicas;
 /// A range should have `policy.replicas` replicas (fewer if the cluster has
 /// fewer members: nodes listed and not lost). Most endangered first (fewest
 /// replicas on live nodes, then id):
-/// - a replica on a lost node is replaced by one on the live node without a
-///   replica of the range that holds the fewest replicas (then lowest id);
-///   if no node is free, it is only removed when the range has more
-///   replicas than it should, and otherwise stays until a node is;
+/// - a replica on a lost node is only removed when the range has more
+///   replicas than it should; otherwise it is replaced by one on the live
+///   node without a replica of the range that holds the fewest replicas
+///   (then lowest id), or, with no node free, stays until one is;
 /// - a range with too few replicas gets one on that node;
 /// - a range with too many loses one: a replica on a node that is down if
 ///   any, else the one on the fullest node, never the leader's.
@@ -32,7 +32,9 @@ mod replicas;
 /// change is proposed by the leader), never the meta range (`movable:
 /// false`), and never by a change after which the live replicas that stay
 /// would not be a majority of the new set on their own (a new replica holds
-/// nothing until its snapshot arrives). Replica changes, repairs and moves
+/// nothing until its snapshot arrives), but for an addition to a range
+/// whose replicas are all live and too few to spare one (one growing to
+/// two: the only way up). Replica changes, repairs and moves
 /// together, are capped at `policy.max_replica_changes` per round, as each
 /// ships a snapshot.
 ///

@@ -762,6 +762,10 @@ impl Store {
                     return Err(StoreError::Busy { range });
                 }
                 if !keeps_serving(r, desc, &add, &remove, me, &self.peers) {
+                    // Awake, the leader streams to (and so promotes) a
+                    // follower left probing on an idle range.
+                    self.wake(range);
+                    self.dirty.insert(range);
                     return Err(StoreError::Busy { range });
                 }
                 let proposed = r.raft.propose_conf_change(change);
@@ -2115,7 +2119,8 @@ fn replica_change(
 
 /// Whether a change leaves enough replicas able to commit at once: of the
 /// replicas that stay, as many as could be (up to a majority of the new
-/// set) must be live and caught up (the leader streaming to them). A new
+/// set) must be live and caught up (the leader streaming to them, or
+/// holding every committed entry). A new
 /// replica holds nothing until its snapshot arrives, so a change made while
 /// a replica that stays is down or still catching up (a move planned right
 /// after another) would stall every write of the range until it catches
@@ -2144,9 +2149,9 @@ fn keeps_serving(
         .filter(|&&n| {
             n == me
                 || (peers.get(&n).is_some_and(|p| p.live)
-                    && r.raft
-                        .progress(n)
-                        .is_some_and(|p| p.state == ProgressState::Replicate))
+                    && r.raft.progress(n).is_some_and(|p| {
+                        p.state == ProgressState::Replicate || p.matched >= r.raft.commit_index()
+                    }))
         })
         .count();
     serving >= staying.len().min(majority)

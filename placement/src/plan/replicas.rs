@@ -6,7 +6,10 @@
 //! replica just added holds nothing until its snapshot arrives. A change
 //! that fails this would leave the range unable to commit until the new
 //! replica caught up (or forever, if it cannot), so it is not planned; the
-//! engine refuses such a change too.
+//! engine refuses such a change too. The one exception is adding a replica
+//! to a range whose replicas are all live but too few to spare one (one
+//! replica growing to two): that waits for the new replica, and is the
+//! only way up.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -152,24 +155,25 @@ fn repair(
     };
     let spare = emptiest_spare(&replicas, load);
     if let Some(&gone) = replicas.iter().find(|n| nodes.lost.contains(n)) {
-        // Replace it where a node is free, else drop it if the range can
-        // spare it; otherwise wait for a node (the range keeps serving
-        // from the others).
-        return match spare {
-            Some(to) if keeps_quorum(serving(Some(gone)), replicas.len()) => {
-                Some(change(vec![to], vec![gone]))
-            }
-            None if replicas.len() > target
-                && keeps_quorum(serving(Some(gone)), replicas.len() - 1) =>
-            {
-                Some(change(vec![], vec![gone]))
-            }
-            _ => None,
-        };
+        // Drop it if the range has a replica to spare, else replace it where
+        // a node is free; otherwise wait for a node (the range keeps
+        // serving from the others).
+        if replicas.len() > target {
+            return keeps_quorum(serving(Some(gone)), replicas.len() - 1)
+                .then(|| change(vec![], vec![gone]));
+        }
+        let to = spare?;
+        return keeps_quorum(serving(Some(gone)), replicas.len())
+            .then(|| change(vec![to], vec![gone]));
     }
     if replicas.len() < target {
+        // With every replica live, an added one is only waited for where
+        // the range cannot do without it (growing one replica to two); that
+        // is the only way up, and the range is whole meanwhile.
         let to = spare?;
-        return keeps_quorum(serving(None), replicas.len() + 1).then(|| change(vec![to], vec![]));
+        let all_live = serving(None) == replicas.len();
+        return (all_live || keeps_quorum(serving(None), replicas.len() + 1))
+            .then(|| change(vec![to], vec![]));
     }
     if replicas.len() > target {
         // Drop a replica that is down if there is one, else the one on the

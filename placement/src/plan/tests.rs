@@ -729,3 +729,36 @@ fn repairs_come_before_splits() {
         vec![change(1, &[4], &[3]), change(2, &[4], &[3])]
     );
 }
+
+#[test]
+fn a_single_replica_grows_one_at_a_time() {
+    // One live replica: the addition waits for the new one, and is the only
+    // way to three. Then two, both live: the third.
+    let v = view(
+        nodes(&[1, 2, 3], &[]),
+        vec![led(range(1, "", ""), Some(1), &[1])],
+    );
+    assert_eq!(changes(&v, &Policy::default()), vec![change(1, &[2], &[])]);
+    let v = view(
+        nodes(&[1, 2, 3], &[]),
+        vec![led(range(1, "", ""), Some(1), &[1, 2])],
+    );
+    assert_eq!(changes(&v, &Policy::default()), vec![change(1, &[3], &[])]);
+    // Two replicas, one down: adding a third would need the new one for
+    // every commit, so nothing is planned.
+    let v = view(
+        nodes(&[1, 3], &[2]),
+        vec![led(range(1, "", ""), Some(1), &[1, 2])],
+    );
+    assert_eq!(changes(&v, &Policy::default()), vec![]);
+}
+
+#[test]
+fn a_lost_replica_of_a_surplus_range_is_dropped_not_replaced() {
+    // Four replicas where three are asked, node 4 lost, node 5 free: the
+    // lost one goes, nothing is added (no snapshot shipped for nothing).
+    let mut ns = nodes(&[1, 2, 3, 5], &[]);
+    ns.extend(lost(&[4]));
+    let v = view(ns, vec![led(range(1, "", ""), Some(1), &[1, 2, 3, 4])]);
+    assert_eq!(changes(&v, &Policy::default()), vec![change(1, &[], &[4])]);
+}
