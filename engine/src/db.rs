@@ -1126,6 +1126,9 @@ impl Db {
         let mut via_local = true;
         let mut target = None;
         let mut redirects = 0;
+        // Whether this request has read the meta range again after a node
+        // said it holds no replica of the range.
+        let mut rerouted = false;
         loop {
             // Retrying through peers would only run out the deadline.
             if self.inner.node.is_shut_down() {
@@ -1226,6 +1229,31 @@ impl Db {
                         }
                         // This replica lags the split we already know of:
                         // ask another.
+                        rotate += 1;
+                        target = Some(self.next_replica(&d, rotate));
+                    }
+                    // The replica set may have moved on without this node's
+                    // routing table (a change made through another node):
+                    // once per request, read the meta range again. Without
+                    // this, a range whose every old replica moved away
+                    // would be out of reach until something else refreshed
+                    // the table.
+                    CallError::Store(StoreError::RangeNotFound { .. }) if !rerouted => {
+                        rerouted = true;
+                        let _ =
+                            tokio::time::timeout_at(deadline.into(), self.refresh_routes_quietly())
+                                .await;
+                        let fresh = match key {
+                            Some(k) => self.route(k),
+                            None => self.ranges().into_iter().find(|n| n.id == d.id),
+                        };
+                        if let Some(fresh) = fresh
+                            && fresh.version() > d.version()
+                        {
+                            desc = Some(fresh);
+                            target = None;
+                            continue;
+                        }
                         rotate += 1;
                         target = Some(self.next_replica(&d, rotate));
                     }

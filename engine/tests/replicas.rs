@@ -1,7 +1,8 @@
 //! Moving a range's replicas between the nodes of a real cluster (QUIC,
 //! WAL with fsync): the new replica gets the data, the old one deletes its
 //! state and its snapshot file and stays gone across a restart, writes go on
-//! through the change, and the meta range shows the new replica set.
+//! through the change, and the meta range shows the new replica set. A node
+//! whose routing table still has the old replica set reaches the range.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -284,6 +285,113 @@ async fn changes_that_make_no_sense_are_refused_and_change_nothing() {
     assert_eq!(
         db.get(key(0)).await.expect("get"),
         Some(Bytes::from_static(b"x"))
+    );
+    cluster.shutdown().await;
+}
+
+/// A node whose routing table still has a range's old replica set (the
+/// change was made through another node) reaches the range anyway, even
+/// when its own replica is gone and the old set's nodes that are still
+/// replicas name a leader it does not know of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_route_finds_the_moved_range() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start(dir.path()).await;
+    let k = key(7);
+    let some = cluster.db(0).expect("node 1").clone();
+    let (d, spare) = range_and_spare(&some, &k);
+    // `gone` loses its replica to `spare`, which then leads; the change is
+    // made through `other`, so `gone`'s node keeps the old route.
+    let gone = d.replicas[2];
+    let other = d.replicas[0];
+    let db_gone = cluster.db(gone as usize - 1).expect("running").clone();
+    let db_other = cluster.db(other as usize - 1).expect("running").clone();
+    db_gone.put(k.clone(), "before").await.expect("put");
+    db_other
+        .move_replica(d.id, gone, spare)
+        .await
+        .expect("move");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = db_other.transfer_leader(d.id, spare).await {
+        assert!(Instant::now() < deadline, "transfer: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until_gone(&cluster, dir.path(), gone, d.id).await;
+    assert!(
+        db_gone.range_of(&k).replicas.contains(&gone),
+        "the route is stale"
+    );
+    assert_eq!(
+        db_gone.get(&k).await.expect("read through a stale route"),
+        Some(Bytes::from_static(b"before"))
+    );
+    db_gone
+        .put(k.clone(), "after")
+        .await
+        .expect("write through a stale route");
+    assert_eq!(
+        db_other.get(&k).await.expect("get"),
+        Some(Bytes::from_static(b"after"))
+    );
+    cluster.shutdown().await;
+}
+
+/// With six nodes a range can move to three nodes that held none of it: a
+/// node routing with the old set then hears "no replica here" from every
+/// node it knows of, and finds the range by reading the meta range again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_whose_every_replica_moved_is_read_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = LocalClusterOptions::new(dir.path());
+    opts.nodes = 6;
+    opts.initial_ranges = 2;
+    let mut cluster = LocalCluster::start(opts).await.expect("cluster starts");
+    let k = key(3);
+    let db1 = cluster.db(0).expect("node 1").clone();
+    let d = db1.range_of(&k);
+    let old = d.replicas.clone();
+    let new: Vec<u64> = (1..=6).filter(|n| !old.contains(n)).collect();
+    // A node of the old set keeps its route; the moves go through a node
+    // of the new set.
+    let stale = cluster.db(old[0] as usize - 1).expect("running").clone();
+    let mover = cluster.db(new[0] as usize - 1).expect("running").clone();
+    stale.put(k.clone(), "before").await.expect("put");
+    for (from, to) in old.iter().zip(&new) {
+        mover.move_replica(d.id, *from, *to).await.expect("move");
+    }
+    // The old nodes' replicas are deleted (a late message may leave an
+    // empty, uninitialized one behind for a while: it holds nothing and
+    // serves nothing).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &n in &old {
+        let db = cluster.db(n as usize - 1).expect("running");
+        loop {
+            let id = d.id;
+            let holds_data = db
+                .node()
+                .handle()
+                .inspect(move |s| s.replica_state(id).is_some())
+                .await
+                .unwrap_or(false);
+            if !holds_data {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {n} still holds range {id}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(stale.range_of(&k).replicas, old, "the route is stale");
+    assert_eq!(
+        stale
+            .get(&k)
+            .await
+            .expect("read through a route of old nodes only"),
+        Some(Bytes::from_static(b"before"))
+    );
+    stale.put(k.clone(), "after").await.expect("write");
+    assert_eq!(
+        mover.get(&k).await.expect("get"),
+        Some(Bytes::from_static(b"after"))
     );
     cluster.shutdown().await;
 }
