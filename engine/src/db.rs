@@ -116,7 +116,13 @@ struct DbInner {
     node: Node,
     /// Shared by every handle on this node.
     latency: std::sync::Arc<crate::latency::RequestLatency>,
-    meta: RangeDescriptor,
+    /// The meta range's descriptor as this handle last learned it (from the
+    /// meta range itself, this node's replica, or a change made here): its
+    /// replicas move like any range's.
+    meta: RwLock<RangeDescriptor>,
+    /// Every node of the cluster: where to look for the meta range when
+    /// none of the replicas this handle knows of serves it.
+    nodes: Vec<NodeId>,
     routes: RwLock<Routes>,
     opts: DbOptions,
     /// What the placement driver did on this node (shared by every handle).
@@ -150,12 +156,25 @@ impl Db {
         initial_ranges: u32,
         opts: DbOptions,
     ) -> Result<Db, DbError> {
-        let meta = cluster_layout(nodes, initial_ranges).meta;
+        let mut meta = cluster_layout(nodes, initial_ranges).meta;
+        // This node's replica of the meta range knows where it moved.
+        if let Some(Some(mine)) = node
+            .handle()
+            .inspect(|s| s.descriptor(META_RANGE).cloned())
+            .await
+            && mine.version() > meta.version()
+        {
+            meta = mine;
+        }
+        let mut nodes = nodes.to_vec();
+        nodes.sort_unstable();
+        nodes.dedup();
         let db = Db {
             inner: std::sync::Arc::new(DbInner {
                 node,
                 latency: Default::default(),
-                meta,
+                meta: RwLock::new(meta),
+                nodes,
                 routes: RwLock::new(Routes::default()),
                 opts,
                 placement: Default::default(),
@@ -181,7 +200,8 @@ impl Db {
             inner: std::sync::Arc::new(DbInner {
                 node: self.inner.node.clone(),
                 latency: self.inner.latency.clone(),
-                meta: self.inner.meta.clone(),
+                meta: RwLock::new(self.meta_descriptor()),
+                nodes: self.inner.nodes.clone(),
                 routes: RwLock::new(Routes {
                     by_start: routes.by_start.clone(),
                     leaders: routes.leaders.clone(),
@@ -496,7 +516,7 @@ impl Db {
         let desc = self
             .ranges()
             .into_iter()
-            .chain(std::iter::once(self.inner.meta.clone()))
+            .chain(std::iter::once(self.meta_descriptor()))
             .find(|d| d.id == range)
             .ok_or_else(|| DbError::Invalid(format!("no range {range}")))?;
         if !desc.replicas.contains(&to) {
@@ -566,19 +586,17 @@ impl Db {
         remove: &[NodeId],
         conf_ver: Option<u64>,
     ) -> Result<RangeDescriptor, DbError> {
-        if range == META_RANGE {
-            return Err(DbError::Invalid(
-                "the meta range's replicas never change".into(),
-            ));
-        }
-        let desc = match self.ranges().into_iter().find(|d| d.id == range) {
+        let known = |db: &Db| {
+            db.ranges()
+                .into_iter()
+                .chain(std::iter::once(db.meta_descriptor()))
+                .find(|d| d.id == range)
+        };
+        let desc = match known(self) {
             Some(d) => d,
             None => {
                 self.refresh_routes().await?;
-                self.ranges()
-                    .into_iter()
-                    .find(|d| d.id == range)
-                    .ok_or_else(|| DbError::Invalid(format!("no range {range}")))?
+                known(self).ok_or_else(|| DbError::Invalid(format!("no range {range}")))?
             }
         };
         // The leader answers a change it already made with the descriptor,
@@ -603,7 +621,12 @@ impl Db {
         if let Err(e) = self.publish_descriptor(&desc).await {
             tracing::warn!(range, error = %e, "replicas changed; the meta range does not show it yet");
         }
-        merge_route(&mut self.inner.routes.write().by_start, desc.clone());
+        // The meta range spans every key: it is no route of the table.
+        if desc.id == META_RANGE {
+            self.learn_meta(&desc);
+        } else {
+            merge_route(&mut self.inner.routes.write().by_start, desc.clone());
+        }
         Ok(desc)
     }
 
@@ -808,7 +831,7 @@ impl Db {
     }
 
     async fn meta_get(&self, key: &Bytes) -> Result<Option<Bytes>, DbError> {
-        let meta = self.inner.meta.clone();
+        let meta = self.meta_descriptor();
         match self
             .send(Instant::now(), Some(meta), None, true, |d| Request::Read {
                 range: d.id,
@@ -831,7 +854,7 @@ impl Db {
         expected: Option<Bytes>,
         new: Bytes,
     ) -> Result<bool, DbError> {
-        let meta = self.inner.meta.clone();
+        let meta = self.meta_descriptor();
         let command = Command::Cas {
             key: key.clone(),
             expected,
@@ -858,9 +881,31 @@ impl Db {
         &self.inner.placement
     }
 
-    /// The meta range's descriptor (it never splits).
+    /// The meta range's descriptor as this handle knows it (it never
+    /// splits; its replicas move like any range's).
     pub fn meta_descriptor(&self) -> RangeDescriptor {
-        self.inner.meta.clone()
+        self.inner.meta.read().clone()
+    }
+
+    /// Takes `d` as the meta range's descriptor if it is newer.
+    fn learn_meta(&self, d: &RangeDescriptor) {
+        let mut meta = self.inner.meta.write();
+        if d.id == META_RANGE && d.version() > meta.version() {
+            *meta = d.clone();
+        }
+    }
+
+    /// The meta range's known replicas, then every other node of the
+    /// cluster: for a request that none of the known replicas served (they
+    /// may all have been moved away since this handle last looked).
+    fn meta_anywhere(&self) -> RangeDescriptor {
+        let mut d = self.meta_descriptor();
+        for &n in &self.inner.nodes {
+            if !d.replicas.contains(&n) {
+                d.replicas.push(n);
+            }
+        }
+        d
     }
 
     /// Sends a request to range `d` (its id, not a key), retrying as usual.
@@ -886,6 +931,7 @@ impl Db {
         let db = self.clone();
         tokio::spawn(async move {
             while let Some(d) = rx.recv().await {
+                db.learn_meta(&d);
                 // Until it is written: the meta range is the only way other
                 // clients learn where a split's keys went (in order, so a
                 // split's right half still goes in before its left).
@@ -928,14 +974,14 @@ impl Db {
     /// (after a split it may be the old, wider range until the table learns).
     pub fn range_of(&self, key: &[u8]) -> RangeDescriptor {
         let routes = self.inner.routes.read();
-        known_range(&routes.by_start, key).map_or_else(|| self.inner.meta.clone(), |d| d.clone())
+        known_range(&routes.by_start, key).map_or_else(|| self.meta_descriptor(), |d| d.clone())
     }
 
     /// The id of [`range_of`](Self::range_of) `key`, without copying the
     /// descriptor (the Redis front end asks it for every key of a pipeline).
     pub fn range_id_of(&self, key: &[u8]) -> RangeId {
         let routes = self.inner.routes.read();
-        known_range(&routes.by_start, key).map_or(self.inner.meta.id, |d| d.id)
+        known_range(&routes.by_start, key).map_or(META_RANGE, |d| d.id)
     }
 
     /// Each replica's (node, applied index, state hash) of `range`, read
@@ -965,7 +1011,7 @@ impl Db {
 
     /// Reloads the range descriptors from the meta range.
     pub async fn refresh_routes(&self) -> Result<(), DbError> {
-        let meta = self.inner.meta.clone();
+        let meta = self.meta_descriptor();
         let mut end = META_PREFIX.to_vec();
         if let Some(last) = end.last_mut() {
             *last += 1;
@@ -999,7 +1045,9 @@ impl Db {
             for (_, v) in pairs {
                 let d = RangeDescriptor::decode(&v)
                     .map_err(|e| DbError::Protocol(format!("meta range descriptor: {e}")))?;
-                if d.id != META_RANGE {
+                if d.id == META_RANGE {
+                    self.learn_meta(&d);
+                } else {
                     fresh.push(d);
                 }
             }
@@ -1129,6 +1177,9 @@ impl Db {
         // Whether this request has read the meta range again after a node
         // said it holds no replica of the range.
         let mut rerouted = false;
+        // Whether a meta range request, tried on every replica this handle
+        // knows of, now looks on every node of the cluster.
+        let mut widened = false;
         loop {
             // Retrying through peers would only run out the deadline.
             if self.inner.node.is_shut_down() {
@@ -1144,6 +1195,18 @@ impl Db {
                     tokio::time::timeout_at(deadline.into(), self.refresh_routes_quietly()).await;
                 desc = self.route(k);
                 target = None;
+            }
+            // The meta range's replicas may all have moved since this
+            // handle learned them: after each was tried, try every node.
+            if let Some(d) = &desc
+                && d.id == META_RANGE
+                && !widened
+                && rotate >= d.replicas.len()
+            {
+                widened = true;
+                let wide = self.meta_anywhere();
+                target = Some(self.next_replica(&wide, rotate));
+                desc = Some(wide);
             }
             if let Some(d) = desc.clone() {
                 if d.replicas.is_empty() {
@@ -1238,7 +1301,9 @@ impl Db {
                     // this, a range whose every old replica moved away
                     // would be out of reach until something else refreshed
                     // the table.
-                    CallError::Store(StoreError::RangeNotFound { .. }) if !rerouted => {
+                    CallError::Store(StoreError::RangeNotFound { .. })
+                        if !rerouted && d.id != META_RANGE =>
+                    {
                         rerouted = true;
                         let _ =
                             tokio::time::timeout_at(deadline.into(), self.refresh_routes_quietly())

@@ -324,7 +324,7 @@ pub async fn gather(
             bytes,
             split_key,
             splittable: d.id != META_RANGE,
-            movable: d.id != META_RANGE,
+            movable: true,
         });
     }
     let ids: BTreeSet<u64> = ranges

@@ -3,8 +3,9 @@
 //! - on three nodes, ranges that grow past the policy's size are split at
 //!   their middle key while clients write, nothing acknowledged is lost, the
 //!   ranges tile the key space, and the leaders end up spread evenly;
-//! - on four nodes, the replicas of a node that stays down are replaced on
-//!   the others (and deleted from it when it comes back), and replicas move
+//! - on four nodes, the replicas of a node that stays down (the meta
+//!   range's among them) are replaced on the others (and deleted from it
+//!   when it comes back), and replicas move
 //!   to a node that holds none, with every write still readable.
 
 use std::time::{Duration, Instant};
@@ -189,6 +190,13 @@ async fn a_lost_nodes_replicas_are_replaced_on_the_others() {
     let mut cluster = four_nodes(dir.path(), 4).await;
     let db = cluster.db(0).expect("node 1").clone();
     write_keys(&db, 0..200).await;
+    // Node 4 holds a replica of the meta range too.
+    let meta = db.meta_descriptor();
+    if !meta.replicas.contains(&4) {
+        db.move_replica(meta.id, meta.replicas[2], 4)
+            .await
+            .expect("meta replica to node 4");
+    }
     let before = descriptors(&db).await;
     let on_4 = before.iter().filter(|d| d.replicas.contains(&4)).count();
     assert!(on_4 >= 2, "node 4 holds {on_4} ranges: {before:?}");
@@ -204,8 +212,10 @@ async fn a_lost_nodes_replicas_are_replaced_on_the_others() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let after = loop {
         let ranges = descriptors(&db).await;
+        let meta = db.meta_descriptor();
         if ranges
             .iter()
+            .chain(std::iter::once(&meta))
             .all(|d| !d.replicas.contains(&4) && d.replicas.len() == 3)
         {
             break ranges;
@@ -307,7 +317,9 @@ async fn replicas_move_to_a_node_that_holds_none() {
     let tolerance = tessera_placement::Policy::DEFAULT_REPLICA_TOLERANCE as usize;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let per_node = load(&descriptors(&db).await, &meta);
+        // The meta range's replicas may move too.
+        let ranges = descriptors(&db).await;
+        let per_node = load(&ranges, &db.meta_descriptor());
         let (max, min) = (
             per_node.iter().max().copied().unwrap_or(0),
             per_node.iter().min().copied().unwrap_or(0),

@@ -2,7 +2,8 @@
 //! WAL with fsync): the new replica gets the data, the old one deletes its
 //! state and its snapshot file and stays gone across a restart, writes go on
 //! through the change, and the meta range shows the new replica set. A node
-//! whose routing table still has the old replica set reaches the range.
+//! whose routing table still has the old replica set reaches the range. The
+//! meta range's own replicas move too.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -273,11 +274,7 @@ async fn changes_that_make_no_sense_are_refused_and_change_nothing() {
     assert!(invalid(db.change_replicas(d.id, &[99], &[]).await));
     assert!(invalid(db.change_replicas(d.id, &[spare], &[spare]).await));
     assert!(invalid(db.change_replicas(d.id, &[], &d.replicas).await));
-    // The meta range, and a range that does not exist.
-    let meta = db.meta_descriptor();
-    assert!(invalid(
-        db.move_replica(meta.id, meta.replicas[0], spare).await
-    ));
+    // A range that does not exist.
     assert!(invalid(db.move_replica(9_999, member, spare).await));
     db.refresh_routes().await.expect("refresh");
     let now = db.range_of(&key(0));
@@ -392,6 +389,102 @@ async fn a_route_whose_every_replica_moved_is_read_again() {
     assert_eq!(
         mover.get(&k).await.expect("get"),
         Some(Bytes::from_static(b"after"))
+    );
+    cluster.shutdown().await;
+}
+
+/// The meta range's replicas move like any range's. On six nodes they move
+/// to three nodes that held none: a node of the old set, and the same node
+/// restarted (which starts from the cluster's initial layout), find the
+/// meta range by asking every node, and routing, writes and splits go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meta_range_moves_and_is_found_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = LocalClusterOptions::new(dir.path());
+    opts.nodes = 6;
+    opts.initial_ranges = 2;
+    let mut cluster = LocalCluster::start(opts).await.expect("cluster starts");
+    let db1 = cluster.db(0).expect("node 1").clone();
+    let meta = db1.meta_descriptor();
+    let old = meta.replicas.clone();
+    let new: Vec<u64> = (1..=6).filter(|n| !old.contains(n)).collect();
+    for i in 0..50 {
+        db1.put(key(i), "before").await.expect("put");
+    }
+    let mover = cluster.db(new[0] as usize - 1).expect("running").clone();
+    for (from, to) in old.iter().zip(&new) {
+        let d = mover
+            .move_replica(meta.id, *from, *to)
+            .await
+            .expect("move a meta replica");
+        assert!(
+            d.replicas.contains(to) && !d.replicas.contains(from),
+            "{d:?}"
+        );
+    }
+    assert_eq!(
+        mover
+            .meta_descriptor()
+            .replicas
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        new.iter().copied().collect(),
+    );
+    // The old nodes let go of their meta replicas.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &n in &old {
+        let db = cluster.db(n as usize - 1).expect("running");
+        loop {
+            let holds = db
+                .node()
+                .handle()
+                .inspect(move |s| s.replica_state(meta.id).is_some())
+                .await
+                .unwrap_or(false);
+            if !holds {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {n} still holds the meta range"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Node 1 still lists the old set: it finds the meta range anyway.
+    assert_eq!(
+        db1.meta_descriptor().replicas,
+        old,
+        "node 1 knows the old set"
+    );
+    db1.refresh_routes()
+        .await
+        .expect("refresh through the moved meta range");
+    assert_eq!(
+        db1.meta_descriptor().conf_ver,
+        mover.meta_descriptor().conf_ver,
+        "learned from the meta range"
+    );
+    let (l, r) = db1
+        .split(key(25))
+        .await
+        .expect("a split publishes to the moved meta range");
+    assert_eq!(l.end, r.start);
+    // Restarted, node 1 starts from the initial layout: still found.
+    cluster.restart(0).await.expect("restart node 1");
+    let db1 = cluster.db(0).expect("node 1").clone();
+    db1.refresh_routes().await.expect("refresh after a restart");
+    for i in 0..50 {
+        assert_eq!(
+            db1.get(key(i)).await.expect("get"),
+            Some(Bytes::from_static(b"before"))
+        );
+        db1.put(key(i), "after").await.expect("put");
+    }
+    assert!(
+        db1.ranges().iter().any(|d| d.start == r.start),
+        "the split is routed"
     );
     cluster.shutdown().await;
 }

@@ -30,7 +30,8 @@ fn sim_store() {
          {} requests forwarded to leaders ({} given up); {} splits done ({} ranges at the end), \
          {} split-off ranges rebuilt at a restart before their left side replayed the split, \
          {} uninitialized replicas created for a range's messages (in {} seeds), \
-         {} replica moves asked, {} replicas deleted after a move took them out",
+         {} replica moves asked, {} replicas deleted after a move took them out, \
+         {} changes of the meta range's replicas",
         sum(|r| r.ranges as u64),
         sum(|r| r.ops_ok as u64),
         sum(|r| r.ops_unknown as u64),
@@ -53,7 +54,12 @@ fn sim_store() {
             .count(),
         sum(|r| r.moves as u64),
         sum(|r| r.replicas_removed),
+        sum(|r| r.meta_changes),
     ));
+    // The meta range's replicas moved too, under the same faults.
+    if seeds >= 100 {
+        assert!(sum(|r| r.meta_changes) > 0, "the meta range never moved");
+    }
     // Clients that reached a follower had their requests forwarded: the
     // checks above covered forwarding, not only direct requests.
     if seeds >= 20 {

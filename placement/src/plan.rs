@@ -29,8 +29,9 @@ mod replicas;
 ///
 /// Repairs come first: a range short of a replica is one failure away from
 /// losing its quorum. Only ranges led from a live replica are repaired (the
-/// change is proposed by the leader), never the meta range (`movable:
-/// false`), and never by a change after which the live replicas that stay
+/// change is proposed by the leader), never a range marked `movable:
+/// false` (the driver holds off a range whose last change failed), and
+/// never by a change after which the live replicas that stay
 /// would not be a majority of the new set on their own (a new replica holds
 /// nothing until its snapshot arrives), but for an addition to a range
 /// whose replicas are all live and too few to spare one (one growing to

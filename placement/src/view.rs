@@ -60,7 +60,8 @@ pub struct RangeView {
     pub split_key: Option<Bytes>,
     /// False for ranges that must never split (the meta range).
     pub splittable: bool,
-    /// False for ranges whose replicas never move (the meta range). They
+    /// False for ranges whose replicas must not change this round (the
+    /// engine's driver holds off a range whose last change failed). They
     /// still count towards their nodes' replica load.
     pub movable: bool,
 }

@@ -92,6 +92,8 @@ pub struct StoreSimReport {
     /// deleted because a move took them out.
     pub moves: usize,
     pub replicas_removed: u64,
+    /// Changes of the meta range's replica set (its final `conf_ver`).
+    pub meta_changes: u64,
     pub snapshots_installed: u64,
     pub quiesced: u64,
     pub woken: u64,
@@ -734,7 +736,10 @@ impl World {
     /// list (a move took them out), as (node, range): none may be left once
     /// healed.
     fn stale_replicas(&self) -> Vec<(NodeId, RangeId)> {
-        let view = self.meta_view();
+        let mut view = self.meta_view();
+        if let Some(meta) = self.newest_meta() {
+            view.insert(META_RANGE, meta);
+        }
         let mut stale = Vec::new();
         for node in self.nodes.values() {
             let Some(s) = &node.store else {
@@ -886,6 +891,7 @@ impl World {
             }
         }
         let view = self.meta_view();
+        self.report.meta_changes = self.newest_meta().map_or(0, |d| d.conf_ver);
         self.report.uninitialized_created = self
             .nodes
             .values()
@@ -1069,9 +1075,13 @@ impl World {
         Ok(())
     }
 
-    /// A random range of the meta view, and the node leading it, if any.
-    fn random_range_and_leader(&mut self) -> Option<(RangeDescriptor, NodeId)> {
-        let view: Vec<RangeDescriptor> = self.meta_view().into_values().collect();
+    /// A random range of the meta view (with `with_meta`, or the meta range
+    /// itself), and the node leading it, if any.
+    fn random_range_and_leader(&mut self, with_meta: bool) -> Option<(RangeDescriptor, NodeId)> {
+        let mut view: Vec<RangeDescriptor> = self.meta_view().into_values().collect();
+        if with_meta {
+            view.extend(self.newest_meta());
+        }
         if view.is_empty() {
             return None;
         }
@@ -1088,7 +1098,7 @@ impl World {
     /// Asks the leader of a random range to hand leadership to another of
     /// its replicas. Nobody waits for the answer (`Accepted`, or a refusal).
     fn transfer(&mut self) -> Result<(), Violation> {
-        let Some((d, leader)) = self.random_range_and_leader() else {
+        let Some((d, leader)) = self.random_range_and_leader(false) else {
             return Ok(());
         };
         let others: Vec<NodeId> = d
@@ -1126,7 +1136,8 @@ impl World {
     /// leader's own, at times) to a node without one, planned at the
     /// range's replica-set version. Nobody waits for the answer.
     fn move_replica(&mut self) -> Result<(), Violation> {
-        let Some((d, leader)) = self.random_range_and_leader() else {
+        // The meta range's replicas move too, as any range's.
+        let Some((d, leader)) = self.random_range_and_leader(true) else {
             return Ok(());
         };
         let spare: Vec<NodeId> = self
@@ -1544,6 +1555,15 @@ impl World {
             }
         }
         view
+    }
+
+    /// The meta range's newest descriptor among the running stores.
+    fn newest_meta(&self) -> Option<RangeDescriptor> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.store.as_ref()?.descriptor(META_RANGE))
+            .max_by_key(|d| d.version())
+            .cloned()
     }
 
     /// Client `c`'s route for `key`: its table, or, when no descriptor there

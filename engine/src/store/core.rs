@@ -701,12 +701,6 @@ impl Store {
                 remove,
                 ..
             } => {
-                if range == META_RANGE {
-                    return Err(StoreError::Invalid {
-                        range,
-                        why: "the meta range's replicas never change".into(),
-                    });
-                }
                 if !r.raft.is_leader() {
                     return Err(not_leader(r.raft.leader()));
                 }
@@ -904,8 +898,9 @@ impl Store {
     /// replica's epoch and span.
     ///
     /// Only requests create one (a response is about something this node
-    /// asked, so it cannot be for a range it lacks), never for the meta
-    /// range, and at most `UNINITIALIZED_MAX` at once.
+    /// asked, so it cannot be for a range it lacks), and at most
+    /// `UNINITIALIZED_MAX` at once. The meta range too: its replicas move
+    /// like any range's.
     fn create_uninitialized(&mut self, range: RangeId, msg: &Message) -> bool {
         let asks = matches!(
             msg.body,
@@ -914,11 +909,7 @@ impl Store {
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::SnapshotChunk { .. }
         );
-        if !asks
-            || range == META_RANGE
-            || self.failed.contains(&range)
-            || self.uninitialized.len() >= UNINITIALIZED_MAX
-        {
+        if !asks || self.failed.contains(&range) || self.uninitialized.len() >= UNINITIALIZED_MAX {
             return false;
         }
         // A replica this node held before (removed from the range, or
@@ -1733,9 +1724,7 @@ impl Store {
             }
             // Quiesced ones too: a follower whose leader was deposed while
             // it slept (and the range moved on without it) hears nothing.
-            if range != META_RANGE {
-                self.probe_members(range);
-            }
+            self.probe_members(range);
         }
     }
 
