@@ -36,6 +36,10 @@ pub struct Status {
     pub quiesced: usize,
     pub ranges_led: Vec<RangeId>,
     pub peers: Vec<PeerStatus>,
+    /// The meta range's replicas as this node knows them (they move like
+    /// any range's).
+    #[serde(default)]
+    pub meta_replicas: Vec<NodeId>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -103,6 +107,7 @@ pub async fn node_status(db: &Db) -> Option<Status> {
     let node = db.node();
     let peer_addr = node.addr().to_string();
     let id = node.id();
+    let meta_replicas = db.meta_descriptor().replicas;
     node.handle()
         .inspect(move |store| {
             let stats = store.stats();
@@ -127,6 +132,7 @@ pub async fn node_status(db: &Db) -> Option<Status> {
                 quiesced: stats.replicas - stats.awake,
                 ranges_led,
                 peers,
+                meta_replicas,
             }
         })
         .await

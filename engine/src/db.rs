@@ -616,15 +616,18 @@ impl Db {
         let Reply::Applied(ApplyResult::Replicas(desc)) = reply else {
             return Err(DbError::Protocol(format!("{reply:?}")));
         };
+        // The meta range spans every key: it is no route of the table. Its
+        // new replica set is learned first, so the publication below goes
+        // to it.
+        if desc.id == META_RANGE {
+            self.learn_meta(&desc);
+        }
         // The leader publishes too; doing it here means the caller sees the
         // change in the meta range on return.
         if let Err(e) = self.publish_descriptor(&desc).await {
             tracing::warn!(range, error = %e, "replicas changed; the meta range does not show it yet");
         }
-        // The meta range spans every key: it is no route of the table.
-        if desc.id == META_RANGE {
-            self.learn_meta(&desc);
-        } else {
+        if desc.id != META_RANGE {
             merge_route(&mut self.inner.routes.write().by_start, desc.clone());
         }
         Ok(desc)
@@ -1180,6 +1183,9 @@ impl Db {
         // Whether a meta range request, tried on every replica this handle
         // knows of, now looks on every node of the cluster.
         let mut widened = false;
+        // Answers that the range is not there: no replica on the node asked,
+        // or the node unreachable.
+        let mut misses = 0usize;
         loop {
             // Retrying through peers would only run out the deadline.
             if self.inner.node.is_shut_down() {
@@ -1197,11 +1203,12 @@ impl Db {
                 target = None;
             }
             // The meta range's replicas may all have moved since this
-            // handle learned them: after each was tried, try every node.
+            // handle learned them: once as many nodes as it knows of said
+            // it is not there, try every node.
             if let Some(d) = &desc
                 && d.id == META_RANGE
                 && !widened
-                && rotate >= d.replicas.len()
+                && misses >= d.replicas.len()
             {
                 widened = true;
                 let wide = self.meta_anywhere();
@@ -1301,32 +1308,50 @@ impl Db {
                     // this, a range whose every old replica moved away
                     // would be out of reach until something else refreshed
                     // the table.
-                    CallError::Store(StoreError::RangeNotFound { .. })
-                        if !rerouted && d.id != META_RANGE =>
-                    {
-                        rerouted = true;
-                        let _ =
-                            tokio::time::timeout_at(deadline.into(), self.refresh_routes_quietly())
-                                .await;
-                        let fresh = match key {
-                            Some(k) => self.route(k),
-                            None => self.ranges().into_iter().find(|n| n.id == d.id),
-                        };
-                        if let Some(fresh) = fresh
-                            && fresh.version() > d.version()
-                        {
-                            desc = Some(fresh);
-                            target = None;
-                            continue;
-                        }
+                    CallError::Store(StoreError::RangeNotFound { .. }) => {
+                        misses += 1;
                         rotate += 1;
                         target = Some(self.next_replica(&d, rotate));
+                        if d.id == META_RANGE {
+                            // Looking on every node: most hold no replica
+                            // of it, so the next one at once (twice round
+                            // at most, then with the backoff).
+                            if widened && misses < 2 * d.replicas.len() && Instant::now() < deadline
+                            {
+                                continue;
+                            }
+                        } else if !rerouted && misses >= d.replicas.len() {
+                            rerouted = true;
+                            let _ = tokio::time::timeout_at(
+                                deadline.into(),
+                                self.refresh_routes_quietly(),
+                            )
+                            .await;
+                            let fresh = match key {
+                                Some(k) => self.route(k),
+                                None => self.ranges().into_iter().find(|n| n.id == d.id),
+                            };
+                            if let Some(fresh) = fresh
+                                && fresh.version() > d.version()
+                            {
+                                // As for a stale epoch: a split is never
+                                // sent again at another one.
+                                if is_split && fresh.epoch != d.epoch {
+                                    return Err(DbError::RangeChanged(Box::new(fresh)));
+                                }
+                                desc = Some(fresh);
+                                target = None;
+                                misses = 0;
+                                continue;
+                            }
+                        }
                     }
                     CallError::Store(e) if e.is_retryable() => {
                         rotate += 1;
                         target = Some(self.next_replica(&d, rotate));
                     }
                     CallError::Unreachable(_) => {
+                        misses += 1;
                         rotate += 1;
                         target = Some(self.next_replica(&d, rotate));
                     }

@@ -288,8 +288,8 @@ async fn changes_that_make_no_sense_are_refused_and_change_nothing() {
 
 /// A node whose routing table still has a range's old replica set (the
 /// change was made through another node) reaches the range anyway, even
-/// when its own replica is gone and the old set's nodes that are still
-/// replicas name a leader it does not know of.
+/// when its own replica is gone and the leader is a node it does not know
+/// holds one: the old set's nodes that are still replicas forward to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_route_finds_the_moved_range() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -147,6 +147,11 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
         total_leaders, 9,
         "8 user ranges and the meta range, one leader each"
     );
+    assert_eq!(
+        status(dir, 2).expect("status")["meta_replicas"],
+        serde_json::json!([1, 2, 3]),
+        "where the meta range is"
+    );
 
     // Move range 2's leadership to a node that does not lead it.
     let ranges = ctl(dir, 1, &["--json", "ranges"]);

@@ -404,6 +404,8 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
             println!("peer addr   {}", s.peer_addr);
             println!("replicas    {} ({} quiesced)", s.replicas, s.quiesced);
             println!("leaders     {}", s.leaders);
+            let meta: Vec<String> = s.meta_replicas.iter().map(|n| n.to_string()).collect();
+            println!("meta range  on nodes {}", meta.join(","));
             for p in &s.peers {
                 println!(
                     "peer {:<6} {}",

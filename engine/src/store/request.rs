@@ -106,7 +106,7 @@ pub enum Request {
     /// The leader proposes it to Raft, which enters a joint configuration
     /// and leaves it on its own; answered with
     /// `Reply::Applied(ApplyResult::Replicas(descriptor))` once the entering
-    /// change is applied. The meta range is never changed this way.
+    /// change is applied. The meta range's replicas change this way too.
     ChangeReplicas {
         range: RangeId,
         epoch: u64,

@@ -616,19 +616,19 @@ fn short_and_surplus_ranges_are_brought_to_the_policy() {
 }
 
 #[test]
-fn no_replica_change_without_a_live_leader_or_for_the_meta_range() {
-    let mut meta = led(range(1, "", ""), Some(1), &[1, 2]);
-    meta.splittable = false;
-    meta.movable = false;
+fn no_replica_change_without_a_live_leader_or_for_a_range_held_off() {
+    let mut held = led(range(1, "", ""), Some(1), &[1, 2]);
+    held.splittable = false;
+    held.movable = false;
     let orphan = led(range(2, "", ""), None, &[1, 2]);
     let led_from_dead = led(range(3, "", ""), Some(4), &[1, 4]);
-    let v = view(nodes(&[1, 2, 3], &[4]), vec![meta, orphan, led_from_dead]);
+    let v = view(nodes(&[1, 2, 3], &[4]), vec![held, orphan, led_from_dead]);
     assert_eq!(plan(&v, &leaders_only()), plan(&v, &Policy::default()));
 }
 
 #[test]
 fn replicas_move_to_an_empty_node() {
-    // Six ranges on nodes 1-3 (and the unmovable meta range), node 4 holds
+    // Six ranges on nodes 1-3 (and one held off, `movable: false`), node 4 holds
     // nothing: loads 7, 7, 7, 0.
     let mut ranges = tiled(6, |i| (i - 1) % 3 + 1, &[1, 2, 3]);
     for (i, r) in ranges.iter_mut().enumerate() {
@@ -650,8 +650,8 @@ fn replicas_move_to_an_empty_node() {
         .filter(|o| matches!(o, Operator::ChangeReplicas { .. }))
         .collect();
     // 21 replicas over 4 nodes: moves stop once the spread is within 2
-    // (7,7,7,0 → 6,6,6,3 → ...); every one goes to node 4, never the meta
-    // range, and off a node that does not lead the range.
+    // (7,7,7,0 → 6,6,6,3 → ...); every one goes to node 4, never the
+    // range held off, and off a node that does not lead the range.
     assert!(moves.len() >= 3, "{ops:?}");
     for op in &moves {
         let Operator::ChangeReplicas {
