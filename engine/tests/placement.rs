@@ -150,6 +150,16 @@ fn load(ranges: &[RangeDescriptor], meta: &RangeDescriptor) -> Vec<usize> {
     out
 }
 
+/// Whether `db`'s node holds an initialized replica of `range` (one with
+/// the range's data; an uninitialized one holds and serves nothing).
+async fn holds_data(db: &Db, range: u64) -> bool {
+    db.node()
+        .handle()
+        .inspect(move |s| s.replica_state(range).is_some())
+        .await
+        .unwrap_or(false)
+}
+
 fn fast_driver(dead_after: Duration) -> PlacementConfig {
     PlacementConfig {
         interval: Duration::from_millis(300),
@@ -236,21 +246,20 @@ async fn a_lost_nodes_replicas_are_replaced_on_the_others() {
         write_keys(d, 300 + 10 * i..310 + 10 * i).await;
     }
     check_keys(&db, 300..330).await;
-    // A replica that was added holds the range's data: read each user range
-    // at stale consistency from every node holding it.
+    // Every replica the repaired ranges list holds their data (an added one
+    // once its snapshot is in).
+    let deadline = Instant::now() + Duration::from_secs(30);
     for d in &after {
         for &n in &d.replicas {
             let node_db = cluster.db(n as usize - 1).expect("live");
-            node_db
-                .node()
-                .handle()
-                .inspect({
-                    let id = d.id;
-                    move |s| s.replica_raft(id).is_some()
-                })
-                .await
-                .filter(|&held| held)
-                .unwrap_or_else(|| panic!("node {n} does not hold range {}", d.id));
+            while !holds_data(node_db, d.id).await {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {n} does not hold range {}",
+                    d.id
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 
@@ -266,17 +275,7 @@ async fn a_lost_nodes_replicas_are_replaced_on_the_others() {
             let listed = d.replicas.contains(&4);
             // Initialized: a late message may leave an empty replica for a
             // while, which holds and serves nothing.
-            let held = cluster
-                .db(3)
-                .expect("node 4")
-                .node()
-                .handle()
-                .inspect({
-                    let id = d.id;
-                    move |s| s.replica_state(id).is_some()
-                })
-                .await
-                .unwrap_or(false);
+            let held = holds_data(cluster.db(3).expect("node 4"), d.id).await;
             if held != listed {
                 stale.push((d.id, held, listed));
             }

@@ -333,16 +333,43 @@ async fn a_stale_route_finds_the_moved_range() {
     cluster.shutdown().await;
 }
 
+async fn six_nodes(dir: &Path) -> LocalCluster {
+    let mut opts = LocalClusterOptions::new(dir);
+    opts.nodes = 6;
+    opts.initial_ranges = 2;
+    LocalCluster::start(opts).await.expect("cluster starts")
+}
+
+/// Waits until none of `nodes` holds `range`'s data. A late message may
+/// leave an empty, uninitialized replica behind for a while: it holds and
+/// serves nothing.
+async fn wait_until_no_data(cluster: &LocalCluster, nodes: &[u64], range: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &n in nodes {
+        let db = cluster.db(n as usize - 1).expect("running");
+        while db
+            .node()
+            .handle()
+            .inspect(move |s| s.replica_state(range).is_some())
+            .await
+            .unwrap_or(false)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {n} still holds range {range}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// With six nodes a range can move to three nodes that held none of it: a
 /// node routing with the old set then hears "no replica here" from every
 /// node it knows of, and finds the range by reading the meta range again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_whose_every_replica_moved_is_read_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut opts = LocalClusterOptions::new(dir.path());
-    opts.nodes = 6;
-    opts.initial_ranges = 2;
-    let mut cluster = LocalCluster::start(opts).await.expect("cluster starts");
+    let mut cluster = six_nodes(dir.path()).await;
     let k = key(3);
     let db1 = cluster.db(0).expect("node 1").clone();
     let d = db1.range_of(&k);
@@ -356,27 +383,7 @@ async fn a_route_whose_every_replica_moved_is_read_again() {
     for (from, to) in old.iter().zip(&new) {
         mover.move_replica(d.id, *from, *to).await.expect("move");
     }
-    // The old nodes' replicas are deleted (a late message may leave an
-    // empty, uninitialized one behind for a while: it holds nothing and
-    // serves nothing).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for &n in &old {
-        let db = cluster.db(n as usize - 1).expect("running");
-        loop {
-            let id = d.id;
-            let holds_data = db
-                .node()
-                .handle()
-                .inspect(move |s| s.replica_state(id).is_some())
-                .await
-                .unwrap_or(false);
-            if !holds_data {
-                break;
-            }
-            assert!(Instant::now() < deadline, "node {n} still holds range {id}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    wait_until_no_data(&cluster, &old, d.id).await;
     assert_eq!(stale.range_of(&k).replicas, old, "the route is stale");
     assert_eq!(
         stale
@@ -400,10 +407,7 @@ async fn a_route_whose_every_replica_moved_is_read_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_meta_range_moves_and_is_found_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut opts = LocalClusterOptions::new(dir.path());
-    opts.nodes = 6;
-    opts.initial_ranges = 2;
-    let mut cluster = LocalCluster::start(opts).await.expect("cluster starts");
+    let mut cluster = six_nodes(dir.path()).await;
     let db1 = cluster.db(0).expect("node 1").clone();
     let meta = db1.meta_descriptor();
     let old = meta.replicas.clone();
@@ -432,26 +436,7 @@ async fn the_meta_range_moves_and_is_found_again() {
         new.iter().copied().collect(),
     );
     // The old nodes let go of their meta replicas.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for &n in &old {
-        let db = cluster.db(n as usize - 1).expect("running");
-        loop {
-            let holds = db
-                .node()
-                .handle()
-                .inspect(move |s| s.replica_state(meta.id).is_some())
-                .await
-                .unwrap_or(false);
-            if !holds {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {n} still holds the meta range"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    wait_until_no_data(&cluster, &old, meta.id).await;
     // Node 1 still lists the old set: it finds the meta range anyway.
     assert_eq!(
         db1.meta_descriptor().replicas,

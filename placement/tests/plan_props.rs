@@ -291,20 +291,7 @@ proptest! {
         let ranges = leads
             .iter()
             .enumerate()
-            .map(|(i, &l)| RangeView {
-                id: i as u64 + 1,
-                start: Bytes::from(vec![i as u8]),
-                end: Bytes::from(vec![i as u8 + 1]),
-                epoch: 1,
-                conf_ver: 0,
-                replicas: (1..=n).collect(),
-                leader: Some((l - 1) % n + 1),
-                keys: 0,
-                bytes: 0,
-                split_key: None,
-                splittable: true,
-                movable: true,
-            })
+            .map(|(i, &l)| small_range(i, (1..=n).collect(), (l - 1) % n + 1))
             .collect();
         let view = ClusterView { nodes, ranges };
         let policy = Policy {
@@ -322,6 +309,25 @@ proptest! {
             }
         }
         prop_assert!(spread(&leader_counts(&view, &leaders)) <= tolerance);
+    }
+}
+
+/// The `i`-th of a row of empty ranges, `[i, i + 1)`, on `replicas`, led by
+/// `leader`.
+fn small_range(i: usize, replicas: Vec<u64>, leader: u64) -> RangeView {
+    RangeView {
+        id: i as u64 + 1,
+        start: Bytes::from(vec![i as u8]),
+        end: Bytes::from(vec![i as u8 + 1]),
+        epoch: 1,
+        conf_ver: 0,
+        replicas,
+        leader: Some(leader),
+        keys: 0,
+        bytes: 0,
+        split_key: None,
+        splittable: true,
+        movable: true,
     }
 }
 
@@ -344,19 +350,9 @@ fn healthy_view() -> impl Strategy<Value = ClusterView> {
             let ranges = ranges
                 .into_iter()
                 .enumerate()
-                .map(|(i, (replicas, l))| RangeView {
-                    id: i as u64 + 1,
-                    start: Bytes::from(vec![i as u8]),
-                    end: Bytes::from(vec![i as u8 + 1]),
-                    epoch: 1,
-                    conf_ver: 0,
-                    leader: Some(replicas[l]),
-                    replicas,
-                    keys: 0,
-                    bytes: 0,
-                    split_key: None,
-                    splittable: true,
-                    movable: true,
+                .map(|(i, (replicas, l))| {
+                    let leader = replicas[l];
+                    small_range(i, replicas, leader)
                 })
                 .collect();
             ClusterView { nodes, ranges }
