@@ -165,6 +165,14 @@ fn nodes(view: &ClusterView) -> replicas::Nodes {
     }
 }
 
+/// The largest count, if it exceeds the smallest by more than `tolerance`:
+/// what a balancing round moves off, while there is something to even out.
+fn fullest_over(counts: &BTreeMap<NodeId, u64>, tolerance: u64) -> Option<u64> {
+    let max = *counts.values().max()?;
+    let min = *counts.values().min()?;
+    (max - min > tolerance).then_some(max)
+}
+
 fn plan_splits(
     ranges: &[&RangeView],
     live: &BTreeSet<NodeId>,
@@ -230,11 +238,9 @@ fn plan_leader_moves(
     }
 
     while ops.len() < policy.max_operators {
-        let max = *count.values().max().expect("two or more live nodes");
-        let min = *count.values().min().expect("two or more live nodes");
-        if max - min <= policy.leader_tolerance {
+        let Some(max) = fullest_over(&count, policy.leader_tolerance) else {
             break;
-        }
+        };
         let mut chosen = None;
         for (&from, _) in count.iter().filter(|&(_, &c)| c == max) {
             // Best move off `from`: the range whose least-loaded live

@@ -228,11 +228,9 @@ pub(super) fn plan_moves(
         })
         .collect();
     while ops.len() < policy.max_operators && changes(ops) < policy.max_replica_changes {
-        let max = *load.values().max().expect("two or more live nodes");
-        let min = *load.values().min().expect("two or more live nodes");
-        if max - min <= policy.replica_tolerance {
+        let Some(max) = super::fullest_over(&load, policy.replica_tolerance) else {
             break;
-        }
+        };
         let mut chosen = None;
         for (&from, _) in load.iter().filter(|&(_, &c)| c == max) {
             let best = healthy
