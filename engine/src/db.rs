@@ -29,6 +29,8 @@ use crate::store::{
     StoreError, cluster_layout, meta_key,
 };
 
+mod merge;
+
 /// Errors of the embedded API.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -857,12 +859,17 @@ impl Db {
         expected: Option<Bytes>,
         new: Bytes,
     ) -> Result<bool, DbError> {
-        let meta = self.meta_descriptor();
         let command = Command::Cas {
             key: key.clone(),
             expected,
             new: Some(new),
         };
+        self.meta_write_cas(command).await
+    }
+
+    /// Runs a `Command::Cas` on the meta range: whether it swapped.
+    async fn meta_write_cas(&self, command: Command) -> Result<bool, DbError> {
+        let meta = self.meta_descriptor();
         match self
             .send(Instant::now(), Some(meta), None, false, |d| {
                 Request::Write {
@@ -1342,6 +1349,25 @@ impl Db {
                                 desc = Some(fresh);
                                 target = None;
                                 misses = 0;
+                                continue;
+                            }
+                        }
+                    }
+                    // A merge is moving the range's keys to its left
+                    // neighbour: once it is done, the meta range shows
+                    // that neighbour over them.
+                    CallError::Store(StoreError::RangeRetired { .. }) => {
+                        if let Some(k) = key {
+                            let _ = tokio::time::timeout_at(
+                                deadline.into(),
+                                self.refresh_routes_quietly(),
+                            )
+                            .await;
+                            if let Some(fresh) = self.route(k)
+                                && fresh.id != d.id
+                            {
+                                desc = Some(fresh);
+                                target = None;
                                 continue;
                             }
                         }

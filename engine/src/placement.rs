@@ -302,6 +302,7 @@ pub async fn gather(
                 bytes,
                 split_key,
                 leader,
+                ..
             }) => (keys, bytes, split_key, leader),
             // Unknown sizes and leader: the planner leaves the range alone.
             other => {

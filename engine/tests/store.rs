@@ -2816,3 +2816,273 @@ fn a_change_waits_while_a_replica_that_stays_is_down() {
         "{d:?}"
     );
 }
+
+// ----- Merges -----
+
+/// The two ranges of `split_through`, with one more key written to the
+/// RHS: (sim, left key, right keys, leader of the LHS).
+fn merge_setup() -> (Sim, Bytes, [Bytes; 2], NodeId) {
+    let (mut sim, _at, lk, rk, leader) = split_through(false);
+    let rk2 = sim.key_in(LHS, "x");
+    let rl = sim.agreed_leader(RHS).expect("RHS leader");
+    let w = sim.request(rl, write_req(RHS, 2, &rk2, "right 2"));
+    assert_eq!(sim.reply(w), Some(&applied_done()));
+    (sim, lk, [rk, rk2], leader)
+}
+
+/// Retires the RHS through `via`, exports it and has the LHS absorb it;
+/// returns the merged descriptor.
+fn merge_through(sim: &mut Sim, via: NodeId) -> RangeDescriptor {
+    let id = sim.request(
+        via,
+        Request::Retire {
+            range: RHS,
+            epoch: 2,
+        },
+    );
+    let right = sim.store(via).descriptor(RHS).cloned().expect("RHS here");
+    assert_eq!(
+        sim.reply(id),
+        Some(&Ok(Reply::Applied(ApplyResult::Retired(right.clone()))))
+    );
+    let id = sim.request(
+        via,
+        Request::Read {
+            range: RHS,
+            epoch: 2,
+            op: ReadOp::Export,
+            consistency: ReadConsistency::Linearizable,
+        },
+    );
+    let Some(Ok(Reply::Snapshot(snapshot))) = sim.reply(id).cloned() else {
+        panic!("export: {:?}", sim.reply(id));
+    };
+    let id = sim.request(
+        via,
+        Request::Absorb {
+            range: LHS,
+            epoch: 2,
+            right: snapshot.clone(),
+        },
+    );
+    let Some(Ok(Reply::Applied(ApplyResult::Merged { left, right: r }))) = sim.reply(id).cloned()
+    else {
+        panic!("absorb: {:?}", sim.reply(id));
+    };
+    assert_eq!(r, right);
+    assert_eq!(left.start, sim.layout.ranges[0].start);
+    assert_eq!(left.end, right.end);
+    assert_eq!(left.epoch, 3, "above both halves' epoch 2");
+    // A second absorb of the same snapshot is refused and changes nothing.
+    let again = sim.request(
+        via,
+        Request::Absorb {
+            range: LHS,
+            epoch: 3,
+            right: snapshot,
+        },
+    );
+    assert!(
+        matches!(
+            sim.reply(again),
+            Some(Ok(Reply::Applied(ApplyResult::Error(
+                ApplyError::InvalidMerge { .. }
+            ))))
+        ),
+        "{:?}",
+        sim.reply(again)
+    );
+    left
+}
+
+/// Every node holds the merged LHS with every key, the same state, and no
+/// RHS.
+fn assert_merged_everywhere(sim: &mut Sim, merged: &RangeDescriptor, keys: &[(&Bytes, &str)]) {
+    for _ in 0..30 {
+        let done = NODES.iter().all(|&n| {
+            sim.store(n).replica_state(RHS).is_none()
+                && sim.store(n).descriptor(LHS) == Some(merged)
+        });
+        if done {
+            break;
+        }
+        sim.tick();
+    }
+    let mut hashes = BTreeSet::new();
+    for &n in &NODES {
+        let s = sim.store(n);
+        assert!(
+            s.replica_state(RHS).is_none(),
+            "node {n} still holds the RHS"
+        );
+        assert_eq!(s.descriptor(LHS), Some(merged), "node {n}");
+        let st = s.replica_state(LHS).expect("LHS");
+        for (k, v) in keys {
+            assert_eq!(
+                st.get(k),
+                Some(Bytes::copy_from_slice(v.as_bytes())),
+                "node {n}"
+            );
+        }
+        hashes.insert((st.applied().0, st.state_hash()));
+        assert_eq!(s.stats().merges_applied, 1, "node {n}");
+    }
+    assert_eq!(hashes.len(), 1, "replicas differ: {hashes:?}");
+}
+
+#[test]
+fn a_merge_retires_the_right_range_and_the_left_takes_it_over_on_every_node() {
+    let (mut sim, lk, [rk, rk2], leader) = merge_setup();
+    let merged = merge_through(&mut sim, leader);
+    assert_merged_everywhere(
+        &mut sim,
+        &merged,
+        &[(&lk, "left"), (&rk, "right"), (&rk2, "right 2")],
+    );
+    // The merged range serves the moved keys and takes writes for them;
+    // a write routed with the old epoch learns the merged descriptor.
+    let w = sim.request(leader, write_req(LHS, 3, &rk, "after"));
+    assert_eq!(sim.reply(w), Some(&applied_done()));
+    let r = sim.request(leader, read_req(LHS, 3, &rk, ReadConsistency::Linearizable));
+    assert_eq!(
+        sim.reply(r),
+        Some(&Ok(Reply::Value(Some(Bytes::from_static(b"after")))))
+    );
+    let old = sim.request(leader, write_req(LHS, 2, &lk, "stale"));
+    assert!(
+        matches!(sim.reply(old), Some(Err(StoreError::EpochMismatch { current, .. })) if **current == merged),
+        "{:?}",
+        sim.reply(old)
+    );
+    // The RHS is gone everywhere.
+    let gone = sim.request(leader, read_req(RHS, 2, &rk, ReadConsistency::Linearizable));
+    assert_eq!(
+        sim.reply(gone),
+        Some(&Err(StoreError::RangeNotFound { range: RHS }))
+    );
+    // The LHS's leader published the merged descriptor.
+    assert!(
+        sim.published
+            .iter()
+            .any(|(n, d)| *n == leader && d == &merged),
+        "{:?}",
+        sim.published
+    );
+}
+
+#[test]
+fn a_retired_range_refuses_writes_and_reads_but_exports_and_reports_itself() {
+    let (mut sim, _lk, [rk, _], _) = merge_setup();
+    let rl = sim.agreed_leader(RHS).expect("RHS leader");
+    let follower = sim.followers(RHS, rl)[0];
+    // Before it is retired, nothing is exported.
+    let export = Request::Read {
+        range: RHS,
+        epoch: 2,
+        op: ReadOp::Export,
+        consistency: ReadConsistency::Linearizable,
+    };
+    let e = sim.request(rl, export.clone());
+    assert!(
+        matches!(sim.reply(e), Some(Err(StoreError::Invalid { .. }))),
+        "{:?}",
+        sim.reply(e)
+    );
+    // Retired through a follower (forwarded), twice: the same answer.
+    for _ in 0..2 {
+        let id = sim.request(
+            follower,
+            Request::Retire {
+                range: RHS,
+                epoch: 2,
+            },
+        );
+        assert!(
+            matches!(
+                sim.reply(id),
+                Some(Ok(Reply::Applied(ApplyResult::Retired(_))))
+            ),
+            "{:?}",
+            sim.reply(id)
+        );
+    }
+    for via in [rl, follower] {
+        let w = sim.request(via, write_req(RHS, 2, &rk, "late"));
+        assert_eq!(
+            sim.reply(w),
+            Some(&Err(StoreError::RangeRetired { range: RHS }))
+        );
+        for c in [ReadConsistency::Linearizable, ReadConsistency::Stale] {
+            let r = sim.request(via, read_req(RHS, 2, &rk, c));
+            assert_eq!(
+                sim.reply(r),
+                Some(&Err(StoreError::RangeRetired { range: RHS }))
+            );
+        }
+        let s = sim.request(via, split_req(RHS, 2, &sim.key_in(LHS, "v"), 60));
+        assert_eq!(
+            sim.reply(s),
+            Some(&Err(StoreError::RangeRetired { range: RHS }))
+        );
+    }
+    let stats = sim.request(
+        rl,
+        Request::Read {
+            range: RHS,
+            epoch: 2,
+            op: ReadOp::Stats {
+                split_keys: 1,
+                split_bytes: 1,
+            },
+            consistency: ReadConsistency::Stale,
+        },
+    );
+    assert!(
+        matches!(
+            sim.reply(stats),
+            Some(Ok(Reply::Stats {
+                retired: true,
+                split_key: None,
+                ..
+            }))
+        ),
+        "{:?}",
+        sim.reply(stats)
+    );
+    let e = sim.request(follower, export);
+    let Some(Ok(Reply::Snapshot(bytes))) = sim.reply(e) else {
+        panic!("{:?}", sim.reply(e));
+    };
+    let st = tessera_engine::range::RangeState::restore(bytes).expect("snapshot");
+    assert!(st.is_retired());
+    assert_eq!(st.get(&rk), Some(Bytes::from_static(b"right")));
+    // The meta range is never merged.
+    let m = sim.request(
+        rl,
+        Request::Retire {
+            range: tessera_engine::store::META_RANGE,
+            epoch: 1,
+        },
+    );
+    assert!(
+        matches!(sim.reply(m), Some(Err(StoreError::Invalid { .. }))),
+        "{:?}",
+        sim.reply(m)
+    );
+}
+
+#[test]
+fn a_follower_cut_off_during_the_merge_applies_it_from_the_log_and_drops_its_right_range() {
+    let (mut sim, lk, [rk, rk2], leader) = merge_setup();
+    let lagging = sim.followers(LHS, leader)[0];
+    sim.isolate(lagging);
+    let merged = merge_through(&mut sim, leader);
+    sim.ticks(3);
+    assert!(sim.store(lagging).replica_state(RHS).is_some());
+    sim.cut.clear();
+    assert_merged_everywhere(
+        &mut sim,
+        &merged,
+        &[(&lk, "left"), (&rk, "right"), (&rk2, "right 2")],
+    );
+}

@@ -1167,15 +1167,18 @@ fn control_bytes(c: &Control) -> u64 {
             Request::WriteEncoded { proposal, .. } => proposal.bytes().len(),
             Request::Write { command, .. } => command.payload_bytes(),
             Request::Split { at, .. } => at.len(),
+            Request::Absorb { right, .. } => right.len(),
             Request::Read { .. }
             | Request::TransferLeader { .. }
-            | Request::ChangeReplicas { .. } => 0,
+            | Request::ChangeReplicas { .. }
+            | Request::Retire { .. } => 0,
         },
         Control::ForwardReply { reply, .. } => match reply {
             Ok(Reply::Value(v)) => opt(v),
             Ok(Reply::Pairs(pairs)) => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
             Ok(Reply::Applied(ApplyResult::Cas { current, .. })) => opt(current),
             Ok(Reply::Applied(ApplyResult::PutIf { old, .. })) => opt(old),
+            Ok(Reply::Snapshot(bytes)) => bytes.len(),
             _ => 0,
         },
         _ => 0,

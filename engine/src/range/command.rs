@@ -112,6 +112,25 @@ pub enum Command {
         /// Id of the new right-hand range (allocated by the caller).
         new_range: u64,
     },
+    /// The first step of a merge, in the right-hand range (RHS): from this
+    /// entry on the range is *retired*, its state fixed for good. It refuses
+    /// every later command with [`ApplyError::Retired`] (reads too: see the
+    /// store), so the left neighbour can take its keys over with
+    /// [`Command::Absorb`]. Answers [`ApplyResult::Retired`] (also when
+    /// already retired). Never undone: a merge only rolls forward. Proposed
+    /// only by the store (for a `Request::Retire`).
+    Retire,
+    /// The second step of a merge, in the left-hand range (LHS): takes over
+    /// the span and every pair of the retired range whose snapshot `right`
+    /// carries (`RangeState::snapshot` bytes). Refused with
+    /// [`ApplyError::InvalidMerge`] unless that range is retired, starts where
+    /// this one ends, and has the same replicas. This range then spans both,
+    /// at epoch `max(left, right) + 1`. Answers [`ApplyResult::Merged`].
+    /// Proposed only by the store (for a `Request::Absorb`).
+    Absorb {
+        /// The retired right-hand range's snapshot.
+        right: Bytes,
+    },
 }
 
 impl Command {
@@ -133,7 +152,18 @@ impl Command {
                 })
                 .sum(),
             Command::Split { at, .. } => at.len(),
+            Command::Retire => 0,
+            Command::Absorb { right } => right.len(),
         }
+    }
+
+    /// Whether the command changes the range's span (a split, or a step of
+    /// a merge): only the store proposes those, for their own requests.
+    pub fn is_structural(&self) -> bool {
+        matches!(
+            self,
+            Command::Split { .. } | Command::Retire | Command::Absorb { .. }
+        )
     }
 
     /// Every key the command touches, in op order (a batch may repeat keys).
@@ -146,8 +176,9 @@ impl Command {
             | Command::Append { key, .. }
             | Command::PutIf { key, .. } => (Some(key), &[]),
             Command::Batch(ops) => (None, ops),
-            // A split's key is a boundary, checked by the split itself.
-            Command::Split { .. } => (None, &[]),
+            // A split's key is a boundary, checked by the split itself; a
+            // merge's keys are checked against the other range's span.
+            Command::Split { .. } | Command::Retire | Command::Absorb { .. } => (None, &[]),
         };
         single.into_iter().chain(batch.iter().map(BatchOp::key))
     }
@@ -190,22 +221,22 @@ pub struct EncodedProposal {
 }
 
 impl EncodedProposal {
-    /// Checks `bytes` as [`Proposal::decode`] would (never panics). A split is
-    /// refused: it is its own request, not a write.
+    /// Checks `bytes` as [`Proposal::decode`] would (never panics). A split
+    /// or a step of a merge is refused: each is its own request, not a write.
     pub fn new(bytes: Bytes) -> Result<EncodedProposal, DecodeError> {
-        let (epoch, split) = wire::peek_proposal(&bytes)?;
-        if split {
+        let (epoch, structural) = wire::peek_proposal(&bytes)?;
+        if structural {
             return Err(DecodeError::Archive(
-                "a split is not proposed as a write".into(),
+                "a split or merge is not proposed as a write".into(),
             ));
         }
         Ok(EncodedProposal { bytes, epoch })
     }
 
     /// Encodes `command` at `epoch` (trusted: not validated again). A split
-    /// is refused, as by [`new`](Self::new).
+    /// or a step of a merge is refused, as by [`new`](Self::new).
     pub fn encode(epoch: u64, command: &Command) -> Option<EncodedProposal> {
-        if matches!(command, Command::Split { .. }) {
+        if command.is_structural() {
             return None;
         }
         Some(EncodedProposal {
@@ -266,6 +297,16 @@ pub enum ApplyError {
         /// The limit.
         max: u64,
     },
+    /// The range is retired (the first step of a merge, [`Command::Retire`]):
+    /// its keys belong, or soon will, to its left neighbour. Route again.
+    #[error("the range is retired: it is being merged into its left neighbour")]
+    Retired,
+    /// A [`Command::Absorb`] that cannot apply (see there).
+    #[error("invalid merge: {why}")]
+    InvalidMerge {
+        /// What was wrong.
+        why: String,
+    },
 }
 
 /// Longest value an `Append` may make. A constant, not a setting: every
@@ -309,6 +350,16 @@ pub enum ApplyResult {
     },
     /// A membership change: the range's descriptor once it applied.
     Replicas(super::RangeDescriptor),
+    /// `Retire`: the range's descriptor (unchanged) once it is retired.
+    Retired(super::RangeDescriptor),
+    /// `Absorb`: this range after taking over `right`, and the retired
+    /// range it took over.
+    Merged {
+        /// This range, now spanning both.
+        left: super::RangeDescriptor,
+        /// The retired range, as its snapshot described it.
+        right: super::RangeDescriptor,
+    },
     /// The command was refused and changed nothing.
     Error(ApplyError),
 }
@@ -364,6 +415,8 @@ mod tests {
                 at: b("m"),
                 new_range: 77,
             },
+            Command::Retire,
+            Command::Absorb { right: b("snap") },
         ]
     }
 
@@ -456,6 +509,31 @@ mod tests {
                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
             ][..]
         );
+        // Then the merge's two steps: Retire tag 8, Absorb tag 9.
+        let merge_steps: [(usize, &[u8]); 2] = [
+            (
+                10,
+                &[
+                    1, 7, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+            ),
+            (
+                11,
+                &[
+                    1, 115, 110, 97, 112, 7, 0, 0, 0, 0, 0, 0, 0, 9, 243, 255, 255, 255, 4, 0, 0,
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+            ),
+        ];
+        for (i, bytes) in merge_steps {
+            let p = Proposal {
+                epoch: 7,
+                command: samples()[i].clone(),
+            };
+            assert_eq!(&p.encode()[..], bytes, "{p:?}");
+            assert_eq!(Proposal::decode(bytes), Ok(p));
+        }
     }
 
     #[test]
@@ -467,9 +545,9 @@ mod tests {
     }
 
     #[test]
-    fn an_encoded_proposal_is_the_proposal_s_bytes_and_never_a_split() {
+    fn an_encoded_proposal_is_the_proposal_s_bytes_and_never_a_split_or_merge() {
         for command in samples() {
-            let split = matches!(command, Command::Split { .. });
+            let split = command.is_structural();
             let bytes = Proposal {
                 epoch: 4,
                 command: command.clone(),
@@ -490,6 +568,11 @@ mod tests {
             }
         }
         assert!(samples().iter().any(|c| matches!(c, Command::Split { .. })));
+        assert!(
+            samples()
+                .iter()
+                .any(|c| matches!(c, Command::Absorb { .. }))
+        );
         for junk in [
             &b""[..],
             &[wire::PROPOSAL_FORMAT_VERSION][..],

@@ -257,6 +257,32 @@ impl PairMap {
         None
     }
 
+    /// Moves every pair of `upper`, whose keys must all be greater than
+    /// this map's, to the end of this map: the inverse of
+    /// [`split_off`](Self::split_off). Whole leaves move (shared ones stay
+    /// shared); O(leaves of `upper`).
+    ///
+    /// # Panics
+    /// If `upper`'s least key is not greater than this map's greatest.
+    pub(crate) fn append(&mut self, mut upper: PairMap) {
+        let Some(first) = upper
+            .leaves
+            .first()
+            .and_then(|(_, l)| l.keys().next())
+            .cloned()
+        else {
+            return;
+        };
+        if let Some(last) = self.leaves.last().and_then(|(_, l)| l.keys().next_back()) {
+            assert!(first > *last, "PairMap::append: keys overlap");
+            // `upper`'s first leaf is fenced by the least key; here it
+            // starts at its own first key.
+            upper.leaves[0].0 = first;
+        }
+        self.len += upper.len;
+        self.leaves.append(&mut upper.leaves);
+    }
+
     /// Moves the pairs with keys at least `at` into a new map.
     pub(crate) fn split_off(&mut self, at: &[u8]) -> PairMap {
         let mut upper = PairMap::default();
@@ -352,7 +378,8 @@ mod tests {
         /// Removes the key at this position (mod the length): removals that
         /// hit, so that leaves shrink and merge.
         RemoveAt(usize),
-        Split(Vec<u8>),
+        /// Splits at the key, then joins the halves again or keeps the larger.
+        Split(Vec<u8>, bool),
         Snapshot,
     }
 
@@ -367,7 +394,7 @@ mod tests {
             8 => (key(), any::<u8>()).prop_map(|(k, v)| Op::Insert(k, v)),
             2 => key().prop_map(Op::Remove),
             4 => any::<usize>().prop_map(Op::RemoveAt),
-            1 => key().prop_map(Op::Split),
+            1 => (key(), any::<bool>()).prop_map(|(k, rejoin)| Op::Split(k, rejoin)),
             1 => Just(Op::Snapshot),
         ]
     }
@@ -410,12 +437,17 @@ mod tests {
                             prop_assert_eq!(got, model.remove_entry(&k));
                         }
                     }
-                    Op::Split(at) => {
+                    Op::Split(at, rejoin) => {
                         let upper = map.split_off(&at);
-                        let model_upper = model.split_off(&at);
+                        let mut model_upper = model.split_off(&at);
                         same(&upper, &model_upper);
-                        // Keep whichever half is larger going.
-                        if upper.len() > map.len() {
+                        if rejoin {
+                            // A merge puts the halves back together.
+                            map.append(upper);
+                            model.append(&mut model_upper);
+                            same(&map, &model);
+                        } else if upper.len() > map.len() {
+                            // Keep whichever half is larger going.
                             map = upper;
                             model = model_upper;
                         }

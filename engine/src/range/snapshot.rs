@@ -9,7 +9,8 @@
 //! offset  size  field
 //! 0       8     magic "TSRANGE\0"
 //! 8       2     format version (u16) = 1
-//! 10      2     flags (u16), must be 0
+//! 10      2     flags (u16): bit 0 = retired (the first step of a merge
+//!               applied), the others must be 0
 //! 12      4     CRC32C (u32) of every byte from offset 16 to the end
 //! 16      8     body length (u64) = total length - 24
 //! 24            body:
@@ -44,6 +45,8 @@ use super::wire::DecodeError;
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TSRANGE\0";
 /// Current snapshot format version.
 pub const SNAPSHOT_FORMAT_VERSION: u16 = 1;
+/// Flag bit: the range is retired (`RangeState::is_retired`).
+const FLAG_RETIRED: u16 = 1;
 /// Bytes before the body.
 const HEADER_BYTES: usize = 24;
 /// Offset of the first byte the CRC covers (the body length onwards).
@@ -158,7 +161,7 @@ fn begin(state: &RangeState) -> BytesMut {
     let mut out = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
     out.put_slice(&SNAPSHOT_MAGIC);
     out.put_u16_le(SNAPSHOT_FORMAT_VERSION);
-    out.put_u16_le(0);
+    out.put_u16_le(if state.is_retired() { FLAG_RETIRED } else { 0 });
     out.put_u32_le(0); // CRC, filled in by `finish`.
     out.put_u64_le(0); // Body length, filled in by `finish`.
     let (index, term) = state.applied();
@@ -241,7 +244,7 @@ pub(crate) fn read(bytes: &[u8]) -> Result<RangeState, SnapshotError> {
         });
     }
     let flags = u16::from_le_bytes(header.array("flags")?);
-    if flags != 0 {
+    if flags & !FLAG_RETIRED != 0 {
         return Err(SnapshotError::UnknownFlags(flags));
     }
     let stored = header.u32("crc")?;
@@ -284,7 +287,8 @@ pub(crate) fn read(bytes: &[u8]) -> Result<RangeState, SnapshotError> {
     }
     // Checked above: sorted and unique.
     let map = PairMap::from_sorted(pairs);
-    Ok(RangeState::from_parts(desc, (index, term), map))
+    let retired = flags & FLAG_RETIRED != 0;
+    Ok(RangeState::from_parts(desc, (index, term), map, retired))
 }
 
 #[cfg(test)]

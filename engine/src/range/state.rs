@@ -1,6 +1,7 @@
 //! [`RangeState`]: the replicated state of one range, and how a committed
 //! proposal changes it.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use bytes::{Bytes, BytesMut};
@@ -33,6 +34,9 @@ pub struct RangeState {
     bytes: u64,
     /// Wrapping sum of `hash::pair_hash` over the map.
     pairs_sum: u64,
+    /// Retired by [`Command::Retire`] (the first step of a merge): the state
+    /// is fixed for good and every later command is refused.
+    retired: bool,
 }
 
 impl fmt::Debug for RangeState {
@@ -42,6 +46,7 @@ impl fmt::Debug for RangeState {
             .field("applied", &(self.applied_index, self.applied_term))
             .field("len", &self.map.len())
             .field("bytes", &self.bytes)
+            .field("retired", &self.retired)
             .finish_non_exhaustive()
     }
 }
@@ -56,12 +61,18 @@ impl RangeState {
             map: PairMap::default(),
             bytes: 0,
             pairs_sum: 0,
+            retired: false,
         }
     }
 
     /// Rebuilds a state from checked parts (snapshot restore). `map` must hold
     /// only keys inside `desc`.
-    pub(crate) fn from_parts(desc: RangeDescriptor, applied: (u64, u64), map: PairMap) -> Self {
+    pub(crate) fn from_parts(
+        desc: RangeDescriptor,
+        applied: (u64, u64),
+        map: PairMap,
+        retired: bool,
+    ) -> Self {
         let bytes = map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         let pairs_sum = hash::pairs_sum(map.iter());
         RangeState {
@@ -71,7 +82,14 @@ impl RangeState {
             map,
             bytes,
             pairs_sum,
+            retired,
         }
+    }
+
+    /// Whether the range is retired ([`Command::Retire`]): its state is
+    /// fixed, and its keys belong (or soon will) to its left neighbour.
+    pub fn is_retired(&self) -> bool {
+        self.retired
     }
 
     /// The range's descriptor.
@@ -156,12 +174,18 @@ impl RangeState {
             };
             return (ApplyResult::Error(e), None);
         }
+        if self.retired {
+            return match proposal.command {
+                Command::Retire => (ApplyResult::Retired(self.desc.clone()), None),
+                _ => (ApplyResult::Error(ApplyError::Retired), None),
+            };
+        }
         if let Some(key) = proposal.command.keys().find(|k| !self.desc.contains(k)) {
             let e = ApplyError::KeyOutOfRange { key: key.clone() };
             return (ApplyResult::Error(e), None);
         }
-        if let Command::Split { at, new_range } = &proposal.command {
-            return match self.split(at, *new_range) {
+        match proposal.command {
+            Command::Split { at, new_range } => match self.split(&at, new_range) {
                 Ok(right) => (
                     ApplyResult::Split {
                         left: self.desc.clone(),
@@ -170,9 +194,60 @@ impl RangeState {
                     Some(right),
                 ),
                 Err(why) => (ApplyResult::Error(ApplyError::InvalidSplit { why }), None),
-            };
+            },
+            Command::Retire => {
+                self.retired = true;
+                (ApplyResult::Retired(self.desc.clone()), None)
+            }
+            Command::Absorb { right } => match self.absorb(&right) {
+                Ok(right) => (
+                    ApplyResult::Merged {
+                        left: self.desc.clone(),
+                        right,
+                    },
+                    None,
+                ),
+                Err(why) => (ApplyResult::Error(ApplyError::InvalidMerge { why }), None),
+            },
+            command => (self.execute(command), None),
         }
-        (self.execute(proposal.command), None)
+    }
+
+    /// Takes over the retired range whose snapshot is `right` (see
+    /// [`Command::Absorb`]); returns its descriptor. Changes nothing if
+    /// refused. Every replica decodes the same bytes from the same entry,
+    /// so all of them end in the same state.
+    fn absorb(&mut self, right: &[u8]) -> Result<RangeDescriptor, String> {
+        let other = RangeState::restore(right)
+            .map_err(|e| format!("the right-hand range's snapshot: {e}"))?;
+        let (d, rd) = (&self.desc, other.descriptor());
+        if !other.retired {
+            return Err(format!("range {} is not retired", rd.id));
+        }
+        if rd.id == d.id {
+            return Err(format!("range {} cannot absorb itself", d.id));
+        }
+        if d.end.is_empty() || rd.start != d.end {
+            return Err(format!(
+                "range {} starts at {:?}, not where range {} ends ({:?})",
+                rd.id, rd.start, d.id, d.end
+            ));
+        }
+        let set = |r: &[crate::raft::NodeId]| r.iter().copied().collect::<BTreeSet<_>>();
+        if set(&rd.replicas) != set(&d.replicas) {
+            return Err(format!(
+                "range {} has replicas on {:?}, range {} on {:?}: a merge needs the same nodes",
+                rd.id, rd.replicas, d.id, d.replicas
+            ));
+        }
+        let rd = rd.clone();
+        self.map.append(other.map);
+        self.bytes += other.bytes;
+        self.pairs_sum = self.pairs_sum.wrapping_add(other.pairs_sum);
+        self.desc.end = rd.end.clone();
+        // Above both: for any key, the higher epoch is the newer descriptor.
+        self.desc.epoch = self.desc.epoch.max(rd.epoch) + 1;
+        Ok(rd)
     }
 
     /// Cuts off `[at, end)` into a new range `new_range` at applied (1, 0);
@@ -226,6 +301,7 @@ impl RangeState {
             map: right_map,
             bytes: right_bytes,
             pairs_sum: right_sum,
+            retired: false,
         })
     }
 
@@ -370,10 +446,12 @@ impl RangeState {
                     old: if return_old { old } else { None },
                 }
             }
-            // `apply_entry` runs splits itself.
-            Command::Split { .. } => ApplyResult::Error(ApplyError::InvalidSplit {
-                why: "a split cannot run as a plain command".into(),
-            }),
+            // `apply_entry` runs splits and merges itself.
+            Command::Split { .. } | Command::Retire | Command::Absorb { .. } => {
+                ApplyResult::Error(ApplyError::InvalidSplit {
+                    why: "a split or merge cannot run as a plain command".into(),
+                })
+            }
         }
     }
 
@@ -1449,7 +1527,206 @@ mod tests {
                 proptest::prop_assert_eq!(restored.applied(), half.applied());
                 proptest::prop_assert_eq!(restored.descriptor(), half.descriptor());
             }
+            // And merged again: the same pairs, the same totals.
+            let mut right = right;
+            let r = right.apply(2, 1, &Proposal { epoch: 6, command: Command::Retire });
+            proptest::prop_assert!(matches!(r, ApplyResult::Retired(_)), "{:?}", r);
+            let r = s.apply(4, 1, &Proposal { epoch: 6, command: Command::Absorb { right: right.snapshot() } });
+            proptest::prop_assert!(matches!(r, ApplyResult::Merged { .. }), "{:?}", r);
+            proptest::prop_assert_eq!(s.len(), len);
+            proptest::prop_assert_eq!(s.approximate_bytes(), bytes);
+            proptest::prop_assert_eq!(s.state_hash(), s.state_hash_by_scan());
+            proptest::prop_assert_eq!(s.descriptor().end.clone(), desc().end);
+            proptest::prop_assert_eq!(s.descriptor().epoch, 7);
+            let all: Vec<(Vec<u8>, Vec<u8>)> = s.pairs().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            let want: Vec<(Vec<u8>, Vec<u8>)> = pairs
+                .into_iter()
+                .filter(|(k, _)| desc().contains(k))
+                .collect();
+            proptest::prop_assert_eq!(all, want);
         }
+    }
+
+    // ----- Merges -----
+
+    /// `five_keys` split at "h" into range 10, and range 10 retired.
+    fn split_and_retire() -> (T, RangeState) {
+        let mut t = five_keys();
+        let (_, right) = split_at(&mut t.s, 5, "h", 10);
+        let mut right = right.expect("split");
+        let r = right.apply(
+            2,
+            1,
+            &Proposal {
+                epoch: 6,
+                command: Command::Retire,
+            },
+        );
+        assert_eq!(r, ApplyResult::Retired(right.descriptor().clone()));
+        (t, right)
+    }
+
+    fn absorb(t: &mut T, epoch: u64, right: &RangeState) -> ApplyResult {
+        let index = t.s.applied().0 + 1;
+        let command = Command::Absorb {
+            right: right.snapshot(),
+        };
+        t.s.apply(index, 1, &Proposal { epoch, command })
+    }
+
+    #[test]
+    fn a_retired_range_refuses_every_command_but_retire() {
+        let (_, mut right) = split_and_retire();
+        assert!(right.is_retired());
+        let hash = right.state_hash_by_scan();
+        for (i, command) in [
+            Command::Put {
+                key: b("k"),
+                value: b("v"),
+            },
+            Command::Delete { key: b("p") },
+            Command::Split {
+                at: b("m"),
+                new_range: 11,
+            },
+            Command::Absorb {
+                right: Bytes::new(),
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = right.apply(3 + i as u64, 1, &Proposal { epoch: 6, command });
+            assert_eq!(r, ApplyResult::Error(ApplyError::Retired));
+        }
+        let r = right.apply(
+            7,
+            1,
+            &Proposal {
+                epoch: 6,
+                command: Command::Retire,
+            },
+        );
+        assert_eq!(r, ApplyResult::Retired(right.descriptor().clone()));
+        assert_eq!(right.get(b"p"), Some(b("4444")));
+        assert_eq!(right.len(), 3);
+        assert_eq!(right.state_hash(), right.state_hash_by_scan());
+        assert_ne!(right.state_hash(), hash, "the applied index moved");
+        // It stays retired through its snapshot.
+        let restored = RangeState::restore(&right.snapshot()).expect("restores");
+        assert!(restored.is_retired());
+        assert_eq!(restored.state_hash(), right.state_hash());
+    }
+
+    #[test]
+    fn the_left_range_absorbs_its_retired_neighbour() {
+        let (mut t, right) = split_and_retire();
+        let r = absorb(&mut t, 6, &right);
+        let ApplyResult::Merged { left, right: rd } = r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(&rd, right.descriptor());
+        assert_eq!(
+            (left.start.clone(), left.end.clone(), left.epoch),
+            (b("b"), b("y"), 7)
+        );
+        assert_eq!(t.s.descriptor(), &left);
+        assert_eq!(t.s.len(), 5);
+        assert_eq!(t.s.get(b"p"), Some(b("4444")));
+        assert_counters_exact(&t.s);
+        // The merged range takes writes anywhere in its span, and splits
+        // again where it was cut.
+        t.run_epoch(
+            7,
+            Command::Put {
+                key: b("q"),
+                value: b("new"),
+            },
+        );
+        assert_eq!(t.s.get(b"q"), Some(b("new")));
+        let (r, again) = split_at(&mut t.s, 7, "h", 11);
+        assert!(matches!(r, ApplyResult::Split { .. }), "{r:?}");
+        assert_eq!(again.expect("split").len(), 4);
+        assert_eq!(t.s.len(), 2);
+    }
+
+    #[test]
+    fn refused_merges_change_nothing_but_the_applied_index() {
+        let (t0, right) = split_and_retire();
+        let pairs = |s: &RangeState| -> Vec<(Vec<u8>, Bytes)> {
+            s.pairs().map(|(k, v)| (k.to_vec(), v.clone())).collect()
+        };
+        let check = |mut t: T, right: &RangeState, epoch: u64| {
+            let before = (
+                t.s.descriptor().clone(),
+                pairs(&t.s),
+                t.s.approximate_bytes(),
+            );
+            let r = absorb(&mut t, epoch, right);
+            assert!(
+                matches!(
+                    r,
+                    ApplyResult::Error(
+                        ApplyError::InvalidMerge { .. } | ApplyError::EpochMismatch { .. }
+                    )
+                ),
+                "{r:?}"
+            );
+            assert_eq!(
+                before,
+                (
+                    t.s.descriptor().clone(),
+                    pairs(&t.s),
+                    t.s.approximate_bytes()
+                )
+            );
+        };
+        let clone = |t: &T| T { s: t.s.clone() };
+        // Not retired.
+        let mut live = right.clone();
+        live.retired = false;
+        check(clone(&t0), &live, 6);
+        // Not adjacent: the left range ends elsewhere.
+        let mut far = clone(&t0);
+        let _ = split_at(&mut far.s, 6, "e", 12);
+        check(far, &right, 7);
+        // Other replicas.
+        let mut moved = right.clone();
+        moved.desc.replicas = vec![1, 2, 4];
+        check(clone(&t0), &moved, 6);
+        // Itself.
+        let mut same = right.clone();
+        same.desc.id = t0.s.descriptor().id;
+        check(clone(&t0), &same, 6);
+        // Not a snapshot at all; an old epoch.
+        let mut t = clone(&t0);
+        let index = t.s.applied().0 + 1;
+        let r = t.s.apply(
+            index,
+            1,
+            &Proposal {
+                epoch: 6,
+                command: Command::Absorb { right: b("junk") },
+            },
+        );
+        assert!(
+            matches!(r, ApplyResult::Error(ApplyError::InvalidMerge { .. })),
+            "{r:?}"
+        );
+        check(clone(&t0), &right, 5);
+        // A retired range absorbs nothing.
+        let mut t = clone(&t0);
+        let index = t.s.applied().0 + 1;
+        t.s.apply(
+            index,
+            1,
+            &Proposal {
+                epoch: 6,
+                command: Command::Retire,
+            },
+        );
+        let r = absorb(&mut t, 6, &right);
+        assert_eq!(r, ApplyResult::Error(ApplyError::Retired));
     }
 
     #[test]

@@ -89,6 +89,10 @@ enum CommandWire {
         at: Bytes,
         new_range: u64,
     },
+    Retire,
+    Absorb {
+        right: Bytes,
+    },
 }
 
 #[derive(Archive, Serialize)]
@@ -203,6 +207,10 @@ fn command_wire(command: &Command) -> CommandWire {
             at: at.clone(),
             new_range: *new_range,
         },
+        Command::Retire => CommandWire::Retire,
+        Command::Absorb { right } => CommandWire::Absorb {
+            right: right.clone(),
+        },
     }
 }
 
@@ -274,6 +282,10 @@ pub(crate) fn decode_proposal(bytes: &[u8]) -> Result<Proposal, DecodeError> {
             at: bytes_of(at),
             new_range: new_range.to_native(),
         },
+        ArchivedCommandWire::Retire => Command::Retire,
+        ArchivedCommandWire::Absorb { right } => Command::Absorb {
+            right: bytes_of(right),
+        },
     };
     Ok(Proposal {
         epoch: a.epoch.to_native(),
@@ -282,12 +294,18 @@ pub(crate) fn decode_proposal(bytes: &[u8]) -> Result<Proposal, DecodeError> {
 }
 
 /// Validates an encoded proposal (as [`decode_proposal`] does) without
-/// decoding its command: its epoch, and whether it is a split.
+/// decoding its command: its epoch, and whether it is a split or a step of
+/// a merge ([`Command::is_structural`]).
 pub(crate) fn peek_proposal(bytes: &[u8]) -> Result<(u64, bool), DecodeError> {
     let body = versioned(bytes, PROPOSAL_FORMAT_VERSION)?;
     let a = rkyv::access::<ArchivedProposalWire, RkyvError>(body).map_err(archive_err)?;
-    let split = matches!(a.command, ArchivedCommandWire::Split { .. });
-    Ok((a.epoch.to_native(), split))
+    let structural = matches!(
+        a.command,
+        ArchivedCommandWire::Split { .. }
+            | ArchivedCommandWire::Retire
+            | ArchivedCommandWire::Absorb { .. }
+    );
+    Ok((a.epoch.to_native(), structural))
 }
 
 pub(crate) fn encode_descriptor(d: &RangeDescriptor) -> Bytes {
@@ -364,6 +382,8 @@ mod tests {
                     at: b(n),
                     new_range: 3,
                 },
+                Command::Retire,
+                Command::Absorb { right: b(n) },
                 Command::Batch(
                     (0..n.min(50))
                         .map(|i| match i % 2 {

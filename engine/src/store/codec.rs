@@ -172,6 +172,21 @@ pub enum Control {
     /// sent entries after some index: the leader must probe it from the
     /// start (`Raft::restart_progress`).
     Restart { range: RangeId },
+    /// The sender's replica `incarnation` of `range`, which spans
+    /// `[start, end)` at `epoch` and knows no leader, asks whether the range
+    /// was merged away: a node holding a replica of another range over that
+    /// whole span at a higher epoch answers [`Control::Merged`].
+    AskMerged {
+        range: RangeId,
+        start: Bytes,
+        end: Bytes,
+        epoch: u64,
+        incarnation: u64,
+    },
+    /// The answer to [`Control::AskMerged`]: the receiver's replica
+    /// `incarnation` of `range` was merged into another range (its keys are
+    /// there now) and is deleted.
+    Merged { range: RangeId, incarnation: u64 },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -212,6 +227,17 @@ enum WireControl {
     },
     Restart {
         range: u64,
+    },
+    AskMerged {
+        range: u64,
+        start: Bytes,
+        end: Bytes,
+        epoch: u64,
+        incarnation: u64,
+    },
+    Merged {
+        range: u64,
+        incarnation: u64,
     },
 }
 
@@ -365,6 +391,22 @@ fn wire_batch(batch: &PeerBatch) -> WireBatch {
                     incarnation,
                 },
                 &Control::Restart { range } => WireControl::Restart { range },
+                Control::AskMerged {
+                    range,
+                    start,
+                    end,
+                    epoch,
+                    incarnation,
+                } => WireControl::AskMerged {
+                    range: *range,
+                    start: start.clone(),
+                    end: end.clone(),
+                    epoch: *epoch,
+                    incarnation: *incarnation,
+                },
+                &Control::Merged { range, incarnation } => {
+                    WireControl::Merged { range, incarnation }
+                }
             })
             .collect(),
     }
@@ -479,6 +521,22 @@ pub fn decode_batch(bytes: &[u8]) -> Result<PeerBatch, CodecError> {
                     incarnation,
                 },
                 WireControl::Restart { range } => Control::Restart { range },
+                WireControl::AskMerged {
+                    range,
+                    start,
+                    end,
+                    epoch,
+                    incarnation,
+                } => Control::AskMerged {
+                    range,
+                    start,
+                    end,
+                    epoch,
+                    incarnation,
+                },
+                WireControl::Merged { range, incarnation } => {
+                    Control::Merged { range, incarnation }
+                }
             })
         })
         .collect::<Result<Vec<_>, CodecError>>()?;

@@ -127,6 +127,9 @@ pub struct StoreStats {
     pub forwards_served: u64,
     /// Ranges this node created by applying a split.
     pub splits_applied: u64,
+    /// Merges applied here (a replica took over its retired right-hand
+    /// neighbour).
+    pub merges_applied: u64,
     /// Uninitialized replicas created for peers' messages (or recovered).
     pub uninitialized_created: u64,
     /// Replicas deleted because a membership change took them out.
@@ -461,6 +464,7 @@ impl Store {
         let bytes = match &req {
             Request::Write { command, .. } => Some(command.payload_bytes()),
             Request::WriteEncoded { proposal, .. } => Some(proposal.bytes().len()),
+            Request::Absorb { right, .. } => Some(right.len()),
             _ => None,
         };
         if let Some(bytes) = bytes
@@ -493,7 +497,11 @@ impl Store {
             return None;
         }
         match req {
-            Request::Write { .. } | Request::WriteEncoded { .. } | Request::Split { .. } => {}
+            Request::Write { .. }
+            | Request::WriteEncoded { .. }
+            | Request::Split { .. }
+            | Request::Retire { .. }
+            | Request::Absorb { .. } => {}
             Request::Read { consistency, .. } if *consistency != ReadConsistency::Stale => {}
             Request::Read { .. }
             | Request::TransferLeader { .. }
@@ -520,7 +528,11 @@ impl Store {
                 sent_tick: self.ticks,
                 write: matches!(
                     request,
-                    Request::Write { .. } | Request::WriteEncoded { .. } | Request::Split { .. }
+                    Request::Write { .. }
+                        | Request::WriteEncoded { .. }
+                        | Request::Split { .. }
+                        | Request::Retire { .. }
+                        | Request::Absorb { .. }
                 ),
             },
         );
@@ -629,6 +641,19 @@ impl Store {
             range,
             leader: (leader != NO_NODE).then_some(leader),
         };
+        // A retired range takes no write: its keys are its left
+        // neighbour's (its replicas may still move, to meet that
+        // neighbour's for the merge).
+        let writes = matches!(
+            req,
+            Request::Write { .. }
+                | Request::WriteEncoded { .. }
+                | Request::Split { .. }
+                | Request::Absorb { .. }
+        );
+        if writes && r.state.is_retired() {
+            return Err(StoreError::RangeRetired { range });
+        }
         match req {
             Request::TransferLeader { to, .. } => {
                 r.raft.transfer_leader(to).map_err(|e| match e {
@@ -687,6 +712,46 @@ impl Store {
                     return Err(invalid("a membership change is in progress".into()));
                 }
                 let command = Command::Split { at, new_range };
+                propose(
+                    r,
+                    id,
+                    Proposal { epoch, command }.encode(),
+                    &mut self.stats,
+                    &mut self.replies,
+                )?;
+            }
+            Request::Retire { epoch, .. } => {
+                if range == META_RANGE {
+                    return Err(StoreError::Invalid {
+                        range,
+                        why: "the meta range is never merged".into(),
+                    });
+                }
+                // Asked again (a retry after an unclear answer): done is done.
+                if r.state.is_retired() {
+                    let reply = Ok(Reply::Applied(ApplyResult::Retired(desc.clone())));
+                    self.replies.push((id, reply));
+                    return Ok(());
+                }
+                let command = Command::Retire;
+                propose(
+                    r,
+                    id,
+                    Proposal { epoch, command }.encode(),
+                    &mut self.stats,
+                    &mut self.replies,
+                )?;
+            }
+            Request::Absorb { epoch, right, .. } => {
+                let invalid = |why: String| StoreError::Invalid { range, why };
+                if range == META_RANGE {
+                    return Err(invalid("the meta range is never merged".into()));
+                }
+                let conf = r.raft.conf_state();
+                if conf.is_joint() || !conf.learners_next.is_empty() {
+                    return Err(invalid("a membership change is in progress".into()));
+                }
+                let command = Command::Absorb { right };
                 propose(
                     r,
                     id,
@@ -873,6 +938,32 @@ impl Store {
                     node,
                     incarnation,
                 } => self.answer_probe(from, node, range, incarnation),
+                Control::AskMerged {
+                    range,
+                    start,
+                    end,
+                    epoch,
+                    incarnation,
+                } => {
+                    if self.covers(range, &start, &end, epoch) {
+                        peer_batch(&mut self.outbox, from, self.outbox_hint)
+                            .control
+                            .push(Control::Merged { range, incarnation });
+                    }
+                }
+                Control::Merged { range, incarnation } => {
+                    if self
+                        .replicas
+                        .get(&range)
+                        .is_some_and(|r| r.incarnation == incarnation)
+                        && !self.uninitialized.contains(&range)
+                    {
+                        let mut groups = Vec::new();
+                        let mut after = AfterPersist::default();
+                        self.stats.merges_applied += 1;
+                        self.remove_replica(range, &mut groups, &mut after);
+                    }
+                }
             }
         }
     }
@@ -1232,6 +1323,9 @@ impl Store {
             entries: Vec::new(),
             hard_state: rd.hard_state,
         };
+        // Whether a snapshot replaced the state: it may have taken over a
+        // merged range whose replica here never applied the merge.
+        let mut replaced_state = false;
         if let Some(snap) = rd.snapshot {
             match RangeState::restore(&snap.data.bytes()) {
                 Ok(state) if state.applied().0 == snap.meta.index => {
@@ -1247,6 +1341,7 @@ impl Store {
                             .push((req, Err(StoreError::Ambiguous { range })));
                     }
                     r.state = state;
+                    replaced_state = true;
                     self.uninitialized.remove(&range);
                     self.uninitialized_heard.remove(&range);
                     self.stats.snapshots_installed += 1;
@@ -1283,6 +1378,15 @@ impl Store {
             .iter()
             .map(|e| (e.index, e.term, encode_payload(&e.payload)))
             .collect();
+        if replaced_state {
+            for merged in self.merged_into(range) {
+                self.stats.merges_applied += 1;
+                self.remove_replica(merged, groups, after);
+            }
+        }
+        let Some(r) = self.replicas.get_mut(&range) else {
+            return;
+        };
         defer_commit_only(r, &mut gw);
         if point.is_some() || !rd.persisted_messages.is_empty() {
             after.groups.push((range, point, rd.persisted_messages));
@@ -1297,6 +1401,7 @@ impl Store {
         };
         let mut undecodable = None;
         let mut split_off = Vec::new();
+        let mut absorbed = Vec::new();
         let mut probe = false;
         for e in rd.committed_entries {
             let result = match &e.payload {
@@ -1304,6 +1409,9 @@ impl Store {
                     Ok(p) => {
                         let (result, right) = r.state.apply_entry(e.index, e.term, p);
                         split_off.extend(right);
+                        if let ApplyResult::Merged { right, .. } = &result {
+                            absorbed.push(right.id);
+                        }
                         Some(result)
                     }
                     // Skipping a committed command would let this replica
@@ -1349,6 +1457,10 @@ impl Store {
                         requested: *proposal,
                         current: Box::new(r.state.descriptor().clone()),
                     }),
+                    // Retired meanwhile: certainly not applied.
+                    (Some(ApplyResult::Error(ApplyError::Retired)), true) => {
+                        Err(StoreError::RangeRetired { range })
+                    }
                     (Some(res), true) => Ok(Reply::Applied(res.clone())),
                     (None, true) => Err(StoreError::Unavailable(format!(
                         "range {range}: entry {i} holds an undecodable command"
@@ -1361,6 +1473,16 @@ impl Store {
         let leads = r.raft.is_leader();
         for right in split_off {
             self.create_split_range(right, leads, groups, after);
+        }
+        // The merged range's keys live here now: this node's replica of it
+        // is done (the entry carried its state, so a crash before this
+        // entry is durable here loses nothing: the log's other replicas
+        // hold it).
+        for right in absorbed {
+            if right != range {
+                self.stats.merges_applied += 1;
+                self.remove_replica(right, groups, after);
+            }
         }
         if let Some(why) = undecodable {
             self.fail_replica(range, why);
@@ -1547,6 +1669,64 @@ impl Store {
         }
     }
 
+    /// This node's other replicas whose whole span `range`'s replica now
+    /// holds at a higher epoch: ranges merged into it (spans only grow by
+    /// merges, and every merge raises the epoch above both sides'), whose
+    /// replicas here missed the merge. A replica of a split's right half
+    /// overlaps a lagging left half but never lies inside it with a lower
+    /// epoch, and a lagging left half lies inside nothing newer. O(replicas
+    /// here): asked after a snapshot replaced a state, and of a leaderless
+    /// or retired replica at its periodic check.
+    fn merged_into(&self, range: RangeId) -> Vec<RangeId> {
+        let Some(r) = self.replicas.get(&range) else {
+            return Vec::new();
+        };
+        if self.uninitialized.contains(&range) {
+            return Vec::new();
+        }
+        let d = r.state.descriptor();
+        let inside = |o: &RangeDescriptor| {
+            o.start[..] >= d.start[..]
+                && (d.end.is_empty() || (!o.end.is_empty() && o.end <= d.end))
+        };
+        self.replicas
+            .iter()
+            .filter(|&(&id, o)| {
+                id != range
+                    && id != META_RANGE
+                    && !self.uninitialized.contains(&id)
+                    && o.state.descriptor().epoch < d.epoch
+                    && inside(o.state.descriptor())
+            })
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Whether an initialized replica here, of a range other than `range`,
+    /// holds the whole span `[start, end)` at a higher epoch than `epoch`:
+    /// then `range`, which had that span at that epoch, was merged into it
+    /// (see [`Store::merged_into`]).
+    fn covers(&self, range: RangeId, start: &[u8], end: &[u8], epoch: u64) -> bool {
+        self.replicas.iter().any(|(&id, o)| {
+            let od = o.state.descriptor();
+            id != range
+                && id != META_RANGE
+                && !self.uninitialized.contains(&id)
+                && od.epoch > epoch
+                && od.start[..] <= *start
+                && (od.end.is_empty() || (!end.is_empty() && *end <= od.end[..]))
+        })
+    }
+
+    /// Whether `range`'s replica here was merged into a range this node
+    /// also holds (it missed the merge).
+    fn merged_away(&self, range: RangeId) -> bool {
+        self.replicas.get(&range).is_some_and(|r| {
+            let d = r.state.descriptor();
+            self.covers(range, &d.start, &d.end, d.epoch)
+        })
+    }
+
     /// Takes a snapshot for log compaction once enough was applied since the
     /// last one; the host stores it before this batch's WAL records.
     ///
@@ -1722,6 +1902,19 @@ impl Store {
                 }
                 continue;
             }
+            // Merged away while this replica lagged (its range's other
+            // replicas are gone, so no leader will tell it).
+            let stranded = self
+                .replicas
+                .get(&range)
+                .is_some_and(|r| r.raft.leader() == NO_NODE || r.state.is_retired());
+            if stranded && self.merged_away(range) {
+                let mut groups = Vec::new();
+                let mut after = AfterPersist::default();
+                self.stats.merges_applied += 1;
+                self.remove_replica(range, &mut groups, &mut after);
+                continue;
+            }
             // Quiesced ones too: a follower whose leader was deposed while
             // it slept (and the range moved on without it) hears nothing.
             self.probe_members(range);
@@ -1796,15 +1989,30 @@ impl Store {
             ask.extend(self.peers.keys().copied());
         }
         ask.remove(&me);
+        // A replica without a leader may be all that is left of a range
+        // merged away while it was cut off (taken out of the range just
+        // before, it holds no replica of the range that took its keys):
+        // whoever holds that range tells it.
+        let d = r.state.descriptor();
+        let merged = (r.raft.leader() == NO_NODE && !self.uninitialized.contains(&range))
+            .then(|| (d.start.clone(), d.end.clone(), d.epoch));
         for node in ask {
             if self.peers.contains_key(&node) {
-                peer_batch(&mut self.outbox, node, self.outbox_hint)
-                    .control
-                    .push(Control::Probe {
+                let control = &mut peer_batch(&mut self.outbox, node, self.outbox_hint).control;
+                control.push(Control::Probe {
+                    range,
+                    node: me,
+                    incarnation,
+                });
+                if let Some((start, end, epoch)) = &merged {
+                    control.push(Control::AskMerged {
                         range,
-                        node: me,
+                        start: start.clone(),
+                        end: end.clone(),
+                        epoch: *epoch,
                         incarnation,
                     });
+                }
             }
         }
     }
@@ -2210,6 +2418,22 @@ fn serve_read(range: RangeId, r: &Replica, op: &ReadOp, epoch: u64) -> Result<Re
             current: Box::new(desc.clone()),
         });
     }
+    // A retired range's keys belong to its left neighbour once the merge
+    // is done, and may be written there already: its data is not read,
+    // but exported for the merge.
+    match op {
+        ReadOp::Get { .. } | ReadOp::Scan { .. } | ReadOp::Count if state.is_retired() => {
+            return Err(StoreError::RangeRetired { range });
+        }
+        ReadOp::Export if state.is_retired() => return Ok(Reply::Snapshot(state.snapshot())),
+        ReadOp::Export => {
+            return Err(StoreError::Invalid {
+                range,
+                why: "only a retired range is exported".into(),
+            });
+        }
+        _ => {}
+    }
     // The client routed by its view of the meta range, which may lag a
     // split: a key this range no longer holds must not read as absent.
     let inside = match op {
@@ -2218,7 +2442,7 @@ fn serve_read(range: RangeId, r: &Replica, op: &ReadOp, epoch: u64) -> Result<Re
             desc.contains(start)
                 && (desc.end.is_empty() || (!end.is_empty() && end[..] <= desc.end[..]))
         }
-        ReadOp::Hash | ReadOp::Count | ReadOp::Stats { .. } => true,
+        ReadOp::Hash | ReadOp::Count | ReadOp::Stats { .. } | ReadOp::Export => true,
     };
     if !inside {
         return Err(StoreError::KeyNotInRange {
@@ -2260,10 +2484,14 @@ fn serve_read_now(state: &RangeState, op: &ReadOp, leader: Option<NodeId>) -> Re
                 bytes,
                 split_key: (keys >= *split_keys || bytes >= *split_bytes)
                     .then(|| state.middle_key())
-                    .flatten(),
+                    .flatten()
+                    .filter(|_| !state.is_retired()),
                 leader,
+                retired: state.is_retired(),
             }
         }
+        // `serve_read` answers it.
+        ReadOp::Export => Reply::Snapshot(state.snapshot()),
     }
 }
 

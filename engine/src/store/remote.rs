@@ -43,6 +43,15 @@ enum WireRequest {
         add: Vec<u64>,
         remove: Vec<u64>,
     },
+    Retire {
+        range: u64,
+        epoch: u64,
+    },
+    Absorb {
+        range: u64,
+        epoch: u64,
+        right: Bytes,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -70,6 +79,7 @@ enum WireReadOp {
         end: Bytes,
         limit: u64,
     },
+    Export,
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -127,6 +137,17 @@ enum WireReply {
         split_key: Option<Bytes>,
         leader: u64,
     },
+    /// `Reply::Stats` of a retired range (a variant of its own, so that the
+    /// common answer keeps the archive of nodes of the version before).
+    RetiredStats {
+        keys: u64,
+        bytes: u64,
+        leader: u64,
+    },
+    RangeRetired {
+        range: u64,
+    },
+    Snapshot(Bytes),
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -164,6 +185,15 @@ enum WireApply {
         max: u64,
     },
     Replicas(Bytes),
+    Retired(Bytes),
+    Merged {
+        left: Bytes,
+        right: Bytes,
+    },
+    RetiredRange,
+    InvalidMerge {
+        why: String,
+    },
 }
 
 /// Bytes an encoding starts with room for, at least.
@@ -258,6 +288,19 @@ pub fn encode_request(req: &Request) -> Bytes {
             add: add.clone(),
             remove: remove.clone(),
         },
+        Request::Retire { range, epoch } => WireRequest::Retire {
+            range: *range,
+            epoch: *epoch,
+        },
+        Request::Absorb {
+            range,
+            epoch,
+            right,
+        } => WireRequest::Absorb {
+            range: *range,
+            epoch: *epoch,
+            right: right.clone(),
+        },
         Request::Read {
             range,
             epoch,
@@ -297,6 +340,7 @@ pub fn encode_request(req: &Request) -> Bytes {
                     split_keys: *split_keys,
                     split_bytes: *split_bytes,
                 },
+                ReadOp::Export => WireReadOp::Export,
             },
             consistency: match consistency {
                 ReadConsistency::Linearizable => 0,
@@ -356,6 +400,16 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
             add,
             remove,
         },
+        WireRequest::Retire { range, epoch } => Request::Retire { range, epoch },
+        WireRequest::Absorb {
+            range,
+            epoch,
+            right,
+        } => Request::Absorb {
+            range,
+            epoch,
+            right,
+        },
         WireRequest::Read {
             range,
             epoch,
@@ -387,6 +441,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
                     split_keys,
                     split_bytes,
                 },
+                WireReadOp::Export => ReadOp::Export,
             },
             consistency: match consistency {
                 0 => ReadConsistency::Linearizable,
@@ -437,6 +492,15 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
                 right: right.encode(),
             },
             ApplyResult::Replicas(d) => WireApply::Replicas(d.encode()),
+            ApplyResult::Retired(d) => WireApply::Retired(d.encode()),
+            ApplyResult::Merged { left, right } => WireApply::Merged {
+                left: left.encode(),
+                right: right.encode(),
+            },
+            ApplyResult::Error(ApplyError::Retired) => WireApply::RetiredRange,
+            ApplyResult::Error(ApplyError::InvalidMerge { why }) => {
+                WireApply::InvalidMerge { why: why.clone() }
+            }
         }),
         Ok(Reply::Value(v)) => WireReply::Value(v.clone()),
         Ok(Reply::Pairs(ps)) => WireReply::Pairs(
@@ -455,8 +519,20 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
         Ok(Reply::Stats {
             keys,
             bytes,
+            leader,
+            retired: true,
+            ..
+        }) => WireReply::RetiredStats {
+            keys: *keys,
+            bytes: *bytes,
+            leader: leader.unwrap_or(0),
+        },
+        Ok(Reply::Stats {
+            keys,
+            bytes,
             split_key,
             leader,
+            retired: false,
         }) => WireReply::Stats {
             keys: *keys,
             bytes: *bytes,
@@ -491,6 +567,8 @@ pub fn encode_reply(reply: &Result<Reply, StoreError>) -> Bytes {
             range: *range,
             descriptor: current.encode(),
         },
+        Err(StoreError::RangeRetired { range }) => WireReply::RangeRetired { range: *range },
+        Ok(Reply::Snapshot(bytes)) => WireReply::Snapshot(bytes.clone()),
     };
     encode(&wire, 0)
 }
@@ -524,6 +602,15 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecErro
             WireApply::Replicas(d) => {
                 ApplyResult::Replicas(RangeDescriptor::decode(&d).map_err(archive_err)?)
             }
+            WireApply::Retired(d) => {
+                ApplyResult::Retired(RangeDescriptor::decode(&d).map_err(archive_err)?)
+            }
+            WireApply::Merged { left, right } => ApplyResult::Merged {
+                left: RangeDescriptor::decode(&left).map_err(archive_err)?,
+                right: RangeDescriptor::decode(&right).map_err(archive_err)?,
+            },
+            WireApply::RetiredRange => ApplyResult::Error(ApplyError::Retired),
+            WireApply::InvalidMerge { why } => ApplyResult::Error(ApplyError::InvalidMerge { why }),
         })),
         WireReply::Value(v) => Ok(Reply::Value(v)),
         WireReply::Pairs(ps) => Ok(Reply::Pairs(
@@ -541,7 +628,21 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Result<Reply, StoreError>, CodecErro
             bytes,
             split_key,
             leader: (leader != 0).then_some(leader),
+            retired: false,
         }),
+        WireReply::RetiredStats {
+            keys,
+            bytes,
+            leader,
+        } => Ok(Reply::Stats {
+            keys,
+            bytes,
+            split_key: None,
+            leader: (leader != 0).then_some(leader),
+            retired: true,
+        }),
+        WireReply::RangeRetired { range } => Err(StoreError::RangeRetired { range }),
+        WireReply::Snapshot(bytes) => Ok(Reply::Snapshot(bytes)),
         WireReply::NotLeader { range, leader } => Err(StoreError::NotLeader {
             range,
             leader: (leader != 0).then_some(leader),
@@ -608,6 +709,18 @@ mod tests {
                 },
                 consistency: ReadConsistency::Linearizable,
             },
+            Request::Retire { range: 5, epoch: 3 },
+            Request::Absorb {
+                range: 4,
+                epoch: 2,
+                right: Bytes::from_static(b"snapshot"),
+            },
+            Request::Read {
+                range: 5,
+                epoch: 3,
+                op: ReadOp::Export,
+                consistency: ReadConsistency::Stale,
+            },
         ];
         for r in reqs {
             let back = decode_request(&encode_request(&r));
@@ -639,6 +752,14 @@ mod tests {
                 (_, back) => assert_eq!(back, Ok(r)),
             }
         }
+        let d = RangeDescriptor {
+            id: 5,
+            start: Bytes::from_static(b"a"),
+            end: Bytes::from_static(b"m"),
+            replicas: vec![1, 2, 3],
+            epoch: 4,
+            conf_ver: 1,
+        };
         let replies = vec![
             Ok(Reply::Applied(ApplyResult::Cas {
                 swapped: false,
@@ -660,6 +781,33 @@ mod tests {
                 leader: Some(2),
             }),
             Err(StoreError::Unavailable("down".into())),
+            Err(StoreError::RangeRetired { range: 5 }),
+            Ok(Reply::Snapshot(Bytes::from_static(b"snapshot"))),
+            Ok(Reply::Applied(ApplyResult::Retired(d.clone()))),
+            Ok(Reply::Applied(ApplyResult::Merged {
+                left: d.clone(),
+                right: RangeDescriptor { id: 6, ..d.clone() },
+            })),
+            Ok(Reply::Applied(ApplyResult::Error(ApplyError::Retired))),
+            Ok(Reply::Applied(ApplyResult::Error(
+                ApplyError::InvalidMerge {
+                    why: "apart".into(),
+                },
+            ))),
+            Ok(Reply::Stats {
+                keys: 3,
+                bytes: 30,
+                split_key: Some(Bytes::from_static(b"m")),
+                leader: Some(2),
+                retired: false,
+            }),
+            Ok(Reply::Stats {
+                keys: 3,
+                bytes: 30,
+                split_key: None,
+                leader: None,
+                retired: true,
+            }),
         ];
         for r in replies {
             assert_eq!(decode_reply(&encode_reply(&r)), Ok(r));

@@ -51,6 +51,10 @@ pub enum ReadOp {
         split_keys: u64,
         split_bytes: u64,
     },
+    /// The snapshot of a retired range (`Reply::Snapshot`), what a merge
+    /// carries into its left neighbour. Refused with `Invalid` unless the
+    /// range is retired (its state is then fixed).
+    Export,
 }
 
 /// A request for one range. `epoch` is the epoch of the descriptor the client
@@ -114,6 +118,25 @@ pub enum Request {
         add: Vec<NodeId>,
         remove: Vec<NodeId>,
     },
+    /// The first step of a merge: retire this range (the right-hand one) for
+    /// good, so that its left neighbour can take it over (`Absorb`). A write,
+    /// answered with `Reply::Applied(ApplyResult::Retired(descriptor))` once
+    /// applied, or at once by a leader whose range is retired already.
+    /// Refused with `Invalid` for the meta range and during a membership
+    /// change.
+    Retire { range: RangeId, epoch: u64 },
+    /// The second step of a merge: this range (the left-hand one) takes over
+    /// the retired range whose snapshot (`ReadOp::Export`) is `right`. A
+    /// write, answered with `Reply::Applied(ApplyResult::Merged { .. })`
+    /// once applied (see `Command::Absorb` for when it is refused). Refused
+    /// with `Invalid` for the meta range, during a membership change, or if
+    /// `right` is over `StoreConfig::proposal_bytes_max`. Every replica then
+    /// deletes its replica of the retired range.
+    Absorb {
+        range: RangeId,
+        epoch: u64,
+        right: Bytes,
+    },
 }
 
 impl Request {
@@ -124,7 +147,9 @@ impl Request {
             | Request::Read { range, .. }
             | Request::TransferLeader { range, .. }
             | Request::Split { range, .. }
-            | Request::ChangeReplicas { range, .. } => *range,
+            | Request::ChangeReplicas { range, .. }
+            | Request::Retire { range, .. }
+            | Request::Absorb { range, .. } => *range,
         }
     }
 
@@ -135,7 +160,9 @@ impl Request {
             | Request::Read { epoch, .. }
             | Request::TransferLeader { epoch, .. }
             | Request::Split { epoch, .. }
-            | Request::ChangeReplicas { epoch, .. } => *epoch,
+            | Request::ChangeReplicas { epoch, .. }
+            | Request::Retire { epoch, .. }
+            | Request::Absorb { epoch, .. } => *epoch,
         }
     }
 }
@@ -163,7 +190,12 @@ pub enum Reply {
         split_key: Option<Bytes>,
         /// The leader the serving replica knows of.
         leader: Option<NodeId>,
+        /// Whether the range is retired (a merge under way: its left
+        /// neighbour is to take it over).
+        retired: bool,
     },
+    /// Answer to `ReadOp::Export`: a retired range's snapshot.
+    Snapshot(Bytes),
 }
 
 /// Why a request was not served. Each variant says whether retrying is safe.
@@ -216,6 +248,11 @@ pub enum StoreError {
     /// The node had stopped before the request reached it. Safe to retry.
     #[error("node stopped")]
     Stopped,
+    /// The range is retired: a merge is moving its keys into its left
+    /// neighbour. Not applied; route again by key (after the merge the
+    /// left neighbour holds them) and retry.
+    #[error("range {range} is retired: it is being merged into its left neighbour")]
+    RangeRetired { range: RangeId },
 }
 
 impl StoreError {
@@ -230,6 +267,7 @@ impl StoreError {
                 | StoreError::Busy { .. }
                 | StoreError::Dropped { .. }
                 | StoreError::Stopped
+                | StoreError::RangeRetired { .. }
         )
     }
 }
