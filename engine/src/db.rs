@@ -1235,8 +1235,10 @@ impl Db {
                 via_local = false;
                 let req = make(&d);
                 // A split is re-checked by its caller, never resent at
-                // another epoch here (it may have been applied already).
-                let is_split = matches!(req, Request::Split { .. });
+                // another epoch here (it may have been applied already);
+                // so is a merge's absorb (its snapshot may be stale by
+                // then: the merge done, and the range split again).
+                let is_split = matches!(req, Request::Split { .. } | Request::Absorb { .. });
                 // The attempt itself is bounded too: a proposal on a leader
                 // that was cut off and stepped down is answered only when
                 // the partition heals.
@@ -1356,20 +1358,23 @@ impl Db {
                     // A merge is moving the range's keys to its left
                     // neighbour: once it is done, the meta range shows
                     // that neighbour over them.
-                    CallError::Store(StoreError::RangeRetired { .. }) => {
-                        if let Some(k) = key {
-                            let _ = tokio::time::timeout_at(
-                                deadline.into(),
-                                self.refresh_routes_quietly(),
-                            )
-                            .await;
-                            if let Some(fresh) = self.route(k)
-                                && fresh.id != d.id
-                            {
-                                desc = Some(fresh);
-                                target = None;
-                                continue;
-                            }
+                    CallError::Store(StoreError::RangeRetired { range }) => {
+                        // Asked of the range itself (not of a key): it will
+                        // never take it.
+                        let Some(k) = key else {
+                            return Err(DbError::Invalid(format!(
+                                "range {range} is retired: it is being merged into its left neighbour"
+                            )));
+                        };
+                        let _ =
+                            tokio::time::timeout_at(deadline.into(), self.refresh_routes_quietly())
+                                .await;
+                        if let Some(fresh) = self.route(k)
+                            && fresh.id != d.id
+                        {
+                            desc = Some(fresh);
+                            target = None;
+                            continue;
                         }
                     }
                     CallError::Store(e) if e.is_retryable() => {

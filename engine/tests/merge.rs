@@ -161,7 +161,11 @@ async fn merges_under_writers_lose_nothing_and_survive_a_restart() {
         unknown += w.await.expect("writer");
     }
     let acked = acked.lock().clone();
-    assert!(acked.len() > 100, "only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() > 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
 
     let ranges = ranges_when(&dbs[1], 2).await;
     assert_eq!(ranges.len(), 2, "{ranges:?}");
@@ -183,7 +187,11 @@ async fn merges_under_writers_lose_nothing_and_survive_a_restart() {
 
     // A request routed with a retired range's old descriptor finds the
     // merged range; the retired one answers nowhere.
-    let old = before.iter().find(|d| d.id == retired[0]).expect("old").clone();
+    let old = before
+        .iter()
+        .find(|d| d.id == retired[0])
+        .expect("old")
+        .clone();
     let reply = dbs[0]
         .node()
         .call_on(
@@ -230,13 +238,18 @@ async fn a_neighbour_on_other_nodes_moves_first_and_a_retired_one_is_completed()
     }
     let (left, right) = db.split("8").await.expect("split");
     // The right range on other nodes than the left one.
-    let spare = (1..=4).find(|n| !right.replicas.contains(n)).expect("spare");
+    let spare = (1..=4)
+        .find(|n| !right.replicas.contains(n))
+        .expect("spare");
     let moved = db
         .move_replica(right.id, right.replicas[0], spare)
         .await
         .expect("move");
     assert_ne!(
-        moved.replicas.iter().collect::<std::collections::BTreeSet<_>>(),
+        moved
+            .replicas
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>(),
         left.replicas.iter().collect()
     );
     let merged = cluster
@@ -245,7 +258,10 @@ async fn a_neighbour_on_other_nodes_moves_first_and_a_retired_one_is_completed()
         .merge_range(left.id)
         .await
         .expect("merge");
-    assert_eq!((merged.start.clone(), merged.end.clone()), (left.start.clone(), right.end.clone()));
+    assert_eq!(
+        (merged.start.clone(), merged.end.clone()),
+        (left.start.clone(), right.end.clone())
+    );
     gone_everywhere(&cluster, dir.path(), 4, right.id).await;
     for i in 0..200 {
         assert_eq!(
@@ -279,9 +295,18 @@ async fn a_neighbour_on_other_nodes_moves_first_and_a_retired_one_is_completed()
         .complete_merge(&right)
         .await
         .expect("completed");
-    assert_eq!((merged.id, merged.end.clone()), (left.id, right.end.clone()));
-    writer.await.expect("writer").expect("write waited and went through");
-    assert_eq!(db.get("d-during").await.expect("get"), Some(Bytes::from("1")));
+    assert_eq!(
+        (merged.id, merged.end.clone()),
+        (left.id, right.end.clone())
+    );
+    writer
+        .await
+        .expect("writer")
+        .expect("write waited and went through");
+    assert_eq!(
+        db.get("d-during").await.expect("get"),
+        Some(Bytes::from("1"))
+    );
     // Again: done is done.
     let again = db.complete_merge(&right).await.expect("again");
     assert_eq!(again.id, left.id);

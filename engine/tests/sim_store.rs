@@ -31,7 +31,7 @@ fn sim_store() {
          {} split-off ranges rebuilt at a restart before their left side replayed the split, \
          {} uninitialized replicas created for a range's messages (in {} seeds), \
          {} replica moves asked, {} replicas deleted after a move took them out, \
-         {} changes of the meta range's replicas",
+         {} changes of the meta range's replicas, {} merges done ({} replicas deleted by merges)",
         sum(|r| r.ranges as u64),
         sum(|r| r.ops_ok as u64),
         sum(|r| r.ops_unknown as u64),
@@ -55,6 +55,8 @@ fn sim_store() {
         sum(|r| r.moves as u64),
         sum(|r| r.replicas_removed),
         sum(|r| r.meta_changes),
+        sum(|r| r.merges as u64),
+        sum(|r| r.merged_replicas),
     ));
     // The meta range's replicas moved too, under the same faults.
     if seeds >= 100 {
@@ -73,6 +75,8 @@ fn sim_store() {
             "too few splits: {}",
             sum(|r| r.splits as u64)
         );
+        // And merged: the checks covered merges too.
+        assert!(sum(|r| r.merges as u64) > 0, "no merge was done");
     }
     say(format!("sim: {seeds} seeds passed"));
 }

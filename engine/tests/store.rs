@@ -3086,3 +3086,34 @@ fn a_follower_cut_off_during_the_merge_applies_it_from_the_log_and_drops_its_rig
         &[(&lk, "left"), (&rk, "right"), (&rk2, "right 2")],
     );
 }
+
+#[test]
+fn a_merge_step_disguised_as_a_write_is_refused() {
+    let (mut sim, _lk, _, leader) = merge_setup();
+    let follower = sim.followers(LHS, leader)[0];
+    for command in [
+        Command::Retire {
+            max_bytes: u64::MAX,
+        },
+        Command::Absorb {
+            right: Bytes::from_static(b"not a snapshot"),
+        },
+    ] {
+        for via in [leader, follower] {
+            let req = Request::Write {
+                range: LHS,
+                epoch: 2,
+                command: command.clone(),
+            };
+            let id = sim.request(via, req);
+            assert!(
+                matches!(sim.reply(id), Some(Err(StoreError::Invalid { .. }))),
+                "{command:?} via {via}: {:?}",
+                sim.reply(id)
+            );
+        }
+    }
+    // Nothing was proposed: both ranges serve as before.
+    let w = sim.request(leader, write_req(LHS, 2, &sim.key_in(LHS, "d"), "x"));
+    assert_eq!(sim.reply(w), Some(&applied_done()));
+}

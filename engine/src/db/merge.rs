@@ -99,7 +99,17 @@ impl Db {
         } else {
             // Moved while it still serves, so the retired window is short.
             let right = self.colocate(&right, &left).await?;
-            self.retire(&right).await?
+            match self.retire(&right).await {
+                Ok(d) => d,
+                // Maybe retired, maybe not: the range says.
+                Err(e @ (DbError::Ambiguous(_) | DbError::Timeout { .. })) => {
+                    if !self.size_of(&right).await?.retired {
+                        return Err(e);
+                    }
+                    right
+                }
+                Err(e) => return Err(e),
+            }
         };
         self.complete_merge(&right).await
     }
@@ -134,10 +144,13 @@ impl Db {
             {
                 Ok(Reply::Snapshot(bytes)) => bytes,
                 Ok(other) => return Err(DbError::Protocol(format!("{other:?}"))),
-                // Taken over while we looked: every replica is gone.
+                // Taken over while we looked (every replica is gone), or
+                // the range unreachable for now: look again.
                 Err(e) => {
-                    let _ = self.refresh_routes().await;
-                    return self.merged_over(retired).ok_or(e);
+                    tracing::debug!(retired = retired.id, error = %e, "merge: export failed; retrying");
+                    last = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
             };
             match self.absorb(&left, snapshot).await {
@@ -191,15 +204,12 @@ impl Db {
         find(self).ok_or_else(|| DbError::Unavailable(format!("no known range ends at {key:?}")))
     }
 
-    /// The range that took over `retired`, if the routing table shows the
-    /// merge done: another range over its whole span at a higher epoch
-    /// (only a merge makes one).
+    /// The range holding `retired`'s keys, if the routing table shows the
+    /// merge done: another range over its first key at a higher epoch (the
+    /// store's rule, `Store::holds_start`: only a merge makes one).
     fn merged_over(&self, retired: &RangeDescriptor) -> Option<RangeDescriptor> {
-        self.route(&retired.start).filter(|d| {
-            d.id != retired.id
-                && d.epoch > retired.epoch
-                && (d.end.is_empty() || (!retired.end.is_empty() && retired.end <= d.end))
-        })
+        self.route(&retired.start)
+            .filter(|d| d.id != retired.id && d.epoch > retired.epoch)
     }
 
     /// The node's limit on one proposal (a merge's entry carries the

@@ -117,9 +117,14 @@ pub enum Command {
     /// every later command with [`ApplyError::Retired`] (reads too: see the
     /// store), so the left neighbour can take its keys over with
     /// [`Command::Absorb`]. Answers [`ApplyResult::Retired`] (also when
-    /// already retired). Never undone: a merge only rolls forward. Proposed
-    /// only by the store (for a `Request::Retire`).
-    Retire,
+    /// already retired), or [`ApplyError::InvalidMerge`] (and changes
+    /// nothing) if its snapshot would be over `max_bytes`: a retired range
+    /// must fit in its neighbour's entry. Never undone: a merge only rolls
+    /// forward. Proposed only by the store (for a `Request::Retire`).
+    Retire {
+        /// The largest snapshot the merge can carry.
+        max_bytes: u64,
+    },
     /// The second step of a merge, in the left-hand range (LHS): takes over
     /// the span and every pair of the retired range whose snapshot `right`
     /// carries (`RangeState::snapshot` bytes). Refused with
@@ -152,7 +157,7 @@ impl Command {
                 })
                 .sum(),
             Command::Split { at, .. } => at.len(),
-            Command::Retire => 0,
+            Command::Retire { .. } => 0,
             Command::Absorb { right } => right.len(),
         }
     }
@@ -162,7 +167,7 @@ impl Command {
     pub fn is_structural(&self) -> bool {
         matches!(
             self,
-            Command::Split { .. } | Command::Retire | Command::Absorb { .. }
+            Command::Split { .. } | Command::Retire { .. } | Command::Absorb { .. }
         )
     }
 
@@ -178,7 +183,7 @@ impl Command {
             Command::Batch(ops) => (None, ops),
             // A split's key is a boundary, checked by the split itself; a
             // merge's keys are checked against the other range's span.
-            Command::Split { .. } | Command::Retire | Command::Absorb { .. } => (None, &[]),
+            Command::Split { .. } | Command::Retire { .. } | Command::Absorb { .. } => (None, &[]),
         };
         single.into_iter().chain(batch.iter().map(BatchOp::key))
     }
@@ -415,7 +420,7 @@ mod tests {
                 at: b("m"),
                 new_range: 77,
             },
-            Command::Retire,
+            Command::Retire { max_bytes: 5 },
             Command::Absorb { right: b("snap") },
         ]
     }
@@ -514,7 +519,7 @@ mod tests {
             (
                 10,
                 &[
-                    1, 7, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    1, 7, 0, 0, 0, 0, 0, 0, 0, 8, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                     0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ],
             ),

@@ -146,18 +146,23 @@ pub(crate) fn write_consuming(state: RangeState) -> Bytes {
     finish(out)
 }
 
+/// The length of [`write`]'s bytes for `state`, without writing them.
+pub(crate) fn encoded_len(state: &RangeState) -> u64 {
+    HEADER_BYTES as u64
+        + 8
+        + 8
+        + 4
+        + state.descriptor().encode().len() as u64
+        + 8
+        + 8 * state.len() as u64
+        + state.approximate_bytes()
+}
+
 /// The header and everything before the pairs, in a buffer with room for
 /// the whole snapshot.
 fn begin(state: &RangeState) -> BytesMut {
     let desc = state.descriptor().encode();
-    let capacity = HEADER_BYTES as u64
-        + 8
-        + 8
-        + 4
-        + desc.len() as u64
-        + 8
-        + 8 * state.len() as u64
-        + state.approximate_bytes();
+    let capacity = encoded_len(state);
     let mut out = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
     out.put_slice(&SNAPSHOT_MAGIC);
     out.put_u16_le(SNAPSHOT_FORMAT_VERSION);

@@ -176,7 +176,7 @@ impl RangeState {
         }
         if self.retired {
             return match proposal.command {
-                Command::Retire => (ApplyResult::Retired(self.desc.clone()), None),
+                Command::Retire { .. } => (ApplyResult::Retired(self.desc.clone()), None),
                 _ => (ApplyResult::Error(ApplyError::Retired), None),
             };
         }
@@ -195,7 +195,18 @@ impl RangeState {
                 ),
                 Err(why) => (ApplyResult::Error(ApplyError::InvalidSplit { why }), None),
             },
-            Command::Retire => {
+            Command::Retire { max_bytes } => {
+                // Decided here, not by the caller's view of the size: a
+                // retired range must always fit in its neighbour's entry,
+                // or its keys would wait for a merge that cannot happen.
+                let len = self.snapshot_len();
+                if len > max_bytes {
+                    let why = format!(
+                        "range {} would be {len} bytes in a merge, over the limit of {max_bytes}",
+                        self.desc.id
+                    );
+                    return (ApplyResult::Error(ApplyError::InvalidMerge { why }), None);
+                }
                 self.retired = true;
                 (ApplyResult::Retired(self.desc.clone()), None)
             }
@@ -447,7 +458,7 @@ impl RangeState {
                 }
             }
             // `apply_entry` runs splits and merges itself.
-            Command::Split { .. } | Command::Retire | Command::Absorb { .. } => {
+            Command::Split { .. } | Command::Retire { .. } | Command::Absorb { .. } => {
                 ApplyResult::Error(ApplyError::InvalidSplit {
                     why: "a split or merge cannot run as a plain command".into(),
                 })
@@ -592,23 +603,42 @@ impl RangeState {
     /// sum of per-pair hashes (XXH3) updated on every write (see `hash.rs`),
     /// so no scan happens here.
     pub fn state_hash(&self) -> u64 {
-        hash::state_hash(
+        let h = hash::state_hash(
             self.applied(),
             &self.desc,
             self.map.len() as u64,
             self.pairs_sum,
-        )
+        );
+        retired_hash(h, self.retired)
     }
 
     /// Recomputes the digest by scanning every pair (checks the maintained sum).
     #[cfg(test)]
     pub(crate) fn state_hash_by_scan(&self) -> u64 {
-        hash::state_hash(
+        let h = hash::state_hash(
             self.applied(),
             &self.desc,
             self.map.len() as u64,
             hash::pairs_sum(self.map.iter()),
-        )
+        );
+        retired_hash(h, self.retired)
+    }
+
+    /// The exact length of [`snapshot`](Self::snapshot)'s bytes (see
+    /// `snapshot.rs` for the format): deterministic, so every replica
+    /// decides alike whether the state fits in one proposal.
+    pub fn snapshot_len(&self) -> u64 {
+        snapshot::encoded_len(self)
+    }
+}
+
+/// A retired state digests differently from the same state not retired
+/// (replicas must agree on it too); others keep their digest.
+fn retired_hash(h: u64, retired: bool) -> u64 {
+    if retired {
+        h.rotate_left(17) ^ 0x7265_7469_7265_6421
+    } else {
+        h
     }
 }
 
@@ -1529,7 +1559,7 @@ mod tests {
             }
             // And merged again: the same pairs, the same totals.
             let mut right = right;
-            let r = right.apply(2, 1, &Proposal { epoch: 6, command: Command::Retire });
+            let r = right.apply(2, 1, &Proposal { epoch: 6, command: Command::Retire { max_bytes: u64::MAX } });
             proptest::prop_assert!(matches!(r, ApplyResult::Retired(_)), "{:?}", r);
             let r = s.apply(4, 1, &Proposal { epoch: 6, command: Command::Absorb { right: right.snapshot() } });
             proptest::prop_assert!(matches!(r, ApplyResult::Merged { .. }), "{:?}", r);
@@ -1559,7 +1589,9 @@ mod tests {
             1,
             &Proposal {
                 epoch: 6,
-                command: Command::Retire,
+                command: Command::Retire {
+                    max_bytes: u64::MAX,
+                },
             },
         );
         assert_eq!(r, ApplyResult::Retired(right.descriptor().clone()));
@@ -1604,7 +1636,9 @@ mod tests {
             1,
             &Proposal {
                 epoch: 6,
-                command: Command::Retire,
+                command: Command::Retire {
+                    max_bytes: u64::MAX,
+                },
             },
         );
         assert_eq!(r, ApplyResult::Retired(right.descriptor().clone()));
@@ -1616,6 +1650,28 @@ mod tests {
         let restored = RangeState::restore(&right.snapshot()).expect("restores");
         assert!(restored.is_retired());
         assert_eq!(restored.state_hash(), right.state_hash());
+    }
+
+    #[test]
+    fn a_range_too_large_for_one_entry_is_not_retired() {
+        let mut t = five_keys();
+        let (_, right) = split_at(&mut t.s, 5, "h", 10);
+        let mut right = right.expect("split");
+        let len = right.snapshot_len();
+        assert_eq!(len, right.snapshot().len() as u64, "the exact length");
+        let retire = |max_bytes| Proposal {
+            epoch: 6,
+            command: Command::Retire { max_bytes },
+        };
+        let r = right.apply(2, 1, &retire(len - 1));
+        assert!(
+            matches!(r, ApplyResult::Error(ApplyError::InvalidMerge { .. })),
+            "{r:?}"
+        );
+        assert!(!right.is_retired());
+        let r = right.apply(3, 1, &retire(len));
+        assert!(matches!(r, ApplyResult::Retired(_)), "{r:?}");
+        assert!(right.is_retired());
     }
 
     #[test]
@@ -1722,7 +1778,9 @@ mod tests {
             1,
             &Proposal {
                 epoch: 6,
-                command: Command::Retire,
+                command: Command::Retire {
+                    max_bytes: u64::MAX,
+                },
             },
         );
         let r = absorb(&mut t, 6, &right);

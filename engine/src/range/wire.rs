@@ -89,7 +89,9 @@ enum CommandWire {
         at: Bytes,
         new_range: u64,
     },
-    Retire,
+    Retire {
+        max_bytes: u64,
+    },
     Absorb {
         right: Bytes,
     },
@@ -207,7 +209,9 @@ fn command_wire(command: &Command) -> CommandWire {
             at: at.clone(),
             new_range: *new_range,
         },
-        Command::Retire => CommandWire::Retire,
+        Command::Retire { max_bytes } => CommandWire::Retire {
+            max_bytes: *max_bytes,
+        },
         Command::Absorb { right } => CommandWire::Absorb {
             right: right.clone(),
         },
@@ -282,7 +286,9 @@ pub(crate) fn decode_proposal(bytes: &[u8]) -> Result<Proposal, DecodeError> {
             at: bytes_of(at),
             new_range: new_range.to_native(),
         },
-        ArchivedCommandWire::Retire => Command::Retire,
+        ArchivedCommandWire::Retire { max_bytes } => Command::Retire {
+            max_bytes: max_bytes.to_native(),
+        },
         ArchivedCommandWire::Absorb { right } => Command::Absorb {
             right: bytes_of(right),
         },
@@ -302,7 +308,7 @@ pub(crate) fn peek_proposal(bytes: &[u8]) -> Result<(u64, bool), DecodeError> {
     let structural = matches!(
         a.command,
         ArchivedCommandWire::Split { .. }
-            | ArchivedCommandWire::Retire
+            | ArchivedCommandWire::Retire { .. }
             | ArchivedCommandWire::Absorb { .. }
     );
     Ok((a.epoch.to_native(), structural))
@@ -382,7 +388,7 @@ mod tests {
                     at: b(n),
                     new_range: 3,
                 },
-                Command::Retire,
+                Command::Retire { max_bytes: 7 },
                 Command::Absorb { right: b(n) },
                 Command::Batch(
                     (0..n.min(50))

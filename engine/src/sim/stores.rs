@@ -37,7 +37,7 @@ use super::checker::Violation;
 use super::cluster::SimFailure;
 use super::linearizability::{self, Input, Op, Output};
 use crate::raft::{HardState, NodeId, Rng, Snapshot};
-use crate::range::{ApplyResult, Command, RangeDescriptor, RangeId};
+use crate::range::{ApplyError, ApplyResult, Command, RangeDescriptor, RangeId};
 use crate::store::codec::{decode_batch, encode_batch};
 use crate::store::recovery::{
     DurableLog, DurableStore, Recovered, RecoveredRewrite, recover_store,
@@ -104,6 +104,10 @@ pub struct StoreSimReport {
     pub forwards_abandoned: u64,
     /// Splits the splitter saw done, and user ranges at the end.
     pub splits: usize,
+    /// Merges the splitter saw done, and replicas the stores deleted as a
+    /// merge took their range over.
+    pub merges: usize,
+    pub merged_replicas: u64,
     pub ranges_after: usize,
     /// Split-off ranges rebuilt at a restart from their own snapshot file
     /// while the range they came from is back from before the split (its
@@ -278,6 +282,23 @@ enum OpKind {
     Split {
         new_range: RangeId,
     },
+    /// Merge `right` (routed by its start key) into its left neighbour, one
+    /// step after the other as `Db::merge_range` does.
+    Merge {
+        right: RangeDescriptor,
+        step: MergeStep,
+    },
+}
+
+/// Where a merge is.
+#[derive(Clone, Debug)]
+enum MergeStep {
+    Retire,
+    Export,
+    Absorb(Bytes),
+    /// Move the retired range's replicas to its left neighbour's nodes
+    /// (a move made before the merge started landed after).
+    Colocate,
 }
 
 #[derive(Clone, Debug)]
@@ -305,13 +326,24 @@ struct SimClient {
     /// from the `current` descriptor of `EpochMismatch`/`KeyNotInRange` and,
     /// for a key no entry contains, from the live replicas (the meta range).
     routes: BTreeMap<Bytes, RangeDescriptor>,
-    /// The client that splits ranges (its operations stay out of the history).
+    /// The client that splits and merges ranges (its operations stay out
+    /// of the history).
     splitter: bool,
 }
 
 /// Whether two spans share a key.
 fn overlaps(a: &RangeDescriptor, b: &RangeDescriptor) -> bool {
     (b.end.is_empty() || a.start[..] < b.end[..]) && (a.end.is_empty() || b.start[..] < a.end[..])
+}
+
+/// Whether `outer`, another range, holds `inner`'s first key at a higher
+/// epoch: `inner` was merged away (the store's rule, `Store::holds_start`).
+fn covers(outer: &RangeDescriptor, inner: &RangeDescriptor) -> bool {
+    outer.id != inner.id
+        && outer.id != META_RANGE
+        && inner.id != META_RANGE
+        && outer.epoch > inner.epoch
+        && outer.contains(&inner.start)
 }
 
 impl SimClient {
@@ -417,6 +449,11 @@ struct World {
     splits_left: u64,
     /// Every split started: new range -> split key.
     split_of: BTreeMap<RangeId, Bytes>,
+    /// Merges still to start.
+    merges_left: u64,
+    /// The (left, right) ranges of the merge under way: no move touches
+    /// them (the merge needs their replicas on the same nodes).
+    merging: Option<(RangeId, RangeId)>,
     faults: Faults,
     snapshot_entries: u64,
     snapshot_log_percent: u64,
@@ -531,6 +568,9 @@ impl World {
         }
         let n_clients = rng.range(2, 7) as usize;
         let splits_left = rng.range(2, 8);
+        // From the seed, not `rng`: the rest of a seed's world is built as
+        // before merges were added.
+        let merges_left = [0, 2, 5][((opts.seed / 27) % 3) as usize];
         let routes: BTreeMap<Bytes, RangeDescriptor> = layout
             .ranges
             .iter()
@@ -567,6 +607,8 @@ impl World {
             next_range_id,
             splits_left,
             split_of: BTreeMap::new(),
+            merges_left,
+            merging: None,
             faults,
             snapshot_entries,
             snapshot_log_percent,
@@ -746,10 +788,13 @@ impl World {
                 continue;
             };
             for id in s.range_ids() {
-                if view
+                let moved = view
                     .get(&id)
-                    .is_some_and(|d| !d.replicas.contains(&node.id))
-                {
+                    .is_some_and(|d| !d.replicas.contains(&node.id));
+                let merged = s
+                    .descriptor(id)
+                    .is_some_and(|d| view.values().any(|o| covers(o, d)));
+                if moved || merged {
                     stale.push((node.id, id));
                 }
             }
@@ -941,6 +986,7 @@ impl World {
                 self.report.forwarded += st.forwarded;
                 self.report.forwards_abandoned += st.forwards_abandoned;
                 self.report.replicas_removed += st.replicas_removed;
+                self.report.merged_replicas += st.merges_applied;
             }
         }
         linearizability::check(&self.history).map_err(|v| {
@@ -1140,6 +1186,9 @@ impl World {
         let Some((d, leader)) = self.random_range_and_leader(true) else {
             return Ok(());
         };
+        if self.merging.is_some_and(|(l, r)| d.id == l || d.id == r) {
+            return Ok(());
+        }
         let spare: Vec<NodeId> = self
             .nodes
             .keys()
@@ -1445,7 +1494,11 @@ impl World {
 
     fn client_next(&mut self, c: usize) {
         if self.clients[c].splitter {
-            self.split_next(c);
+            if self.merges_left > 0 && (self.splits_left == 0 || self.rng.chance(1, 2)) {
+                self.merge_next(c);
+            } else {
+                self.split_next(c);
+            }
             return;
         }
         if !self.chaos && self.clients[c].op.is_none() && self.now > self.opts.chaos_ms + 500 {
@@ -1536,6 +1589,62 @@ impl World {
         self.start_op(c, None, OpKind::Split { new_range }, at);
     }
 
+    /// The splitter's next merge, during the faults only: a range and its
+    /// left neighbour whose replicas are on the same nodes.
+    fn merge_next(&mut self, c: usize) {
+        if !self.chaos || self.merges_left == 0 {
+            return;
+        }
+        let mut view: Vec<RangeDescriptor> = self.meta_view().into_values().collect();
+        view.sort_by(|a, b| a.start.cmp(&b.start));
+        let sorted = |d: &RangeDescriptor| {
+            let mut v = d.replicas.clone();
+            v.sort_unstable();
+            v
+        };
+        let pairs: Vec<(RangeDescriptor, RangeDescriptor)> = view
+            .windows(2)
+            .filter(|w| w[0].end == w[1].start && sorted(&w[0]) == sorted(&w[1]))
+            .map(|w| (w[0].clone(), w[1].clone()))
+            .collect();
+        if pairs.is_empty() {
+            let t = self.now + 200;
+            self.at(t, Ev::ClientNext(c));
+            return;
+        }
+        let (left, right) = pairs[self.rng.range(0, pairs.len() as u64) as usize].clone();
+        self.merges_left -= 1;
+        self.merging = Some((left.id, right.id));
+        self.note(format!(
+            "merge of range {} into {} starts ({:?})",
+            right.id, left.id, right.start
+        ));
+        self.clients[c].seq += 1;
+        let key = right.start.clone();
+        let step = MergeStep::Retire;
+        self.start_op(c, None, OpKind::Merge { right, step }, key);
+    }
+
+    /// The range that took over `d` (merged), if the running nodes show
+    /// one: another range over its whole span at a higher epoch.
+    fn merged_over(&self, d: &RangeDescriptor) -> Option<RangeDescriptor> {
+        self.meta_view().into_values().find(|o| covers(o, d))
+    }
+
+    fn merge_done(&mut self, c: usize, left: Option<RangeDescriptor>) {
+        let Some(op) = self.clients[c].op.take() else {
+            return;
+        };
+        if let Some(left) = left {
+            self.clients[c].learn(&left);
+        }
+        self.merging = None;
+        self.report.merges += 1;
+        self.note(format!("merge at {:?} done", op.key));
+        let t = self.now + self.rng.range(100, 1000);
+        self.at(t, Ev::ClientNext(c));
+    }
+
     /// The newest descriptor of every user range that some running node
     /// holds: what the meta range converges to (the simulator's stand-in for
     /// it; an isolated node counts, a stale answer costs a retry).
@@ -1553,6 +1662,16 @@ impl World {
                     view.insert(id, d.clone());
                 }
             }
+        }
+        // A range merged away, still held by a node that missed the merge,
+        // is no range any more: another's newer descriptor covers it.
+        let merged: Vec<RangeId> = view
+            .values()
+            .filter(|d| view.values().any(|o| covers(o, d)))
+            .map(|d| d.id)
+            .collect();
+        for id in merged {
+            view.remove(&id);
         }
         view
     }
@@ -1609,7 +1728,66 @@ impl World {
         else {
             return;
         };
-        let Some(desc) = self.route(c, &key) else {
+        let merge = match self.clients[c].op.as_ref().map(|op| &op.kind) {
+            Some(OpKind::Merge { right, step }) => Some((right.clone(), step.clone())),
+            _ => None,
+        };
+        if let Some((right, step)) = &merge {
+            if let Some(left) = self.merged_over(right) {
+                self.merge_done(c, Some(left));
+                return;
+            }
+            // The absorb goes to the range ending where the retired one
+            // starts.
+            if let MergeStep::Absorb(_) = step {
+                let left = self
+                    .meta_view()
+                    .into_values()
+                    .find(|d| d.end == right.start);
+                let Some(left) = left else {
+                    self.retry(c, None);
+                    return;
+                };
+                self.clients[c].learn(&left);
+            }
+        }
+        let mut colocate = None;
+        if let Some((right, MergeStep::Colocate)) = &merge {
+            let view = self.meta_view();
+            let left = view.values().find(|d| d.end == right.start);
+            let (Some(left), Some(now)) = (left, view.get(&right.id)) else {
+                self.retry(c, None);
+                return;
+            };
+            let set = |d: &RangeDescriptor| {
+                d.replicas
+                    .iter()
+                    .copied()
+                    .collect::<std::collections::BTreeSet<_>>()
+            };
+            let add: Vec<NodeId> = set(left).difference(&set(now)).take(1).copied().collect();
+            let remove: Vec<NodeId> = set(now).difference(&set(left)).take(1).copied().collect();
+            if add.is_empty() && remove.is_empty() {
+                if let Some(op) = self.clients[c].op.as_mut()
+                    && let OpKind::Merge { step, .. } = &mut op.kind
+                {
+                    *step = MergeStep::Export;
+                }
+                self.send_op(c, seq, None, first);
+                return;
+            }
+            self.clients[c].learn(now);
+            colocate = Some((now.conf_ver, add, remove));
+        }
+        let desc = match &merge {
+            Some((right, MergeStep::Absorb(_))) => self.clients[c]
+                .routes
+                .values()
+                .find(|d| d.end == right.start)
+                .cloned(),
+            _ => self.route(c, &key),
+        };
+        let Some(desc) = desc else {
             self.retry(c, None);
             return;
         };
@@ -1648,6 +1826,30 @@ impl World {
                 epoch,
                 at: key,
                 new_range: *new_range,
+            },
+            OpKind::Merge { step, .. } => match step {
+                MergeStep::Retire => Request::Retire { range, epoch },
+                MergeStep::Export => Request::Read {
+                    range,
+                    epoch,
+                    op: ReadOp::Export,
+                    consistency: ReadConsistency::Linearizable,
+                },
+                MergeStep::Absorb(right) => Request::Absorb {
+                    range,
+                    epoch,
+                    right: right.clone(),
+                },
+                MergeStep::Colocate => {
+                    let (conf_ver, add, remove) = colocate.clone().unwrap_or_default();
+                    Request::ChangeReplicas {
+                        range,
+                        epoch,
+                        conf_ver: Some(conf_ver),
+                        add,
+                        remove,
+                    }
+                }
             },
         };
         op.range = Some(desc);
@@ -1719,6 +1921,11 @@ impl World {
         let is_read = matches!(op.kind, OpKind::Read(..));
         let is_split = matches!(op.kind, OpKind::Split { .. });
         let key = op.key.clone();
+        if let OpKind::Merge { right, .. } = &op.kind {
+            let right = right.clone();
+            self.on_merge_reply(c, from, range, &right, result);
+            return;
+        }
         match result {
             Ok(reply) if is_split => {
                 self.clients[c].leaders.insert(range, from);
@@ -1763,9 +1970,22 @@ impl World {
                 self.clients[c].learn(&current);
                 self.retry(c, None);
             }
+            // Merged away, or about to be: learn the range that holds the
+            // key now, once there is one.
+            Err(StoreError::RangeRetired { .. }) => {
+                let view = self.meta_view();
+                if let Some(d) = newest_containing(&view, &key) {
+                    let d = d.clone();
+                    self.clients[c].learn(&d);
+                }
+                self.retry(c, None);
+            }
             // A replica moved away, maybe: learn where the range is now.
+            // Or merged away: learn the range holding the key now.
             Err(StoreError::RangeNotFound { .. }) => {
-                if let Some(d) = self.meta_view().remove(&range) {
+                let mut view = self.meta_view();
+                let now = newest_containing(&view, &key).cloned();
+                if let Some(d) = view.remove(&range).or(now) {
                     self.clients[c].learn(&d);
                 }
                 self.retry(c, None);
@@ -1773,6 +1993,63 @@ impl World {
             Err(e) if e.is_retryable() => self.retry(c, None),
             Err(_) if is_read || is_split => self.retry(c, None),
             Err(_) => self.complete(c, Output::Unknown),
+        }
+    }
+
+    /// The next step of a merge, or the same one again: every step is
+    /// safe to repeat (retiring twice is once; a second absorb is refused
+    /// and the merged range shows the first).
+    fn on_merge_reply(
+        &mut self,
+        c: usize,
+        from: NodeId,
+        range: RangeId,
+        right: &RangeDescriptor,
+        result: Result<Reply, StoreError>,
+    ) {
+        let next = match result {
+            Ok(Reply::Applied(ApplyResult::Retired(_))) => Some(MergeStep::Export),
+            Ok(Reply::Snapshot(bytes)) => Some(MergeStep::Absorb(bytes)),
+            Ok(Reply::Applied(ApplyResult::Merged { left, .. })) => {
+                self.merge_done(c, Some(left));
+                return;
+            }
+            // Colocated a step further; or the two ranges' replicas are
+            // apart (the absorb refused): move the retired one's.
+            Ok(Reply::Applied(
+                ApplyResult::Replicas(_) | ApplyResult::Error(ApplyError::InvalidMerge { .. }),
+            )) => Some(MergeStep::Colocate),
+            Ok(other) => {
+                self.note(format!("merge of {}: {other:?}", right.id));
+                None
+            }
+            Err(StoreError::NotLeader {
+                leader: Some(l), ..
+            }) => {
+                self.clients[c].leaders.insert(range, l);
+                self.retry(c, Some(l));
+                return;
+            }
+            Err(
+                StoreError::EpochMismatch { current, .. }
+                | StoreError::KeyNotInRange { current, .. },
+            ) => {
+                self.clients[c].learn(&current);
+                None
+            }
+            Err(_) => None,
+        };
+        let Some(next) = next else {
+            self.retry(c, None);
+            return;
+        };
+        self.clients[c].leaders.insert(range, from);
+        if let Some(op) = self.clients[c].op.as_mut()
+            && let OpKind::Merge { step, .. } = &mut op.kind
+        {
+            *step = next;
+            let seq = op.seq;
+            self.send_op(c, seq, None, true);
         }
     }
 

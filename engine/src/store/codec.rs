@@ -172,14 +172,13 @@ pub enum Control {
     /// sent entries after some index: the leader must probe it from the
     /// start (`Raft::restart_progress`).
     Restart { range: RangeId },
-    /// The sender's replica `incarnation` of `range`, which spans
-    /// `[start, end)` at `epoch` and knows no leader, asks whether the range
-    /// was merged away: a node holding a replica of another range over that
-    /// whole span at a higher epoch answers [`Control::Merged`].
+    /// The sender's replica `incarnation` of `range`, which starts at
+    /// `start` at `epoch` and knows no leader, asks whether the range was
+    /// merged away: a node holding a replica of another range over `start`
+    /// at a higher epoch answers [`Control::Merged`].
     AskMerged {
         range: RangeId,
         start: Bytes,
-        end: Bytes,
         epoch: u64,
         incarnation: u64,
     },
@@ -231,7 +230,6 @@ enum WireControl {
     AskMerged {
         range: u64,
         start: Bytes,
-        end: Bytes,
         epoch: u64,
         incarnation: u64,
     },
@@ -394,13 +392,11 @@ fn wire_batch(batch: &PeerBatch) -> WireBatch {
                 Control::AskMerged {
                     range,
                     start,
-                    end,
                     epoch,
                     incarnation,
                 } => WireControl::AskMerged {
                     range: *range,
                     start: start.clone(),
-                    end: end.clone(),
                     epoch: *epoch,
                     incarnation: *incarnation,
                 },
@@ -524,13 +520,11 @@ pub fn decode_batch(bytes: &[u8]) -> Result<PeerBatch, CodecError> {
                 WireControl::AskMerged {
                     range,
                     start,
-                    end,
                     epoch,
                     incarnation,
                 } => Control::AskMerged {
                     range,
                     start,
-                    end,
                     epoch,
                     incarnation,
                 },

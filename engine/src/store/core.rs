@@ -177,6 +177,13 @@ pub struct Store {
     /// Where `check_replicas` goes on at the next tick, and its budget
     /// carried from earlier ticks (in replicas times ticks).
     check_cursor: RangeId,
+    /// (first key, id) of every initialized replica, sorted: where
+    /// [`Store::holds_start`] looks. Rebuilt when `span_index_key` (counts
+    /// that move whenever a replica's span may have changed) moves; a stale
+    /// index only misses a candidate, as every candidate is checked against
+    /// its replica's descriptor.
+    span_index: Vec<(Bytes, RangeId)>,
+    span_index_key: (usize, u64, u64, u64, u64),
     check_credit: u64,
     /// The next replica's `Replica::incarnation`.
     next_incarnation: u64,
@@ -249,6 +256,8 @@ impl Store {
             uninitialized: BTreeSet::new(),
             tombstones: BTreeMap::new(),
             check_cursor: 0,
+            span_index: Vec::new(),
+            span_index_key: (usize::MAX, 0, 0, 0, 0),
             check_credit: 0,
             next_incarnation: boot,
             uninitialized_heard: BTreeSet::new(),
@@ -449,11 +458,8 @@ impl Store {
         // Refused here, not by the leader: a forwarded write travels as its
         // encoded proposal, which a leader never accepts as a split (the peer
         // batch carrying it would be refused whole).
-        if let Request::Write {
-            range,
-            command: Command::Split { .. },
-            ..
-        } = &req
+        if let Request::Write { range, command, .. } = &req
+            && command.is_structural()
         {
             let e = split_as_write(*range);
             self.replies.push((id, Err(e)));
@@ -616,6 +622,9 @@ impl Store {
 
     fn try_request(&mut self, id: ReqId, req: Request) -> Result<(), StoreError> {
         let range = req.range();
+        // A retired range's snapshot travels in its neighbour's `Absorb`
+        // proposal, which adds a few dozen bytes to it.
+        let merge_max = self.cfg.proposal_bytes_max.saturating_sub(1024);
         let election_ticks = self.cfg.raft.election_ticks as u64;
         let now = self.ticks;
         // A split into an id this node already holds would keep that
@@ -665,10 +674,9 @@ impl Store {
                 })?;
                 self.replies.push((id, Ok(Reply::Accepted)));
             }
-            Request::Write {
-                command: Command::Split { .. },
-                ..
-            } => return Err(split_as_write(range)),
+            Request::Write { command, .. } if command.is_structural() => {
+                return Err(split_as_write(range));
+            }
             Request::Write { epoch, command, .. } => {
                 propose(
                     r,
@@ -733,7 +741,9 @@ impl Store {
                     self.replies.push((id, reply));
                     return Ok(());
                 }
-                let command = Command::Retire;
+                let command = Command::Retire {
+                    max_bytes: merge_max,
+                };
                 propose(
                     r,
                     id,
@@ -941,21 +951,22 @@ impl Store {
                 Control::AskMerged {
                     range,
                     start,
-                    end,
                     epoch,
                     incarnation,
                 } => {
-                    if self.covers(range, &start, &end, epoch) {
+                    self.refresh_span_index();
+                    if self.holds_start(range, &start, epoch) {
                         peer_batch(&mut self.outbox, from, self.outbox_hint)
                             .control
                             .push(Control::Merged { range, incarnation });
                     }
                 }
                 Control::Merged { range, incarnation } => {
-                    if self
-                        .replicas
-                        .get(&range)
-                        .is_some_and(|r| r.incarnation == incarnation)
+                    if range != META_RANGE
+                        && self
+                            .replicas
+                            .get(&range)
+                            .is_some_and(|r| r.incarnation == incarnation)
                         && !self.uninitialized.contains(&range)
                     {
                         let mut groups = Vec::new();
@@ -1479,7 +1490,7 @@ impl Store {
         // entry is durable here loses nothing: the log's other replicas
         // hold it).
         for right in absorbed {
-            if right != range {
+            if right != range && right != META_RANGE {
                 self.stats.merges_applied += 1;
                 self.remove_replica(right, groups, after);
             }
@@ -1669,53 +1680,91 @@ impl Store {
         }
     }
 
-    /// This node's other replicas whose whole span `range`'s replica now
-    /// holds at a higher epoch: ranges merged into it (spans only grow by
-    /// merges, and every merge raises the epoch above both sides'), whose
-    /// replicas here missed the merge. A replica of a split's right half
-    /// overlaps a lagging left half but never lies inside it with a lower
-    /// epoch, and a lagging left half lies inside nothing newer. O(replicas
-    /// here): asked after a snapshot replaced a state, and of a leaderless
-    /// or retired replica at its periodic check.
+    /// This node's other replicas that `range`'s replica has taken over:
+    /// ranges merged into it whose replicas here missed the merge (see
+    /// [`Store::holds_start`]). O(replicas here): asked after a snapshot
+    /// replaced a state.
     fn merged_into(&self, range: RangeId) -> Vec<RangeId> {
         let Some(r) = self.replicas.get(&range) else {
             return Vec::new();
         };
-        if self.uninitialized.contains(&range) {
+        if self.uninitialized.contains(&range) || range == META_RANGE {
             return Vec::new();
         }
         let d = r.state.descriptor();
-        let inside = |o: &RangeDescriptor| {
-            o.start[..] >= d.start[..]
-                && (d.end.is_empty() || (!o.end.is_empty() && o.end <= d.end))
-        };
         self.replicas
             .iter()
             .filter(|&(&id, o)| {
+                let od = o.state.descriptor();
                 id != range
                     && id != META_RANGE
                     && !self.uninitialized.contains(&id)
-                    && o.state.descriptor().epoch < d.epoch
-                    && inside(o.state.descriptor())
+                    && od.epoch < d.epoch
+                    && d.contains(&od.start)
             })
             .map(|(&id, _)| id)
             .collect()
     }
 
     /// Whether an initialized replica here, of a range other than `range`,
-    /// holds the whole span `[start, end)` at a higher epoch than `epoch`:
-    /// then `range`, which had that span at that epoch, was merged into it
-    /// (see [`Store::merged_into`]).
-    fn covers(&self, range: RangeId, start: &[u8], end: &[u8], epoch: u64) -> bool {
-        self.replicas.iter().any(|(&id, o)| {
-            let od = o.state.descriptor();
-            id != range
-                && id != META_RANGE
-                && !self.uninitialized.contains(&id)
-                && od.epoch > epoch
-                && od.start[..] <= *start
-                && (od.end.is_empty() || (!end.is_empty() && *end <= od.end[..]))
-        })
+    /// holds `start` (the first key of `range`, which spanned it at `epoch`)
+    /// at a higher epoch: then `range` was merged away.
+    ///
+    /// Why the first key is enough: a range's first key never changes
+    /// (a split keeps the left side's; a merge the left side's), and it
+    /// belongs to the range for as long as the range lives. Before the
+    /// range existed, its key belonged to the range it was split from, at
+    /// a lower epoch than any the new range ever has; so a descriptor of
+    /// another range holding it at a higher epoch is from after the range
+    /// was taken over. (A replica's descriptor is always a committed one.)
+    /// A split's right half never holds the left half's first key, so a
+    /// lagging left half is never mistaken for merged away.
+    fn holds_start(&self, range: RangeId, start: &[u8], epoch: u64) -> bool {
+        // The meta range spans every key at its own epochs: no user range
+        // ever takes it over.
+        if range == META_RANGE {
+            return false;
+        }
+        // Replicas' spans here rarely overlap: the few starting at or before
+        // `start`, nearest first, are the ones that can hold it.
+        let after = self.span_index.partition_point(|(s, _)| s[..] <= *start);
+        self.span_index[..after]
+            .iter()
+            .rev()
+            .take(SPAN_CANDIDATES)
+            .any(|&(_, id)| {
+                id != range
+                    && id != META_RANGE
+                    && !self.uninitialized.contains(&id)
+                    && self.replicas.get(&id).is_some_and(|o| {
+                        let od = o.state.descriptor();
+                        od.epoch > epoch && od.contains(start)
+                    })
+            })
+    }
+
+    /// Rebuilds `span_index` if replicas may have changed spans since.
+    fn refresh_span_index(&mut self) {
+        let st = &self.stats;
+        let key = (
+            self.replicas.len(),
+            st.splits_applied,
+            st.merges_applied,
+            st.snapshots_installed,
+            st.replicas_removed,
+        );
+        if key == self.span_index_key {
+            return;
+        }
+        self.span_index_key = key;
+        let uninitialized = &self.uninitialized;
+        self.span_index = self
+            .replicas
+            .iter()
+            .filter(|&(id, _)| *id != META_RANGE && !uninitialized.contains(id))
+            .map(|(&id, r)| (r.state.descriptor().start.clone(), id))
+            .collect();
+        self.span_index.sort_unstable();
     }
 
     /// Whether `range`'s replica here was merged into a range this node
@@ -1723,7 +1772,7 @@ impl Store {
     fn merged_away(&self, range: RangeId) -> bool {
         self.replicas.get(&range).is_some_and(|r| {
             let d = r.state.descriptor();
-            self.covers(range, &d.start, &d.end, d.epoch)
+            self.holds_start(range, &d.start, d.epoch)
         })
     }
 
@@ -1893,6 +1942,7 @@ impl Store {
             .take(budget)
             .collect();
         self.check_cursor = picked.last().map_or(0, |&id| id + 1);
+        self.refresh_span_index();
         for range in picked {
             // One that heard nothing for a whole period waits as a
             // tombstone (the messages that made it make it again).
@@ -1902,13 +1952,9 @@ impl Store {
                 }
                 continue;
             }
-            // Merged away while this replica lagged (its range's other
-            // replicas are gone, so no leader will tell it).
-            let stranded = self
-                .replicas
-                .get(&range)
-                .is_some_and(|r| r.raft.leader() == NO_NODE || r.state.is_retired());
-            if stranded && self.merged_away(range) {
+            // Merged away while this replica lagged: its range's other
+            // replicas are gone, so no leader will tell it.
+            if self.merged_away(range) {
                 let mut groups = Vec::new();
                 let mut after = AfterPersist::default();
                 self.stats.merges_applied += 1;
@@ -1994,8 +2040,10 @@ impl Store {
         // before, it holds no replica of the range that took its keys):
         // whoever holds that range tells it.
         let d = r.state.descriptor();
-        let merged = (r.raft.leader() == NO_NODE && !self.uninitialized.contains(&range))
-            .then(|| (d.start.clone(), d.end.clone(), d.epoch));
+        let merged = (r.raft.leader() == NO_NODE
+            && range != META_RANGE
+            && !self.uninitialized.contains(&range))
+        .then(|| (d.start.clone(), d.epoch));
         for node in ask {
             if self.peers.contains_key(&node) {
                 let control = &mut peer_batch(&mut self.outbox, node, self.outbox_hint).control;
@@ -2004,11 +2052,10 @@ impl Store {
                     node: me,
                     incarnation,
                 });
-                if let Some((start, end, epoch)) = &merged {
+                if let Some((start, epoch)) = &merged {
                     control.push(Control::AskMerged {
                         range,
                         start: start.clone(),
-                        end: end.clone(),
                         epoch: *epoch,
                         incarnation,
                     });
@@ -2214,11 +2261,14 @@ impl Store {
     }
 }
 
-/// The refusal of a split sent as a plain write.
+/// Replicas [`Store::holds_start`] looks at, nearest first.
+const SPAN_CANDIDATES: usize = 8;
+
+/// The refusal of a split, or a step of a merge, sent as a plain write.
 fn split_as_write(range: RangeId) -> StoreError {
     StoreError::Invalid {
         range,
-        why: "a split is its own request, not a write".into(),
+        why: "a split or a merge is its own request, not a write".into(),
     }
 }
 

@@ -122,8 +122,9 @@ pub enum Request {
     /// good, so that its left neighbour can take it over (`Absorb`). A write,
     /// answered with `Reply::Applied(ApplyResult::Retired(descriptor))` once
     /// applied, or at once by a leader whose range is retired already.
-    /// Refused with `Invalid` for the meta range and during a membership
-    /// change.
+    /// Refused with `Invalid` for the meta range, and when applied (with
+    /// `ApplyError::InvalidMerge`) if the range's snapshot would not fit in
+    /// one proposal (`StoreConfig::proposal_bytes_max`, less 1 KiB).
     Retire { range: RangeId, epoch: u64 },
     /// The second step of a merge: this range (the left-hand one) takes over
     /// the retired range whose snapshot (`ReadOp::Export`) is `right`. A
