@@ -5,7 +5,8 @@
 //! counters), and
 //! `POST /transfer-leader?range=R&to=N` (routed to the range's leader),
 //! `POST /split?range=R&key=HEX` (splits range R at the key; answers the two
-//! halves as `/ranges` rows), and
+//! halves as `/ranges` rows), `POST /merge?range=R` (merges range R with
+//! the range to its right; answers the merged range as a `/ranges` row), and
 //! `POST /change-replicas?range=R&add=N,..&remove=N,..` (adds and removes
 //! replicas in one membership change; answers the range as a `/ranges` row).
 
@@ -93,6 +94,7 @@ pub async fn serve_admin(
         .route("/metrics", get(metrics))
         .route("/transfer-leader", post(transfer_leader))
         .route("/split", post(split))
+        .route("/merge", post(merge))
         .route("/change-replicas", post(change_replicas))
         .with_state(AdminState { db, resp });
     axum::serve(listener, app)
@@ -206,6 +208,24 @@ async fn split(State(db): State<Db>, Query(q): Query<SplitQuery>) -> axum::respo
     }
 }
 
+/// Query of `POST /merge`.
+#[derive(Debug, serde::Deserialize)]
+pub struct MergeQuery {
+    /// The left-hand range: it takes over the range to its right.
+    pub range: RangeId,
+}
+
+async fn merge(State(db): State<Db>, Query(q): Query<MergeQuery>) -> axum::response::Response {
+    use axum::http::StatusCode;
+    match db.merge_range(q.range).await {
+        Ok(merged) => axum::Json(range_rows(&db, vec![merged]).await).into_response(),
+        Err(e @ crate::db::DbError::Invalid(_)) => {
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
+}
+
 /// Query of `POST /change-replicas`: comma-separated node ids, either list
 /// may be empty or absent.
 #[derive(Debug, serde::Deserialize)]
@@ -294,6 +314,11 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             "tessera_placement_splits_total",
             "Ranges the placement driver split.",
             load(&p.splits),
+        ),
+        (
+            "tessera_placement_merges_total",
+            "Merges the placement driver made or completed.",
+            load(&p.merges),
         ),
         (
             "tessera_placement_transfers_total",
@@ -452,7 +477,7 @@ fn resp_metrics(out: &mut String, stats: &RespStats) {
 }
 
 fn store_metrics(out: &mut String, s: &StoreStats) {
-    let rows: [(&str, &str, u64); 17] = [
+    let rows: [(&str, &str, u64); 18] = [
         (
             "tessera_replicas",
             "Replicas on this node.",
@@ -527,6 +552,11 @@ fn store_metrics(out: &mut String, s: &StoreStats) {
             "tessera_splits_applied_total",
             "Ranges this node created by applying a split.",
             s.splits_applied,
+        ),
+        (
+            "tessera_merges_applied_total",
+            "Replicas this node deleted because a merge took their range over.",
+            s.merges_applied,
         ),
         (
             "tessera_replicas_removed_total",

@@ -29,6 +29,10 @@
 //! replica_tolerance = 2
 //! max_replica_changes = 2
 //! dead_after_ms = 300000
+//! merge_bytes = 2097152            # 0: no merges
+//! merge_keys = 100000
+//! max_merges = 1
+//! merge_after_ms = 3600000
 //! ```
 
 use std::collections::BTreeMap;
@@ -162,6 +166,18 @@ pub struct PlacementFile {
     /// replaced on other nodes. Default 300000 (5 minutes): a restart or a
     /// blip should not cost a snapshot of every range the node holds.
     pub dead_after_ms: u64,
+    /// Merge neighbours holding together at most this many bytes. Default
+    /// 2 MiB; 0: no merges. At most half of `split_bytes`, and 3 MiB (a
+    /// merge carries the right-hand range in one log entry).
+    pub merge_bytes: u64,
+    /// ... and at most this many keys. Default 100,000; at most half of
+    /// `split_keys`.
+    pub merge_keys: u64,
+    /// New merges per round at most. Default 1.
+    pub max_merges: usize,
+    /// Milliseconds the driver must have seen a range unchanged before it
+    /// merges it. Default 3600000 (an hour).
+    pub merge_after_ms: u64,
 }
 
 impl Default for PlacementFile {
@@ -180,6 +196,12 @@ impl Default for PlacementFile {
             dead_after_ms: crate::placement::PlacementConfig::default()
                 .dead_after
                 .as_millis() as u64,
+            merge_bytes: p.merge_bytes,
+            merge_keys: p.merge_keys,
+            max_merges: p.max_merges,
+            merge_after_ms: crate::placement::PlacementConfig::default()
+                .merge_after
+                .as_millis() as u64,
         }
     }
 }
@@ -190,6 +212,7 @@ impl PlacementFile {
         crate::placement::PlacementConfig {
             interval: Duration::from_millis(self.interval_ms),
             dead_after: Duration::from_millis(self.dead_after_ms),
+            merge_after: Duration::from_millis(self.merge_after_ms),
             policy: tessera_placement::Policy {
                 split_bytes: self.split_bytes,
                 split_keys: self.split_keys,
@@ -198,6 +221,9 @@ impl PlacementFile {
                 replicas: self.replicas,
                 replica_tolerance: self.replica_tolerance,
                 max_replica_changes: self.max_replica_changes,
+                merge_bytes: self.merge_bytes,
+                merge_keys: self.merge_keys,
+                max_merges: self.max_merges,
             },
         }
     }
@@ -318,6 +344,19 @@ impl NodeFile {
             return Err(invalid(
                 "placement.dead_after_ms",
                 "must be at least 1000 (a node is given up on only after it has been down a while)",
+            ));
+        }
+        if p.merge_bytes > (3 << 20) || p.merge_bytes > p.split_bytes / 2 {
+            return Err(invalid(
+                "placement.merge_bytes",
+                "must be at most 3 MiB and half of split_bytes (a merged range must fit in one \
+                 log entry, and must not be split again at once)",
+            ));
+        }
+        if p.merge_keys > p.split_keys / 2 {
+            return Err(invalid(
+                "placement.merge_keys",
+                "must be at most half of split_keys",
             ));
         }
         if self.client_addr.port() != 0 && self.client_addr == self.admin_addr {

@@ -105,6 +105,10 @@ struct Routes {
     /// Descriptors by start key.
     by_start: BTreeMap<Bytes, RangeDescriptor>,
     leaders: HashMap<RangeId, NodeId>,
+    /// Descriptors the meta range still listed at the last reload although
+    /// another range holds their first key at a higher epoch: ranges merged
+    /// away whose entries outlived the merge (see `Db::forget_range`).
+    merged_leftovers: Vec<RangeDescriptor>,
 }
 
 /// A handle to a node of a cluster; cheap to clone.
@@ -207,6 +211,7 @@ impl Db {
                 routes: RwLock::new(Routes {
                     by_start: routes.by_start.clone(),
                     leaders: routes.leaders.clone(),
+                    merged_leftovers: Vec::new(),
                 }),
                 opts,
                 placement: self.inner.placement.clone(),
@@ -1069,10 +1074,26 @@ impl Db {
         // (a split's halves are published after it applies): merging keeps
         // the newer descriptor of every span.
         let mut routes = self.inner.routes.write();
-        for d in fresh {
-            merge_route(&mut routes.by_start, d);
+        for d in &fresh {
+            merge_route(&mut routes.by_start, d.clone());
         }
+        // Only a merge makes another range hold a range's first key at a
+        // higher epoch (`Store::holds_start`).
+        let leftovers = fresh
+            .into_iter()
+            .filter(|d| {
+                lookup(&routes.by_start, &d.start)
+                    .is_some_and(|o| o.id != d.id && o.epoch > d.epoch)
+            })
+            .collect();
+        routes.merged_leftovers = leftovers;
         Ok(())
+    }
+
+    /// The meta range's entries of ranges merged away, as the last reload
+    /// found them (for the placement driver to remove).
+    pub(crate) fn take_merged_leftovers(&self) -> Vec<RangeDescriptor> {
+        std::mem::take(&mut self.inner.routes.write().merged_leftovers)
     }
 
     /// Stops the node.

@@ -42,6 +42,13 @@ pub struct PlacementConfig {
     /// snapshot of every range the node holds, and a node gone for good
     /// costs only this long at two replicas per range.
     pub dead_after: Duration,
+    /// How long the driver must have seen a range (at one epoch) before it
+    /// merges it with a neighbour. Default an hour (TiKV's
+    /// `split-merge-interval` too): a range just split off, or just made by
+    /// a merge, is not merged again at once, and ranges made on purpose
+    /// (`tessera init --initial-ranges`, a split by hand) stay apart that
+    /// long at least.
+    pub merge_after: Duration,
     /// What the planner aims for (sizes, replicas, leader balance,
     /// operators per round).
     pub policy: Policy,
@@ -52,6 +59,7 @@ impl Default for PlacementConfig {
         PlacementConfig {
             interval: Duration::from_secs(10),
             dead_after: Duration::from_secs(300),
+            merge_after: Duration::from_secs(3600),
             policy: Policy::default(),
         }
     }
@@ -67,6 +75,13 @@ pub struct DriverState {
     held_off: BTreeMap<u64, (u64, u64)>,
     /// Rounds this node drove.
     rounds: u64,
+    /// When this node's rounds first saw each range at its epoch (a split
+    /// or a merge gives a new epoch): a range is merged only once seen for
+    /// `PlacementConfig::merge_after`.
+    seen: BTreeMap<(u64, u64), Instant>,
+    /// Ranges of a merge that failed, and the round until which they are
+    /// not merged again.
+    merge_held: BTreeMap<u64, u64>,
 }
 
 /// Rounds a range is left alone after a replica change of it failed (a
@@ -79,32 +94,55 @@ pub struct DriverState {
 const HOLD_OFF_ROUNDS: u64 = 6;
 
 impl DriverState {
-    /// Starts a round on `view`: ranges held off since a failed replica
-    /// change, and still at the replica set it was planned at, are marked
-    /// unmovable for this round.
-    pub fn begin_round(&mut self, view: &mut ClusterView) {
+    /// Starts a round on `view` at `now`: ranges held off since a failed
+    /// replica change, and still at the replica set it was planned at, and
+    /// retired ranges (their merge moves their replicas where it needs
+    /// them) are marked unmovable for this round; ranges seen at their
+    /// epoch for `merge_after`, and not in a merge that failed lately, are
+    /// marked mergeable.
+    pub fn begin_round(&mut self, view: &mut ClusterView, now: Instant, merge_after: Duration) {
         self.rounds += 1;
         let round = self.rounds;
         self.held_off.retain(|_, &mut (_, until)| round <= until);
+        self.merge_held.retain(|_, &mut until| round <= until);
+        let current: BTreeSet<(u64, u64)> = view.ranges.iter().map(|r| (r.id, r.epoch)).collect();
+        self.seen.retain(|k, _| current.contains(k));
         for r in &mut view.ranges {
-            if self
-                .held_off
-                .get(&r.id)
-                .is_some_and(|&(conf_ver, _)| conf_ver == r.conf_ver)
+            if r.retired
+                || self
+                    .held_off
+                    .get(&r.id)
+                    .is_some_and(|&(conf_ver, _)| conf_ver == r.conf_ver)
             {
                 r.movable = false;
             }
+            let since = *self.seen.entry((r.id, r.epoch)).or_insert(now);
+            r.mergeable = now.saturating_duration_since(since) >= merge_after
+                && !self.merge_held.contains_key(&r.id);
         }
     }
 
     /// Records that `op`, planned this round, failed.
     pub fn failed(&mut self, op: &Operator) {
-        if let Operator::ChangeReplicas {
-            range, conf_ver, ..
-        } = op
-        {
-            self.held_off
-                .insert(*range, (*conf_ver, self.rounds + HOLD_OFF_ROUNDS));
+        match op {
+            Operator::ChangeReplicas {
+                range, conf_ver, ..
+            } => {
+                self.held_off
+                    .insert(*range, (*conf_ver, self.rounds + HOLD_OFF_ROUNDS));
+            }
+            // Not a completion: that one is retried every round until done.
+            Operator::Merge {
+                left,
+                right,
+                complete: false,
+                ..
+            } => {
+                for r in [left, right] {
+                    self.merge_held.insert(*r, self.rounds + HOLD_OFF_ROUNDS);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -141,6 +179,8 @@ pub struct PlacementCounters {
     pub rounds: AtomicU64,
     pub splits: AtomicU64,
     pub transfers: AtomicU64,
+    /// Merges made or completed.
+    pub merges: AtomicU64,
     /// Replica changes made: repairs (a lost node's replica replaced, a
     /// range brought to its replica count) and moves.
     pub replica_changes: AtomicU64,
@@ -222,8 +262,18 @@ pub async fn placement_round(
     counters
         .lost_nodes
         .store(lost.len() as u64, Ordering::Relaxed);
+    // A merge's right-hand range still listed once the merge is done (its
+    // entry outlived a crash of the node that made it).
+    for d in db.take_merged_leftovers() {
+        match db.forget_range(&d).await {
+            Ok(()) => tracing::info!(range = d.id, "placement: merged range's entry removed"),
+            Err(e) => {
+                tracing::debug!(range = d.id, error = %e, "placement: merged range's entry not removed")
+            }
+        }
+    }
     let mut view = gather(db, policy, &peers, &lost).await;
-    state.begin_round(&mut view);
+    state.begin_round(&mut view, now, cfg.merge_after);
     let ops = plan(&view, policy);
     for op in &ops {
         let result = match op {
@@ -258,6 +308,27 @@ pub async fn placement_round(
                     tracing::info!(range, ?add, ?remove, replicas = ?d.replicas, "placement: replicas changed");
                     counters.replica_changes.fetch_add(1, Ordering::Relaxed);
                 }),
+            Operator::Merge {
+                left,
+                left_epoch,
+                right,
+                right_epoch,
+                complete,
+            } => {
+                let merged = if *complete {
+                    match db.ranges().into_iter().find(|d| d.id == *right) {
+                        Some(d) => db.complete_merge(&d).await,
+                        None => Err(DbError::Invalid(format!("no range {right}"))),
+                    }
+                } else {
+                    db.merge_range_planned(*left, Some((*left_epoch, *right_epoch)))
+                        .await
+                };
+                merged.map(|d| {
+                    tracing::info!(left, right, merged = ?d, "placement: ranges merged");
+                    counters.merges.fetch_add(1, Ordering::Relaxed);
+                })
+            }
         };
         if let Err(e) = result {
             state.failed(op);
@@ -296,21 +367,21 @@ pub async fn gather(
                 consistency: ReadConsistency::Stale,
             })
             .await;
-        let (keys, bytes, split_key, leader) = match stats {
+        let (keys, bytes, split_key, leader, retired) = match stats {
             Ok(Reply::Stats {
                 keys,
                 bytes,
                 split_key,
                 leader,
-                ..
-            }) => (keys, bytes, split_key, leader),
+                retired,
+            }) => (keys, bytes, split_key, leader, retired),
             // Unknown sizes and leader: the planner leaves the range alone.
             other => {
                 db.placement_counters()
                     .stats_unread
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(range = d.id, reply = ?other, "placement: range stats unread");
-                (0, 0, None, None)
+                (0, 0, None, None, false)
             }
         };
         ranges.push(RangeView {
@@ -326,6 +397,8 @@ pub async fn gather(
             split_key,
             splittable: d.id != META_RANGE,
             movable: true,
+            retired,
+            mergeable: false,
         });
     }
     let ids: BTreeSet<u64> = ranges
@@ -372,6 +445,8 @@ mod tests {
                 split_key: None,
                 splittable: true,
                 movable: true,
+                retired: false,
+                mergeable: false,
             }],
         }
     }
@@ -380,7 +455,7 @@ mod tests {
     fn a_range_whose_change_failed_is_held_off_for_a_while() {
         let mut state = DriverState::default();
         let mut v = view(3);
-        state.begin_round(&mut v);
+        state.begin_round(&mut v, Instant::now(), Duration::from_secs(3600));
         assert!(v.ranges[0].movable);
         state.failed(&Operator::ChangeReplicas {
             range: 7,
@@ -391,15 +466,17 @@ mod tests {
         // A change made meanwhile lifts it: the plan was for another
         // replica set.
         let mut changed = view(4);
-        state.clone().begin_round(&mut changed);
+        state
+            .clone()
+            .begin_round(&mut changed, Instant::now(), Duration::from_secs(3600));
         assert!(changed.ranges[0].movable);
         for _ in 0..HOLD_OFF_ROUNDS {
             let mut v = view(3);
-            state.begin_round(&mut v);
+            state.begin_round(&mut v, Instant::now(), Duration::from_secs(3600));
             assert!(!v.ranges[0].movable, "round {}", state.rounds);
         }
         let mut v = view(3);
-        state.begin_round(&mut v);
+        state.begin_round(&mut v, Instant::now(), Duration::from_secs(3600));
         assert!(
             v.ranges[0].movable,
             "held off past {HOLD_OFF_ROUNDS} rounds"
@@ -411,8 +488,45 @@ mod tests {
             to: 2,
         });
         let mut v = view(3);
-        state.begin_round(&mut v);
+        state.begin_round(&mut v, Instant::now(), Duration::from_secs(3600));
         assert!(v.ranges[0].movable);
+    }
+
+    #[test]
+    fn a_range_is_mergeable_once_seen_at_its_epoch_for_merge_after() {
+        let mut state = DriverState::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut v = view(3);
+        state.begin_round(&mut v, t0, 10 * s);
+        assert!(!v.ranges[0].mergeable);
+        let mut v = view(3);
+        state.begin_round(&mut v, t0 + 10 * s, 10 * s);
+        assert!(v.ranges[0].mergeable);
+        // A new epoch (a split, a merge) starts the clock again.
+        let mut v = view(3);
+        v.ranges[0].epoch = 2;
+        state.begin_round(&mut v, t0 + 11 * s, 10 * s);
+        assert!(!v.ranges[0].mergeable);
+        let mut v = view(3);
+        v.ranges[0].epoch = 2;
+        state.begin_round(&mut v, t0 + 21 * s, 10 * s);
+        assert!(v.ranges[0].mergeable);
+        // A failed merge holds both ranges off for a while; a retired range
+        // is never moved.
+        state.failed(&Operator::Merge {
+            left: 6,
+            left_epoch: 1,
+            right: 7,
+            right_epoch: 2,
+            complete: false,
+        });
+        let mut v = view(3);
+        v.ranges[0].epoch = 2;
+        v.ranges[0].retired = true;
+        state.begin_round(&mut v, t0 + 30 * s, 10 * s);
+        assert!(!v.ranges[0].mergeable);
+        assert!(!v.ranges[0].movable);
     }
 
     #[test]

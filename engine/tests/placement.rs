@@ -340,3 +340,59 @@ async fn replicas_move_to_a_node_that_holds_none() {
     check_keys(&db, 200..250).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_neighbours_are_merged_into_one_range() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = four_nodes(dir.path(), 6).await;
+    let dbs: Vec<Db> = cluster.dbs().cloned().collect();
+    write_keys(&dbs[0], 0..300).await;
+    let before: Vec<u64> = descriptors(&dbs[0]).await.iter().map(|d| d.id).collect();
+    assert_eq!(before.len(), 6);
+    // Four nodes: the initial ranges' replicas are on different nodes, so
+    // most merges first move the right-hand range's replicas.
+    let cfg = PlacementConfig {
+        merge_after: Duration::from_secs(1),
+        policy: Policy {
+            max_merges: 2,
+            ..Policy::default()
+        },
+        ..fast_driver(Duration::from_secs(300))
+    };
+    for d in &dbs {
+        d.start_placement(cfg.clone());
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let ranges = loop {
+        let ranges = descriptors(&dbs[1]).await;
+        if ranges.len() == 1 && tiles(&ranges) {
+            break ranges;
+        }
+        assert!(Instant::now() < deadline, "not merged: {ranges:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let merges: u64 = dbs
+        .iter()
+        .map(|d| {
+            d.placement_counters()
+                .merges
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(merges >= 5, "{merges} merges by the driver");
+    for db in &dbs {
+        check_keys(db, 0..300).await;
+    }
+    // Every merged-away range is gone from every node.
+    let survivor = ranges[0].id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &id in before.iter().filter(|&&id| id != survivor) {
+        for db in &dbs {
+            while holds_data(db, id).await {
+                assert!(Instant::now() < deadline, "range {id} still held");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    cluster.shutdown().await;
+}

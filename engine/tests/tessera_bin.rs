@@ -316,6 +316,39 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
     assert!(out.status.success() && table.contains("leader"), "{table}");
     assert_eq!(table.lines().count(), 10, "8 ranges, one split: {table}");
 
+    // Merge the split back through node 3: one range again over the same
+    // keys, every key still read through another node; the last range has
+    // nothing to its right.
+    let merged = ctl(dir, 3, &["merge", &holder.to_string()]);
+    let out = String::from_utf8_lossy(&merged.stdout);
+    assert!(
+        merged.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    assert_eq!(out.lines().count(), 2, "header and the merged range: {out}");
+    for i in (0..50).step_by(3) {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query(&mut c1)
+            .expect("GET");
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
+    }
+    let out = ctl(dir, 2, &["ranges"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), 9, "8 ranges again: {table}");
+    let last = ctl(dir, 2, &["--json", "ranges"]);
+    let rows: serde_json::Value = serde_json::from_slice(&last.stdout).expect("json");
+    let last_id = rows
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["end"].as_str() == Some("")))
+        .and_then(|r| r["id"].as_u64())
+        .expect("a last range");
+    let refused = ctl(dir, 2, &["merge", &last_id.to_string()]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("last one"), "{why}");
+
     // Piped into a reader that is gone before it prints (`| true`; as with
     // `| head -1` on a long table), ctl ends quietly instead of panicking.
     let out = Command::new("sh")

@@ -6,7 +6,8 @@ use serde::Serialize;
 use crate::{NodeId, RangeId};
 
 /// One change to the cluster, executed by the driver on the meta range's
-/// leader. Each names exactly one range ([`Operator::range`]).
+/// leader. Each names one range ([`Operator::range`]), a merge two
+/// ([`Operator::ranges`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Operator {
     /// Split `range` at `at`: it keeps `[start, at)` and a new range gets
@@ -48,15 +49,43 @@ pub enum Operator {
         /// Nodes whose replica goes.
         remove: Vec<NodeId>,
     },
+    /// Merge `right` into `left`, the range ending where it starts: `left`
+    /// takes over its keys (`Db::merge_range`, which first moves `right`'s
+    /// replicas to `left`'s nodes if they differ). With `right` retired
+    /// already, the merge is only completed (`Db::complete_merge`). The
+    /// epochs are those of the view.
+    Merge {
+        /// The left-hand range, which lives on.
+        left: RangeId,
+        /// Its epoch in the view.
+        left_epoch: u64,
+        /// The right-hand range, which is retired.
+        right: RangeId,
+        /// Its epoch in the view.
+        right_epoch: u64,
+        /// Whether `right` is retired already (only the completion is due).
+        complete: bool,
+    },
 }
 
 impl Operator {
-    /// The range this operator acts on.
+    /// The range this operator acts on (a merge's left-hand range, which
+    /// lives on).
     pub fn range(&self) -> RangeId {
         match self {
             Operator::Split { range, .. }
             | Operator::TransferLeader { range, .. }
             | Operator::ChangeReplicas { range, .. } => *range,
+            Operator::Merge { left, .. } => *left,
         }
+    }
+
+    /// Every range this operator acts on: one, or a merge's two.
+    pub fn ranges(&self) -> impl Iterator<Item = RangeId> {
+        let right = match self {
+            Operator::Merge { right, .. } => Some(*right),
+            _ => None,
+        };
+        std::iter::once(self.range()).chain(right)
     }
 }

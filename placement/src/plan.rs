@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::view::{ClusterView, RangeView, overlapping};
 use crate::{NodeId, Operator, Policy, RangeId};
 
+mod merges;
 mod replicas;
 
 /// Plans one round: the operators to execute now, at most
-/// `policy.max_operators`, at most one per range: replica repairs, then
-/// splits, then replica moves, then leader moves.
+/// `policy.max_operators`, at most one per range: completions of merges
+/// under way, replica repairs, splits, merges, replica moves, then leader
+/// moves.
 ///
 /// Deterministic: the same view and policy give the same list (every map is
 /// ordered, every tie is broken by id).
@@ -53,6 +55,21 @@ mod replicas;
 /// are down but not lost (*suspects*) take no replica and their ranges do
 /// not move: a restart should not cost a snapshot of every range a node
 /// holds.
+///
+/// # Merges
+///
+/// A *retired* range (the first step of a merge done, its keys waiting) is
+/// completed first, with the range ending where it starts: every round
+/// until it is gone.
+///
+/// New merges: two neighbours (one ends where the other starts), both
+/// `mergeable` (the driver's say: seen unchanged for a while), splittable
+/// (not the meta range), `movable`, not retired, not overlapping another
+/// range in the view, with known leaders on live nodes, that together hold
+/// at most `merge_bytes` bytes and `merge_keys` keys (`merge_bytes` 0: no
+/// merges). Pairs whose replicas are on the same nodes go first (the others
+/// move replicas first), then the smallest together, then by id; at most
+/// `max_merges` a round, no range in two.
 ///
 /// # Splits
 ///
@@ -122,8 +139,10 @@ pub fn plan(view: &ClusterView, policy: &Policy) -> Vec<Operator> {
     }
     let ranges = current_ranges(view);
     let nodes = nodes(view);
+    merges::plan_completions(&ranges, policy, &mut ops);
     replicas::plan_repairs(&ranges, &nodes, policy, &mut ops);
     plan_splits(&ranges, &nodes.live, policy, &mut ops);
+    merges::plan_merges(&ranges, &nodes.live, policy, &mut ops);
     replicas::plan_moves(&ranges, &nodes, policy, &mut ops);
     plan_leader_moves(&ranges, &nodes.live, policy, &mut ops);
     ops
@@ -180,7 +199,7 @@ fn plan_splits(
     ops: &mut Vec<Operator>,
 ) {
     let overlapping = overlapping(ranges);
-    let touched: BTreeSet<RangeId> = ops.iter().map(Operator::range).collect();
+    let touched: BTreeSet<RangeId> = ops.iter().flat_map(Operator::ranges).collect();
     let mut due: Vec<&RangeView> = ranges
         .iter()
         .copied()
@@ -226,7 +245,7 @@ fn plan_leader_moves(
     if live.len() < 2 {
         return;
     }
-    let mut touched: BTreeSet<RangeId> = ops.iter().map(Operator::range).collect();
+    let mut touched: BTreeSet<RangeId> = ops.iter().flat_map(Operator::ranges).collect();
     let mut count: BTreeMap<NodeId, u64> = live.iter().map(|&n| (n, 0)).collect();
     // The ranges each live node leads, in id order.
     let mut led: BTreeMap<NodeId, Vec<&RangeView>> = BTreeMap::new();

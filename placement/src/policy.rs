@@ -43,6 +43,19 @@ pub struct Policy {
     /// round, within `max_operators`. Default 2: each one ships a snapshot
     /// of its range, and the next round sees how the last ones went.
     pub max_replica_changes: usize,
+    /// Merge two neighbouring ranges when together they hold at most this
+    /// many bytes. Default 2 MiB; 0 turns merges off. A merge carries the
+    /// right-hand range in one log entry of the left one, so the engine
+    /// caps what it can merge at its proposal limit (4 MiB); and the merged
+    /// range must stay well below `split_bytes`, or it would be split again.
+    pub merge_bytes: u64,
+    /// ... and at most this many keys. Default 100,000.
+    pub merge_keys: u64,
+    /// New merges per round at most (completing a retired range's merge
+    /// does not count), within `max_operators`. Default 1: a merge may first
+    /// move the right-hand range's replicas, and for a moment the right
+    /// range's keys wait.
+    pub max_merges: usize,
 }
 
 impl Policy {
@@ -60,6 +73,12 @@ impl Policy {
     pub const DEFAULT_REPLICA_TOLERANCE: u64 = 2;
     /// Two changes.
     pub const DEFAULT_MAX_REPLICA_CHANGES: usize = 2;
+    /// 2 MiB.
+    pub const DEFAULT_MERGE_BYTES: u64 = 2 * 1024 * 1024;
+    /// 100,000 keys.
+    pub const DEFAULT_MERGE_KEYS: u64 = 100_000;
+    /// One merge.
+    pub const DEFAULT_MAX_MERGES: usize = 1;
 }
 
 impl Default for Policy {
@@ -72,6 +91,9 @@ impl Default for Policy {
             replicas: Self::DEFAULT_REPLICAS,
             replica_tolerance: Self::DEFAULT_REPLICA_TOLERANCE,
             max_replica_changes: Self::DEFAULT_MAX_REPLICA_CHANGES,
+            merge_bytes: Self::DEFAULT_MERGE_BYTES,
+            merge_keys: Self::DEFAULT_MERGE_KEYS,
+            max_merges: Self::DEFAULT_MAX_MERGES,
         }
     }
 }

@@ -64,6 +64,13 @@ pub struct RangeView {
     /// engine's driver holds off a range whose last change failed). They
     /// still count towards their nodes' replica load.
     pub movable: bool,
+    /// Retired: the first step of a merge into its left neighbour is done
+    /// (its keys wait for the second). A round completes it first.
+    pub retired: bool,
+    /// Whether it may be merged with a neighbour now: the driver says so
+    /// once it has seen the range unchanged for a while (a range just split
+    /// off is not merged back at once).
+    pub mergeable: bool,
 }
 
 impl RangeView {

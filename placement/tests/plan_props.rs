@@ -57,6 +57,8 @@ fn cluster_view() -> impl Strategy<Value = ClusterView> {
                         split_key: f.split_key,
                         splittable: f.splittable,
                         movable: f.splittable,
+                        retired: f.retired,
+                        mergeable: f.mergeable,
                     }
                 })
                 .collect();
@@ -76,6 +78,8 @@ struct Fields {
     bytes: u64,
     split_key: Option<Bytes>,
     splittable: bool,
+    retired: bool,
+    mergeable: bool,
 }
 
 fn range_fields(n: u64) -> impl Strategy<Value = Fields> {
@@ -87,10 +91,23 @@ fn range_fields(n: u64) -> impl Strategy<Value = Fields> {
         0u64..2_000_000,
         0u64..(200 * MIB),
         prop::option::weighted(0.7, key()),
-        prop::bool::weighted(0.9),
+        (
+            prop::bool::weighted(0.9),
+            prop::bool::weighted(0.1),
+            prop::bool::weighted(0.5),
+        ),
     )
         .prop_map(
-            |(span, (epoch, conf_ver), replicas, leader, keys, bytes, split_key, splittable)| {
+            |(
+                span,
+                (epoch, conf_ver),
+                replicas,
+                leader,
+                keys,
+                bytes,
+                split_key,
+                (splittable, retired, mergeable),
+            )| {
                 Fields {
                     span,
                     epoch,
@@ -105,6 +122,8 @@ fn range_fields(n: u64) -> impl Strategy<Value = Fields> {
                     bytes,
                     split_key,
                     splittable,
+                    retired,
+                    mergeable,
                 }
             },
         )
@@ -117,6 +136,11 @@ fn policy() -> impl Strategy<Value = Policy> {
         0u64..4,
         0usize..10,
         (1usize..=4, 0u64..4, 0usize..4),
+        (
+            prop_oneof![Just(0u64), Just(2 * MIB), 0u64..(400 * MIB)],
+            prop_oneof![Just(100_000u64), 0u64..4_000_000],
+            0usize..3,
+        ),
     )
         .prop_map(
             |(
@@ -125,6 +149,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 leader_tolerance,
                 max_operators,
                 (replicas, replica_tolerance, max_replica_changes),
+                (merge_bytes, merge_keys, max_merges),
             )| Policy {
                 split_bytes,
                 split_keys,
@@ -133,6 +158,9 @@ fn policy() -> impl Strategy<Value = Policy> {
                 replicas,
                 replica_tolerance,
                 max_replica_changes,
+                merge_bytes,
+                merge_keys,
+                max_merges,
             },
         )
 }
@@ -208,8 +236,14 @@ proptest! {
         let live: BTreeSet<u64> = view.nodes.iter().filter(|n| n.live).map(|n| n.id).collect();
 
         prop_assert!(ops.len() <= policy.max_operators);
-        let touched: BTreeSet<u64> = ops.iter().map(Operator::range).collect();
-        prop_assert_eq!(touched.len(), ops.len(), "two operators on one range: {:?}", ops);
+        let touched: Vec<u64> = ops.iter().flat_map(Operator::ranges).collect();
+        let unique: BTreeSet<u64> = touched.iter().copied().collect();
+        prop_assert_eq!(unique.len(), touched.len(), "two operators on one range: {:?}", ops);
+        let new_merges = ops
+            .iter()
+            .filter(|o| matches!(o, Operator::Merge { complete: false, .. }))
+            .count();
+        prop_assert!(new_merges <= policy.max_merges);
 
         let mut leaders: BTreeMap<u64, Option<u64>> =
             view.ranges.iter().map(|r| (r.id, r.leader)).collect();
@@ -232,6 +266,24 @@ proptest! {
                     prop_assert!(r.replicas.contains(to));
                     prop_assert_ne!(from, to);
                     leaders.insert(r.id, Some(*to));
+                }
+                Operator::Merge { left_epoch, right, right_epoch, complete, .. } => {
+                    let rr = ranges[right];
+                    prop_assert_eq!(*left_epoch, r.epoch);
+                    prop_assert_eq!(*right_epoch, rr.epoch);
+                    prop_assert!(!r.end.is_empty() && r.end == rr.start, "{:?} and {:?}", r, rr);
+                    prop_assert!(rr.splittable);
+                    prop_assert_eq!(*complete, rr.retired);
+                    prop_assert!(!r.retired, "a retired range absorbs nothing: {:?}", r);
+                    if !complete {
+                        prop_assert!(policy.merge_bytes > 0);
+                        for x in [r, rr] {
+                            prop_assert!(x.mergeable && x.movable && x.splittable && !x.retired, "{:?}", x);
+                            prop_assert!(x.leader.is_some_and(|l| live.contains(&l)));
+                        }
+                        prop_assert!(r.bytes + rr.bytes <= policy.merge_bytes);
+                        prop_assert!(r.keys + rr.keys <= policy.merge_keys);
+                    }
                 }
                 Operator::ChangeReplicas { conf_ver, add, remove, .. } => {
                     prop_assert!(r.movable);
@@ -328,6 +380,8 @@ fn small_range(i: usize, replicas: Vec<u64>, leader: u64) -> RangeView {
         split_key: None,
         splittable: true,
         movable: true,
+        retired: false,
+        mergeable: false,
     }
 }
 

@@ -110,6 +110,13 @@ enum CtlCommand {
         #[arg(long)]
         hex: bool,
     },
+    /// Merges a range with the range to its right (which goes away; its
+    /// replicas move to the range's nodes first if they are elsewhere).
+    /// Prints the merged range.
+    Merge {
+        /// The left-hand range's id (see `ranges`).
+        range: u64,
+    },
 }
 
 /// mimalloc: the store's many small allocations (entries, messages, keys)
@@ -490,6 +497,15 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
                 return Ok(());
             }
             let rows: Vec<RangeStatus> = serde_json::from_str(&body).context("decoding /split")?;
+            print_range_rows(rows);
+        }
+        CtlCommand::Merge { range } => {
+            let body = http(admin, "POST", &format!("/merge?range={range}"))?;
+            if json {
+                println!("{body}");
+                return Ok(());
+            }
+            let rows: Vec<RangeStatus> = serde_json::from_str(&body).context("decoding /merge")?;
             print_range_rows(rows);
         }
         CtlCommand::Ranges => {

@@ -106,7 +106,7 @@ pub(super) fn plan_repairs(
 ) {
     let target = nodes.target(policy);
     let mut load = load(ranges, &nodes.live, ops);
-    let touched: BTreeSet<RangeId> = ops.iter().map(Operator::range).collect();
+    let touched: BTreeSet<RangeId> = ops.iter().flat_map(Operator::ranges).collect();
     let mut due: Vec<(usize, RangeId, &RangeView)> = ranges
         .iter()
         .copied()
@@ -215,7 +215,7 @@ pub(super) fn plan_moves(
     }
     let target = nodes.target(policy);
     let mut load = load(ranges, &nodes.live, ops);
-    let mut touched: BTreeSet<RangeId> = ops.iter().map(Operator::range).collect();
+    let mut touched: BTreeSet<RangeId> = ops.iter().flat_map(Operator::ranges).collect();
     let healthy: Vec<&RangeView> = ranges
         .iter()
         .copied()
@@ -265,7 +265,7 @@ pub(super) fn plan_moves(
         let Some(op) = chosen else {
             break;
         };
-        touched.insert(op.range());
+        touched.extend(op.ranges());
         apply(&mut load, &op);
         ops.push(op);
     }

@@ -36,6 +36,8 @@ fn range(id: u64, start: &str, end: &str) -> RangeView {
         split_key: None,
         splittable: true,
         movable: true,
+        retired: false,
+        mergeable: false,
     }
 }
 
@@ -761,4 +763,126 @@ fn a_lost_replica_of_a_surplus_range_is_dropped_not_replaced() {
     ns.extend(lost(&[4]));
     let v = view(ns, vec![led(range(1, "", ""), Some(1), &[1, 2, 3, 4])]);
     assert_eq!(changes(&v, &Policy::default()), vec![change(1, &[], &[4])]);
+}
+
+// ----- Merges -----
+
+fn mergeable(mut r: RangeView, bytes: u64) -> RangeView {
+    r.mergeable = true;
+    r.bytes = bytes;
+    r
+}
+
+fn merge(left: u64, right: u64, complete: bool) -> Operator {
+    Operator::Merge {
+        left,
+        left_epoch: 1,
+        right,
+        right_epoch: 1,
+        complete,
+    }
+}
+
+/// Merges alone: no leader or replica moves get in the way.
+fn merges_only() -> Policy {
+    Policy {
+        max_replica_changes: 0,
+        leader_tolerance: 100,
+        ..Policy::default()
+    }
+}
+
+#[test]
+fn small_neighbours_merge_smallest_pair_first_one_per_round() {
+    let ranges = vec![
+        mergeable(range(1, "", "g"), 900 * 1024),
+        mergeable(range(2, "g", "m"), 900 * 1024),
+        mergeable(range(3, "m", "t"), 100 * 1024),
+        mergeable(range(4, "t", ""), 200 * 1024),
+    ];
+    let v = view(nodes(&[1, 2, 3], &[]), ranges.clone());
+    assert_eq!(plan(&v, &merges_only()), vec![merge(3, 4, false)]);
+    // Two a round: no range in two merges (2-3 shares 3 with 3-4).
+    let two = Policy {
+        max_merges: 2,
+        ..merges_only()
+    };
+    assert_eq!(plan(&v, &two), vec![merge(3, 4, false), merge(1, 2, false)]);
+    // Off.
+    let off = Policy {
+        merge_bytes: 0,
+        ..merges_only()
+    };
+    assert_eq!(plan(&v, &off), vec![]);
+}
+
+#[test]
+fn only_small_mergeable_healthy_neighbours_merge() {
+    let base = || {
+        vec![
+            mergeable(range(1, "", "g"), MIB / 2),
+            mergeable(range(2, "g", ""), MIB / 2),
+        ]
+    };
+    let v = |ranges| view(nodes(&[1, 2, 3], &[4]), ranges);
+    assert_eq!(plan(&v(base()), &merges_only()), vec![merge(1, 2, false)]);
+    type Change = Box<dyn Fn(&mut Vec<RangeView>)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("too large together", Box::new(|r| r[1].bytes = 2 * MIB)),
+        ("too many keys", Box::new(|r| r[0].keys = 100_000)),
+        ("not yet mergeable", Box::new(|r| r[1].mergeable = false)),
+        ("held off", Box::new(|r| r[0].movable = false)),
+        ("the meta range", Box::new(|r| r[1].splittable = false)),
+        ("leader unknown", Box::new(|r| r[1].leader = None)),
+        ("leader down", Box::new(|r| r[0].leader = Some(4))),
+        (
+            "not neighbours",
+            Box::new(|r| r[1].start = Bytes::from_static(b"h")),
+        ),
+    ];
+    for (why, change) in cases {
+        let mut ranges = base();
+        change(&mut ranges);
+        let ops = plan(&v(ranges), &merges_only());
+        assert!(
+            !ops.iter().any(|o| matches!(o, Operator::Merge { .. })),
+            "{why}: {ops:?}"
+        );
+    }
+}
+
+#[test]
+fn a_pair_on_the_same_nodes_goes_before_a_smaller_one_apart() {
+    let ranges = vec![
+        mergeable(range(1, "", "g"), 100),
+        led(mergeable(range(2, "g", "m"), 100), Some(1), &[1, 2, 4]),
+        mergeable(range(3, "m", "t"), MIB),
+        mergeable(range(4, "t", ""), MIB),
+    ];
+    let v = view(nodes(&[1, 2, 3, 4], &[]), ranges);
+    assert_eq!(plan(&v, &merges_only()), vec![merge(3, 4, false)]);
+}
+
+#[test]
+fn a_retired_range_is_completed_first_whatever_its_size() {
+    let mut retired = range(2, "g", "m");
+    retired.retired = true;
+    retired.bytes = 500 * MIB;
+    let ranges = vec![
+        big(range(1, "", "g"), 100 * MIB, "c"),
+        retired,
+        mergeable(range(3, "m", "t"), 10),
+        mergeable(range(4, "t", ""), 10),
+    ];
+    let v = view(nodes(&[1, 2, 3], &[]), ranges);
+    // The completion, then the split of its left neighbour (a separate
+    // range: one operator each), then the new merge.
+    let policy = merges_only();
+    assert_eq!(
+        plan(&v, &policy),
+        vec![merge(1, 2, true), merge(3, 4, false)]
+    );
+    // Completing needs the left neighbour in the view.
+    let alone = view(nodes(&[1, 2, 3], &[]), vec![v.ranges[1].clone()]);
+    assert_eq!(plan(&alone, &policy), vec![]);
 }
