@@ -16,6 +16,9 @@
 //!
 //! # What a round decides, in order
 //!
+//! 0. **Merge completions** ([`Operator::Merge`] with `complete`): a
+//!    [`RangeView::retired`] range (a merge's first step done, its keys
+//!    waiting) is merged into the range ending where it starts.
 //! 1. **Replica repairs** ([`Operator::ChangeReplicas`]): a replica on a node
 //!    the driver gave up on ([`NodeView::lost`]) is replaced on the live node
 //!    holding the fewest replicas; a range with fewer or more replicas than
@@ -24,11 +27,14 @@
 //!    [`Policy::split_bytes`] or [`Policy::split_keys`] is split at the key its
 //!    leader sampled, if that key lies strictly inside the range. Largest
 //!    first.
-//! 3. **Replica moves** ([`Operator::ChangeReplicas`]): while the live node
+//! 3. **Merges** ([`Operator::Merge`]): two [`RangeView::mergeable`]
+//!    neighbours holding together at most [`Policy::merge_bytes`] and
+//!    [`Policy::merge_keys`], at most [`Policy::max_merges`] a round.
+//! 4. **Replica moves** ([`Operator::ChangeReplicas`]): while the live node
 //!    holding the most replicas holds more than [`Policy::replica_tolerance`]
 //!    more than the one holding the fewest, a replica moves from the first to
 //!    the second.
-//! 4. **Leader moves** ([`Operator::TransferLeader`]): while the live node
+//! 5. **Leader moves** ([`Operator::TransferLeader`]): while the live node
 //!    leading the most ranges leads more than [`Policy::leader_tolerance`]
 //!    ranges more than the one leading the fewest, one of its ranges' leadership
 //!    goes to the least-loaded live node holding a replica of it.
@@ -51,8 +57,9 @@
 //! The engine's driver (`engine/src/placement.rs`), on the node leading the
 //! meta range: it builds the view, calls [`plan`] and executes each operator
 //! (`Db::split_range` at the planned epoch, `Db::transfer_leader`,
-//! `Db::change_replicas` at the planned replica-set version). Merges and
-//! load-based splitting are not built (docs/placement.md).
+//! `Db::change_replicas` at the planned replica-set version,
+//! `Db::merge_range` at the planned epochs or `Db::complete_merge`).
+//! Load-based splitting is not built (docs/placement.md).
 
 mod operator;
 mod plan;
