@@ -29,8 +29,8 @@
 //! replica_tolerance = 2
 //! max_replica_changes = 2
 //! dead_after_ms = 300000
-//! merge_bytes = 2097152            # 0: no merges
-//! merge_keys = 100000
+//! merge_bytes = 2097152            # 0: no merges; default at most split_bytes / 2
+//! merge_keys = 100000              # default at most split_keys / 2
 //! max_merges = 1
 //! merge_after_ms = 3600000
 //! ```
@@ -167,12 +167,14 @@ pub struct PlacementFile {
     /// blip should not cost a snapshot of every range the node holds.
     pub dead_after_ms: u64,
     /// Merge neighbours holding together at most this many bytes. Default
-    /// 2 MiB; 0: no merges. At most half of `split_bytes`, and 3 MiB (a
-    /// merge carries the right-hand range in one log entry).
-    pub merge_bytes: u64,
-    /// ... and at most this many keys. Default 100,000; at most half of
-    /// `split_keys`.
-    pub merge_keys: u64,
+    /// 2 MiB, or half of `split_bytes` if that is less; 0: no merges. Set,
+    /// at most half of `split_bytes` (a merged range must not be split
+    /// again at once) and 3 MiB (a merge carries the right-hand range in
+    /// one log entry).
+    pub merge_bytes: Option<u64>,
+    /// ... and at most this many keys. Default 100,000, or half of
+    /// `split_keys` if that is less; set, at most half of `split_keys`.
+    pub merge_keys: Option<u64>,
     /// New merges per round at most. Default 1.
     pub max_merges: usize,
     /// Milliseconds the driver must have seen a range unchanged before it
@@ -196,8 +198,8 @@ impl Default for PlacementFile {
             dead_after_ms: crate::placement::PlacementConfig::default()
                 .dead_after
                 .as_millis() as u64,
-            merge_bytes: p.merge_bytes,
-            merge_keys: p.merge_keys,
+            merge_bytes: None,
+            merge_keys: None,
             max_merges: p.max_merges,
             merge_after_ms: crate::placement::PlacementConfig::default()
                 .merge_after
@@ -207,6 +209,18 @@ impl Default for PlacementFile {
 }
 
 impl PlacementFile {
+    /// `merge_bytes`, or its default for this `split_bytes`.
+    fn merge_bytes(&self) -> u64 {
+        let default = tessera_placement::Policy::DEFAULT_MERGE_BYTES.min(self.split_bytes / 2);
+        self.merge_bytes.unwrap_or(default)
+    }
+
+    /// `merge_keys`, or its default for this `split_keys`.
+    fn merge_keys(&self) -> u64 {
+        let default = tessera_placement::Policy::DEFAULT_MERGE_KEYS.min(self.split_keys / 2);
+        self.merge_keys.unwrap_or(default)
+    }
+
     /// The driver's configuration.
     pub fn config(&self) -> crate::placement::PlacementConfig {
         crate::placement::PlacementConfig {
@@ -221,8 +235,8 @@ impl PlacementFile {
                 replicas: self.replicas,
                 replica_tolerance: self.replica_tolerance,
                 max_replica_changes: self.max_replica_changes,
-                merge_bytes: self.merge_bytes,
-                merge_keys: self.merge_keys,
+                merge_bytes: self.merge_bytes(),
+                merge_keys: self.merge_keys(),
                 max_merges: self.max_merges,
             },
         }
@@ -346,14 +360,14 @@ impl NodeFile {
                 "must be at least 1000 (a node is given up on only after it has been down a while)",
             ));
         }
-        if p.merge_bytes > (3 << 20) || p.merge_bytes > p.split_bytes / 2 {
+        if p.merge_bytes() > crate::store::MERGE_BYTES_MAX || p.merge_bytes() > p.split_bytes / 2 {
             return Err(invalid(
                 "placement.merge_bytes",
                 "must be at most 3 MiB and half of split_bytes (a merged range must fit in one \
                  log entry, and must not be split again at once)",
             ));
         }
-        if p.merge_keys > p.split_keys / 2 {
+        if p.merge_keys() > p.split_keys / 2 {
             return Err(invalid(
                 "placement.merge_keys",
                 "must be at most half of split_keys",
@@ -494,5 +508,42 @@ mod tests {
         assert!(f.validate().unwrap_err().to_string().contains("password"));
         let unknown = toml::from_str::<NodeFile>("node_id = 1\nbogus = 2");
         assert!(unknown.unwrap_err().to_string().contains("bogus"));
+    }
+
+    /// Merge thresholds follow small split thresholds unless set; set, they
+    /// must stay under half of them and under what one entry carries.
+    #[test]
+    fn merge_thresholds_default_below_the_split_thresholds() {
+        let mut f = sample();
+        f.placement.split_keys = 2000;
+        f.placement.split_bytes = 1 << 20;
+        f.validate().expect("valid");
+        let policy = f.placement.config().policy;
+        assert_eq!((policy.merge_keys, policy.merge_bytes), (1000, 512 << 10));
+        let defaults = sample().placement.config().policy;
+        assert_eq!(defaults.merge_bytes, 2 << 20);
+        assert_eq!(defaults.merge_keys, 100_000);
+        for (keys, bytes, field) in [
+            (Some(1001), None, "merge_keys"),
+            (None, Some(600 << 10), "merge_bytes"),
+        ] {
+            let mut f = sample();
+            f.placement.split_keys = 2000;
+            f.placement.split_bytes = 1 << 20;
+            f.placement.merge_keys = keys;
+            f.placement.merge_bytes = bytes;
+            let e = f.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let mut f = sample();
+        f.placement.merge_bytes = Some(4 << 20);
+        assert!(
+            f.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("merge_bytes")
+        );
+        f.placement.merge_bytes = Some(0);
+        f.validate().expect("merges off");
     }
 }

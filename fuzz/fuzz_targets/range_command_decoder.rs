@@ -2,21 +2,22 @@
 //! snapshots (InstallSnapshot), chosen by the first byte:
 //! - 0: `Proposal::decode`; a proposal that decodes must re-encode and decode to
 //!   itself, and applying it to a small range must not panic (any command, any
-//!   keys, any epoch);
+//!   keys, any epoch; a merge's `Absorb` decodes the snapshot it carries);
 //! - 1: `RangeDescriptor::decode`; one that decodes has a sane span and
 //!   round-trips;
 //! - 2: `RangeState::restore` of the bytes as they are (almost always a CRC
 //!   failure);
 //! - 3: the bytes as the body of a snapshot with a valid header and CRC, so that
-//!   the body parser is reached; a state that restores must snapshot and restore
-//!   to the same state.
+//!   the body parser is reached (retired or not, by the body's first bit); a
+//!   state that restores must snapshot and restore to the same state, and a
+//!   small range must take it over (`Command::Absorb`) without panicking.
 //!
 //! Decoding must never panic.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tessera_engine::range::{Proposal, RangeDescriptor, RangeState};
+use tessera_engine::range::{Command, Proposal, RangeDescriptor, RangeState};
 
 fn small_range() -> RangeState {
     RangeState::new(RangeDescriptor {
@@ -49,8 +50,9 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(p) = Proposal::decode(rest) {
                 assert_eq!(Proposal::decode(&p.encode()).as_ref(), Ok(&p));
                 let mut s = small_range();
-                let _ = s.apply(1, 1, &p);
-                let _ = s.apply(2, 1, &Proposal { epoch: 1, ..p });
+                // `apply_entry`, not `apply`: a split that succeeds is fine.
+                let _ = s.apply_entry(1, 1, p.clone());
+                let _ = s.apply_entry(2, 1, Proposal { epoch: 1, ..p });
                 check_restored(s);
             }
         }
@@ -66,15 +68,24 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
+            let retired = rest.first().is_some_and(|b| b & 1 == 1);
             let mut image = b"TSRANGE\0\x01\0\0\0".to_vec();
+            image[10] = u8::from(retired);
             image.extend_from_slice(&[0; 4]);
             image.extend_from_slice(&(rest.len() as u64).to_le_bytes());
             image.extend_from_slice(rest);
             let crc = crc32c_of(&image[16..]);
             image[12..16].copy_from_slice(&crc.to_le_bytes());
             if let Ok(s) = RangeState::restore(&image) {
+                assert_eq!(s.is_retired(), retired);
                 check_restored(s);
             }
+            let mut left = small_range();
+            let command = Command::Absorb {
+                right: Bytes::from(image),
+            };
+            let _ = left.apply_entry(1, 1, Proposal { epoch: 1, command });
+            check_restored(left);
         }
     }
 });

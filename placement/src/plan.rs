@@ -65,7 +65,8 @@ mod replicas;
 /// New merges: two neighbours (one ends where the other starts), both
 /// `mergeable` (the driver's say: seen unchanged for a while), splittable
 /// (not the meta range), `movable`, not retired, not overlapping another
-/// range in the view, with known leaders on live nodes, that together hold
+/// range in the view, with known leaders and every replica on live nodes
+/// (a merge may move replicas), that together hold
 /// at most `merge_bytes` bytes and `merge_keys` keys (`merge_bytes` 0: no
 /// merges). Pairs whose replicas are on the same nodes go first (the others
 /// move replicas first), then the smallest together, then by id; at most

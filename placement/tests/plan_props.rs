@@ -280,6 +280,7 @@ proptest! {
                         for x in [r, rr] {
                             prop_assert!(x.mergeable && x.movable && x.splittable && !x.retired, "{:?}", x);
                             prop_assert!(x.leader.is_some_and(|l| live.contains(&l)));
+                            prop_assert!(x.replicas.iter().all(|n| live.contains(n)));
                         }
                         prop_assert!(r.bytes + rr.bytes <= policy.merge_bytes);
                         prop_assert!(r.keys + rr.keys <= policy.merge_keys);

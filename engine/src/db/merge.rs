@@ -85,12 +85,20 @@ impl Db {
             let changed = if le != left.epoch { left } else { right };
             return Err(DbError::RangeChanged(Box::new(changed)));
         }
+        // Read from the leaders: a lagging replica may not know it is
+        // retired. A retired left side absorbs nothing (its own merge goes
+        // first).
+        if self.size_of(&left).await?.retired {
+            return Err(DbError::Invalid(format!(
+                "range {range} is retired: it is being merged into its left neighbour"
+            )));
+        }
         let size = self.size_of(&right).await?;
-        let max = self.proposal_bytes_max().await;
+        let max = self.merge_bytes_max().await;
         if snapshot_bytes(size.keys, size.bytes) > max {
             return Err(DbError::Invalid(format!(
                 "range {} holds {} keys and {} bytes: too large to merge (a merge carries the \
-                 right-hand range in one log entry of at most {max} bytes, proposal_bytes_max)",
+                 right-hand range in one log entry, at most {max} bytes)",
                 right.id, size.keys, size.bytes
             )));
         }
@@ -212,15 +220,18 @@ impl Db {
             .filter(|d| d.id != retired.id && d.epoch > retired.epoch)
     }
 
-    /// The node's limit on one proposal (a merge's entry carries the
-    /// right-hand range whole).
-    async fn proposal_bytes_max(&self) -> u64 {
-        self.inner
+    /// The largest range a merge carries (the retire refuses a larger one
+    /// at its leader, with that node's proposal limit; this node's is the
+    /// likely one).
+    async fn merge_bytes_max(&self) -> u64 {
+        let proposal = self
+            .inner
             .node
             .handle()
             .inspect(|s| s.config().proposal_bytes_max)
             .await
-            .unwrap_or(crate::store::PROPOSAL_BYTES_MAX)
+            .unwrap_or(crate::store::PROPOSAL_BYTES_MAX);
+        crate::store::MERGE_BYTES_MAX.min(proposal.saturating_sub(1024))
     }
 
     async fn size_of(&self, d: &RangeDescriptor) -> Result<Size, DbError> {

@@ -10,12 +10,15 @@
 //! 0       8     magic "TSRANGE\0"
 //! 8       2     format version (u16) = 1
 //! 10      2     flags (u16): bit 0 = retired (the first step of a merge
-//!               applied), the others must be 0
+//!               applied); bit 1 = the body holds the end epoch; the
+//!               others must be 0
 //! 12      4     CRC32C (u32) of every byte from offset 16 to the end
 //! 16      8     body length (u64) = total length - 24
 //! 24            body:
 //!         8       applied index (u64)
 //!         8       applied term (u64)
+//!         8       end epoch (u64), only with flag bit 1: the epoch at
+//!                 which the range's end boundary was made
 //!         4       descriptor length D (u32)
 //!         D       descriptor, as RangeDescriptor::encode (version byte + rkyv)
 //!         8       pair count N (u64)
@@ -47,6 +50,10 @@ pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TSRANGE\0";
 pub const SNAPSHOT_FORMAT_VERSION: u16 = 1;
 /// Flag bit: the range is retired (`RangeState::is_retired`).
 const FLAG_RETIRED: u16 = 1;
+/// Flag bit: the body holds the end epoch (`RangeState::end_epoch`), which
+/// is written only when known (not 0), so a range never split or merged
+/// keeps the format of the version before.
+const FLAG_END_EPOCH: u16 = 2;
 /// Bytes before the body.
 const HEADER_BYTES: usize = 24;
 /// Offset of the first byte the CRC covers (the body length onwards).
@@ -148,9 +155,11 @@ pub(crate) fn write_consuming(state: RangeState) -> Bytes {
 
 /// The length of [`write`]'s bytes for `state`, without writing them.
 pub(crate) fn encoded_len(state: &RangeState) -> u64 {
+    let end_epoch = if state.end_epoch() != 0 { 8 } else { 0 };
     HEADER_BYTES as u64
         + 8
         + 8
+        + end_epoch
         + 4
         + state.descriptor().encode().len() as u64
         + 8
@@ -166,12 +175,22 @@ fn begin(state: &RangeState) -> BytesMut {
     let mut out = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
     out.put_slice(&SNAPSHOT_MAGIC);
     out.put_u16_le(SNAPSHOT_FORMAT_VERSION);
-    out.put_u16_le(if state.is_retired() { FLAG_RETIRED } else { 0 });
+    let mut flags = 0;
+    if state.is_retired() {
+        flags |= FLAG_RETIRED;
+    }
+    if state.end_epoch() != 0 {
+        flags |= FLAG_END_EPOCH;
+    }
+    out.put_u16_le(flags);
     out.put_u32_le(0); // CRC, filled in by `finish`.
     out.put_u64_le(0); // Body length, filled in by `finish`.
     let (index, term) = state.applied();
     out.put_u64_le(index);
     out.put_u64_le(term);
+    if state.end_epoch() != 0 {
+        out.put_u64_le(state.end_epoch());
+    }
     out.put_u32_le(len_u32(desc.len()));
     out.put_slice(&desc);
     out.put_u64_le(state.len() as u64);
@@ -249,7 +268,7 @@ pub(crate) fn read(bytes: &[u8]) -> Result<RangeState, SnapshotError> {
         });
     }
     let flags = u16::from_le_bytes(header.array("flags")?);
-    if flags & !FLAG_RETIRED != 0 {
+    if flags & !(FLAG_RETIRED | FLAG_END_EPOCH) != 0 {
         return Err(SnapshotError::UnknownFlags(flags));
     }
     let stored = header.u32("crc")?;
@@ -271,6 +290,11 @@ pub(crate) fn read(bytes: &[u8]) -> Result<RangeState, SnapshotError> {
     };
     let index = body.u64("applied index")?;
     let term = body.u64("applied term")?;
+    let end_epoch = if flags & FLAG_END_EPOCH != 0 {
+        body.u64("end epoch")?
+    } else {
+        0
+    };
     let desc = RangeDescriptor::decode(body.prefixed("descriptor")?)?;
     let count = body.u64("pair count")?;
     let mut pairs: Vec<(Key, Bytes)> = Vec::new();
@@ -293,7 +317,9 @@ pub(crate) fn read(bytes: &[u8]) -> Result<RangeState, SnapshotError> {
     // Checked above: sorted and unique.
     let map = PairMap::from_sorted(pairs);
     let retired = flags & FLAG_RETIRED != 0;
-    Ok(RangeState::from_parts(desc, (index, term), map, retired))
+    let mut state = RangeState::from_parts(desc, (index, term), map, retired);
+    state.set_end_epoch(end_epoch);
+    Ok(state)
 }
 
 #[cfg(test)]

@@ -37,6 +37,13 @@ pub struct RangeState {
     /// Retired by [`Command::Retire`] (the first step of a merge): the state
     /// is fixed for good and every later command is refused.
     retired: bool,
+    /// The epoch at which the boundary at the range's end was made (by the
+    /// split that made it; taken over from the range it absorbed), or 0 if
+    /// not known (a range made by the initial layout, or restored from a
+    /// snapshot of the version before). The range to its right has at least
+    /// this epoch for as long as it lives, which is how a stale snapshot of
+    /// a range merged here before is refused (see `absorb`).
+    end_epoch: u64,
 }
 
 impl fmt::Debug for RangeState {
@@ -62,6 +69,7 @@ impl RangeState {
             bytes: 0,
             pairs_sum: 0,
             retired: false,
+            end_epoch: 0,
         }
     }
 
@@ -83,7 +91,19 @@ impl RangeState {
             bytes,
             pairs_sum,
             retired,
+            end_epoch: 0,
         }
+    }
+
+    /// The epoch at which the boundary at the range's end was made (0: not
+    /// known). See the field.
+    pub fn end_epoch(&self) -> u64 {
+        self.end_epoch
+    }
+
+    /// Sets [`end_epoch`](Self::end_epoch) (snapshot restore).
+    pub(crate) fn set_end_epoch(&mut self, end_epoch: u64) {
+        self.end_epoch = end_epoch;
     }
 
     /// Whether the range is retired ([`Command::Retire`]): its state is
@@ -244,6 +264,17 @@ impl RangeState {
                 rd.id, rd.start, d.id, d.end
             ));
         }
+        // This range's end was made again, at a higher epoch than the one
+        // the snapshot's range ever had: that range was merged here before,
+        // and what ends here now is another (a stale snapshot; the live
+        // range to the right has at least `end_epoch`).
+        if rd.epoch < self.end_epoch {
+            return Err(format!(
+                "range {} at epoch {} is older than this range's end (made at epoch {}): \
+                 a snapshot from before an earlier merge",
+                rd.id, rd.epoch, self.end_epoch
+            ));
+        }
         let set = |r: &[crate::raft::NodeId]| r.iter().copied().collect::<BTreeSet<_>>();
         if set(&rd.replicas) != set(&d.replicas) {
             return Err(format!(
@@ -256,6 +287,7 @@ impl RangeState {
         self.bytes += other.bytes;
         self.pairs_sum = self.pairs_sum.wrapping_add(other.pairs_sum);
         self.desc.end = rd.end.clone();
+        self.end_epoch = other.end_epoch;
         // Above both: for any key, the higher epoch is the newer descriptor.
         self.desc.epoch = self.desc.epoch.max(rd.epoch) + 1;
         Ok(rd)
@@ -305,6 +337,9 @@ impl RangeState {
         self.pairs_sum = self.pairs_sum.wrapping_sub(right_sum);
         self.desc.end = at.clone();
         self.desc.epoch = epoch;
+        // The new boundary is this split's; the right half's end is the one
+        // this range had.
+        let right_end_epoch = std::mem::replace(&mut self.end_epoch, epoch);
         Ok(RangeState {
             desc: right_desc,
             applied_index: 1,
@@ -313,6 +348,7 @@ impl RangeState {
             bytes: right_bytes,
             pairs_sum: right_sum,
             retired: false,
+            end_epoch: right_end_epoch,
         })
     }
 
@@ -609,7 +645,20 @@ impl RangeState {
             self.map.len() as u64,
             self.pairs_sum,
         );
-        retired_hash(h, self.retired)
+        self.extra_hash(h)
+    }
+
+    /// Mixes what the descriptor does not say into a digest (replicas must
+    /// agree on it too); a state that is neither retired nor knows its end
+    /// epoch keeps the digest of the version before.
+    fn extra_hash(&self, mut h: u64) -> u64 {
+        if self.retired {
+            h = h.rotate_left(17) ^ 0x7265_7469_7265_6421;
+        }
+        if self.end_epoch != 0 {
+            h = h.rotate_left(29) ^ self.end_epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        h
     }
 
     /// Recomputes the digest by scanning every pair (checks the maintained sum).
@@ -621,7 +670,7 @@ impl RangeState {
             self.map.len() as u64,
             hash::pairs_sum(self.map.iter()),
         );
-        retired_hash(h, self.retired)
+        self.extra_hash(h)
     }
 
     /// The exact length of [`snapshot`](Self::snapshot)'s bytes (see
@@ -629,16 +678,6 @@ impl RangeState {
     /// decides alike whether the state fits in one proposal.
     pub fn snapshot_len(&self) -> u64 {
         snapshot::encoded_len(self)
-    }
-}
-
-/// A retired state digests differently from the same state not retired
-/// (replicas must agree on it too); others keep their digest.
-fn retired_hash(h: u64, retired: bool) -> u64 {
-    if retired {
-        h.rotate_left(17) ^ 0x7265_7469_7265_6421
-    } else {
-        h
     }
 }
 
@@ -1704,6 +1743,36 @@ mod tests {
         assert!(matches!(r, ApplyResult::Split { .. }), "{r:?}");
         assert_eq!(again.expect("split").len(), 4);
         assert_eq!(t.s.len(), 2);
+    }
+
+    #[test]
+    fn a_stale_snapshot_of_a_range_merged_before_is_refused_after_its_boundary_is_made_again() {
+        let (mut t, right) = split_and_retire();
+        assert_eq!(t.s.end_epoch(), 6, "the split made the boundary at epoch 6");
+        let r = absorb(&mut t, 6, &right);
+        assert!(matches!(r, ApplyResult::Merged { .. }), "{r:?}");
+        assert_eq!(t.s.end_epoch(), 0, "the absorbed range's end: the layout's");
+        // Cut again where the absorbed range started: a new range there.
+        let (r, again) = split_at(&mut t.s, 7, "h", 11);
+        assert!(matches!(r, ApplyResult::Split { .. }), "{r:?}");
+        assert_eq!(again.expect("split").end_epoch(), 0);
+        assert_eq!(t.s.end_epoch(), 8);
+        // The old snapshot (epoch 6) fits every other check, but the range
+        // it describes was merged here already: refused, nothing changed.
+        let before = t.s.scan(b"", b"", usize::MAX);
+        let r = absorb(&mut t, 8, &right);
+        assert!(
+            matches!(&r, ApplyResult::Error(ApplyError::InvalidMerge { why }) if why.contains("older")),
+            "{r:?}"
+        );
+        assert_eq!(t.s.scan(b"", b"", usize::MAX), before);
+        // The end epoch survives a snapshot, and changes the digest.
+        let restored = RangeState::restore(&t.s.snapshot()).expect("restores");
+        assert_eq!(restored.end_epoch(), 8);
+        assert_eq!(restored.state_hash(), t.s.state_hash());
+        let mut unknown = t.s.clone();
+        unknown.end_epoch = 0;
+        assert_ne!(unknown.state_hash(), t.s.state_hash());
     }
 
     #[test]

@@ -9,6 +9,14 @@ use crate::raft::{self, NodeId};
 /// to that peer while it crosses the network.
 pub const PROPOSAL_BYTES_MAX: u64 = (4 << 20) + (64 << 10);
 
+/// The largest range a merge carries into its left neighbour (the
+/// snapshot in the `Absorb` entry): the same on every node whatever its
+/// `proposal_bytes_max`, so that a range retired by one node's leader fits
+/// in the entry another node's leader proposes. Nodes whose proposal limit
+/// is lower (a WAL segment under 16 MiB) merge less: the leader that
+/// retires a range caps it at its own limit too.
+pub const MERGE_BYTES_MAX: u64 = 3 << 20;
+
 /// How a store runs its replicas. Times are in ticks of the host's clock.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {

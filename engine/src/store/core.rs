@@ -38,7 +38,7 @@ use crate::range::{
 
 use super::bootstrap::META_RANGE;
 use super::codec::{Control, PeerBatch, encode_payload};
-use super::config::StoreConfig;
+use super::config::{MERGE_BYTES_MAX, StoreConfig};
 use super::persist::{
     AfterPersist, GroupWrite, PersistQueue, SnapshotKind, SnapshotWrite, Tombstone, WriteBatch,
 };
@@ -624,7 +624,7 @@ impl Store {
         let range = req.range();
         // A retired range's snapshot travels in its neighbour's `Absorb`
         // proposal, which adds a few dozen bytes to it.
-        let merge_max = self.cfg.proposal_bytes_max.saturating_sub(1024);
+        let merge_max = MERGE_BYTES_MAX.min(self.cfg.proposal_bytes_max.saturating_sub(1024));
         let election_ticks = self.cfg.raft.election_ticks as u64;
         let now = self.ticks;
         // A split into an id this node already holds would keep that

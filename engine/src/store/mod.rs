@@ -30,7 +30,7 @@ pub use bootstrap::{
     cluster_layout, initial_replica, meta_key,
 };
 pub use codec::{Control, PeerBatch};
-pub use config::{PROPOSAL_BYTES_MAX, StoreConfig};
+pub use config::{MERGE_BYTES_MAX, PROPOSAL_BYTES_MAX, StoreConfig};
 pub use core::{FORWARDED_ID_BIT, Store, StoreReady, StoreStats};
 pub use persist::{
     FLOOR_GROUP_BIT, GroupWrite, SnapshotKind, SnapshotWrite, Tombstone, WriteBatch, floor_group,

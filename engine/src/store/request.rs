@@ -123,8 +123,9 @@ pub enum Request {
     /// answered with `Reply::Applied(ApplyResult::Retired(descriptor))` once
     /// applied, or at once by a leader whose range is retired already.
     /// Refused with `Invalid` for the meta range, and when applied (with
-    /// `ApplyError::InvalidMerge`) if the range's snapshot would not fit in
-    /// one proposal (`StoreConfig::proposal_bytes_max`, less 1 KiB).
+    /// `ApplyError::InvalidMerge`) if the range's snapshot would be over
+    /// `MERGE_BYTES_MAX` (3 MiB), or the leader's proposal limit less 1 KiB
+    /// if that is lower.
     Retire { range: RangeId, epoch: u64 },
     /// The second step of a merge: this range (the left-hand one) takes over
     /// the retired range whose snapshot (`ReadOp::Export`) is `right`. A

@@ -48,6 +48,9 @@ pub(super) fn plan_merges(
             && !r.retired
             && !overlapping.contains(&r.id)
             && r.leader.is_some_and(|l| live.contains(&l))
+            // Colocating may add replicas: never onto a node that is down.
+            && !r.replicas.is_empty()
+            && r.replicas.iter().all(|n| live.contains(n))
     };
     let mut sorted: Vec<&RangeView> = ranges.iter().copied().filter(|r| fit(r)).collect();
     sorted.sort_by(|a, b| a.start.cmp(&b.start).then(a.id.cmp(&b.id)));
