@@ -5,52 +5,22 @@
 //! merge survives a full restart. A neighbour on other nodes is moved to
 //! the left range's nodes first; a retired range left behind is completed.
 
-use std::collections::BTreeMap;
+mod cluster_checks;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use cluster_checks::{Writers, assert_tiles, converged, key, ranges_when};
 use tessera_engine::cluster::{LocalCluster, LocalClusterOptions};
-use tessera_engine::range::RangeDescriptor;
 use tessera_engine::store::{ReadConsistency, Reply, Request};
 use tessera_engine::{Db, DbError};
-
-fn key(i: usize) -> Bytes {
-    // Hex digits: every key starts with a byte in '0'..='f'.
-    let spread = (i as u32).wrapping_mul(2_654_435_761);
-    Bytes::from(format!("{:08x}-{i}", spread))
-}
 
 async fn start(dir: &Path, nodes: usize) -> LocalCluster {
     let mut opts = LocalClusterOptions::new(dir);
     opts.nodes = nodes;
     opts.initial_ranges = 2;
     LocalCluster::start(opts).await.expect("cluster starts")
-}
-
-/// The ranges, as the meta range lists them once it shows `want` ranges.
-async fn ranges_when(db: &Db, want: usize) -> Vec<RangeDescriptor> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        db.refresh_routes().await.expect("refresh");
-        let r = db.ranges();
-        if r.len() == want || Instant::now() > deadline {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every key belongs to exactly one range.
-fn assert_tiles(ranges: &[RangeDescriptor]) {
-    assert!(ranges[0].start.is_empty(), "{ranges:?}");
-    for w in ranges.windows(2) {
-        assert_eq!(w[0].end, w[1].start, "gap or overlap: {ranges:?}");
-    }
-    assert!(ranges[ranges.len() - 1].end.is_empty(), "{ranges:?}");
 }
 
 fn snapshot_file(dir: &Path, node: usize, range: u64) -> PathBuf {
@@ -84,26 +54,6 @@ async fn gone_everywhere(cluster: &LocalCluster, dir: &Path, nodes: usize, range
     }
 }
 
-/// Every replica of every range at the same applied index and hash.
-async fn converged(db: &Db, ranges: &[RangeDescriptor]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for r in ranges {
-        loop {
-            let hashes = db.replica_hashes(r).await;
-            let ok: Vec<(u64, u64)> = hashes.iter().filter_map(|(_, h)| h.clone().ok()).collect();
-            if ok.len() == r.replicas.len() && ok.windows(2).all(|w| w[0] == w[1]) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "range {} did not converge: {hashes:?}",
-                r.id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merges_under_writers_lose_nothing_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -116,28 +66,7 @@ async fn merges_under_writers_lose_nothing_and_survive_a_restart() {
     assert_eq!(before.len(), 5, "{before:?}");
 
     // Eight writers, each on its own keys, through all three nodes.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<BTreeMap<Bytes, Bytes>>> = Default::default();
-    let mut writers = Vec::new();
-    for w in 0..8usize {
-        let (db, stop, acked) = (dbs[w % 3].clone(), stop.clone(), acked.clone());
-        writers.push(tokio::spawn(async move {
-            let mut i = w;
-            let mut unknown = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let (k, v) = (key(i), Bytes::from(format!("v{i}")));
-                match db.put(k.clone(), v.clone()).await {
-                    Ok(()) => {
-                        acked.lock().insert(k, v);
-                    }
-                    Err(DbError::Ambiguous(_) | DbError::Timeout { .. }) => unknown += 1,
-                    Err(e) => panic!("writer {w}: put {k:?}: {e}"),
-                }
-                i += 8;
-            }
-            unknown
-        }));
-    }
+    let writers = Writers::start(&dbs, 8);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Three merges, each through another node, while the writers run: the
@@ -155,12 +84,7 @@ async fn merges_under_writers_lose_nothing_and_survive_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut unknown = 0;
-    for w in writers {
-        unknown += w.await.expect("writer");
-    }
-    let acked = acked.lock().clone();
+    let (acked, unknown) = writers.stop().await;
     assert!(
         acked.len() > 100,
         "only {} writes acknowledged",

@@ -678,13 +678,7 @@ impl Store {
                 return Err(split_as_write(range));
             }
             Request::Write { epoch, command, .. } => {
-                propose(
-                    r,
-                    id,
-                    Proposal { epoch, command }.encode(),
-                    &mut self.stats,
-                    &mut self.replies,
-                )?;
+                propose_command(r, id, epoch, command, &mut self.stats, &mut self.replies)?;
             }
             Request::WriteEncoded { proposal, .. } => {
                 debug_assert_eq!(proposal.epoch(), epoch);
@@ -715,18 +709,11 @@ impl Store {
                 if new_range == range || new_range == META_RANGE || new_range_taken {
                     return Err(invalid(format!("{new_range} cannot be the new range's id")));
                 }
-                let conf = r.raft.conf_state();
-                if conf.is_joint() || !conf.learners_next.is_empty() {
+                if membership_changing(r) {
                     return Err(invalid("a membership change is in progress".into()));
                 }
                 let command = Command::Split { at, new_range };
-                propose(
-                    r,
-                    id,
-                    Proposal { epoch, command }.encode(),
-                    &mut self.stats,
-                    &mut self.replies,
-                )?;
+                propose_command(r, id, epoch, command, &mut self.stats, &mut self.replies)?;
             }
             Request::Retire { epoch, .. } => {
                 if range == META_RANGE {
@@ -744,31 +731,18 @@ impl Store {
                 let command = Command::Retire {
                     max_bytes: merge_max,
                 };
-                propose(
-                    r,
-                    id,
-                    Proposal { epoch, command }.encode(),
-                    &mut self.stats,
-                    &mut self.replies,
-                )?;
+                propose_command(r, id, epoch, command, &mut self.stats, &mut self.replies)?;
             }
             Request::Absorb { epoch, right, .. } => {
                 let invalid = |why: String| StoreError::Invalid { range, why };
                 if range == META_RANGE {
                     return Err(invalid("the meta range is never merged".into()));
                 }
-                let conf = r.raft.conf_state();
-                if conf.is_joint() || !conf.learners_next.is_empty() {
+                if membership_changing(r) {
                     return Err(invalid("a membership change is in progress".into()));
                 }
                 let command = Command::Absorb { right };
-                propose(
-                    r,
-                    id,
-                    Proposal { epoch, command }.encode(),
-                    &mut self.stats,
-                    &mut self.replies,
-                )?;
+                propose_command(r, id, epoch, command, &mut self.stats, &mut self.replies)?;
             }
             Request::ChangeReplicas {
                 conf_ver,
@@ -2406,6 +2380,25 @@ fn keeps_serving(
 
 /// Proposes a write on a replica that must lead its range; its reply comes
 /// when the entry is applied (or dropped).
+/// Whether the range is between two configurations (a split or a merge
+/// waits: its new descriptor would name replicas by one of them).
+fn membership_changing(r: &Replica) -> bool {
+    let conf = r.raft.conf_state();
+    conf.is_joint() || !conf.learners_next.is_empty()
+}
+
+/// [`propose`] of `command` at `epoch`.
+fn propose_command(
+    r: &mut Replica,
+    id: ReqId,
+    epoch: u64,
+    command: Command,
+    stats: &mut StoreStats,
+    replies: &mut Vec<(ReqId, Result<Reply, StoreError>)>,
+) -> Result<(), StoreError> {
+    propose(r, id, Proposal { epoch, command }.encode(), stats, replies)
+}
+
 fn propose(
     r: &mut Replica,
     id: ReqId,
