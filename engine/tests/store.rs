@@ -3117,3 +3117,91 @@ fn a_merge_step_disguised_as_a_write_is_refused() {
     let w = sim.request(leader, write_req(LHS, 2, &sim.key_in(LHS, "d"), "x"));
     assert_eq!(sim.reply(w), Some(&applied_done()));
 }
+
+/// A node taken out of both ranges while cut off (so it never heard), its
+/// replicas asleep and still counting on their old leaders: once the two
+/// ranges merge without it and it is back, its left replica is told it was
+/// removed, and its right one that it was merged away (`AskMerged`, asked
+/// at the periodic check although it believes in a leader), so it keeps
+/// neither.
+#[test]
+fn a_node_removed_from_both_ranges_before_their_merge_drops_both_when_back() {
+    let (mut sim, at, lk, rk) = split_setup_with(|c| c.replica_check_ticks = 20);
+    let leader = sim.agreed_leader(LHS).expect("leader");
+    let split = sim.request(leader, split_req(LHS, 1, &at, RHS));
+    assert!(matches!(
+        sim.reply(split),
+        Some(Ok(Reply::Applied(ApplyResult::Split { .. })))
+    ));
+    sim.run_until_quiesced(200);
+    let gone = 3;
+    sim.isolate(gone);
+    // (Led from the cut-off node, a range elects another leader first.)
+    let leader_of = |sim: &mut Sim, range: RangeId| {
+        for _ in 0..100 {
+            let leader = [1, 2].into_iter().find(|&n| {
+                sim.store(n)
+                    .replica_raft(range)
+                    .is_some_and(|r| r.is_leader())
+            });
+            if let Some(l) = leader {
+                return l;
+            }
+            sim.tick();
+        }
+        panic!("range {range}: no leader among nodes 1 and 2");
+    };
+    for range in [LHS, RHS] {
+        let leader = leader_of(&mut sim, range);
+        let change = Request::ChangeReplicas {
+            range,
+            epoch: 2,
+            conf_ver: None,
+            add: vec![],
+            remove: vec![gone],
+        };
+        let mut done = false;
+        for _ in 0..50 {
+            let id = sim.request(leader, change.clone());
+            if matches!(
+                sim.reply(id),
+                Some(Ok(Reply::Applied(ApplyResult::Replicas(_))))
+            ) {
+                done = true;
+                break;
+            }
+            sim.ticks(2);
+        }
+        assert!(done, "range {range}: node {gone} not removed");
+    }
+    sim.ticks(10);
+    let via = leader_of(&mut sim, LHS);
+    let merged = merge_through(&mut sim, via);
+    assert_eq!(merged.replicas.len(), 2);
+    assert!(
+        sim.store(gone).replica_state(RHS).is_some(),
+        "it missed it all"
+    );
+    sim.cut.clear();
+    for _ in 0..200 {
+        let s = sim.store(gone);
+        if s.replica_state(LHS).is_none() && s.replica_state(RHS).is_none() {
+            break;
+        }
+        sim.tick();
+    }
+    let s = sim.store(gone);
+    assert!(
+        s.replica_state(LHS).is_none(),
+        "node {gone} kept the left range"
+    );
+    assert!(
+        s.replica_state(RHS).is_none(),
+        "node {gone} kept the merged range"
+    );
+    for n in [1, 2] {
+        let st = sim.store(n).replica_state(LHS).expect("merged range");
+        assert_eq!(st.get(&lk), Some(Bytes::from_static(b"left")));
+        assert_eq!(st.get(&rk), Some(Bytes::from_static(b"right")));
+    }
+}

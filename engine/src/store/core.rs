@@ -2009,15 +2009,14 @@ impl Store {
             ask.extend(self.peers.keys().copied());
         }
         ask.remove(&me);
-        // A replica without a leader may be all that is left of a range
-        // merged away while it was cut off (taken out of the range just
-        // before, it holds no replica of the range that took its keys):
-        // whoever holds that range tells it.
+        // The replica may be all that is left of a range merged away while
+        // it was cut off or quiesced (taken out of the range just before,
+        // it holds no replica of the range that took its keys, and may
+        // still believe in a leader whose replica is gone): whoever holds
+        // that range tells it.
         let d = r.state.descriptor();
-        let merged = (r.raft.leader() == NO_NODE
-            && range != META_RANGE
-            && !self.uninitialized.contains(&range))
-        .then(|| (d.start.clone(), d.epoch));
+        let merged = (range != META_RANGE && !self.uninitialized.contains(&range))
+            .then(|| (d.start.clone(), d.epoch));
         for node in ask {
             if self.peers.contains_key(&node) {
                 let control = &mut peer_batch(&mut self.outbox, node, self.outbox_hint).control;
