@@ -2014,6 +2014,8 @@ impl Store {
         // it holds no replica of the range that took its keys, and may
         // still believe in a leader whose replica is gone): whoever holds
         // that range tells it.
+        // (A leader's too: one cut off while its range slept never stepped
+        // down, and may be all that is left of its range.)
         let d = r.state.descriptor();
         let merged = (range != META_RANGE && !self.uninitialized.contains(&range))
             .then(|| (d.start.clone(), d.epoch));
