@@ -1623,18 +1623,17 @@ mod tests {
         let mut t = five_keys();
         let (_, right) = split_at(&mut t.s, 5, "h", 10);
         let mut right = right.expect("split");
-        let r = right.apply(
-            2,
-            1,
-            &Proposal {
-                epoch: 6,
-                command: Command::Retire {
-                    max_bytes: u64::MAX,
-                },
-            },
-        );
+        let r = retire(&mut right, 2);
         assert_eq!(r, ApplyResult::Retired(right.descriptor().clone()));
         (t, right)
+    }
+
+    /// Applies a `Retire` (no size limit) at `index`, epoch 6.
+    fn retire(s: &mut RangeState, index: u64) -> ApplyResult {
+        let command = Command::Retire {
+            max_bytes: u64::MAX,
+        };
+        s.apply(index, 1, &Proposal { epoch: 6, command })
     }
 
     fn absorb(t: &mut T, epoch: u64, right: &RangeState) -> ApplyResult {
@@ -1670,16 +1669,7 @@ mod tests {
             let r = right.apply(3 + i as u64, 1, &Proposal { epoch: 6, command });
             assert_eq!(r, ApplyResult::Error(ApplyError::Retired));
         }
-        let r = right.apply(
-            7,
-            1,
-            &Proposal {
-                epoch: 6,
-                command: Command::Retire {
-                    max_bytes: u64::MAX,
-                },
-            },
-        );
+        let r = retire(&mut right, 7);
         assert_eq!(r, ApplyResult::Retired(right.descriptor().clone()));
         assert_eq!(right.get(b"p"), Some(b("4444")));
         assert_eq!(right.len(), 3);

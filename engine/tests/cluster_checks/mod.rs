@@ -121,3 +121,16 @@ impl Writers {
         (acked, unknown)
     }
 }
+
+/// After a restart: every `step`-th acknowledged write reads back through
+/// `db`, and writes go on over the whole key space.
+pub async fn still_serving(db: &Db, acked: &BTreeMap<Bytes, Bytes>, step: usize) {
+    for (k, v) in acked.iter().step_by(step) {
+        assert_eq!(db.get(k).await.expect("get").as_ref(), Some(v), "key {k:?}");
+    }
+    for at in ["0", "4", "8", "c", "\u{7f}"] {
+        let k = format!("{at}-after-restart");
+        db.put(k.clone(), "x").await.expect("put");
+        assert_eq!(db.get(&k).await.expect("get"), Some(Bytes::from("x")));
+    }
+}
