@@ -169,8 +169,9 @@ pub struct PlacementFile {
     /// Merge neighbours holding together at most this many bytes. Default
     /// 2 MiB, or half of `split_bytes` if that is less; 0: no merges. Set,
     /// at most half of `split_bytes` (a merged range must not be split
-    /// again at once) and 3 MiB (a merge carries the right-hand range in
-    /// one log entry).
+    /// again at once), and with 8 bytes per key of `merge_keys` and 1 KiB
+    /// at most 3 MiB (a merge carries the right-hand range in one log
+    /// entry).
     pub merge_bytes: Option<u64>,
     /// ... and at most this many keys. Default 100,000, or half of
     /// `split_keys` if that is less; set, at most half of `split_keys`.
@@ -360,11 +361,20 @@ impl NodeFile {
                 "must be at least 1000 (a node is given up on only after it has been down a while)",
             ));
         }
-        if p.merge_bytes() > crate::store::MERGE_BYTES_MAX || p.merge_bytes() > p.split_bytes / 2 {
+        // What the engine would carry for a right range at both limits: the
+        // pairs, eight bytes of lengths each, and a header.
+        let carried = p
+            .merge_bytes()
+            .saturating_add(p.merge_keys().saturating_mul(8))
+            .saturating_add(1024);
+        if (p.merge_bytes() > 0 && carried > crate::store::MERGE_BYTES_MAX)
+            || p.merge_bytes() > p.split_bytes / 2
+        {
             return Err(invalid(
                 "placement.merge_bytes",
-                "must be at most 3 MiB and half of split_bytes (a merged range must fit in one \
-                 log entry, and must not be split again at once)",
+                "must be at most half of split_bytes, and with 8 bytes per key of merge_keys and \
+                 1 KiB at most 3 MiB (a merged range must not be split again at once, and must \
+                 fit in one log entry)",
             ));
         }
         if p.merge_keys() > p.split_keys / 2 {
@@ -543,6 +553,12 @@ mod tests {
                 .to_string()
                 .contains("merge_bytes")
         );
+        // 3 MiB of pairs plus 100,000 keys' lengths would not fit either.
+        f.placement.merge_bytes = Some(3 << 20);
+        assert!(f.validate().is_err());
+        f.placement.merge_keys = Some(1);
+        f.placement.merge_bytes = Some((3 << 20) - 2048);
+        f.validate().expect("fits");
         f.placement.merge_bytes = Some(0);
         f.validate().expect("merges off");
     }

@@ -3206,3 +3206,72 @@ fn a_node_removed_from_both_ranges_before_their_merge_drops_both_when_back() {
         assert_eq!(st.get(&rk), Some(Bytes::from_static(b"right")));
     }
 }
+
+/// A stale snapshot: the RHS merged, the LHS split again where the RHS
+/// started (a new range there), then the old snapshot offered again. It
+/// passes every check at apply but one the leader makes as it proposes:
+/// the LHS's end was made after that range's last epoch.
+#[test]
+fn an_old_snapshot_of_a_merged_range_is_refused_after_a_new_split_there() {
+    let (mut sim, lk, [rk, _], leader) = merge_setup();
+    let at = sim
+        .store(leader)
+        .descriptor(RHS)
+        .expect("RHS")
+        .start
+        .clone();
+    let retire = sim.request(
+        leader,
+        Request::Retire {
+            range: RHS,
+            epoch: 2,
+        },
+    );
+    assert!(matches!(
+        sim.reply(retire),
+        Some(Ok(Reply::Applied(ApplyResult::Retired(_))))
+    ));
+    let export = Request::Read {
+        range: RHS,
+        epoch: 2,
+        op: ReadOp::Export,
+        consistency: ReadConsistency::Linearizable,
+    };
+    let id = sim.request(leader, export);
+    let Some(Ok(Reply::Snapshot(old))) = sim.reply(id).cloned() else {
+        panic!("export: {:?}", sim.reply(id));
+    };
+    let absorb = |epoch| Request::Absorb {
+        range: LHS,
+        epoch,
+        right: old.clone(),
+    };
+    let id = sim.request(leader, absorb(2));
+    assert!(matches!(
+        sim.reply(id),
+        Some(Ok(Reply::Applied(ApplyResult::Merged { .. })))
+    ));
+    let id = sim.request(leader, split_req(LHS, 3, &at, 60));
+    assert!(matches!(
+        sim.reply(id),
+        Some(Ok(Reply::Applied(ApplyResult::Split { .. })))
+    ));
+    let id = sim.request(leader, absorb(4));
+    assert!(
+        matches!(sim.reply(id), Some(Err(StoreError::Invalid { why, .. })) if why.contains("older")),
+        "{:?}",
+        sim.reply(id)
+    );
+    // Both ranges as the split left them.
+    sim.ticks(5);
+    let s = sim.store(leader);
+    assert_eq!(s.descriptor(LHS).map(|d| d.end.clone()), Some(at));
+    assert_eq!(
+        s.replica_state(LHS).and_then(|st| st.get(&lk)),
+        Some(Bytes::from_static(b"left"))
+    );
+    assert_eq!(
+        s.replica_state(60).and_then(|st| st.get(&rk)),
+        Some(Bytes::from_static(b"right"))
+    );
+}

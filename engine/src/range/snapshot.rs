@@ -291,7 +291,11 @@ pub(crate) fn read(bytes: &[u8]) -> Result<RangeState, SnapshotError> {
     let index = body.u64("applied index")?;
     let term = body.u64("applied term")?;
     let end_epoch = if flags & FLAG_END_EPOCH != 0 {
-        body.u64("end epoch")?
+        // Written only when known: 0 here is not a snapshot this writes.
+        match body.u64("end epoch")? {
+            0 => return Err(SnapshotError::UnknownFlags(flags)),
+            e => e,
+        }
     } else {
         0
     };
@@ -353,6 +357,25 @@ mod tests {
         assert_eq!(a.scan(b"", b"", usize::MAX), b.scan(b"", b"", usize::MAX));
         assert_eq!(a.approximate_bytes(), b.approximate_bytes());
         assert_eq!(a.state_hash(), b.state_hash());
+    }
+
+    #[test]
+    fn an_end_epoch_is_kept_and_a_zero_one_refused() {
+        let mut s = state();
+        s.set_end_epoch(9);
+        let snap = s.snapshot();
+        assert_eq!(snap.len() as u64, s.snapshot_len());
+        let r = RangeState::restore(&snap).unwrap();
+        assert_eq!(r.end_epoch(), 9);
+        // The flag with a zero epoch is not what `write` makes.
+        let mut bad = snap.to_vec();
+        bad[HEADER_BYTES + 16..HEADER_BYTES + 24].fill(0);
+        let crc = crc32c::crc32c(&bad[CRC_FROM..]);
+        bad[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            RangeState::restore(&bad),
+            Err(SnapshotError::UnknownFlags(2))
+        ));
     }
 
     #[test]

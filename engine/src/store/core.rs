@@ -741,6 +741,12 @@ impl Store {
                 if membership_changing(r) {
                     return Err(invalid("a membership change is in progress".into()));
                 }
+                // Decoded here once more (every replica decodes it as it
+                // applies): its range must not be one merged here before.
+                let other = RangeState::restore(&right)
+                    .map_err(|e| invalid(format!("the right-hand range's snapshot: {e}")))?;
+                let od = other.descriptor();
+                r.state.check_absorb(od.id, od.epoch).map_err(invalid)?;
                 let command = Command::Absorb { right };
                 propose_command(r, id, epoch, command, &mut self.stats, &mut self.replies)?;
             }
