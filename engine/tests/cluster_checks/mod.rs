@@ -109,15 +109,22 @@ impl Writers {
         }
     }
 
-    /// Stops them: every acknowledged write, and how many writes have an
-    /// unknown outcome.
-    pub async fn stop(self) -> (BTreeMap<Bytes, Bytes>, usize) {
+    /// Stops them (after letting the last change settle for 300 ms): every
+    /// acknowledged write, at least `min_acked` of them, and how many writes
+    /// have an unknown outcome.
+    pub async fn stop(self, min_acked: usize) -> (BTreeMap<Bytes, Bytes>, usize) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
         self.stop.store(true, Ordering::Relaxed);
         let mut unknown = 0;
         for h in self.handles {
             unknown += h.await.expect("writer");
         }
         let acked = self.acked.lock().clone();
+        assert!(
+            acked.len() > min_acked,
+            "only {} writes acknowledged",
+            acked.len()
+        );
         (acked, unknown)
     }
 }
