@@ -118,10 +118,8 @@ pub async fn node_status(db: &Db) -> Option<Status> {
                 .filter(|&r| store.replica_raft(r).is_some_and(|raft| raft.is_leader()))
                 .collect();
             let peers = store
-                .config()
-                .peers
-                .iter()
-                .map(|&p| PeerStatus {
+                .peer_ids()
+                .map(|p| PeerStatus {
                     id: p,
                     reachable: store.peer_live(p),
                 })

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tessera_transport::{
-    MemoryNetwork, NodeIdentity, QuicTransport, TransportConfig, bootstrap_cluster,
+    ClusterCa, MemoryNetwork, NodeIdentity, QuicTransport, TransportConfig, bootstrap_cluster,
 };
 
 use crate::db::{Db, DbError, DbOptions};
@@ -82,10 +82,13 @@ impl LocalClusterOptions {
     }
 }
 
-/// Nodes `1..=n` of one cluster, each with a [`Db`] handle.
+/// Nodes `1..=n` of one cluster, each with a [`Db`] handle; more can join
+/// with [`LocalCluster::add_node`].
 #[derive(Debug)]
 pub struct LocalCluster {
     opts: LocalClusterOptions,
+    /// Signs the certificates of nodes that join. `None` on a memory network.
+    ca: Option<ClusterCa>,
     /// Empty on a memory network.
     identities: Vec<NodeIdentity>,
     /// Unspecified (`0.0.0.0:0`) on a memory network.
@@ -103,7 +106,7 @@ impl LocalCluster {
         }
         let ids: Vec<NodeId> = (1..=opts.nodes as u64).collect();
         let transport_ids: Vec<_> = ids.iter().map(|&i| tessera_transport::NodeId(i)).collect();
-        let (_ca, identities) =
+        let (ca, identities) =
             bootstrap_cluster(&transport_ids).map_err(|e| NodeError::Cert(e.to_string()))?;
         let mut bound = Vec::new();
         let mut addrs = Vec::new();
@@ -119,6 +122,7 @@ impl LocalCluster {
         }
         let cluster = LocalCluster {
             opts,
+            ca: Some(ca),
             identities,
             addrs,
             network: None,
@@ -138,6 +142,7 @@ impl LocalCluster {
         let cluster = LocalCluster {
             addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0)); opts.nodes],
             opts,
+            ca: None,
             identities: Vec::new(),
             network: Some(network.clone()),
             dbs: Vec::new(),
@@ -167,8 +172,8 @@ impl LocalCluster {
             }
         }
         if failed.is_none() {
-            for node in &nodes {
-                match self.open_db(node.clone()).await {
+            for (i, node) in nodes.iter().enumerate() {
+                match self.open_db(i, node.clone()).await {
                     Ok(db) => self.dbs.push(Some(db)),
                     Err(e) => {
                         failed = Some(e);
@@ -187,14 +192,24 @@ impl LocalCluster {
         Err(e)
     }
 
+    /// Node `i`'s config. The first `opts.nodes` list only each other as
+    /// peers, as config files written when the cluster was made do; a node
+    /// added later joins with node 1 as its only peer (it learns the others
+    /// from the node registry).
     fn node_config(&self, i: usize) -> NodeConfig {
         let id = i as NodeId + 1;
         let mut cfg = NodeConfig::new(id, self.opts.dir.join(format!("node{id}")));
         cfg.listen = self.addrs[i];
-        cfg.peers = (0..self.addrs.len())
+        let known = if i < self.opts.nodes {
+            self.opts.nodes
+        } else {
+            1
+        };
+        cfg.peers = (0..known)
             .filter(|&j| j != i)
             .map(|j| (j as NodeId + 1, self.addrs[j]))
             .collect();
+        cfg.join = i >= self.opts.nodes;
         cfg.identity = self.identities.get(i).cloned();
         cfg.initial_ranges = self.opts.initial_ranges;
         cfg.tick = self.opts.tick;
@@ -207,9 +222,48 @@ impl LocalCluster {
         cfg
     }
 
-    async fn open_db(&self, node: Node) -> Result<Db, DbError> {
-        let ids: Vec<NodeId> = (1..=self.addrs.len() as u64).collect();
+    /// A handle on node `i`, which knows the nodes its config names.
+    async fn open_db(&self, i: usize, node: Node) -> Result<Db, DbError> {
+        let cfg = self.node_config(i);
+        let ids: Vec<NodeId> = cfg.peers.keys().copied().chain([cfg.node_id]).collect();
         Db::on_node(node, &ids, self.opts.initial_ranges, self.opts.db).await
+    }
+
+    /// Starts a new node that joins the running cluster (`NodeConfig::join`):
+    /// it gets a certificate from the cluster's CA, lists node 1 as its only
+    /// peer, and starts with no replica; the others learn it from its
+    /// traffic and the node registry. Returns its index. Node 1 must be
+    /// running; a node whose start failed keeps its index (and id).
+    pub async fn add_node(&mut self) -> Result<usize, DbError> {
+        let i = self.addrs.len();
+        let id = i as NodeId + 1;
+        if let Some(network) = &self.network {
+            self.addrs.push(SocketAddr::from(([0, 0, 0, 0], 0)));
+            self.dbs.push(None);
+            let cfg = self.node_config(i);
+            let node = Node::start_on_memory_network(cfg, network).await?;
+            self.dbs[i] = Some(self.open_db(i, node).await?);
+            return Ok(i);
+        }
+        let ca = self
+            .ca
+            .as_ref()
+            .ok_or_else(|| DbError::Unavailable("this cluster has no CA".into()))?;
+        let identity = ca
+            .issue(tessera_transport::NodeId(id))
+            .map_err(|e| NodeError::Cert(e.to_string()))?;
+        let (t, incoming) = QuicTransport::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &identity,
+            TransportConfig::default(),
+        )
+        .map_err(NodeError::from)?;
+        self.addrs.push(t.local_addr().map_err(NodeError::from)?);
+        self.identities.push(identity);
+        self.dbs.push(None);
+        let node = Node::start_with(self.node_config(i), t, incoming).await?;
+        self.dbs[i] = Some(self.open_db(i, node).await?);
+        Ok(i)
     }
 
     pub fn len(&self) -> usize {
@@ -246,7 +300,7 @@ impl LocalCluster {
         let cfg = self.node_config(i);
         if let Some(network) = &self.network {
             let node = Node::start_on_memory_network(cfg, network).await?;
-            let db = self.open_db(node).await?;
+            let db = self.open_db(i, node).await?;
             self.dbs[i] = Some(db);
             return Ok(());
         }
@@ -264,7 +318,7 @@ impl LocalCluster {
                 Err(e) => return Err(e.into()),
             }
         };
-        let db = self.open_db(node).await?;
+        let db = self.open_db(i, node).await?;
         self.dbs[i] = Some(db);
         Ok(())
     }

@@ -30,6 +30,7 @@ use crate::store::{
 };
 
 mod merge;
+mod registry;
 
 /// Errors of the embedded API.
 #[derive(Debug, Error)]
@@ -188,6 +189,7 @@ impl Db {
         };
         db.refresh_routes().await?;
         db.start_publisher();
+        db.start_registry();
         Ok(db)
     }
 
@@ -840,6 +842,48 @@ impl Db {
         }
     }
 
+    /// Every pair of the meta range whose key starts with `prefix`, page by
+    /// page (a scan's reply is bounded in bytes, and thousands of ranges
+    /// make a meta range of megabytes).
+    async fn meta_scan(
+        &self,
+        prefix: &[u8],
+        consistency: ReadConsistency,
+    ) -> Result<Vec<(Bytes, Bytes)>, DbError> {
+        let meta = self.meta_descriptor();
+        let mut end = prefix.to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let end = Bytes::from(end);
+        let mut from = Bytes::copy_from_slice(prefix);
+        let mut all = Vec::new();
+        loop {
+            let (reply, _) = self
+                .send(Instant::now(), Some(meta.clone()), None, true, |d| {
+                    Request::Read {
+                        range: d.id,
+                        epoch: d.epoch,
+                        op: ReadOp::Scan {
+                            start: from.clone(),
+                            end: end.clone(),
+                            limit: usize::MAX,
+                            keys_only: false,
+                        },
+                        consistency,
+                    }
+                })
+                .await?;
+            let Reply::Pairs(pairs) = reply else {
+                return Err(DbError::Protocol("meta scan".into()));
+            };
+            let Some((last, _)) = pairs.last() else { break };
+            from = key_after(last);
+            all.extend(pairs);
+        }
+        Ok(all)
+    }
+
     async fn meta_get(&self, key: &Bytes) -> Result<Option<Bytes>, DbError> {
         let meta = self.meta_descriptor();
         match self
@@ -911,11 +955,20 @@ impl Db {
     }
 
     /// The meta range's known replicas, then every other node of the
-    /// cluster: for a request that none of the known replicas served (they
-    /// may all have been moved away since this handle last looked).
-    fn meta_anywhere(&self) -> RangeDescriptor {
+    /// cluster (those this handle was opened with, and those the store
+    /// knows of since: nodes that joined): for a request that none of the
+    /// known replicas served (they may all have been moved away since this
+    /// handle last looked).
+    async fn meta_anywhere(&self) -> RangeDescriptor {
         let mut d = self.meta_descriptor();
-        for &n in &self.inner.nodes {
+        let joined = self
+            .inner
+            .node
+            .handle()
+            .inspect(|s| s.peer_ids().collect::<Vec<_>>())
+            .await
+            .unwrap_or_default();
+        for &n in self.inner.nodes.iter().chain(&joined) {
             if !d.replicas.contains(&n) {
                 d.replicas.push(n);
             }
@@ -1026,45 +1079,17 @@ impl Db {
 
     /// Reloads the range descriptors from the meta range.
     pub async fn refresh_routes(&self) -> Result<(), DbError> {
-        let meta = self.meta_descriptor();
-        let mut end = META_PREFIX.to_vec();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        let end = Bytes::from(end);
         let mut fresh = Vec::new();
-        // Page by page: a scan's reply is bounded in bytes (thousands of
-        // ranges make a meta range of megabytes).
-        let mut from = Bytes::from_static(META_PREFIX);
-        loop {
-            let (reply, _) = self
-                .send(Instant::now(), Some(meta.clone()), None, true, |d| {
-                    Request::Read {
-                        range: d.id,
-                        epoch: d.epoch,
-                        op: ReadOp::Scan {
-                            start: from.clone(),
-                            end: end.clone(),
-                            limit: usize::MAX,
-                            keys_only: false,
-                        },
-                        consistency: ReadConsistency::Linearizable,
-                    }
-                })
-                .await?;
-            let Reply::Pairs(pairs) = reply else {
-                return Err(DbError::Protocol("meta scan".into()));
-            };
-            let Some((last, _)) = pairs.last() else { break };
-            from = key_after(last);
-            for (_, v) in pairs {
-                let d = RangeDescriptor::decode(&v)
-                    .map_err(|e| DbError::Protocol(format!("meta range descriptor: {e}")))?;
-                if d.id == META_RANGE {
-                    self.learn_meta(&d);
-                } else {
-                    fresh.push(d);
-                }
+        for (_, v) in self
+            .meta_scan(META_PREFIX, ReadConsistency::Linearizable)
+            .await?
+        {
+            let d = RangeDescriptor::decode(&v)
+                .map_err(|e| DbError::Protocol(format!("meta range descriptor: {e}")))?;
+            if d.id == META_RANGE {
+                self.learn_meta(&d);
+            } else {
+                fresh.push(d);
             }
         }
         if fresh.is_empty() {
@@ -1239,7 +1264,7 @@ impl Db {
                 && misses >= d.replicas.len()
             {
                 widened = true;
-                let wide = self.meta_anywhere();
+                let wide = self.meta_anywhere().await;
                 target = Some(self.next_replica(&wide, rotate));
                 desc = Some(wide);
             }

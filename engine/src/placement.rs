@@ -237,7 +237,7 @@ pub async fn placement_round(
     let now = Instant::now();
     let handle = node.handle();
     let peers = handle
-        .inspect(|s| s.config().peers.clone())
+        .inspect(|s| s.peer_ids().collect::<Vec<_>>())
         .await
         .unwrap_or_default();
     for &p in &peers {

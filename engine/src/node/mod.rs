@@ -72,6 +72,13 @@ pub struct NodeConfig {
     pub identity: Option<NodeIdentity>,
     /// User ranges a new cluster starts with, cut evenly over the key space.
     pub initial_ranges: u32,
+    /// Joins a running cluster instead of starting a new one: on its first
+    /// start (a fresh data directory) the node creates no replica; it
+    /// registers in the meta range's node registry, and replicas come to
+    /// it by membership changes (the placement driver's, or an operator's).
+    /// `peers` then needs only one reachable member (the others are learned
+    /// from the registry). Ignored once the data directory exists.
+    pub join: bool,
     /// The store's clock. Elections take `election_ticks` (default 10) ticks.
     pub tick: Duration,
     pub wal: tessera_wal::Config,
@@ -198,6 +205,7 @@ impl NodeConfig {
             peers: BTreeMap::new(),
             identity: None,
             initial_ranges: 64,
+            join: false,
             tick: Duration::from_millis(100),
             wal: tessera_wal::Config {
                 linger: WAL_LINGER,
@@ -413,7 +421,14 @@ impl Node {
         sc.proposal_bytes_max = sc.proposal_bytes_max.min(proposal_room(&cfg));
         let mut store = Store::new(sc, &datadir.peers()?);
 
-        if datadir.fresh {
+        if datadir.fresh && cfg.join {
+            // Nothing to create: replicas come by membership changes. The
+            // mark makes a restart recover instead of bootstrapping a new
+            // cluster's layout, which would put blank replicas of ranges
+            // this node was never given in its log.
+            tracing::info!(node = cfg.node_id, "joining a running cluster");
+            datadir.mark_bootstrapped()?;
+        } else if datadir.fresh {
             // A bootstrap cut short is done again, but never over a log the
             // store has written to (only bootstrap's compaction records may
             // be there): that node ran, and lost its BOOTSTRAPPED mark.
@@ -617,6 +632,19 @@ impl Node {
 
     fn transport(&self) -> Option<Arc<dyn Transport>> {
         self.inner.transport.lock().as_ref().map(Net::transport)
+    }
+
+    /// Where to reach `peer` (a node that joined the cluster, or one whose
+    /// address changed): for its messages, calls and snapshots from now
+    /// on. Nothing to do on a memory network, which routes by id.
+    pub fn learn_peer_address(&self, peer: NodeId, addr: SocketAddr) -> Result<(), NodeError> {
+        if peer == self.inner.id {
+            return Ok(());
+        }
+        match self.inner.transport.lock().as_ref() {
+            Some(Net::Quic(t)) => Ok(t.set_peer_address(tessera_transport::NodeId(peer), addr)?),
+            Some(Net::Memory { .. }) | None => Ok(()),
+        }
     }
 
     /// Serves `req` on `to`: the local store, or a call to the peer.

@@ -54,6 +54,8 @@ pub(crate) enum Event {
     SnapshotsStored(FileJob),
     StorageFailed(String),
     Inspect(Box<dyn FnOnce(&Store) + Send>),
+    /// Nodes that joined the cluster (`Store::add_peer`).
+    AddPeers(Vec<NodeId>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -101,6 +103,7 @@ impl std::fmt::Debug for Event {
             Event::SnapshotsStored(_) => "SnapshotsStored",
             Event::StorageFailed(_) => "StorageFailed",
             Event::Inspect(_) => "Inspect",
+            Event::AddPeers(_) => "AddPeers",
             Event::Shutdown(_) => "Shutdown",
         })
     }
@@ -130,6 +133,12 @@ impl StoreHandle {
             })))
             .ok()?;
         rx.await.ok()
+    }
+
+    /// Counts `nodes` as peers from now on (see `Store::add_peer`); known
+    /// ones are left as they are.
+    pub fn add_peers(&self, nodes: Vec<NodeId>) {
+        let _ = self.tx.send(Event::AddPeers(nodes));
     }
 
     /// Whether the store considers `peer` down (silent for a liveness timeout).
@@ -311,6 +320,13 @@ impl Looper {
                 self.failed = Some(why);
             }
             Event::Inspect(f) => f(store),
+            Event::AddPeers(nodes) => {
+                for n in nodes {
+                    if store.add_peer(n) {
+                        tracing::info!(node = n, "a node joined the cluster");
+                    }
+                }
+            }
         }
         None
     }
@@ -362,10 +378,7 @@ async fn run(
             _ = interval.tick() => {
                 store.tick();
                 let down: Vec<NodeId> = store
-                    .config()
-                    .peers
-                    .iter()
-                    .copied()
+                    .peer_ids()
                     .filter(|&p| !store.peer_live(p))
                     .collect();
                 // What waits in the transport for a peer that was live and
@@ -379,14 +392,7 @@ async fn run(
                         io.transport.discard_queued(tessera_transport::NodeId(p));
                     }
                 }
-                was_live.extend(
-                    store
-                        .config()
-                        .peers
-                        .iter()
-                        .copied()
-                        .filter(|&p| store.peer_live(p)),
-                );
+                was_live.extend(store.peer_ids().filter(|&p| store.peer_live(p)));
                 if *counters.down_peers.read() != down {
                     *counters.down_peers.write() = down;
                 }

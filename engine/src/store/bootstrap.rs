@@ -22,6 +22,19 @@ pub const META_PREFIX: &[u8] = b"range/";
 /// which splits take by compare-and-set. Outside [`META_PREFIX`].
 pub const NEXT_RANGE_ID_KEY: &[u8] = b"next-range-id";
 
+/// Prefix of the meta range's node registry: `node/` + the node's id, big
+/// endian, holding the address its peers reach it at (`Db`'s registry).
+/// Outside [`META_PREFIX`].
+pub const NODE_PREFIX: &[u8] = b"node/";
+
+/// The meta range's key for a node's registry entry.
+pub fn node_key(node: NodeId) -> Bytes {
+    let mut k = BytesMut::with_capacity(NODE_PREFIX.len() + 8);
+    k.put_slice(NODE_PREFIX);
+    k.put_u64(node);
+    k.freeze()
+}
+
 /// The descriptors of a new cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {

@@ -214,14 +214,21 @@ pub struct Store {
 
 impl Store {
     /// A store with no replicas. `known_incarnations` are the peers'
-    /// incarnations this node persisted earlier.
+    /// incarnations this node persisted earlier; every node named there is
+    /// a peer too (one that joined the cluster after this node's config was
+    /// written, see [`Store::add_peer`]).
     pub fn new(cfg: StoreConfig, known_incarnations: &BTreeMap<NodeId, u64>) -> Self {
         let boot = cfg.boot;
-        let peers = cfg
+        let ids: BTreeSet<NodeId> = cfg
             .peers
             .iter()
-            .filter(|&&p| p != cfg.node_id)
-            .map(|&p| {
+            .chain(known_incarnations.keys())
+            .copied()
+            .filter(|&p| p != cfg.node_id)
+            .collect();
+        let peers = ids
+            .into_iter()
+            .map(|p| {
                 (
                     p,
                     Peer {
@@ -356,6 +363,33 @@ impl Store {
 
     pub fn peer_live(&self, node: NodeId) -> bool {
         self.peers.get(&node).is_some_and(|p| p.live)
+    }
+
+    /// Every other node of the cluster this store knows of: the config's,
+    /// those it persisted, and those that joined since (heard from, or
+    /// added with [`Store::add_peer`]).
+    pub fn peer_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// Counts `node` as a peer from now on: a node that joined the cluster
+    /// after this one started (the host learns it from the meta range's
+    /// node registry). It is live until a liveness timeout passes without
+    /// a batch from it; its incarnation is learned from its first batch.
+    /// False if it was known already (or is this node).
+    pub fn add_peer(&mut self, node: NodeId) -> bool {
+        if node == self.cfg.node_id || node == 0 || self.peers.contains_key(&node) {
+            return false;
+        }
+        self.peers.insert(
+            node,
+            Peer {
+                last_heard: self.ticks,
+                live: true,
+                incarnation: None,
+            },
+        );
+        true
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -2197,9 +2231,15 @@ impl Store {
 
     /// Records a batch from `from`; false if it must be refused (a peer that
     /// came back with a new incarnation lost its data: its votes and
-    /// acknowledgements would break Raft's promises).
+    /// acknowledgements would break Raft's promises). A node not known yet
+    /// has joined the cluster (the transport let it in: its certificate is
+    /// the cluster CA's) and becomes a peer.
     fn heard_from(&mut self, from: NodeId, incarnation: u64) -> bool {
         let now = self.ticks;
+        if from == self.cfg.node_id || from == 0 {
+            return false;
+        }
+        self.add_peer(from);
         let Some(p) = self.peers.get_mut(&from) else {
             return false;
         };
