@@ -101,9 +101,15 @@ pub struct NodeFile {
     pub client_addr: SocketAddr,
     /// TCP address of the HTTP admin endpoint (`/status`, `/metrics`).
     pub admin_addr: SocketAddr,
-    /// Every other node. Empty: a cluster of one.
+    /// Every other node (for a node that joins a running cluster, at least
+    /// one of them; the rest are learned). Empty: a cluster of one.
     #[serde(default)]
     pub peers: Vec<PeerEntry>,
+    /// Join a running cluster instead of starting a new one: on its first
+    /// start the node creates no replica and registers with the others
+    /// (`tessera add-node` writes such a file). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
     /// Required when there are peers.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
@@ -307,6 +313,12 @@ impl NodeFile {
                 ));
             }
         }
+        if self.join && self.peers.is_empty() {
+            return Err(invalid(
+                "join",
+                "a node that joins a cluster needs at least one peer to reach it through",
+            ));
+        }
         if !self.peers.is_empty() && self.tls.is_none() {
             return Err(invalid(
                 "tls",
@@ -395,6 +407,7 @@ impl NodeFile {
         cfg.listen = self.peer_addr;
         cfg.peers = self.peers.iter().map(|p| (p.id, p.addr)).collect();
         cfg.initial_ranges = self.initial_ranges;
+        cfg.join = self.join;
         cfg.tick = Duration::from_millis(self.tick_ms);
         cfg.wal.sync = self.wal_sync;
         cfg.transport.mtu_upper_bound_bytes = self.peer_mtu_max;
@@ -466,6 +479,9 @@ mod tests {
         assert_eq!(f.initial_ranges, 64);
         assert_eq!(f.password, None);
         assert_eq!(f.peer_mtu_max, 1452);
+        assert!(!f.join);
+        // Written only when set, so a file of a new cluster does not mention it.
+        assert!(!toml::to_string(&f).expect("writes").contains("join"));
         f.validate().expect("valid");
     }
 
@@ -516,6 +532,12 @@ mod tests {
         let mut f = sample();
         f.password = Some(String::new());
         assert!(f.validate().unwrap_err().to_string().contains("password"));
+        let mut f = sample();
+        f.join = true;
+        f.validate().expect("a joining node with a peer");
+        f.peers.clear();
+        f.tls = None;
+        assert!(f.validate().unwrap_err().to_string().contains("`join`"));
         let unknown = toml::from_str::<NodeFile>("node_id = 1\nbogus = 2");
         assert!(unknown.unwrap_err().to_string().contains("bogus"));
     }

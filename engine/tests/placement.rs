@@ -396,3 +396,42 @@ async fn small_neighbours_are_merged_into_one_range() {
     }
     cluster.shutdown().await;
 }
+
+/// A node added to a running three-node cluster is filled by the driver
+/// like any emptied node: replica counts even out over the four, the meta
+/// range's included, and every write reads back through the new node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_is_given_replicas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = LocalClusterOptions::new(dir.path());
+    opts.initial_ranges = 6;
+    let mut cluster = LocalCluster::start(opts).await.expect("cluster starts");
+    let db = cluster.db(0).expect("node 1").clone();
+    write_keys(&db, 0..200).await;
+    for d in cluster.dbs() {
+        d.start_placement(fast_driver(Duration::from_secs(300)));
+    }
+    let four = cluster.add_node().await.expect("node 4 joins");
+    let db4 = cluster.db(four).expect("node 4").clone();
+    db4.start_placement(fast_driver(Duration::from_secs(300)));
+    let tolerance = tessera_placement::Policy::DEFAULT_REPLICA_TOLERANCE as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let per_node = load(&descriptors(&db).await, &db.meta_descriptor());
+        let (max, min) = (
+            per_node.iter().max().copied().unwrap_or(0),
+            per_node.iter().min().copied().unwrap_or(0),
+        );
+        if per_node[3] > 0 && max - min <= tolerance {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas per node: {per_node:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dbs: Vec<Db> = cluster.dbs().cloned().collect();
+    assert!(replica_changes(&dbs) >= 2);
+    check_keys(&db4, 0..200).await;
+    write_keys(&db4, 200..250).await;
+    check_keys(&db, 200..250).await;
+    cluster.shutdown().await;
+}

@@ -384,3 +384,87 @@ fn a_bad_config_is_refused_with_the_field_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("node_id"), "{err}");
 }
+
+/// `tessera add-node` against a running 3-node cluster: node 4 gets a
+/// certificate from the CA `init` kept, joins through the three, is seen
+/// by them, is given replicas by the placement driver, and serves every key
+/// through its Redis port. Without the CA's key it is refused, saying why.
+#[test]
+fn add_node_joins_a_running_cluster() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let init = Command::new(BIN)
+        .args(["init", "--nodes", "3", "--initial-ranges", "4", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("init runs");
+    assert!(init.status.success());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("ca.key"))
+            .expect("ca.key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "ca.key is readable by others: {mode:o}");
+    }
+    let mut nodes: Vec<Proc> = (1..=3).map(|n| serve(dir, n)).collect();
+    wait_for(dir, "all nodes to see each other", || {
+        (1..=3).all(|n| {
+            status(dir, n).is_some_and(|s| (1..=3).filter(|&p| p != n).all(|p| reachable(&s, p)))
+        })
+    });
+    let mut c1 = redis_conn(dir, 1);
+    for i in 0..30 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(format!("v{i}"))
+            .query(&mut c1)
+            .expect("SET");
+    }
+
+    let add = Command::new(BIN)
+        .args(["add-node", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("add-node runs");
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    assert!(String::from_utf8_lossy(&add.stdout).contains("node 4"));
+    let text = std::fs::read_to_string(dir.join("node4.toml")).expect("node4.toml");
+    let file: toml::Value = toml::from_str(&text).expect("toml");
+    assert_eq!(file["join"].as_bool(), Some(true), "{text}");
+    assert_eq!(file["peers"].as_array().map(Vec::len), Some(3), "{text}");
+    nodes.push(serve(dir, 4));
+    wait_for(dir, "node 4 and the others to see each other", || {
+        (1..=3).all(|n| status(dir, n).is_some_and(|s| reachable(&s, 4)))
+            && status(dir, 4).is_some_and(|s| (1..=3).all(|p| reachable(&s, p)))
+    });
+    wait_for(dir, "the placement driver to give node 4 replicas", || {
+        status(dir, 4).is_some_and(|s| s["replicas"].as_u64().is_some_and(|r| r > 0))
+    });
+    let mut c4 = redis_conn(dir, 4);
+    for i in 0..30 {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query(&mut c4)
+            .expect("GET");
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
+    }
+    drop(nodes);
+
+    // Without the CA's key there is no certificate to give.
+    std::fs::remove_file(dir.join("ca.key")).expect("rm ca.key");
+    let refused = Command::new(BIN)
+        .args(["add-node", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("add-node runs");
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("ca.key"), "{why}");
+    assert!(!dir.join("node5.toml").exists());
+}

@@ -29,8 +29,7 @@ const CLOCK_SKEW_ALLOWANCE: Duration = Duration::hours(1);
 /// The cluster certificate authority. Its key signs node certificates; its
 /// certificate is every node's only trust root.
 pub struct ClusterCa {
-    params: CertificateParams,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
 }
 
@@ -78,7 +77,25 @@ impl ClusterCa {
         params.not_after = defaults.not_after + Duration::days(365);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?.der().clone();
-        Ok(ClusterCa { params, key, cert })
+        Ok(ClusterCa {
+            issuer: Issuer::new(params, key),
+            cert,
+        })
+    }
+
+    /// A CA saved with [`ClusterCa::cert_pem`] and [`ClusterCa::key_pem`]
+    /// (to issue certificates for nodes that join a cluster later).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<ClusterCa, CertError> {
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| CertError::Pem(format!("CA certificate: {e}")))?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CertError::Pem(format!("CA key: {e}")))?;
+        if key.public_key_raw() != ca_public_key_raw(&cert)? {
+            return Err(CertError::Pem(
+                "the CA key is not the CA certificate's".into(),
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert, key)?;
+        Ok(ClusterCa { issuer, cert })
     }
 
     pub fn cert_der(&self) -> &CertificateDer<'static> {
@@ -87,6 +104,12 @@ impl ClusterCa {
 
     pub fn cert_pem(&self) -> String {
         pem_encode("CERTIFICATE", &self.cert)
+    }
+
+    /// The CA's private key, PKCS#8 PEM: whoever holds it can make node
+    /// certificates the cluster trusts. Keep it like a password.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// A certificate for `node`, valid from an hour ago for ten years.
@@ -121,8 +144,7 @@ impl ClusterCa {
         params.not_before = options.not_before;
         params.not_after = options.not_after;
         let key = KeyPair::generate()?;
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer)?.der().clone();
+        let cert = params.signed_by(&key, &self.issuer)?.der().clone();
         Ok(NodeIdentity {
             node,
             cert_chain: vec![cert],
@@ -130,6 +152,13 @@ impl ClusterCa {
             ca: self.cert.clone(),
         })
     }
+}
+
+/// A certificate's public key, the bits of its SubjectPublicKeyInfo.
+fn ca_public_key_raw(cert: &CertificateDer<'_>) -> Result<Vec<u8>, CertError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| CertError::Pem(format!("CA certificate: {e}")))?;
+    Ok(x509.public_key().subject_public_key.data.to_vec())
 }
 
 /// Makes a CA and one identity per node: what `tessera` writes to disk when it

@@ -203,3 +203,38 @@ async fn peer_without_a_certificate_is_refused() {
     println!("in: {why}");
     assert!(why.to_lowercase().contains("certificate"), "{why}");
 }
+
+/// A CA saved to PEM and loaded back (as `tessera add-node` does, long
+/// after `tessera init`) issues certificates the cluster's nodes accept,
+/// both ways; a key that is not the certificate's is refused at load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_ca_issues_certificates_the_cluster_accepts() {
+    let ca = ClusterCa::generate().unwrap();
+    let loaded = ClusterCa::from_pem(&ca.cert_pem(), &ca.key_pem()).unwrap();
+    assert_eq!(loaded.cert_der(), ca.cert_der());
+    let joiner = NodeId(7);
+    let (good, mut good_in) =
+        QuicTransport::bind(loopback(), &ca.issue(GOOD).unwrap(), test_config()).unwrap();
+    let (new, mut new_in) =
+        QuicTransport::bind(loopback(), &loaded.issue(joiner).unwrap(), test_config()).unwrap();
+    new.set_peer_address(GOOD, good.local_addr().unwrap())
+        .unwrap();
+    let _ = new.send(GOOD, vec![msg("joined")]).unwrap();
+    let batch = common::recv_batch(&mut good_in, SETTLE).await;
+    assert_eq!(batch.from, joiner);
+    // And the old node dials the new one (a fresh transport of node 1, so
+    // the connection above is not reused).
+    let (old, _old_in) =
+        QuicTransport::bind(loopback(), &ca.issue(NodeId(3)).unwrap(), test_config()).unwrap();
+    old.set_peer_address(joiner, new.local_addr().unwrap())
+        .unwrap();
+    let _ = old.send(joiner, vec![msg("welcome")]).unwrap();
+    let batch = common::recv_batch(&mut new_in, SETTLE).await;
+    assert_eq!(batch.from, NodeId(3));
+
+    let other = ClusterCa::generate().unwrap();
+    let mismatched = ClusterCa::from_pem(&ca.cert_pem(), &other.key_pem());
+    assert!(mismatched.is_err(), "a foreign key was taken");
+    assert!(ClusterCa::from_pem("not pem", &ca.key_pem()).is_err());
+    assert!(ClusterCa::from_pem(&ca.cert_pem(), "not pem").is_err());
+}

@@ -44,6 +44,15 @@ enum Command {
         #[arg(long)]
         password: Option<String>,
     },
+    /// Adds a node to a cluster `init` made in DIR: a certificate from the
+    /// cluster's CA (`ca.key`), free ports on 127.0.0.1, and a config that
+    /// joins the running cluster through the nodes already there. Start it
+    /// with `serve`; the placement driver moves replicas to it.
+    AddNode {
+        /// The directory `init` wrote.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Runs a node.
     Serve {
         /// The node's config file (see `tessera init`).
@@ -134,6 +143,7 @@ fn main() -> Result<()> {
             initial_ranges,
             password,
         } => init(nodes, &dir, initial_ranges, password),
+        Command::AddNode { dir } => add_node(&dir),
         Command::Serve { config } => serve(&config),
         Command::Ctl { admin, json, what } => {
             die_quietly_on_closed_stdout();
@@ -181,6 +191,66 @@ impl FreePorts {
     }
 }
 
+/// A node's three addresses: peers (UDP), clients and admin (TCP).
+struct NodeAddrs {
+    peer: SocketAddr,
+    client: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl FreePorts {
+    fn node(&mut self) -> Result<NodeAddrs> {
+        Ok(NodeAddrs {
+            peer: format!("127.0.0.1:{}", self.udp()?).parse()?,
+            client: format!("127.0.0.1:{}", self.tcp()?).parse()?,
+            admin: format!("127.0.0.1:{}", self.tcp()?).parse()?,
+        })
+    }
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, pem: &str) -> Result<()> {
+    std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Writes node `id`'s certificate, key and config file into `dir`.
+fn write_node(
+    dir: &Path,
+    identity: &tessera_transport::NodeIdentity,
+    addrs: &NodeAddrs,
+    mut file: NodeFile,
+) -> Result<()> {
+    let id = file.node_id;
+    let pem = identity.to_pem();
+    std::fs::write(dir.join(format!("node{id}.pem")), &pem.cert)?;
+    write_private(&dir.join(format!("node{id}.key")), &pem.key)?;
+    file.data_dir = PathBuf::from(format!("node{id}"));
+    file.peer_addr = addrs.peer;
+    file.client_addr = addrs.client;
+    file.admin_addr = addrs.admin;
+    file.tls = Some(TlsFiles {
+        ca_cert: "ca.pem".into(),
+        cert: format!("node{id}.pem").into(),
+        key: format!("node{id}.key").into(),
+    });
+    file.validate()?;
+    let path = dir.join(format!("node{id}.toml"));
+    std::fs::write(&path, toml::to_string(&file)?)?;
+    println!(
+        "node {id}: config {}  redis {}  admin {}",
+        path.display(),
+        addrs.client,
+        addrs.admin
+    );
+    Ok(())
+}
+
 fn init(nodes: u64, dir: &Path, initial_ranges: u32, password: Option<String>) -> Result<()> {
     if nodes == 0 {
         bail!("--nodes must be at least 1");
@@ -196,45 +266,31 @@ fn init(nodes: u64, dir: &Path, initial_ranges: u32, password: Option<String>) -
     let (ca, identities) =
         tessera_transport::bootstrap_cluster(&ids).context("making the cluster's certificates")?;
     std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
-    let mut addrs = Vec::new();
+    // Kept to issue the certificates of nodes added later (`add-node`).
+    write_private(&dir.join("ca.key"), &ca.key_pem())?;
     let mut ports = FreePorts::default();
-    for _ in 1..=nodes {
-        let peer: SocketAddr = format!("127.0.0.1:{}", ports.udp()?).parse()?;
-        let client: SocketAddr = format!("127.0.0.1:{}", ports.tcp()?).parse()?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", ports.tcp()?).parse()?;
-        addrs.push((peer, client, admin));
-    }
+    let addrs = (0..nodes)
+        .map(|_| ports.node())
+        .collect::<Result<Vec<_>>>()?;
     drop(ports);
     for (i, identity) in identities.iter().enumerate() {
         let id = i as u64 + 1;
-        let pem = identity.to_pem();
-        std::fs::write(dir.join(format!("node{id}.pem")), &pem.cert)?;
-        let key_path = dir.join(format!("node{id}.key"));
-        std::fs::write(&key_path, &pem.key)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
-        }
-        let (peer_addr, client_addr, admin_addr) = addrs[i];
+        let peers = (0..addrs.len())
+            .filter(|&j| j != i)
+            .map(|j| PeerEntry {
+                id: j as u64 + 1,
+                addr: addrs[j].peer,
+            })
+            .collect();
         let file = NodeFile {
             node_id: id,
-            data_dir: PathBuf::from(format!("node{id}")),
-            peer_addr,
-            client_addr,
-            admin_addr,
-            peers: (0..addrs.len())
-                .filter(|&j| j != i)
-                .map(|j| PeerEntry {
-                    id: j as u64 + 1,
-                    addr: addrs[j].0,
-                })
-                .collect(),
-            tls: Some(TlsFiles {
-                ca_cert: "ca.pem".into(),
-                cert: format!("node{id}.pem").into(),
-                key: format!("node{id}.key").into(),
-            }),
+            data_dir: PathBuf::new(),
+            peer_addr: addrs[i].peer,
+            client_addr: addrs[i].client,
+            admin_addr: addrs[i].admin,
+            peers,
+            join: false,
+            tls: None,
             initial_ranges,
             tick_ms: 100,
             election_ticks: 10,
@@ -246,14 +302,65 @@ fn init(nodes: u64, dir: &Path, initial_ranges: u32, password: Option<String>) -
             peer_mtu_max: tessera_transport::TransportConfig::default().mtu_upper_bound_bytes,
             placement: Default::default(),
         };
-        let text = toml::to_string(&file)?;
-        std::fs::write(dir.join(format!("node{id}.toml")), text)?;
-        println!(
-            "node {id}: config {}  redis {client_addr}  admin {admin_addr}",
-            dir.join(format!("node{id}.toml")).display()
-        );
+        write_node(dir, identity, &addrs[i], file)?;
     }
     Ok(())
+}
+
+fn add_node(dir: &Path) -> Result<()> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let ca_key = read("ca.key").context(
+        "the cluster CA's key is needed to admit a node (`tessera init` keeps it as ca.key)",
+    )?;
+    let ca = tessera_transport::ClusterCa::from_pem(&read("ca.pem")?, &ca_key)
+        .context("loading the cluster CA")?;
+    // The nodes already there: node<N>.toml.
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let is_node = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("node")?.strip_suffix(".toml"))
+            .is_some_and(|n| n.parse::<u64>().is_ok());
+        if is_node {
+            files.push(NodeFile::load(&path).with_context(|| format!("{}", path.display()))?);
+        }
+    }
+    files.sort_by_key(|f| f.node_id);
+    let Some(first) = files.first().cloned() else {
+        bail!(
+            "{} holds no node<N>.toml: make the cluster with `tessera init`",
+            dir.display()
+        );
+    };
+    let id = files
+        .iter()
+        .flat_map(|f| std::iter::once(f.node_id).chain(f.peers.iter().map(|p| p.id)))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let identity = ca
+        .issue(tessera_transport::NodeId(id))
+        .context("issuing the node's certificate")?;
+    let addrs = FreePorts::default().node()?;
+    let file = NodeFile {
+        node_id: id,
+        peers: files
+            .iter()
+            .map(|f| PeerEntry {
+                id: f.node_id,
+                addr: f.peer_addr,
+            })
+            .collect(),
+        join: true,
+        // The cluster's settings, as its first node has them.
+        ..first
+    };
+    write_node(dir, &identity, &addrs, file)
 }
 
 // ----- serve -----

@@ -377,8 +377,8 @@ impl Node {
                 if !datadir.fresh && wal_missing {
                     return Err(NodeError::Config(format!(
                         "{}: the WAL is missing or empty in a data directory that was \
-                         bootstrapped; refusing to start (restore it, or wipe the whole data \
-                         directory to join as a new node)",
+                         bootstrapped; refusing to start (restore it, or bring the machine \
+                         back as a new node: `tessera add-node`)",
                         wal_dir.display()
                     )));
                 }
