@@ -163,6 +163,10 @@ struct Sim {
     published: Vec<(NodeId, RangeDescriptor)>,
     /// Raft message kinds to lose, each the next time one is sent.
     lose_next: Vec<&'static str>,
+    /// Every node: `NODES`, then any that joined ([`Sim::join`]).
+    nodes: Vec<NodeId>,
+    /// Peer incarnations each node's store asked to persist.
+    persisted_peers: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
 }
 
 fn store_config(node: NodeId, tweak: &impl Fn(&mut StoreConfig)) -> StoreConfig {
@@ -215,7 +219,20 @@ impl Sim {
             sent: Vec::new(),
             published: Vec::new(),
             lose_next: Vec::new(),
+            nodes: NODES.to_vec(),
+            persisted_peers: BTreeMap::new(),
         }
+    }
+
+    /// Starts node `node` with no replica, knowing only `seeds`: a node that
+    /// joins the running cluster.
+    fn join(&mut self, node: NodeId, seeds: &[NodeId]) {
+        let mut cfg = StoreConfig::new(node, seeds.to_vec());
+        cfg.incarnation = 100 + node;
+        cfg.seed = 0x5EED_0000 + node * 7919;
+        self.stores.insert(node, Store::new(cfg, &BTreeMap::new()));
+        self.disks.insert(node, Disk::default());
+        self.nodes.push(node);
     }
 
     fn store(&self, n: NodeId) -> &Store {
@@ -227,7 +244,7 @@ impl Sim {
     }
 
     fn up(&self) -> Vec<NodeId> {
-        NODES
+        self.nodes
             .iter()
             .copied()
             .filter(|n| !self.down.contains(n))
@@ -236,6 +253,10 @@ impl Sim {
 
     /// Handles one node's ready: queue its messages, then complete its write.
     fn process(&mut self, from: NodeId, rd: StoreReady) {
+        self.persisted_peers
+            .entry(from)
+            .or_default()
+            .extend(rd.new_peer_incarnations.iter().copied());
         for (to, mut batch) in rd.messages {
             let lose = &mut self.lose_next;
             batch.messages.retain(|(_, m)| {
@@ -362,7 +383,7 @@ impl Sim {
     /// One tick of every live store's clock, then everything it causes.
     /// Cuts every link to and from `node` (`cut.clear()` heals).
     fn isolate(&mut self, node: NodeId) {
-        for &n in &NODES {
+        for n in self.nodes.clone() {
             if n != node {
                 self.cut.insert((n, node));
                 self.cut.insert((node, n));
@@ -419,7 +440,7 @@ impl Sim {
     }
 
     fn followers(&self, range: RangeId, leader: NodeId) -> Vec<NodeId> {
-        NODES
+        self.nodes
             .iter()
             .copied()
             .filter(|&n| n != leader && self.store(n).replica_raft(range).is_some())
@@ -979,6 +1000,82 @@ fn a_node_back_with_a_new_incarnation_is_refused() {
     let s3 = sim.store(3).stats();
     assert_eq!(s3.leaders, 0, "votes for the new node 3 never arrive");
     assert_eq!(s3.rejected_batches, 0, "node 3 accepts its peers");
+}
+
+/// A node that joins the running cluster (no replica, one known peer) is
+/// taken as a peer by that peer from its first batch, its incarnation
+/// persisted there; a replica can be put on it only once the leader knows
+/// it, and it catches up with the others; a store restarted from its
+/// persisted peers counts it; and once known, a new incarnation of it (its
+/// data directory wiped) is refused like any peer's.
+#[test]
+fn a_node_that_joins_becomes_a_peer_and_takes_a_replica() {
+    let mut sim = Sim::new(4, |_| {});
+    sim.run_until_quiesced(100);
+    let range = FIRST_USER_RANGE;
+    let leader = sim.agreed_leader(range).expect("leader");
+    let goes = sim.followers(range, leader)[0];
+    let id = sim.request(leader, change_req(range, &[4], &[goes]));
+    match sim.reply(id) {
+        Some(Err(StoreError::Invalid { why, .. })) => {
+            assert!(why.contains("not in the cluster"), "{why}")
+        }
+        other => panic!("a replica on a node nobody knows: {other:?}"),
+    }
+
+    sim.join(4, &[leader]);
+    sim.ticks(3);
+    let s = sim.store(leader);
+    assert!(s.peer_ids().any(|p| p == 4) && s.peer_live(4));
+    assert_eq!(sim.persisted_peers[&leader].get(&4), Some(&104));
+    for n in NODES.into_iter().filter(|&n| n != leader) {
+        assert!(
+            !sim.store(n).peer_ids().any(|p| p == 4),
+            "node {n} heard nothing from node 4 yet"
+        );
+    }
+    assert_eq!(sim.store(4).peer_ids().collect::<Vec<_>>(), vec![leader]);
+    assert_eq!(sim.store(4).stats().replicas, 0);
+
+    let id = sim.request(leader, change_req(range, &[4], &[goes]));
+    sim.ticks(30);
+    match sim.reply(id) {
+        Some(Ok(Reply::Applied(ApplyResult::Replicas(d)))) => {
+            assert!(
+                d.replicas.contains(&4) && !d.replicas.contains(&goes),
+                "{d:?}"
+            )
+        }
+        other => panic!("the change: {other:?}"),
+    }
+    let key = sim.key_in(range, "joined");
+    let id = sim.put(leader, range, &key, &Bytes::from_static(b"v"));
+    sim.ticks(10);
+    assert_eq!(sim.reply(id), Some(&applied_done()));
+    let states: BTreeSet<(u64, u64)> = [leader, 4]
+        .into_iter()
+        .chain(sim.followers(range, leader))
+        .map(|n| {
+            let st = sim.store(n).replica_state(range).expect("replica");
+            (st.applied().0, st.state_hash())
+        })
+        .collect();
+    assert_eq!(states.len(), 1, "replicas differ: {states:?}");
+
+    // A restart of the leader's node, whose config lists 2 and 3 only.
+    let restarted = Store::new(store_config(leader, &|_| {}), &sim.persisted_peers[&leader]);
+    assert!(restarted.peer_ids().any(|p| p == 4));
+
+    // Node 4's data directory is wiped: it comes back with a new
+    // incarnation, and the leader refuses it.
+    let rejected = sim.store(leader).stats().rejected_batches;
+    let mut cfg = StoreConfig::new(4, vec![leader]);
+    cfg.incarnation = 105;
+    sim.stores.insert(4, Store::new(cfg, &BTreeMap::new()));
+    sim.ticks(30);
+    let s = sim.store(leader);
+    assert!(s.stats().rejected_batches > rejected);
+    assert!(!s.peer_live(4), "refused batches are not signs of life");
 }
 
 /// A leader whose own disk lags answers what its followers made durable
