@@ -8,7 +8,11 @@
 //! halves as `/ranges` rows), `POST /merge?range=R` (merges range R with
 //! the range to its right; answers the merged range as a `/ranges` row), and
 //! `POST /change-replicas?range=R&add=N,..&remove=N,..` (adds and removes
-//! replicas in one membership change; answers the range as a `/ranges` row).
+//! replicas in one membership change; answers the range as a `/ranges` row),
+//! `GET /nodes` (JSON: every node, its address, whether this node reaches
+//! it, whether it is draining, how many replicas it holds), and
+//! `POST /drain?node=N` / `POST /undrain?node=N` (mark a node draining, or
+//! not; both answer `/nodes`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -66,6 +70,19 @@ pub struct RangeStatus {
     pub leader: Option<NodeId>,
 }
 
+/// One row of `/nodes`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NodeRow {
+    pub id: NodeId,
+    /// Its peer address in the node registry (none before it registered).
+    pub addr: Option<String>,
+    /// Whether the node answering reaches it (itself: true).
+    pub reachable: bool,
+    pub draining: bool,
+    /// Replicas the range descriptors place on it (the meta range's too).
+    pub replicas: usize,
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 struct AdminState {
@@ -96,6 +113,9 @@ pub async fn serve_admin(
         .route("/split", post(split))
         .route("/merge", post(merge))
         .route("/change-replicas", post(change_replicas))
+        .route("/nodes", get(nodes))
+        .route("/drain", post(drain))
+        .route("/undrain", post(undrain))
         .with_state(AdminState { db, resp });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -600,5 +620,93 @@ mod tests {
         for bad in ["+f+f", "-1", "0", "zz", "0x", " 1", "é1"] {
             assert_eq!(from_hex(bad), None, "{bad:?}");
         }
+    }
+}
+
+/// Every node: those this node knows, those registered, and those a range
+/// names.
+pub async fn node_rows(db: &Db) -> Result<Vec<NodeRow>, crate::db::DbError> {
+    if let Err(e) = db.refresh_routes().await {
+        tracing::debug!(error = %e, "/nodes: route refresh failed; using the cached table");
+    }
+    let registry = db.registered_nodes().await?;
+    let draining = db.draining_nodes().await?;
+    let mut descs = db.ranges();
+    descs.push(db.meta_descriptor());
+    let mut replicas: std::collections::BTreeMap<NodeId, usize> = Default::default();
+    for d in &descs {
+        for &n in &d.replicas {
+            *replicas.entry(n).or_default() += 1;
+        }
+    }
+    let me = db.node().id();
+    let known = db.known_nodes().await;
+    let ids: std::collections::BTreeSet<NodeId> = known
+        .iter()
+        .copied()
+        .chain(registry.keys().copied())
+        .chain(replicas.keys().copied())
+        .chain(draining.iter().copied())
+        .collect();
+    let reachable = db
+        .node()
+        .handle()
+        .inspect({
+            let ids = ids.clone();
+            move |s| {
+                ids.iter()
+                    .map(|&n| (n, n == me || s.peer_live(n)))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            }
+        })
+        .await
+        .unwrap_or_default();
+    Ok(ids
+        .into_iter()
+        .map(|id| NodeRow {
+            id,
+            addr: registry.get(&id).map(|a| a.to_string()),
+            reachable: reachable.get(&id).copied().unwrap_or(false),
+            draining: draining.contains(&id),
+            replicas: replicas.get(&id).copied().unwrap_or(0),
+        })
+        .collect())
+}
+
+/// An error of a `Db` call as an HTTP answer: a bad request for what the
+/// caller asked wrongly, a conflict for what the cluster could not do now.
+fn db_error(e: crate::db::DbError) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let status = match e {
+        crate::db::DbError::Invalid(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::CONFLICT,
+    };
+    (status, format!("{e}\n")).into_response()
+}
+
+async fn nodes(State(db): State<Db>) -> axum::response::Response {
+    match node_rows(&db).await {
+        Ok(rows) => axum::Json(rows).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+/// Query of `POST /drain` and `POST /undrain`.
+#[derive(Debug, serde::Deserialize)]
+pub struct NodeQuery {
+    pub node: NodeId,
+}
+
+async fn drain(State(db): State<Db>, Query(q): Query<NodeQuery>) -> axum::response::Response {
+    match db.drain_node(q.node).await {
+        Ok(()) => nodes(State(db)).await,
+        Err(e) => db_error(e),
+    }
+}
+
+async fn undrain(State(db): State<Db>, Query(q): Query<NodeQuery>) -> axum::response::Response {
+    match db.undrain_node(q.node).await {
+        Ok(()) => nodes(State(db)).await,
+        Err(e) => db_error(e),
     }
 }

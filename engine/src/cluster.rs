@@ -194,14 +194,18 @@ impl LocalCluster {
 
     /// Node `i`'s config. The first `opts.nodes` list only each other as
     /// peers, as config files written when the cluster was made do; a node
-    /// added later joins with node 1 as its only peer (it learns the others
-    /// from the node registry).
+    /// added later joins with node 1 as its only peer on QUIC (it learns the
+    /// others from the node registry), every node before it on a memory
+    /// network (where nodes have no address to register, and the others
+    /// learn it from its traffic).
     fn node_config(&self, i: usize) -> NodeConfig {
         let id = i as NodeId + 1;
         let mut cfg = NodeConfig::new(id, self.opts.dir.join(format!("node{id}")));
         cfg.listen = self.addrs[i];
         let known = if i < self.opts.nodes {
             self.opts.nodes
+        } else if self.network.is_some() {
+            i
         } else {
             1
         };
@@ -231,9 +235,10 @@ impl LocalCluster {
 
     /// Starts a new node that joins the running cluster (`NodeConfig::join`):
     /// it gets a certificate from the cluster's CA, lists node 1 as its only
-    /// peer, and starts with no replica; the others learn it from its
-    /// traffic and the node registry. Returns its index. Node 1 must be
-    /// running; a node whose start failed keeps its index (and id).
+    /// peer (on a memory network, every node), and starts with no replica;
+    /// the others learn it from its traffic and the node registry. Returns
+    /// its index. Node 1 must be running; a node whose start failed keeps
+    /// its index (and id), and is stopped.
     pub async fn add_node(&mut self) -> Result<usize, DbError> {
         let i = self.addrs.len();
         let id = i as NodeId + 1;
@@ -242,8 +247,7 @@ impl LocalCluster {
             self.dbs.push(None);
             let cfg = self.node_config(i);
             let node = Node::start_on_memory_network(cfg, network).await?;
-            self.dbs[i] = Some(self.open_db(i, node).await?);
-            return Ok(i);
+            return self.open_added(i, node).await;
         }
         let ca = self
             .ca
@@ -262,8 +266,21 @@ impl LocalCluster {
         self.identities.push(identity);
         self.dbs.push(None);
         let node = Node::start_with(self.node_config(i), t, incoming).await?;
-        self.dbs[i] = Some(self.open_db(i, node).await?);
-        Ok(i)
+        self.open_added(i, node).await
+    }
+
+    /// Opens the handle of added node `i`, or stops the node.
+    async fn open_added(&mut self, i: usize, node: Node) -> Result<usize, DbError> {
+        match self.open_db(i, node.clone()).await {
+            Ok(db) => {
+                self.dbs[i] = Some(db);
+                Ok(i)
+            }
+            Err(e) => {
+                node.shutdown().await;
+                Err(e)
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

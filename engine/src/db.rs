@@ -916,6 +916,30 @@ impl Db {
         self.meta_write_cas(command).await
     }
 
+    /// Deletes a meta key if its value passes `only_if` (compare and set,
+    /// read again after a race); done when the key is gone or its value
+    /// fails the test.
+    async fn meta_remove(
+        &self,
+        key: &Bytes,
+        only_if: impl Fn(&Bytes) -> bool,
+    ) -> Result<(), DbError> {
+        while let Some(current) = self.meta_get(key).await? {
+            if !only_if(&current) {
+                break;
+            }
+            let command = Command::Cas {
+                key: key.clone(),
+                expected: Some(current),
+                new: None,
+            };
+            if self.meta_write_cas(command).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a `Command::Cas` on the meta range: whether it swapped.
     async fn meta_write_cas(&self, command: Command) -> Result<bool, DbError> {
         let meta = self.meta_descriptor();
@@ -1087,7 +1111,14 @@ impl Db {
             let d = RangeDescriptor::decode(&v)
                 .map_err(|e| DbError::Protocol(format!("meta range descriptor: {e}")))?;
             if d.id == META_RANGE {
-                self.learn_meta(&d);
+                // Its own record wins at an equal version too: the handle's
+                // first descriptor is a guess from the initial layout, which
+                // a node that joined later computes from a node list it never
+                // had.
+                let mut meta = self.inner.meta.write();
+                if d.version() >= meta.version() {
+                    *meta = d;
+                }
             } else {
                 fresh.push(d);
             }

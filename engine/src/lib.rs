@@ -16,5 +16,5 @@ pub mod sim;
 pub mod store;
 
 pub use db::{CasOutcome, Db, DbError, DbOptions};
-pub use node::{Node, NodeConfig, StorageMode};
+pub use node::{Node, NodeConfig, NodeError, StorageMode};
 pub use store::ReadConsistency;

@@ -272,7 +272,10 @@ pub async fn placement_round(
             }
         }
     }
-    let mut view = gather(db, policy, &peers, &lost).await;
+    // Read every round, and a round without it does nothing: a draining
+    // node taken for an ordinary one would be given replicas back.
+    let draining = db.draining_nodes().await?;
+    let mut view = gather(db, policy, &peers, &lost, &draining).await;
     state.begin_round(&mut view, now, cfg.merge_after);
     let ops = plan(&view, policy);
     for op in &ops {
@@ -340,7 +343,8 @@ pub async fn placement_round(
 }
 
 /// The cluster as the planner sees it: every node (this one, `peers`, and
-/// any a range names), those in `lost` given up on; every range of the
+/// any a range names), those in `lost` given up on, those in `draining`
+/// being drained; every range of the
 /// routing table and the meta range, with sizes and leaders from stale
 /// reads.
 pub async fn gather(
@@ -348,6 +352,7 @@ pub async fn gather(
     policy: &Policy,
     peers: &[NodeId],
     lost: &BTreeSet<NodeId>,
+    draining: &BTreeSet<NodeId>,
 ) -> ClusterView {
     let node = db.node();
     let me = node.id();
@@ -405,6 +410,7 @@ pub async fn gather(
         .iter()
         .flat_map(|r| r.replicas.iter().copied())
         .chain(peers.iter().copied())
+        .chain(draining.iter().copied())
         .chain(std::iter::once(me))
         .collect();
     let handle = node.handle();
@@ -416,6 +422,7 @@ pub async fn gather(
                 id,
                 live: id == me || (!lost && peers.contains(&id) && !handle.peer_down(id)),
                 lost,
+                draining: draining.contains(&id),
             }
         })
         .collect();

@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use cluster_checks::{Writers, converged, key, still_serving};
-use tessera_engine::cluster::{LocalCluster, LocalClusterOptions};
+use tessera_engine::cluster::{LocalCluster, LocalClusterOptions, NetworkMode};
 use tessera_engine::raft::NodeId;
-use tessera_engine::{Db, DbError};
+use tessera_engine::{Db, DbError, Node, NodeConfig, NodeError};
 
 async fn peers(db: &Db) -> BTreeSet<NodeId> {
     db.node()
@@ -135,9 +135,60 @@ async fn a_node_joins_a_running_cluster_and_takes_replicas() {
     still_serving(&db4, &acked, 5).await;
     let all: Vec<Db> = cluster.dbs().cloned().collect();
     all_know_each_other(&all).await;
-    assert_eq!(
-        db4.get(key(0)).await.expect("get").is_some(),
-        acked.contains_key(&key(0))
-    );
     cluster.shutdown().await;
+}
+
+/// On a memory network (nodes have no address to register) a joining node
+/// lists every node, and they all learn it from its traffic: a replica
+/// moves onto it and its data reads back through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_on_a_memory_network() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = LocalClusterOptions::new(dir.path());
+    opts.initial_ranges = 2;
+    opts.network = NetworkMode::Memory;
+    let mut cluster = LocalCluster::start(opts).await.expect("cluster starts");
+    let db1 = cluster.db(0).expect("node 1").clone();
+    for i in 0..20 {
+        db1.put(key(i), format!("v{i}")).await.expect("put");
+    }
+    let four = cluster.add_node().await.expect("node 4 joins");
+    let all: Vec<Db> = cluster.dbs().cloned().collect();
+    all_know_each_other(&all).await;
+    let db4 = all[four].clone();
+    for d in db1.ranges() {
+        // From a node other than the leader's when it can (any works).
+        let from = *d.replicas.iter().max().expect("replicas");
+        db1.move_replica(d.id, from, 4)
+            .await
+            .expect("move to node 4");
+    }
+    for i in 0..20 {
+        assert_eq!(
+            db4.get(key(i)).await.expect("get"),
+            Some(bytes::Bytes::from(format!("v{i}")))
+        );
+    }
+    cluster.shutdown().await;
+}
+
+/// A node that ran, then lost its `BOOTSTRAPPED` mark, is refused when
+/// started to join: its log holds replicas that must be recovered, not
+/// forgotten (blank ones would vote with their terms and votes lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_mark_does_not_join_over_its_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
+    cfg.initial_ranges = 2;
+    cfg.tick = Duration::from_millis(20);
+    let db = Db::open(cfg.clone()).await.expect("a node alone");
+    db.put("k", "v").await.expect("put");
+    db.shutdown().await;
+    std::fs::remove_file(dir.path().join("n1/BOOTSTRAPPED")).expect("rm mark");
+    cfg.join = true;
+    match Node::start(cfg).await {
+        Err(NodeError::Config(why)) => assert!(why.contains("refusing to join"), "{why}"),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("joined over its own log"),
+    }
 }

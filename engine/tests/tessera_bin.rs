@@ -456,6 +456,19 @@ fn add_node_joins_a_running_cluster() {
     }
     drop(nodes);
 
+    // Node 4's files lost: the next node is still node 5 (its id was given).
+    for f in ["node4.toml", "node4.pem", "node4.key"] {
+        std::fs::remove_file(dir.join(f)).expect("rm");
+    }
+    let again = Command::new(BIN)
+        .args(["add-node", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("add-node runs");
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("node 5"));
+    assert!(dir.join("node5.toml").is_file() && !dir.join("node4.toml").exists());
+
     // Without the CA's key there is no certificate to give.
     std::fs::remove_file(dir.join("ca.key")).expect("rm ca.key");
     let refused = Command::new(BIN)
@@ -466,5 +479,5 @@ fn add_node_joins_a_running_cluster() {
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("ca.key"), "{why}");
-    assert!(!dir.join("node5.toml").exists());
+    assert!(!dir.join("node6.toml").exists());
 }

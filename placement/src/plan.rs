@@ -10,8 +10,19 @@ mod replicas;
 
 /// Plans one round: the operators to execute now, at most
 /// `policy.max_operators`, at most one per range: completions of merges
-/// under way, replica repairs, splits, merges, replica moves, then leader
-/// moves.
+/// under way, leaderships off draining nodes, replica repairs, splits,
+/// merges, replica moves, then leader moves.
+///
+/// # Draining nodes
+///
+/// A node the operator drains ([`NodeView::draining`](crate::NodeView))
+/// is emptied: every range it leads hands its leadership to its live
+/// replica leading the fewest ranges (a range is changed by its leader),
+/// and its replicas are then replaced like a lost node's (below), while it
+/// keeps serving them. It takes no replica and no leadership, and counts
+/// as a member (a range it holds a replica of keeps its replica count:
+/// with no node free, the replica stays). Merges wait for ranges with a
+/// replica on it (their replicas are not all live).
 ///
 /// Deterministic: the same view and policy give the same list (every map is
 /// ordered, every tie is broken by id).
@@ -141,6 +152,7 @@ pub fn plan(view: &ClusterView, policy: &Policy) -> Vec<Operator> {
     let ranges = current_ranges(view);
     let nodes = nodes(view);
     merges::plan_completions(&ranges, policy, &mut ops);
+    plan_drain_leaders(&ranges, &nodes, policy, &mut ops);
     replicas::plan_repairs(&ranges, &nodes, policy, &mut ops);
     plan_splits(&ranges, &nodes.live, policy, &mut ops);
     merges::plan_merges(&ranges, &nodes.live, policy, &mut ops);
@@ -166,22 +178,83 @@ fn current_ranges(view: &ClusterView) -> Vec<&RangeView> {
     by_id.into_values().collect()
 }
 
-/// The nodes by state: live (listed, never listed down or lost), lost
-/// (listed lost anywhere), and the count of members: nodes listed or named
-/// by a range, and not lost.
+/// The nodes by state: live (listed, never listed down, lost or
+/// draining), lost (listed lost anywhere), draining (listed draining
+/// anywhere, not lost), and the count of members: nodes listed or named by
+/// a range, and not lost.
 fn nodes(view: &ClusterView) -> replicas::Nodes {
-    let mut state: BTreeMap<NodeId, (bool, bool)> = BTreeMap::new();
+    #[derive(Clone, Copy)]
+    struct State {
+        live: bool,
+        lost: bool,
+        draining: bool,
+    }
+    let mut state: BTreeMap<NodeId, State> = BTreeMap::new();
     for n in &view.nodes {
-        let (live, lost) = state.entry(n.id).or_insert((true, false));
-        *live &= n.live && !n.lost;
-        *lost |= n.lost;
+        let s = state.entry(n.id).or_insert(State {
+            live: true,
+            lost: false,
+            draining: false,
+        });
+        s.live &= n.live && !n.lost && !n.draining;
+        s.lost |= n.lost;
+        s.draining |= n.draining;
     }
     let named = view.ranges.iter().flat_map(|r| r.replicas.iter());
     let unlisted: BTreeSet<NodeId> = named.filter(|n| !state.contains_key(n)).copied().collect();
+    let ids = |f: fn(&State) -> bool| state.iter().filter(move |(_, s)| f(s)).map(|(&n, _)| n);
     replicas::Nodes {
-        live: state.iter().filter(|(_, s)| s.0).map(|(&n, _)| n).collect(),
-        lost: state.iter().filter(|(_, s)| s.1).map(|(&n, _)| n).collect(),
-        members: state.values().filter(|s| !s.1).count() + unlisted.len(),
+        live: ids(|s| s.live).collect(),
+        lost: ids(|s| s.lost || s.draining).collect(),
+        draining: ids(|s| s.draining && !s.lost).collect(),
+        members: state.values().filter(|s| !s.lost).count() + unlisted.len(),
+    }
+}
+
+/// Hands the leadership of every range led from a draining node to the
+/// live replica (not draining) leading the fewest ranges, then lowest id:
+/// a range is repaired by its leader, so a draining leader would keep its
+/// own replica for good.
+fn plan_drain_leaders(
+    ranges: &[&RangeView],
+    nodes: &replicas::Nodes,
+    policy: &Policy,
+    ops: &mut Vec<Operator>,
+) {
+    if nodes.draining.is_empty() {
+        return;
+    }
+    let mut count: BTreeMap<NodeId, u64> = nodes.live.iter().map(|&n| (n, 0)).collect();
+    for r in ranges {
+        if let Some(c) = r.leader.and_then(|l| count.get_mut(&l)) {
+            *c += 1;
+        }
+    }
+    let touched: BTreeSet<RangeId> = ops.iter().flat_map(Operator::ranges).collect();
+    for r in ranges {
+        if ops.len() >= policy.max_operators {
+            break;
+        }
+        let Some(from) = r.leader.filter(|l| nodes.draining.contains(l)) else {
+            continue;
+        };
+        if touched.contains(&r.id) {
+            continue;
+        }
+        let to = r
+            .replicas
+            .iter()
+            .copied()
+            .filter(|n| count.contains_key(n))
+            .min_by_key(|n| (count[n], *n));
+        if let Some(to) = to {
+            *count.get_mut(&to).expect("live") += 1;
+            ops.push(Operator::TransferLeader {
+                range: r.id,
+                from,
+                to,
+            });
+        }
     }
 }
 

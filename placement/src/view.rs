@@ -31,6 +31,11 @@ pub struct NodeView {
     /// restart or a network blip must not cost a snapshot of every range it
     /// holds). A lost node is never live, whatever `live` says.
     pub lost: bool,
+    /// Being drained (decommissioned) by the operator: it takes nothing new,
+    /// leads nothing (its leaderships are handed to other replicas), and its
+    /// replicas are replaced on other nodes as a lost node's are, while it
+    /// still serves them. A draining node is never live for placement.
+    pub draining: bool,
 }
 
 /// A range: its descriptor, its leader and its size.

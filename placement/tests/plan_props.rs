@@ -17,9 +17,15 @@ fn key() -> impl Strategy<Value = Bytes> {
 /// random span instead, so overlaps, gaps and empty spans all occur.
 fn cluster_view() -> impl Strategy<Value = ClusterView> {
     (1u64..=6, 0usize..=24).prop_flat_map(|(n, count)| {
-        // Each node: live, or down (a suspect), or lost.
-        let nodes =
-            proptest::collection::vec((prop::bool::weighted(0.8), prop::bool::ANY), n as usize);
+        // Each node: live, or down (a suspect), or lost; and draining or not.
+        let nodes = proptest::collection::vec(
+            (
+                prop::bool::weighted(0.8),
+                prop::bool::ANY,
+                prop::bool::weighted(0.15),
+            ),
+            n as usize,
+        );
         // Fewer distinct boundaries than ranges leaves the last ones
         // spanning every key, overlapping all the others.
         let bounds = proptest::collection::vec(key(), count.saturating_sub(1));
@@ -28,10 +34,11 @@ fn cluster_view() -> impl Strategy<Value = ClusterView> {
             let nodes = live
                 .into_iter()
                 .enumerate()
-                .map(|(i, (live, lost))| NodeView {
+                .map(|(i, (live, lost, draining))| NodeView {
                     id: i as u64 + 1,
                     live,
                     lost: !live && lost,
+                    draining,
                 })
                 .collect();
             let bounds: BTreeSet<Bytes> = bounds.into_iter().collect();
@@ -165,12 +172,12 @@ fn policy() -> impl Strategy<Value = Policy> {
         )
 }
 
-/// Leaders per live node, counting ranges led by a live node.
+/// Leaders per live node (not draining), counting ranges led by one.
 fn leader_counts(view: &ClusterView, leaders: &BTreeMap<u64, Option<u64>>) -> BTreeMap<u64, u64> {
     let mut counts: BTreeMap<u64, u64> = view
         .nodes
         .iter()
-        .filter(|n| n.live)
+        .filter(|n| n.live && !n.lost && !n.draining)
         .map(|n| (n.id, 0))
         .collect();
     for leader in leaders.values().flatten() {
@@ -181,12 +188,12 @@ fn leader_counts(view: &ClusterView, leaders: &BTreeMap<u64, Option<u64>>) -> BT
     counts
 }
 
-/// Replicas per live node.
+/// Replicas per live node (not draining).
 fn replica_load(view: &ClusterView) -> BTreeMap<u64, u64> {
     let mut load: BTreeMap<u64, u64> = view
         .nodes
         .iter()
-        .filter(|n| n.live)
+        .filter(|n| n.live && !n.lost && !n.draining)
         .map(|n| (n.id, 0))
         .collect();
     for n in view.ranges.iter().flat_map(|r| r.replicas.iter()) {
@@ -233,7 +240,11 @@ proptest! {
     fn plans_are_sound(view in cluster_view(), policy in policy()) {
         let ops = plan(&view, &policy);
         let ranges: BTreeMap<u64, &RangeView> = view.ranges.iter().map(|r| (r.id, r)).collect();
-        let live: BTreeSet<u64> = view.nodes.iter().filter(|n| n.live).map(|n| n.id).collect();
+        // Nodes that may take replicas and leaderships.
+        let live: BTreeSet<u64> =
+            view.nodes.iter().filter(|n| n.live && !n.draining).map(|n| n.id).collect();
+        let draining: BTreeSet<u64> =
+            view.nodes.iter().filter(|n| n.draining && !n.lost).map(|n| n.id).collect();
 
         prop_assert!(ops.len() <= policy.max_operators);
         let touched: Vec<u64> = ops.iter().flat_map(Operator::ranges).collect();
@@ -261,11 +272,16 @@ proptest! {
                 }
                 Operator::TransferLeader { from, to, .. } => {
                     prop_assert_eq!(r.leader, Some(*from));
-                    prop_assert!(live.contains(from));
+                    // A leader move, or a draining node's leadership handed on.
+                    prop_assert!(live.contains(from) || draining.contains(from));
                     prop_assert!(live.contains(to));
                     prop_assert!(r.replicas.contains(to));
                     prop_assert_ne!(from, to);
-                    leaders.insert(r.id, Some(*to));
+                    // Handing on a draining node's leadership may widen the
+                    // spread (it must go somewhere); balancing must not.
+                    if live.contains(from) {
+                        leaders.insert(r.id, Some(*to));
+                    }
                 }
                 Operator::Merge { left_epoch, right, right_epoch, complete, .. } => {
                     let rr = ranges[right];
@@ -318,7 +334,7 @@ proptest! {
         prop_assert!(changes <= policy.max_replica_changes);
         // Moves alone (nothing lost or short, so nothing to repair) never
         // widen the spread of replicas over live nodes.
-        let no_repairs = view.nodes.iter().all(|n| !n.lost)
+        let no_repairs = view.nodes.iter().all(|n| !n.lost && !n.draining)
             && view.ranges.iter().all(|r| r.replicas.len() == policy.replicas.min(members(&view)));
         if no_repairs {
             prop_assert!(spread(&load) <= load_before, "replica spread {} -> {}: {:?}", load_before, spread(&load), ops);
@@ -340,7 +356,7 @@ proptest! {
     ) {
         // Every node holds every range, all live, no splits, no cap: one
         // round brings the spread within the tolerance.
-        let nodes = (1..=n).map(|id| NodeView { id, live: true, lost: false }).collect();
+        let nodes = (1..=n).map(|id| NodeView { id, live: true, lost: false, draining: false }).collect();
         let ranges = leads
             .iter()
             .enumerate()
@@ -400,6 +416,7 @@ fn healthy_view() -> impl Strategy<Value = ClusterView> {
                     id,
                     live: true,
                     lost: false,
+                    draining: false,
                 })
                 .collect();
             let ranges = ranges

@@ -199,14 +199,29 @@ struct NodeAddrs {
 }
 
 impl FreePorts {
-    fn node(&mut self) -> Result<NodeAddrs> {
+    /// Three free ports, none of them in `taken` (ports of nodes that are
+    /// stopped now, whose sockets the kernel would hand out).
+    fn node(&mut self, taken: &std::collections::BTreeSet<u16>) -> Result<NodeAddrs> {
+        let mut pick = |udp: bool| -> Result<SocketAddr> {
+            loop {
+                let port = if udp { self.udp()? } else { self.tcp()? };
+                if !taken.contains(&port) {
+                    return Ok(format!("127.0.0.1:{port}").parse()?);
+                }
+            }
+        };
         Ok(NodeAddrs {
-            peer: format!("127.0.0.1:{}", self.udp()?).parse()?,
-            client: format!("127.0.0.1:{}", self.tcp()?).parse()?,
-            admin: format!("127.0.0.1:{}", self.tcp()?).parse()?,
+            peer: pick(true)?,
+            client: pick(false)?,
+            admin: pick(false)?,
         })
     }
 }
+
+/// The file in a cluster's directory holding the next node id to give:
+/// ids are never given twice, even after a node's files were deleted (its
+/// peers would refuse a new node under its id).
+const NEXT_NODE_ID_FILE: &str = "next-node-id";
 
 /// Writes a private key readable by its owner only.
 fn write_private(path: &Path, pem: &str) -> Result<()> {
@@ -270,9 +285,10 @@ fn init(nodes: u64, dir: &Path, initial_ranges: u32, password: Option<String>) -
     write_private(&dir.join("ca.key"), &ca.key_pem())?;
     let mut ports = FreePorts::default();
     let addrs = (0..nodes)
-        .map(|_| ports.node())
+        .map(|_| ports.node(&Default::default()))
         .collect::<Result<Vec<_>>>()?;
     drop(ports);
+    std::fs::write(dir.join(NEXT_NODE_ID_FILE), format!("{}\n", nodes + 1))?;
     for (i, identity) in identities.iter().enumerate() {
         let id = i as u64 + 1;
         let peers = (0..addrs.len())
@@ -337,16 +353,32 @@ fn add_node(dir: &Path) -> Result<()> {
             dir.display()
         );
     };
-    let id = files
+    let next_path = dir.join(NEXT_NODE_ID_FILE);
+    let recorded: u64 = match std::fs::read_to_string(&next_path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("{}: not a node id", next_path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", next_path.display())),
+    };
+    let seen = files
         .iter()
         .flat_map(|f| std::iter::once(f.node_id).chain(f.peers.iter().map(|p| p.id)))
         .max()
-        .unwrap_or(0)
-        + 1;
+        .unwrap_or(0);
+    let id = recorded.max(seen + 1);
     let identity = ca
         .issue(tessera_transport::NodeId(id))
         .context("issuing the node's certificate")?;
-    let addrs = FreePorts::default().node()?;
+    let taken = files
+        .iter()
+        .flat_map(|f| [f.peer_addr, f.client_addr, f.admin_addr])
+        .map(|a| a.port())
+        .collect();
+    let addrs = FreePorts::default().node(&taken)?;
+    // Before the node's files: an id is never given twice.
+    std::fs::write(&next_path, format!("{}\n", id + 1))?;
     let file = NodeFile {
         node_id: id,
         peers: files

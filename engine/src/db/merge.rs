@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{Db, DbError, merge_route};
-use crate::range::{ApplyError, ApplyResult, Command, RangeDescriptor, RangeId};
+use crate::range::{ApplyError, ApplyResult, RangeDescriptor, RangeId};
 use crate::store::{META_RANGE, ReadConsistency, ReadOp, Reply, Request, meta_key};
 
 /// Bytes a snapshot adds to its pairs' keys and values: a header, the
@@ -361,24 +361,10 @@ impl Db {
     /// Deletes `d`'s entry from the meta range if it still holds `d` or an
     /// older descriptor of it (a merged-away range's).
     pub(crate) async fn forget_range(&self, d: &RangeDescriptor) -> Result<(), DbError> {
-        let key = meta_key(d.id);
-        loop {
-            let Some(current) = self.meta_get(&key).await? else {
-                return Ok(());
-            };
-            let older = RangeDescriptor::decode(&current)
-                .is_ok_and(|c| c.id == d.id && c.version() <= d.version());
-            if !older {
-                return Ok(());
-            }
-            let command = Command::Cas {
-                key: key.clone(),
-                expected: Some(current),
-                new: None,
-            };
-            if self.meta_write_cas(command).await? {
-                return Ok(());
-            }
-        }
+        self.meta_remove(&meta_key(d.id), |current| {
+            RangeDescriptor::decode(current)
+                .is_ok_and(|c| c.id == d.id && c.version() <= d.version())
+        })
+        .await
     }
 }

@@ -1,5 +1,7 @@
-//! The node registry: every node's peer address in the meta range, under
-//! `node/<id>` (docs/store.md, "Adding nodes").
+//! The cluster's nodes as the meta range records them: the registry of
+//! every node's peer address, under `node/<id>` (docs/store.md, "Adding
+//! nodes"), and the marks of nodes being drained, under `drain/<id>`
+//! (docs/placement.md, "Draining a node").
 //!
 //! A node's config names the peers it knew when it was written. A node that
 //! joins later is not in the others' configs: it registers its address when
@@ -19,7 +21,7 @@ use bytes::Bytes;
 
 use super::{Db, DbError};
 use crate::raft::NodeId;
-use crate::store::{NODE_PREFIX, ReadConsistency, node_key};
+use crate::store::{DRAIN_PREFIX, NODE_PREFIX, REPLICATION, ReadConsistency, drain_key, node_key};
 
 /// How often a node reads the registry again.
 pub const REGISTRY_REFRESH: Duration = Duration::from_secs(10);
@@ -114,33 +116,125 @@ impl Db {
         Ok(changed)
     }
 
-    /// Registers this node, then reads the registry every
-    /// [`REGISTRY_REFRESH`], for as long as the node runs.
+    /// Every node this node knows of: itself and its store's peers.
+    pub async fn known_nodes(&self) -> Vec<NodeId> {
+        let mut nodes = self
+            .node()
+            .handle()
+            .inspect(|s| s.peer_ids().collect::<Vec<_>>())
+            .await
+            .unwrap_or_default();
+        nodes.push(self.node().id());
+        nodes.sort_unstable();
+        nodes
+    }
+
+    /// The nodes marked draining (a linearizable read: a driver acting on
+    /// it must not miss a mark, nor undo a drain stopped a moment ago).
+    pub async fn draining_nodes(&self) -> Result<std::collections::BTreeSet<NodeId>, DbError> {
+        let pairs = self
+            .meta_scan(DRAIN_PREFIX, ReadConsistency::Linearizable)
+            .await?;
+        Ok(pairs
+            .iter()
+            .filter_map(|(k, _)| {
+                let id = k.strip_prefix(DRAIN_PREFIX)?;
+                Some(u64::from_be_bytes(<[u8; 8]>::try_from(id).ok()?))
+            })
+            .collect())
+    }
+
+    /// Marks `node` draining: the placement driver hands its leaderships
+    /// to other replicas and moves every replica off it, and gives it none
+    /// back until [`Db::undrain_node`]. Safe to repeat. Refused
+    /// ([`DbError::Invalid`]) for a node this one does not know, or when
+    /// the nodes left (not draining) would be fewer than a range's
+    /// replicas (there would be nowhere to move them).
+    pub async fn drain_node(&self, node: NodeId) -> Result<(), DbError> {
+        let known = self.known_nodes().await;
+        if !known.contains(&node) {
+            return Err(DbError::Invalid(format!(
+                "node {node} is not in the cluster"
+            )));
+        }
+        let mut draining = self.draining_nodes().await?;
+        if draining.contains(&node) {
+            return Ok(());
+        }
+        draining.insert(node);
+        let left = known.iter().filter(|n| !draining.contains(n)).count();
+        if left < REPLICATION {
+            return Err(DbError::Invalid(format!(
+                "draining node {node} would leave {left} node(s) for ranges of {REPLICATION} \
+                 replicas: add a node first"
+            )));
+        }
+        // Absent or already there (a racing drain of the same node): done.
+        self.meta_cas(&drain_key(node), None, bytes::Bytes::new())
+            .await?;
+        tracing::info!(node, "node marked draining");
+        Ok(())
+    }
+
+    /// Stops draining `node`: it may take replicas and leaderships again.
+    /// Safe to repeat.
+    pub async fn undrain_node(&self, node: NodeId) -> Result<(), DbError> {
+        self.meta_remove(&drain_key(node), |_| true).await?;
+        tracing::info!(node, "node not draining");
+        Ok(())
+    }
+
+    /// Registers this node (until it succeeds) and reads the registry at
+    /// start and every [`REGISTRY_REFRESH`], for as long as the node runs.
+    /// One task per [`Db::on_node`]; it drops whatever request it has in
+    /// flight when the node stops.
     pub(super) fn start_registry(&self) {
         let db = self.clone();
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            while let Err(e) = db.register_node().await {
-                if db.node().is_shut_down() {
-                    return;
-                }
-                tracing::debug!(error = %e, "node registry: registering failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            let mut known = BTreeMap::new();
-            loop {
-                if db.node().is_shut_down() {
-                    return;
-                }
-                if let Err(e) = db.learn_registry(&mut known).await {
-                    tracing::debug!(error = %e, "node registry: read failed");
-                }
-                tokio::time::sleep(REGISTRY_REFRESH).await;
+            let node = db.node().clone();
+            tokio::select! {
+                () = db.registry_loop() => {}
+                () = node.stopping() => {}
             }
         });
     }
+
+    async fn registry_loop(&self) {
+        let mut registered = false;
+        let mut failures = 0u32;
+        let mut known = BTreeMap::new();
+        loop {
+            if !registered {
+                match self.register_node().await {
+                    Ok(()) => registered = true,
+                    Err(e) => {
+                        failures += 1;
+                        // A few failures are a cluster still starting.
+                        if failures % REGISTRY_WARN_EVERY == 0 {
+                            tracing::warn!(error = %e, failures, "node registry: this node is not registered yet");
+                        } else {
+                            tracing::debug!(error = %e, "node registry: registering failed");
+                        }
+                    }
+                }
+            }
+            if let Err(e) = self.learn_registry(&mut known).await {
+                tracing::debug!(error = %e, "node registry: read failed");
+            }
+            let wait = if registered {
+                REGISTRY_REFRESH
+            } else {
+                REGISTRY_RETRY
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
+
+/// How soon registering is tried again.
+const REGISTRY_RETRY: Duration = Duration::from_secs(1);
+/// Failed registrations between two warnings.
+const REGISTRY_WARN_EVERY: u32 = 10;
 
 #[cfg(test)]
 mod tests {

@@ -258,6 +258,8 @@ struct NodeInner {
     admission: WriteAdmission,
     /// Set when [`Node::shutdown`] starts: requests end at once.
     shut_down: std::sync::atomic::AtomicBool,
+    /// Turns true with `shut_down`, for tasks that wait ([`Node::stopping`]).
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// The node's transport, with what its shutdown needs.
@@ -425,7 +427,18 @@ impl Node {
             // Nothing to create: replicas come by membership changes. The
             // mark makes a restart recover instead of bootstrapping a new
             // cluster's layout, which would put blank replicas of ranges
-            // this node was never given in its log.
+            // this node was never given in its log. A joining node writes
+            // nothing before its mark: a WAL with any group is a node that
+            // ran and lost its mark, whose replicas must be recovered, not
+            // forgotten (blank ones, made for peers' messages, would vote
+            // with their terms and votes lost).
+            if let Some(range) = wal.as_ref().and_then(|w| w.groups().into_iter().next()) {
+                return Err(NodeError::Config(format!(
+                    "{}: not marked bootstrapped, but the WAL holds range {range}'s records; \
+                     refusing to join over it",
+                    cfg.data_dir.display()
+                )));
+            }
             tracing::info!(node = cfg.node_id, "joining a running cluster");
             datadir.mark_bootstrapped()?;
         } else if datadir.fresh {
@@ -534,6 +547,7 @@ impl Node {
                 publications: parking_lot::Mutex::new(Some(publish_rx)),
                 admission: WriteAdmission::new(WRITE_BYTES_IN_FLIGHT_MAX),
                 shut_down: std::sync::atomic::AtomicBool::new(false),
+                stop: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -551,6 +565,14 @@ impl Node {
         self.inner
             .shut_down
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once [`Node::shutdown`] has started: a background task
+    /// selects on it to drop what it holds (requests in flight hold the
+    /// transport, which the shutdown waits to release).
+    pub async fn stopping(&self) {
+        let mut rx = self.inner.stop.subscribe();
+        let _ = rx.wait_for(|&stopped| stopped).await;
     }
 
     /// Why the node stopped on its own, if it did: its storage failed (a
@@ -678,6 +700,7 @@ impl Node {
         self.inner
             .shut_down
             .store(true, std::sync::atomic::Ordering::Release);
+        self.inner.stop.send_replace(true);
         self.inner.handle.shutdown().await;
         // The loop's references go once its task ends; then the WAL is
         // closed (its lock released) and the socket freed, so the node can

@@ -29,10 +29,25 @@ pub const NODE_PREFIX: &[u8] = b"node/";
 
 /// The meta range's key for a node's registry entry.
 pub fn node_key(node: NodeId) -> Bytes {
-    let mut k = BytesMut::with_capacity(NODE_PREFIX.len() + 8);
-    k.put_slice(NODE_PREFIX);
-    k.put_u64(node);
+    prefixed_id(NODE_PREFIX, node)
+}
+
+/// `prefix` followed by `id`, big endian (so keys sort by id).
+fn prefixed_id(prefix: &[u8], id: u64) -> Bytes {
+    let mut k = BytesMut::with_capacity(prefix.len() + 8);
+    k.put_slice(prefix);
+    k.put_u64(id);
     k.freeze()
+}
+
+/// Prefix of the meta range's marks of draining nodes: `drain/` + the
+/// node's id, big endian (an empty value). Outside [`META_PREFIX`] and
+/// [`NODE_PREFIX`].
+pub const DRAIN_PREFIX: &[u8] = b"drain/";
+
+/// The meta range's key marking a node as draining.
+pub fn drain_key(node: NodeId) -> Bytes {
+    prefixed_id(DRAIN_PREFIX, node)
 }
 
 /// The descriptors of a new cluster.
@@ -51,10 +66,7 @@ impl Layout {
 
 /// The meta range's key for a range's descriptor.
 pub fn meta_key(range: RangeId) -> Bytes {
-    let mut k = BytesMut::with_capacity(META_PREFIX.len() + 8);
-    k.put_slice(META_PREFIX);
-    k.put_u64(range);
-    k.freeze()
+    prefixed_id(META_PREFIX, range)
 }
 
 /// Cuts the key space into `initial_ranges` ranges, each on `REPLICATION`

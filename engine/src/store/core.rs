@@ -374,9 +374,10 @@ impl Store {
 
     /// Counts `node` as a peer from now on: a node that joined the cluster
     /// after this one started (the host learns it from the meta range's
-    /// node registry). It is live until a liveness timeout passes without
-    /// a batch from it; its incarnation is learned from its first batch.
-    /// False if it was known already (or is this node).
+    /// node registry). It is down until its first batch, which also gives
+    /// its incarnation: a node only registered (or registered long ago,
+    /// and gone since) must not look live, or placement would move
+    /// replicas onto it. False if it was known already (or is this node).
     pub fn add_peer(&mut self, node: NodeId) -> bool {
         if node == self.cfg.node_id || node == 0 || self.peers.contains_key(&node) {
             return false;
@@ -385,7 +386,7 @@ impl Store {
             node,
             Peer {
                 last_heard: self.ticks,
-                live: true,
+                live: false,
                 incarnation: None,
             },
         );

@@ -21,10 +21,13 @@ use crate::{NodeId, Operator, Policy, RangeId};
 pub(super) struct Nodes {
     /// Up now: may take replicas.
     pub live: BTreeSet<NodeId>,
-    /// Given up on: their replicas are replaced.
+    /// Given up on, or being drained: their replicas are replaced.
     pub lost: BTreeSet<NodeId>,
-    /// Listed and not lost (suspects included): how many replicas a range
-    /// can have at most.
+    /// Being drained (and not lost): up, but leading nothing.
+    pub draining: BTreeSet<NodeId>,
+    /// Listed and not lost (suspects and draining nodes included): how many
+    /// replicas a range can have at most. A draining node counts, so that
+    /// its replicas are replaced rather than dropped where no node is free.
     pub members: usize,
 }
 

@@ -11,12 +11,14 @@ fn nodes(live: &[u64], dead: &[u64]) -> Vec<NodeView> {
             id,
             live: true,
             lost: false,
+            draining: false,
         })
         .collect();
     v.extend(dead.iter().map(|&id| NodeView {
         id,
         live: false,
         lost: false,
+        draining: false,
     }));
     v
 }
@@ -457,6 +459,7 @@ fn check_view_finds_gaps_and_odd_entries() {
         id: 2,
         live: true,
         lost: false,
+        draining: false,
     });
     let odd = vec![
         led(range(1, "", "b"), Some(9), &[1, 8]),
@@ -519,6 +522,7 @@ fn lost(ids: &[u64]) -> Vec<NodeView> {
             id,
             live: false,
             lost: true,
+            draining: false,
         })
         .collect()
 }
@@ -885,4 +889,73 @@ fn a_retired_range_is_completed_first_whatever_its_size() {
     // Completing needs the left neighbour in the view.
     let alone = view(nodes(&[1, 2, 3], &[]), vec![v.ranges[1].clone()]);
     assert_eq!(plan(&alone, &policy), vec![]);
+}
+
+fn draining(ids: &[u64]) -> Vec<NodeView> {
+    ids.iter()
+        .map(|&id| NodeView {
+            id,
+            live: true,
+            lost: false,
+            draining: true,
+        })
+        .collect()
+}
+
+#[test]
+fn a_draining_node_hands_on_its_leaderships_then_its_replicas() {
+    // Node 3 drains; node 4 is free. Range 1 is led from node 3: its
+    // leadership goes to the live replica leading the fewest (node 2: node 1
+    // leads ranges 2 and 3). Ranges 2 and 3 are led from node 1: their
+    // replicas on node 3 are replaced on node 4, then (4 holding one) on 4
+    // again, since every other live node holds a replica already.
+    let ranges = tiled(3, |i| if i == 1 { 3 } else { 1 }, &[1, 2, 3]);
+    let mut ns = nodes(&[1, 2, 4], &[]);
+    ns.extend(draining(&[3]));
+    let v = view(ns, ranges);
+    assert_eq!(
+        plan(&v, &Policy::default()),
+        vec![
+            Operator::TransferLeader {
+                range: 1,
+                from: 3,
+                to: 2
+            },
+            change(2, &[4], &[3]),
+            change(3, &[4], &[3]),
+        ]
+    );
+}
+
+#[test]
+fn a_draining_node_takes_nothing_and_keeps_replicas_with_no_node_free() {
+    // Three nodes, node 3 draining: it still counts as a member, so the
+    // target stays three and, with no node free, its replicas stay (never
+    // dropped to two). Nothing moves to it, nor does any leadership.
+    let ranges = tiled(4, |i| if i == 1 { 1 } else { 2 }, &[1, 2, 3]);
+    let mut ns = nodes(&[1, 2], &[]);
+    ns.extend(draining(&[3]));
+    let v = view(ns, ranges);
+    let ops = plan(&v, &Policy::default());
+    for op in &ops {
+        match op {
+            Operator::TransferLeader { to, .. } => assert_ne!(*to, 3, "{ops:?}"),
+            Operator::ChangeReplicas { add, remove, .. } => {
+                assert!(!add.contains(&3) && remove.is_empty(), "{ops:?}")
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, Operator::ChangeReplicas { .. })),
+        "{ops:?}"
+    );
+
+    // Drained (its replicas on a fourth node now): rebalancing gives it
+    // none back, however empty it is.
+    let ranges = tiled(2, |_| 1, &[1, 2, 4]);
+    let mut ns = nodes(&[1, 2, 4], &[]);
+    ns.extend(draining(&[3]));
+    assert_eq!(changes(&view(ns, ranges), &Policy::default()), vec![]);
 }
