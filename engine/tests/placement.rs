@@ -435,3 +435,75 @@ async fn a_node_that_joins_is_given_replicas() {
     check_keys(&db, 200..250).await;
     cluster.shutdown().await;
 }
+
+/// A node drained by the operator is emptied by the driver (its
+/// leaderships handed on, its replicas, the meta range's included, moved
+/// off) while every write stays readable, is given nothing back while it
+/// drains, and takes replicas again once it no longer does. Draining a
+/// node nobody knows, or one too many, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_is_emptied_and_given_nothing_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = four_nodes(dir.path(), 6).await;
+    let db = cluster.db(0).expect("node 1").clone();
+    write_keys(&db, 0..200).await;
+    match db.drain_node(9).await {
+        Err(tessera_engine::DbError::Invalid(why)) => assert!(why.contains("not in the cluster")),
+        other => panic!("draining an unknown node: {other:?}"),
+    }
+    let before = load(&descriptors(&db).await, &db.meta_descriptor());
+    assert!(before[3] > 0, "{before:?}");
+    db.drain_node(4).await.expect("drain node 4");
+    db.drain_node(4).await.expect("again: nothing to do");
+    assert_eq!(db.draining_nodes().await.expect("marks"), [4].into());
+    match db.drain_node(3).await {
+        Err(tessera_engine::DbError::Invalid(why)) => assert!(why.contains("add a node"), "{why}"),
+        other => panic!("draining down to two nodes: {other:?}"),
+    }
+
+    let dbs: Vec<Db> = cluster.dbs().cloned().collect();
+    for d in &dbs {
+        d.start_placement(fast_driver(Duration::from_secs(300)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let per_node = load(&descriptors(&db).await, &db.meta_descriptor());
+        let held = dbs[3]
+            .node()
+            .handle()
+            .stats()
+            .await
+            .map_or(1, |s| s.replicas);
+        if per_node[3] == 0 && held == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas per node: {per_node:?}, node 4 holds {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing comes back while it drains (a few more rounds).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_node = load(&descriptors(&db).await, &db.meta_descriptor());
+    assert_eq!(per_node[3], 0, "{per_node:?}");
+    let rows = tessera_engine::admin::node_rows(&db).await.expect("/nodes");
+    let four = rows.iter().find(|r| r.id == 4).expect("node 4 listed");
+    assert!(
+        four.draining && four.replicas == 0 && four.reachable,
+        "{four:?}"
+    );
+    check_keys(&dbs[3], 0..200).await;
+    check_keys(&db, 0..200).await;
+
+    db.undrain_node(4).await.expect("undrain");
+    assert!(db.draining_nodes().await.expect("marks").is_empty());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load(&descriptors(&db).await, &db.meta_descriptor())[3] == 0 {
+        assert!(Instant::now() < deadline, "node 4 was given nothing back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    write_keys(&db, 200..220).await;
+    check_keys(&dbs[3], 200..220).await;
+    cluster.shutdown().await;
+}

@@ -454,6 +454,34 @@ fn add_node_joins_a_running_cluster() {
             .expect("GET");
         assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
     }
+    // `ctl nodes` lists all four with their registered addresses; `ctl
+    // drain` marks one (and refuses a node nobody knows), `ctl undrain`
+    // clears the mark.
+    let out = ctl(dir, 2, &["nodes"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert_eq!(table.lines().count(), 5, "header and four nodes: {table}");
+    let peer4 = file["peer_addr"].as_str().expect("peer_addr");
+    assert!(table.contains(peer4), "{table}");
+    let drained = ctl(dir, 1, &["--json", "drain", "4"]);
+    assert!(
+        drained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drained.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&drained.stdout).expect("json");
+    let row4 = |rows: &serde_json::Value| {
+        rows.as_array()
+            .and_then(|rs| rs.iter().find(|r| r["id"] == 4).cloned())
+            .expect("node 4's row")
+    };
+    assert_eq!(row4(&rows)["draining"], true, "{rows}");
+    let unknown = ctl(dir, 1, &["drain", "9"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("not in the cluster"));
+    let back = ctl(dir, 3, &["--json", "undrain", "4"]);
+    let rows: serde_json::Value = serde_json::from_slice(&back.stdout).expect("json");
+    assert_eq!(row4(&rows)["draining"], false, "{rows}");
     drop(nodes);
 
     // Node 4's files lost: the next node is still node 5 (its id was given).

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use tessera_engine::admin::{RangeStatus, Status};
+use tessera_engine::admin::{NodeRow, RangeStatus, Status};
 use tessera_engine::config::{NodeFile, PeerEntry, TlsFiles};
 use tessera_engine::{Db, DbOptions, Node};
 
@@ -125,6 +125,21 @@ enum CtlCommand {
     Merge {
         /// The left-hand range's id (see `ranges`).
         range: u64,
+    },
+    /// Every node: its address, whether this node reaches it, whether it is
+    /// draining, how many replicas it holds.
+    Nodes,
+    /// Drains a node: the placement driver hands its leaderships on and
+    /// moves every replica off it, and gives it none back. Stop the node once
+    /// it holds none (see `nodes`). Prints the nodes.
+    Drain {
+        /// The node's id.
+        node: u64,
+    },
+    /// Stops draining a node: it takes replicas and leaderships again.
+    Undrain {
+        /// The node's id.
+        node: u64,
     },
 }
 
@@ -647,6 +662,13 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
             let rows: Vec<RangeStatus> = serde_json::from_str(&body).context("decoding /merge")?;
             print_range_rows(rows);
         }
+        CtlCommand::Nodes => print_nodes(http_get(admin, "/nodes")?, json)?,
+        CtlCommand::Drain { node } => {
+            print_nodes(http(admin, "POST", &format!("/drain?node={node}"))?, json)?
+        }
+        CtlCommand::Undrain { node } => {
+            print_nodes(http(admin, "POST", &format!("/undrain?node={node}"))?, json)?
+        }
         CtlCommand::Ranges => {
             let body = http_get(admin, "/ranges")?;
             if json {
@@ -660,7 +682,6 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
     Ok(())
 }
 
-/// The `ctl ranges` table.
 /// `POST /change-replicas` and prints the range it answers.
 fn change_replicas(
     admin: SocketAddr,
@@ -689,6 +710,31 @@ fn change_replicas(
     Ok(())
 }
 
+/// The `ctl nodes` table (or the JSON as it came).
+fn print_nodes(body: String, json: bool) -> Result<()> {
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let rows: Vec<NodeRow> = serde_json::from_str(&body).context("decoding /nodes")?;
+    println!(
+        "{:>6}  {:<22} {:<12} {:<9} replicas",
+        "node", "peer addr", "reachable", "draining"
+    );
+    for n in rows {
+        println!(
+            "{:>6}  {:<22} {:<12} {:<9} {}",
+            n.id,
+            n.addr.as_deref().unwrap_or("?"),
+            if n.reachable { "yes" } else { "UNREACHABLE" },
+            if n.draining { "yes" } else { "no" },
+            n.replicas
+        );
+    }
+    Ok(())
+}
+
+/// The `ctl ranges` table.
 fn print_range_rows(rows: Vec<RangeStatus>) {
     println!(
         "{:>6}  {:<10} {:<10} {:<12} {:>5}  leader",
