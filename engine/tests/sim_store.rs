@@ -31,7 +31,8 @@ fn sim_store() {
          {} split-off ranges rebuilt at a restart before their left side replayed the split, \
          {} uninitialized replicas created for a range's messages (in {} seeds), \
          {} replica moves asked, {} replicas deleted after a move took them out, \
-         {} changes of the meta range's replicas, {} merges done ({} replicas deleted by merges)",
+         {} changes of the meta range's replicas, {} merges done ({} replicas deleted by merges), \
+         {} nodes joined a running cluster ({} replicas on them at the end)",
         sum(|r| r.ranges as u64),
         sum(|r| r.ops_ok as u64),
         sum(|r| r.ops_unknown as u64),
@@ -57,6 +58,8 @@ fn sim_store() {
         sum(|r| r.meta_changes),
         sum(|r| r.merges as u64),
         sum(|r| r.merged_replicas),
+        sum(|r| r.joined as u64),
+        sum(|r| r.joined_replicas as u64),
     ));
     // The meta range's replicas moved too, under the same faults.
     if seeds >= 100 {
@@ -77,6 +80,13 @@ fn sim_store() {
         );
         // And merged: the checks covered merges too.
         assert!(sum(|r| r.merges as u64) > 0, "no merge was done");
+    }
+    if seeds >= 100 {
+        // Nodes joined and were given replicas under the faults.
+        assert!(
+            sum(|r| r.joined_replicas as u64) > 0,
+            "no joined node was given a replica"
+        );
     }
     say(format!("sim: {seeds} seeds passed"));
 }

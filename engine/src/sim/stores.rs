@@ -117,6 +117,11 @@ pub struct StoreSimReport {
     /// Uninitialized replicas the stores created for a range's messages
     /// (a split's new range not yet, or never, created by its split here).
     pub uninitialized_created: u64,
+    /// A node that joined the running cluster (started with no replica,
+    /// knowing one peer; the others learn of it at a random moment, as from
+    /// the node registry), and the replicas it held at the end.
+    pub joined: bool,
+    pub joined_replicas: usize,
 }
 
 /// Runs one seed.
@@ -418,6 +423,9 @@ enum Ev {
     Transfer,
     /// Move a replica of a random range to a node without one.
     Move,
+    /// Every node learns of the node that joined, and it of them (the node
+    /// registry's read).
+    Registry,
 }
 
 /// How hostile this seed's world is.
@@ -460,6 +468,12 @@ struct World {
     /// never merged is a violation, not a merge.
     absorbed: std::collections::BTreeSet<RangeId>,
     faults: Faults,
+    /// The node that joins the running cluster, if this seed has one: no
+    /// replica at the start, node 1 its only peer; the others know nothing
+    /// of it until it talks to them or `Ev::Registry`.
+    joiner: Option<NodeId>,
+    /// Whether `Ev::Registry` has happened.
+    joiner_known: bool,
     snapshot_entries: u64,
     snapshot_log_percent: u64,
     snapshot_inline_bytes: u64,
@@ -514,10 +528,20 @@ impl World {
             faults.move_every_ms = [0, 300, 1000][((opts.seed / 3) % 3) as usize];
         }
         let ids: Vec<NodeId> = (1..=n_nodes as u64).collect();
-        let layout = cluster_layout(&ids, n_ranges);
+        // From the seed, not `rng`: a third of the seeds with moves have the
+        // last node join the running cluster.
+        let joiner =
+            (faults.move_every_ms > 0 && (opts.seed / 81) % 3 == 0).then_some(n_nodes as u64);
+        let founders: Vec<NodeId> = ids.iter().copied().filter(|&n| Some(n) != joiner).collect();
+        let layout = cluster_layout(&founders, n_ranges);
         let mut nodes = BTreeMap::new();
         for &id in &ids {
-            let mut sc = StoreConfig::new(id, ids.iter().copied().filter(|&p| p != id).collect());
+            let peers = if Some(id) == joiner {
+                vec![1]
+            } else {
+                founders.iter().copied().filter(|&p| p != id).collect()
+            };
+            let mut sc = StoreConfig::new(id, peers);
             sc.incarnation = 1000 + id;
             sc.seed = opts.seed.wrapping_mul(31).wrapping_add(id);
             sc.boot = sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -597,6 +621,7 @@ impl World {
         let report = StoreSimReport {
             nodes: n_nodes,
             ranges: n_ranges as usize,
+            joined: joiner.is_some(),
             ..Default::default()
         };
         World {
@@ -616,6 +641,8 @@ impl World {
             merging: None,
             absorbed: Default::default(),
             faults,
+            joiner,
+            joiner_known: false,
             snapshot_entries,
             snapshot_log_percent,
             snapshot_inline_bytes,
@@ -675,6 +702,11 @@ impl World {
         if self.faults.move_every_ms > 0 {
             // Not from `rng`: seeds without moves run as before.
             self.at(self.faults.move_every_ms, Ev::Move);
+        }
+        if self.joiner.is_some() {
+            // Moves to it are refused by leaders that never heard of it
+            // until then.
+            self.at(200 + (self.opts.seed % 7) * 300, Ev::Registry);
         }
         let end = self.opts.chaos_ms + self.opts.heal_ms_max;
         while let Some(Reverse((t, id))) = self.queue.pop() {
@@ -948,6 +980,9 @@ impl World {
             .map(|s| s.stats().uninitialized_created)
             .sum();
         self.report.ranges_after = view.len();
+        if let Some(j) = self.joiner {
+            self.report.joined_replicas = view.values().filter(|d| d.replicas.contains(&j)).count();
+        }
         // A final read of every key, straight from the converged state,
         // after every operation: it must reflect every acknowledged write.
         let t = self.now + 1;
@@ -1094,6 +1129,23 @@ impl World {
                     self.transfer()?;
                     let t = self.now + self.rng.range(1, self.faults.transfer_every_ms + 1);
                     self.at(t, Ev::Transfer);
+                }
+            }
+            Ev::Registry => {
+                self.joiner_known = true;
+                let joiner = self.joiner.expect("a joiner");
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                self.note(format!("registry: node {joiner} known to all"));
+                for &n in &ids {
+                    if let Some(store) = self.store_mut(n) {
+                        if n == joiner {
+                            for &p in &ids {
+                                store.add_peer(p);
+                            }
+                        } else {
+                            store.add_peer(joiner);
+                        }
+                    }
                 }
             }
             Ev::Move => {
@@ -1427,7 +1479,16 @@ impl World {
     }
 
     fn restart(&mut self, n: NodeId) -> Result<(), Violation> {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        // The peers its config names: before the registry is read, a
+        // founder's config does not name the joiner, and the joiner's names
+        // node 1 only (what they persisted adds what they heard since).
+        let ids: Vec<NodeId> = match self.joiner {
+            Some(j) if !self.joiner_known && n == j => vec![1],
+            Some(j) if !self.joiner_known => {
+                self.nodes.keys().copied().filter(|&p| p != j).collect()
+            }
+            _ => self.nodes.keys().copied().collect(),
+        };
         let node = self.nodes.get_mut(&n).expect("node");
         if node.store.is_some() {
             return Ok(());
