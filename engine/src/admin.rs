@@ -78,7 +78,8 @@ pub struct NodeRow {
     pub addr: Option<String>,
     /// Whether the node answering reaches it (itself: true).
     pub reachable: bool,
-    pub draining: bool,
+    /// `None` when the draining set could not be read.
+    pub draining: Option<bool>,
     /// Replicas the range descriptors place on it (the meta range's too).
     pub replicas: usize,
 }
@@ -630,7 +631,8 @@ pub async fn node_rows(db: &Db) -> Result<Vec<NodeRow>, crate::db::DbError> {
         tracing::debug!(error = %e, "/nodes: route refresh failed; using the cached table");
     }
     let registry = db.registered_nodes().await?;
-    let draining = db.draining_nodes().await?;
+    // The rest of the page is worth having without it.
+    let draining = db.draining_nodes().await.ok();
     let mut descs = db.ranges();
     descs.push(db.meta_descriptor());
     let mut replicas: std::collections::BTreeMap<NodeId, usize> = Default::default();
@@ -646,7 +648,7 @@ pub async fn node_rows(db: &Db) -> Result<Vec<NodeRow>, crate::db::DbError> {
         .copied()
         .chain(registry.keys().copied())
         .chain(replicas.keys().copied())
-        .chain(draining.iter().copied())
+        .chain(draining.iter().flatten().copied())
         .collect();
     let reachable = db
         .node()
@@ -667,18 +669,21 @@ pub async fn node_rows(db: &Db) -> Result<Vec<NodeRow>, crate::db::DbError> {
             id,
             addr: registry.get(&id).map(|a| a.to_string()),
             reachable: reachable.get(&id).copied().unwrap_or(false),
-            draining: draining.contains(&id),
+            draining: draining.as_ref().map(|d| d.contains(&id)),
             replicas: replicas.get(&id).copied().unwrap_or(0),
         })
         .collect())
 }
 
 /// An error of a `Db` call as an HTTP answer: a bad request for what the
-/// caller asked wrongly, a conflict for what the cluster could not do now.
+/// caller asked wrongly, unavailable for what timed out or found no one to
+/// ask, a conflict for the rest.
 fn db_error(e: crate::db::DbError) -> axum::response::Response {
+    use crate::db::DbError;
     use axum::http::StatusCode;
     let status = match e {
-        crate::db::DbError::Invalid(_) => StatusCode::BAD_REQUEST,
+        DbError::Invalid(_) => StatusCode::BAD_REQUEST,
+        DbError::Timeout { .. } | DbError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::CONFLICT,
     };
     (status, format!("{e}\n")).into_response()
@@ -699,14 +704,23 @@ pub struct NodeQuery {
 
 async fn drain(State(db): State<Db>, Query(q): Query<NodeQuery>) -> axum::response::Response {
     match db.drain_node(q.node).await {
-        Ok(()) => nodes(State(db)).await,
+        Ok(()) => done_with_nodes(&db, format!("node {} is draining", q.node)).await,
         Err(e) => db_error(e),
     }
 }
 
 async fn undrain(State(db): State<Db>, Query(q): Query<NodeQuery>) -> axum::response::Response {
     match db.undrain_node(q.node).await {
-        Ok(()) => nodes(State(db)).await,
+        Ok(()) => done_with_nodes(&db, format!("node {} is not draining", q.node)).await,
         Err(e) => db_error(e),
+    }
+}
+
+/// The answer to a change that was made: `/nodes`, or, if that cannot be
+/// read now, what was done (never an error: the change stands).
+async fn done_with_nodes(db: &Db, done: String) -> axum::response::Response {
+    match node_rows(db).await {
+        Ok(rows) => axum::Json(rows).into_response(),
+        Err(e) => format!("{done} (the node list could not be read: {e})\n").into_response(),
     }
 }

@@ -82,6 +82,8 @@ pub struct DriverState {
     /// Ranges of a merge that failed, and the round until which they are
     /// not merged again.
     merge_held: BTreeMap<u64, u64>,
+    /// The draining nodes as last read.
+    draining: Option<BTreeSet<NodeId>>,
 }
 
 /// Rounds a range is left alone after a replica change of it failed (a
@@ -194,6 +196,9 @@ pub struct PlacementCounters {
     /// Ranges whose size and leader could not be read for a round's view
     /// (the planner leaves them alone that round).
     pub stats_unread: AtomicU64,
+    /// The policy's replicas per range, once a driver runs on this node (0
+    /// before): what `Db::drain_node` checks the nodes left against.
+    pub policy_replicas: AtomicU64,
 }
 
 impl Db {
@@ -201,6 +206,9 @@ impl Db {
     /// module docs). Every node may start it: only the one leading the meta
     /// range acts in a given round.
     pub fn start_placement(&self, cfg: PlacementConfig) {
+        self.placement_counters()
+            .policy_replicas
+            .store(cfg.policy.replicas as u64, Ordering::Relaxed);
         let db = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(cfg.interval);
@@ -272,9 +280,22 @@ pub async fn placement_round(
             }
         }
     }
-    // Read every round, and a round without it does nothing: a draining
-    // node taken for an ordinary one would be given replicas back.
-    let draining = db.draining_nodes().await?;
+    // Read every round. Unread, the last set read stands in (a draining
+    // node taken for an ordinary one would be given replicas back); with
+    // none read yet, the round does nothing.
+    let draining = match db.draining_nodes().await {
+        Ok(set) => {
+            state.draining = Some(set.clone());
+            set
+        }
+        Err(e) => match &state.draining {
+            Some(last) => {
+                tracing::warn!(error = %e, "placement: draining nodes unread; using the last set read");
+                last.clone()
+            }
+            None => return Err(e),
+        },
+    };
     let mut view = gather(db, policy, &peers, &lost, &draining).await;
     state.begin_round(&mut view, now, cfg.merge_after);
     let ops = plan(&view, policy);

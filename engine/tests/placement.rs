@@ -490,7 +490,7 @@ async fn a_draining_node_is_emptied_and_given_nothing_back() {
     let rows = tessera_engine::admin::node_rows(&db).await.expect("/nodes");
     let four = rows.iter().find(|r| r.id == 4).expect("node 4 listed");
     assert!(
-        four.draining && four.replicas == 0 && four.reachable,
+        four.draining == Some(true) && four.replicas == 0 && four.reachable,
         "{four:?}"
     );
     check_keys(&dbs[3], 0..200).await;

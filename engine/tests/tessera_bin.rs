@@ -480,6 +480,11 @@ fn add_node_joins_a_running_cluster() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("not in the cluster"));
     let back = ctl(dir, 3, &["--json", "undrain", "4"]);
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&back.stdout).expect("json");
     assert_eq!(row4(&rows)["draining"], false, "{rows}");
     drop(nodes);

@@ -19,13 +19,13 @@
 //! 0. **Merge completions** ([`Operator::Merge`] with `complete`): a
 //!    [`RangeView::retired`] range (a merge's first step done, its keys
 //!    waiting) is merged into the range ending where it starts.
-//!    A range led from a node being drained ([`NodeView::draining`]) hands
-//!    its leadership to another replica ([`Operator::TransferLeader`]).
 //! 1. **Replica repairs** ([`Operator::ChangeReplicas`]): a replica on a node
-//!    the driver gave up on ([`NodeView::lost`]) or one being drained is
-//!    replaced on the live node
+//!    the driver gave up on ([`NodeView::lost`]), then one on a node being
+//!    drained ([`NodeView::draining`]), is replaced on the live node
 //!    holding the fewest replicas; a range with fewer or more replicas than
-//!    [`Policy::replicas`] gets one added or removed.
+//!    [`Policy::replicas`] gets one added or removed. Then a range led from
+//!    a draining node hands its leadership to another replica
+//!    ([`Operator::TransferLeader`]).
 //! 2. **Splits** ([`Operator::Split`]): a splittable range at or above
 //!    [`Policy::split_bytes`] or [`Policy::split_keys`] is split at the key its
 //!    leader sampled, if that key lies strictly inside the range. Largest

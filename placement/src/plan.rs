@@ -10,19 +10,23 @@ mod replicas;
 
 /// Plans one round: the operators to execute now, at most
 /// `policy.max_operators`, at most one per range: completions of merges
-/// under way, leaderships off draining nodes, replica repairs, splits,
+/// under way, replica repairs, leaderships off draining nodes, splits,
 /// merges, replica moves, then leader moves.
 ///
 /// # Draining nodes
 ///
 /// A node the operator drains ([`NodeView::draining`](crate::NodeView))
-/// is emptied: every range it leads hands its leadership to its live
-/// replica leading the fewest ranges (a range is changed by its leader),
-/// and its replicas are then replaced like a lost node's (below), while it
-/// keeps serving them. It takes no replica and no leadership, and counts
+/// is emptied: its replicas are replaced like a lost node's (below; a lost
+/// node's first), while it keeps serving them (they count for a quorum);
+/// every range it leads hands its leadership to its live replica leading
+/// the fewest ranges (a range is changed by its leader), after the
+/// repairs, whose slots come first. A range of one replica, on it and led
+/// from it, grows first. It takes no replica and no leadership, and counts
 /// as a member (a range it holds a replica of keeps its replica count:
 /// with no node free, the replica stays). Merges wait for ranges with a
-/// replica on it (their replicas are not all live).
+/// replica on it (their replicas are not all live); completing a merge
+/// already under way may still put the right-hand range's replica next to
+/// the left's on it, to be replaced in turn.
 ///
 /// Deterministic: the same view and policy give the same list (every map is
 /// ordered, every tie is broken by id).
@@ -152,8 +156,8 @@ pub fn plan(view: &ClusterView, policy: &Policy) -> Vec<Operator> {
     let ranges = current_ranges(view);
     let nodes = nodes(view);
     merges::plan_completions(&ranges, policy, &mut ops);
-    plan_drain_leaders(&ranges, &nodes, policy, &mut ops);
     replicas::plan_repairs(&ranges, &nodes, policy, &mut ops);
+    plan_drain_leaders(&ranges, &nodes, policy, &mut ops);
     plan_splits(&ranges, &nodes.live, policy, &mut ops);
     merges::plan_merges(&ranges, &nodes.live, policy, &mut ops);
     replicas::plan_moves(&ranges, &nodes, policy, &mut ops);
@@ -186,6 +190,7 @@ fn nodes(view: &ClusterView) -> replicas::Nodes {
     #[derive(Clone, Copy)]
     struct State {
         live: bool,
+        up: bool,
         lost: bool,
         draining: bool,
     }
@@ -193,10 +198,12 @@ fn nodes(view: &ClusterView) -> replicas::Nodes {
     for n in &view.nodes {
         let s = state.entry(n.id).or_insert(State {
             live: true,
+            up: true,
             lost: false,
             draining: false,
         });
         s.live &= n.live && !n.lost && !n.draining;
+        s.up &= n.live && !n.lost;
         s.lost |= n.lost;
         s.draining |= n.draining;
     }
@@ -205,7 +212,8 @@ fn nodes(view: &ClusterView) -> replicas::Nodes {
     let ids = |f: fn(&State) -> bool| state.iter().filter(move |(_, s)| f(s)).map(|(&n, _)| n);
     replicas::Nodes {
         live: ids(|s| s.live).collect(),
-        lost: ids(|s| s.lost || s.draining).collect(),
+        up: ids(|s| s.up && !s.lost).collect(),
+        lost: ids(|s| s.lost).collect(),
         draining: ids(|s| s.draining && !s.lost).collect(),
         members: state.values().filter(|s| !s.lost).count() + unlisted.len(),
     }

@@ -245,6 +245,8 @@ proptest! {
             view.nodes.iter().filter(|n| n.live && !n.draining).map(|n| n.id).collect();
         let draining: BTreeSet<u64> =
             view.nodes.iter().filter(|n| n.draining && !n.lost).map(|n| n.id).collect();
+        // Nodes whose replicas serve, draining or not.
+        let up: BTreeSet<u64> = view.nodes.iter().filter(|n| n.live && !n.lost).map(|n| n.id).collect();
 
         prop_assert!(ops.len() <= policy.max_operators);
         let touched: Vec<u64> = ops.iter().flat_map(Operator::ranges).collect();
@@ -306,7 +308,7 @@ proptest! {
                     prop_assert!(r.movable);
                     prop_assert_eq!(*conf_ver, r.conf_ver);
                     let leader = r.leader.expect("changes need a leader");
-                    prop_assert!(live.contains(&leader) && r.replicas.contains(&leader));
+                    prop_assert!(up.contains(&leader) && r.replicas.contains(&leader));
                     prop_assert!(add.len() <= 1 && remove.len() <= 1 && !(add.is_empty() && remove.is_empty()));
                     for n in add {
                         prop_assert!(live.contains(n) && !r.replicas.contains(n), "{:?} on {:?}", op, r);
@@ -320,7 +322,7 @@ proptest! {
                     // The replicas that stay and serve are a majority of the
                     // new set on their own, but for an addition to a range
                     // whose replicas are all live (one growing to two).
-                    let serving = r.replicas.iter().filter(|n| live.contains(n) && !remove.contains(n)).count();
+                    let serving = r.replicas.iter().filter(|n| up.contains(n) && !remove.contains(n)).count();
                     let size = r.replicas.len() + add.len() - remove.len();
                     let grows_whole = remove.is_empty() && serving == r.replicas.len();
                     prop_assert!(2 * serving > size || grows_whole, "{:?} on {:?}", op, r);

@@ -716,7 +716,11 @@ fn print_nodes(body: String, json: bool) -> Result<()> {
         println!("{body}");
         return Ok(());
     }
-    let rows: Vec<NodeRow> = serde_json::from_str(&body).context("decoding /nodes")?;
+    // A change made whose node list could not be read answers in words.
+    let Ok(rows) = serde_json::from_str::<Vec<NodeRow>>(&body) else {
+        print!("{body}");
+        return Ok(());
+    };
     println!(
         "{:>6}  {:<22} {:<12} {:<9} replicas",
         "node", "peer addr", "reachable", "draining"
@@ -727,7 +731,11 @@ fn print_nodes(body: String, json: bool) -> Result<()> {
             n.id,
             n.addr.as_deref().unwrap_or("?"),
             if n.reachable { "yes" } else { "UNREACHABLE" },
-            if n.draining { "yes" } else { "no" },
+            match n.draining {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            },
             n.replicas
         );
     }

@@ -1,6 +1,6 @@
 //! The cluster's nodes as the meta range records them: the registry of
 //! every node's peer address, under `node/<id>` (docs/store.md, "Adding
-//! nodes"), and the marks of nodes being drained, under `drain/<id>`
+//! nodes"), and the set of nodes being drained, under `draining-nodes`
 //! (docs/placement.md, "Draining a node").
 //!
 //! A node's config names the peers it knew when it was written. A node that
@@ -13,7 +13,7 @@
 //! how the others dial it back, and how a joined node that was given a
 //! single peer finds the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,7 +21,8 @@ use bytes::Bytes;
 
 use super::{Db, DbError};
 use crate::raft::NodeId;
-use crate::store::{DRAIN_PREFIX, NODE_PREFIX, REPLICATION, ReadConsistency, drain_key, node_key};
+use crate::range::Command;
+use crate::store::{DRAINING_KEY, NODE_PREFIX, REPLICATION, ReadConsistency, node_key};
 
 /// How often a node reads the registry again.
 pub const REGISTRY_REFRESH: Duration = Duration::from_secs(10);
@@ -41,6 +42,25 @@ pub fn decode_node_entry(key: &[u8], value: &[u8]) -> Result<(NodeId, SocketAddr
         .and_then(|s| s.parse::<SocketAddr>().ok())
         .ok_or_else(|| format!("node {id}'s registry entry is not an address: {value:02x?}"))?;
     Ok((id, addr))
+}
+
+/// The draining set as the meta range holds it: ids in decimal, comma-separated.
+fn encode_node_set(set: &BTreeSet<NodeId>) -> Bytes {
+    let ids: Vec<String> = set.iter().map(|n| n.to_string()).collect();
+    Bytes::from(ids.join(","))
+}
+
+fn decode_node_set(value: &[u8]) -> Result<BTreeSet<NodeId>, String> {
+    let text = std::str::from_utf8(value).map_err(|_| "draining nodes: not text".to_string())?;
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<NodeId>()
+                .ok()
+                .filter(|&n| n != 0)
+                .ok_or_else(|| format!("draining nodes: {s:?} is not a node id"))
+        })
+        .collect()
 }
 
 impl Db {
@@ -118,10 +138,22 @@ impl Db {
 
     /// Every node this node knows of: itself and its store's peers.
     pub async fn known_nodes(&self) -> Vec<NodeId> {
+        self.nodes_where(|_, _| true).await
+    }
+
+    /// This node and the peers its store hears from now.
+    async fn up_nodes(&self) -> Vec<NodeId> {
+        self.nodes_where(|s, n| s.peer_live(n)).await
+    }
+
+    async fn nodes_where(
+        &self,
+        keep: impl Fn(&crate::store::Store, NodeId) -> bool + Send + 'static,
+    ) -> Vec<NodeId> {
         let mut nodes = self
             .node()
             .handle()
-            .inspect(|s| s.peer_ids().collect::<Vec<_>>())
+            .inspect(move |s| s.peer_ids().filter(|&n| keep(s, n)).collect::<Vec<_>>())
             .await
             .unwrap_or_default();
         nodes.push(self.node().id());
@@ -129,59 +161,89 @@ impl Db {
         nodes
     }
 
-    /// The nodes marked draining (a linearizable read: a driver acting on
-    /// it must not miss a mark, nor undo a drain stopped a moment ago).
-    pub async fn draining_nodes(&self) -> Result<std::collections::BTreeSet<NodeId>, DbError> {
-        let pairs = self
-            .meta_scan(DRAIN_PREFIX, ReadConsistency::Linearizable)
-            .await?;
-        Ok(pairs
-            .iter()
-            .filter_map(|(k, _)| {
-                let id = k.strip_prefix(DRAIN_PREFIX)?;
-                Some(u64::from_be_bytes(<[u8; 8]>::try_from(id).ok()?))
-            })
-            .collect())
+    /// The nodes being drained, and the meta value they were read from (a
+    /// linearizable read: a driver acting on it must not miss a mark, nor
+    /// undo a drain stopped a moment ago).
+    async fn draining_entry(&self) -> Result<(BTreeSet<NodeId>, Option<Bytes>), DbError> {
+        let current = self.meta_get(&Bytes::from_static(DRAINING_KEY)).await?;
+        let set = match &current {
+            None => BTreeSet::new(),
+            Some(v) => decode_node_set(v).map_err(DbError::Protocol)?,
+        };
+        Ok((set, current))
+    }
+
+    /// The nodes being drained.
+    pub async fn draining_nodes(&self) -> Result<BTreeSet<NodeId>, DbError> {
+        Ok(self.draining_entry().await?.0)
     }
 
     /// Marks `node` draining: the placement driver hands its leaderships
     /// to other replicas and moves every replica off it, and gives it none
     /// back until [`Db::undrain_node`]. Safe to repeat. Refused
     /// ([`DbError::Invalid`]) for a node this one does not know, or when
-    /// the nodes left (not draining) would be fewer than a range's
-    /// replicas (there would be nowhere to move them).
+    /// the nodes up and not draining would be fewer than a range's replicas
+    /// (the placement driver's `replicas` on this node, else 3): there would
+    /// be nowhere to move them.
     pub async fn drain_node(&self, node: NodeId) -> Result<(), DbError> {
-        let known = self.known_nodes().await;
-        if !known.contains(&node) {
+        if !self.known_nodes().await.contains(&node) {
             return Err(DbError::Invalid(format!(
                 "node {node} is not in the cluster"
             )));
         }
-        let mut draining = self.draining_nodes().await?;
-        if draining.contains(&node) {
-            return Ok(());
+        let want = match self
+            .placement_counters()
+            .policy_replicas
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => REPLICATION,
+            n => n as usize,
+        };
+        loop {
+            let (mut set, current) = self.draining_entry().await?;
+            if !set.insert(node) {
+                return Ok(());
+            }
+            let up = self.up_nodes().await;
+            let left = up.iter().filter(|n| !set.contains(n)).count();
+            if left < want {
+                return Err(DbError::Invalid(format!(
+                    "draining node {node} would leave {left} node(s) up and not draining for \
+                     ranges of {want} replicas: add a node first"
+                )));
+            }
+            if self
+                .meta_cas(
+                    &Bytes::from_static(DRAINING_KEY),
+                    current,
+                    encode_node_set(&set),
+                )
+                .await?
+            {
+                tracing::info!(node, "node marked draining");
+                return Ok(());
+            }
         }
-        draining.insert(node);
-        let left = known.iter().filter(|n| !draining.contains(n)).count();
-        if left < REPLICATION {
-            return Err(DbError::Invalid(format!(
-                "draining node {node} would leave {left} node(s) for ranges of {REPLICATION} \
-                 replicas: add a node first"
-            )));
-        }
-        // Absent or already there (a racing drain of the same node): done.
-        self.meta_cas(&drain_key(node), None, bytes::Bytes::new())
-            .await?;
-        tracing::info!(node, "node marked draining");
-        Ok(())
     }
 
     /// Stops draining `node`: it may take replicas and leaderships again.
     /// Safe to repeat.
     pub async fn undrain_node(&self, node: NodeId) -> Result<(), DbError> {
-        self.meta_remove(&drain_key(node), |_| true).await?;
-        tracing::info!(node, "node not draining");
-        Ok(())
+        loop {
+            let (mut set, current) = self.draining_entry().await?;
+            if !set.remove(&node) {
+                return Ok(());
+            }
+            let command = Command::Cas {
+                key: Bytes::from_static(DRAINING_KEY),
+                expected: current,
+                new: (!set.is_empty()).then(|| encode_node_set(&set)),
+            };
+            if self.meta_write_cas(command).await? {
+                tracing::info!(node, "node not draining");
+                return Ok(());
+            }
+        }
     }
 
     /// Registers this node (until it succeeds) and reads the registry at
@@ -260,6 +322,16 @@ mod tests {
             (&k[..], b""),
         ] {
             assert!(decode_node_entry(key, value).is_err(), "{key:?} {value:?}");
+        }
+    }
+
+    #[test]
+    fn node_sets_round_trip_and_bad_ones_are_refused() {
+        for set in [BTreeSet::new(), [4].into(), [2, 9, 17].into()] {
+            assert_eq!(decode_node_set(&encode_node_set(&set)), Ok(set));
+        }
+        for bad in [&b"1,x"[..], b"0", b"-3", b"\xff"] {
+            assert!(decode_node_set(bad).is_err(), "{bad:?}");
         }
     }
 }

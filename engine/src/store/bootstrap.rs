@@ -40,15 +40,12 @@ fn prefixed_id(prefix: &[u8], id: u64) -> Bytes {
     k.freeze()
 }
 
-/// Prefix of the meta range's marks of draining nodes: `drain/` + the
-/// node's id, big endian (an empty value). Outside [`META_PREFIX`] and
+/// The meta range's key holding the nodes being drained: their ids in
+/// decimal ASCII, comma-separated and sorted, in one key so that two drains
+/// at once cannot both pass the check of how many nodes are left (each is a
+/// compare-and-set of the whole set). Outside [`META_PREFIX`] and
 /// [`NODE_PREFIX`].
-pub const DRAIN_PREFIX: &[u8] = b"drain/";
-
-/// The meta range's key marking a node as draining.
-pub fn drain_key(node: NodeId) -> Bytes {
-    prefixed_id(DRAIN_PREFIX, node)
-}
+pub const DRAINING_KEY: &[u8] = b"draining-nodes";
 
 /// The descriptors of a new cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]

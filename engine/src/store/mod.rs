@@ -26,8 +26,8 @@ mod replica;
 mod request;
 
 pub use bootstrap::{
-    DRAIN_PREFIX, FIRST_USER_RANGE, Layout, META_PREFIX, META_RANGE, NEXT_RANGE_ID_KEY,
-    NODE_PREFIX, REPLICATION, cluster_layout, drain_key, initial_replica, meta_key, node_key,
+    DRAINING_KEY, FIRST_USER_RANGE, Layout, META_PREFIX, META_RANGE, NEXT_RANGE_ID_KEY,
+    NODE_PREFIX, REPLICATION, cluster_layout, initial_replica, meta_key, node_key,
 };
 pub use codec::{Control, PeerBatch};
 pub use config::{MERGE_BYTES_MAX, PROPOSAL_BYTES_MAX, StoreConfig};

@@ -19,11 +19,14 @@ use crate::{NodeId, Operator, Policy, RangeId};
 
 /// The nodes as replica changes see them.
 pub(super) struct Nodes {
-    /// Up now: may take replicas.
+    /// Up now and not draining: may take replicas.
     pub live: BTreeSet<NodeId>,
-    /// Given up on, or being drained: their replicas are replaced.
+    /// Up now, draining or not: their replicas serve (count for a quorum).
+    pub up: BTreeSet<NodeId>,
+    /// Given up on: their replicas are replaced.
     pub lost: BTreeSet<NodeId>,
-    /// Being drained (and not lost): up, but leading nothing.
+    /// Being drained (and not lost): their replicas are replaced after any
+    /// lost one, their leaderships handed on.
     pub draining: BTreeSet<NodeId>,
     /// Listed and not lost (suspects and draining nodes included): how many
     /// replicas a range can have at most. A draining node counts, so that
@@ -95,12 +98,14 @@ fn emptiest_spare(replicas: &BTreeSet<NodeId>, load: &BTreeMap<NodeId, u64>) -> 
         .map(|(&n, _)| n)
 }
 
-/// Repairs, most endangered range first (fewest live replicas, then id):
-/// a replica on a lost node is replaced by one on the emptiest live node
-/// without one (or only removed, when the range has more than it needs and
-/// no node is free); a range with fewer replicas than it should gets one; a
-/// range with more loses one. Only ranges led from a live node: the change
-/// is a command its leader proposes.
+/// Repairs, most endangered range first (fewest replicas up, then id): a
+/// replica on a lost node, then one on a draining node, is replaced by one
+/// on the emptiest live node without one (or only removed, when the range
+/// has more than it needs and no node is free); a range with fewer
+/// replicas than it should gets one; a range with more loses one. Only
+/// ranges led from a node that is up: the change is a command its leader
+/// proposes (a draining leader's own replica waits for its leadership to be
+/// handed on, unless no other replica is up to take it).
 pub(super) fn plan_repairs(
     ranges: &[&RangeView],
     nodes: &Nodes,
@@ -116,12 +121,14 @@ pub(super) fn plan_repairs(
         .filter(|r| r.movable && !touched.contains(&r.id))
         .filter(|r| {
             r.leader
-                .is_some_and(|l| nodes.live.contains(&l) && r.replicas.contains(&l))
+                .is_some_and(|l| nodes.up.contains(&l) && r.replicas.contains(&l))
         })
         .filter_map(|r| {
             let replicas = distinct(&r.replicas);
-            let needs = replicas.len() != target || !replicas.is_disjoint(&nodes.lost);
-            let serving = replicas.intersection(&nodes.live).count();
+            let needs = replicas.len() != target
+                || !replicas.is_disjoint(&nodes.lost)
+                || !replicas.is_disjoint(&nodes.draining);
+            let serving = replicas.intersection(&nodes.up).count();
             needs.then_some((serving, r.id, r))
         })
         .collect();
@@ -147,7 +154,7 @@ fn repair(
     let serving = |gone: Option<NodeId>| {
         replicas
             .iter()
-            .filter(|&&n| nodes.live.contains(&n) && Some(n) != gone)
+            .filter(|&&n| nodes.up.contains(&n) && Some(n) != gone)
             .count()
     };
     let change = |add: Vec<NodeId>, remove: Vec<NodeId>| Operator::ChangeReplicas {
@@ -157,7 +164,22 @@ fn repair(
         remove,
     };
     let spare = emptiest_spare(&replicas, load);
-    if let Some(&gone) = replicas.iter().find(|n| nodes.lost.contains(n)) {
+    let lost = replicas.iter().find(|n| nodes.lost.contains(n));
+    let drained = || replicas.iter().find(|n| nodes.draining.contains(n));
+    if lost.is_none()
+        && let Some(&d) = drained()
+        && Some(d) == r.leader
+    {
+        // The leader's own replica on a draining node: its leadership is
+        // handed on first (`plan_drain_leaders`), unless no other replica
+        // is up to take it (a range of one): then the range grows first.
+        let others_up = replicas.iter().any(|&n| n != d && nodes.live.contains(&n));
+        if others_up || serving(None) != replicas.len() {
+            return None;
+        }
+        return spare.map(|to| change(vec![to], vec![]));
+    }
+    if let Some(&gone) = lost.or_else(drained) {
         // Drop it if the range has a replica to spare, else replace it where
         // a node is free; otherwise wait for a node (the range keeps
         // serving from the others).
@@ -187,8 +209,9 @@ fn repair(
             .copied()
             .filter(|&n| n != leader)
             .min_by_key(|&n| {
+                let up = nodes.up.contains(&n);
                 let live = nodes.live.contains(&n);
-                (live, Reverse(load.get(&n).copied().unwrap_or(0)), n)
+                (up, live, Reverse(load.get(&n).copied().unwrap_or(0)), n)
             })?;
         return keeps_quorum(serving(Some(gone)), replicas.len() - 1)
             .then(|| change(vec![], vec![gone]));

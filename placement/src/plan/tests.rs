@@ -903,12 +903,12 @@ fn draining(ids: &[u64]) -> Vec<NodeView> {
 }
 
 #[test]
-fn a_draining_node_hands_on_its_leaderships_then_its_replicas() {
-    // Node 3 drains; node 4 is free. Range 1 is led from node 3: its
-    // leadership goes to the live replica leading the fewest (node 2: node 1
-    // leads ranges 2 and 3). Ranges 2 and 3 are led from node 1: their
-    // replicas on node 3 are replaced on node 4, then (4 holding one) on 4
-    // again, since every other live node holds a replica already.
+fn a_draining_node_hands_on_its_leaderships_and_its_replicas() {
+    // Node 3 drains; node 4 is free. Ranges 2 and 3 are led from node 1:
+    // their replicas on node 3 are replaced on node 4 (the only live node
+    // without one). Range 1 is led from node 3: its leadership goes to the
+    // live replica leading the fewest (node 2: node 1 leads ranges 2 and 3),
+    // after the repairs.
     let ranges = tiled(3, |i| if i == 1 { 3 } else { 1 }, &[1, 2, 3]);
     let mut ns = nodes(&[1, 2, 4], &[]);
     ns.extend(draining(&[3]));
@@ -916,13 +916,13 @@ fn a_draining_node_hands_on_its_leaderships_then_its_replicas() {
     assert_eq!(
         plan(&v, &Policy::default()),
         vec![
+            change(2, &[4], &[3]),
+            change(3, &[4], &[3]),
             Operator::TransferLeader {
                 range: 1,
                 from: 3,
                 to: 2
             },
-            change(2, &[4], &[3]),
-            change(3, &[4], &[3]),
         ]
     );
 }
@@ -958,4 +958,51 @@ fn a_draining_node_takes_nothing_and_keeps_replicas_with_no_node_free() {
     let mut ns = nodes(&[1, 2, 4], &[]);
     ns.extend(draining(&[3]));
     assert_eq!(changes(&view(ns, ranges), &Policy::default()), vec![]);
+}
+
+#[test]
+fn a_draining_nodes_replicas_count_for_the_quorum_and_lost_ones_go_first() {
+    // Range 1 on {1, 3, 4}: node 3 lost, node 4 draining (up). Replacing
+    // node 3 leaves nodes 1 and 4 serving, a majority: it goes now, node 4's
+    // replica next.
+    let ranges = vec![led(range(1, "", ""), Some(1), &[1, 3, 4])];
+    let mut ns = nodes(&[1, 2, 5], &[]);
+    ns.extend(lost(&[3]));
+    ns.extend(draining(&[4]));
+    let v = view(ns, ranges);
+    assert_eq!(changes(&v, &Policy::default()), vec![change(1, &[2], &[3])]);
+
+    // Range 1 on {1, 3, 4} with both 3 and 4 draining (five nodes): each is
+    // replaced in turn while the other still serves.
+    let ranges = vec![led(range(1, "", ""), Some(1), &[1, 3, 4])];
+    let mut ns = nodes(&[1, 2, 5], &[]);
+    ns.extend(draining(&[3, 4]));
+    let v = view(ns, ranges);
+    assert_eq!(changes(&v, &Policy::default()), vec![change(1, &[2], &[3])]);
+}
+
+#[test]
+fn a_range_of_one_replica_on_a_draining_node_grows_before_it_moves() {
+    // One replica per range, on node 3, which leads it and drains: nobody
+    // can take the leadership, so the range grows onto a live node first;
+    // with two replicas its leadership is handed on and node 3's goes.
+    let policy = Policy {
+        replicas: 1,
+        ..Policy::default()
+    };
+    let mut ns = nodes(&[1, 2], &[]);
+    ns.extend(draining(&[3]));
+    let v = view(ns.clone(), vec![led(range(1, "", ""), Some(3), &[3])]);
+    assert_eq!(plan(&v, &policy), vec![change(1, &[1], &[])]);
+    let v = view(ns.clone(), vec![led(range(1, "", ""), Some(3), &[1, 3])]);
+    assert_eq!(
+        plan(&v, &policy),
+        vec![Operator::TransferLeader {
+            range: 1,
+            from: 3,
+            to: 1
+        }]
+    );
+    let v = view(ns, vec![led(range(1, "", ""), Some(1), &[1, 3])]);
+    assert_eq!(plan(&v, &policy), vec![change(1, &[], &[3])]);
 }
