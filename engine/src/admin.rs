@@ -12,7 +12,8 @@
 //! `GET /nodes` (JSON: every node, its address, whether this node reaches
 //! it, whether it is draining, how many replicas it holds), and
 //! `POST /drain?node=N` / `POST /undrain?node=N` (mark a node draining, or
-//! not; both answer `/nodes`).
+//! not) and `POST /remove-node?node=N` (a drained, stopped node out of the
+//! cluster for good); all three answer `/nodes`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -117,6 +118,7 @@ pub async fn serve_admin(
         .route("/nodes", get(nodes))
         .route("/drain", post(drain))
         .route("/undrain", post(undrain))
+        .route("/remove-node", post(remove_node))
         .with_state(AdminState { db, resp });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -633,6 +635,7 @@ pub async fn node_rows(db: &Db) -> Result<Vec<NodeRow>, crate::db::DbError> {
     let registry = db.registered_nodes().await?;
     // The rest of the page is worth having without it.
     let draining = db.draining_nodes().await.ok();
+    let removed = db.removed_nodes().await?;
     let mut descs = db.ranges();
     descs.push(db.meta_descriptor());
     let mut replicas: std::collections::BTreeMap<NodeId, usize> = Default::default();
@@ -649,6 +652,7 @@ pub async fn node_rows(db: &Db) -> Result<Vec<NodeRow>, crate::db::DbError> {
         .chain(registry.keys().copied())
         .chain(replicas.keys().copied())
         .chain(draining.iter().flatten().copied())
+        .filter(|n| !removed.contains(n))
         .collect();
     let reachable = db
         .node()
@@ -712,6 +716,13 @@ async fn drain(State(db): State<Db>, Query(q): Query<NodeQuery>) -> axum::respon
 async fn undrain(State(db): State<Db>, Query(q): Query<NodeQuery>) -> axum::response::Response {
     match db.undrain_node(q.node).await {
         Ok(()) => done_with_nodes(&db, format!("node {} is not draining", q.node)).await,
+        Err(e) => db_error(e),
+    }
+}
+
+async fn remove_node(State(db): State<Db>, Query(q): Query<NodeQuery>) -> axum::response::Response {
+    match db.remove_node(q.node).await {
+        Ok(()) => done_with_nodes(&db, format!("node {} is removed", q.node)).await,
         Err(e) => db_error(e),
     }
 }

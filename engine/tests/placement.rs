@@ -495,6 +495,15 @@ async fn a_draining_node_is_emptied_and_given_nothing_back() {
     );
     check_keys(&dbs[3], 0..200).await;
     check_keys(&db, 0..200).await;
+    // Not removed while it runs, nor one that is not draining.
+    match db.remove_node(4).await {
+        Err(tessera_engine::DbError::Invalid(why)) => assert!(why.contains("stop it"), "{why}"),
+        other => panic!("removing a running node: {other:?}"),
+    }
+    match db.remove_node(3).await {
+        Err(tessera_engine::DbError::Invalid(why)) => assert!(why.contains("drain it"), "{why}"),
+        other => panic!("removing a node that is not draining: {other:?}"),
+    }
 
     db.undrain_node(4).await.expect("undrain");
     assert!(db.draining_nodes().await.expect("marks").is_empty());
@@ -505,5 +514,92 @@ async fn a_draining_node_is_emptied_and_given_nothing_back() {
     }
     write_keys(&db, 200..220).await;
     check_keys(&dbs[3], 200..220).await;
+    cluster.shutdown().await;
+}
+
+/// Drained and stopped, a node is removed for good: no node counts it as a
+/// peer any more (the one asked at once, the others at their next registry
+/// read), `/nodes` no longer lists it, its batches are refused when it comes
+/// back, and it can be neither drained nor given a replica again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_and_stopped_node_is_removed_for_good() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = four_nodes(dir.path(), 3).await;
+    let db = cluster.db(0).expect("node 1").clone();
+    write_keys(&db, 0..100).await;
+    db.drain_node(4).await.expect("drain node 4");
+    let dbs: Vec<Db> = cluster.dbs().cloned().collect();
+    for d in &dbs {
+        d.start_placement(fast_driver(Duration::from_secs(300)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load(&descriptors(&db).await, &db.meta_descriptor())[3] > 0 {
+        assert!(Instant::now() < deadline, "node 4 was not drained");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.stop(3).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match db.remove_node(4).await {
+            Ok(()) => break,
+            // Until node 1 sees it down.
+            Err(tessera_engine::DbError::Invalid(why)) if why.contains("stop it") => {}
+            Err(e) => panic!("remove node 4: {e}"),
+        }
+        assert!(Instant::now() < deadline, "node 4 never seen down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    db.remove_node(4).await.expect("again: nothing to do");
+    let rows = tessera_engine::admin::node_rows(&db).await.expect("/nodes");
+    assert!(rows.iter().all(|r| r.id != 4), "{rows:?}");
+    assert!(db.draining_nodes().await.expect("set").is_empty());
+    let peers_of = |d: &Db| {
+        let d = d.clone();
+        async move {
+            d.node()
+                .handle()
+                .inspect(|s| s.peer_ids().collect::<Vec<_>>())
+                .await
+                .unwrap_or_default()
+        }
+    };
+    // The others at their next registry read (every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for d in &dbs[..3] {
+        while peers_of(d).await.contains(&4) {
+            assert!(
+                Instant::now() < deadline,
+                "node {} still counts node 4",
+                d.node().id()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Back: refused as a peer, and nothing is placed on it.
+    let rejected = db
+        .node()
+        .handle()
+        .stats()
+        .await
+        .expect("stats")
+        .rejected_batches;
+    cluster.restart(3).await.expect("node 4 restarts");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = db.node().handle().stats().await.expect("stats");
+    assert!(
+        st.rejected_batches > rejected,
+        "node 4's batches were taken"
+    );
+    assert!(!peers_of(&db).await.contains(&4));
+    match db.drain_node(4).await {
+        Err(tessera_engine::DbError::Invalid(why)) => assert!(why.contains("not in the cluster")),
+        other => panic!("draining a removed node: {other:?}"),
+    }
+    let d = descriptors(&db).await[0].clone();
+    match db.move_replica(d.id, d.replicas[0], 4).await {
+        Err(tessera_engine::DbError::Invalid(why)) => assert!(why.contains("not in the cluster")),
+        other => panic!("a replica on a removed node: {other:?}"),
+    }
+    check_keys(&db, 0..100).await;
     cluster.shutdown().await;
 }

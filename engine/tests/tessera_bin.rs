@@ -487,6 +487,11 @@ fn add_node_joins_a_running_cluster() {
     );
     let rows: serde_json::Value = serde_json::from_slice(&back.stdout).expect("json");
     assert_eq!(row4(&rows)["draining"], false, "{rows}");
+    // Removing it for good needs a drain first (and it stopped).
+    let refused = ctl(dir, 2, &["remove-node", "4"]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("drain it first"), "{why}");
     drop(nodes);
 
     // Node 4's files lost: the next node is still node 5 (its id was given).

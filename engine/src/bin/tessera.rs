@@ -141,6 +141,13 @@ enum CtlCommand {
         /// The node's id.
         node: u64,
     },
+    /// Removes a drained node for good, once it holds no replica and is
+    /// stopped: no node counts it as a peer any more, its batches are
+    /// refused, its id is never used again. Prints the nodes.
+    RemoveNode {
+        /// The node's id.
+        node: u64,
+    },
 }
 
 /// mimalloc: the store's many small allocations (entries, messages, keys)
@@ -669,6 +676,10 @@ fn ctl(admin: SocketAddr, json: bool, what: CtlCommand) -> Result<()> {
         CtlCommand::Undrain { node } => {
             print_nodes(http(admin, "POST", &format!("/undrain?node={node}"))?, json)?
         }
+        CtlCommand::RemoveNode { node } => print_nodes(
+            http(admin, "POST", &format!("/remove-node?node={node}"))?,
+            json,
+        )?,
         CtlCommand::Ranges => {
             let body = http_get(admin, "/ranges")?;
             if json {

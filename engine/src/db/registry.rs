@@ -22,7 +22,9 @@ use bytes::Bytes;
 use super::{Db, DbError};
 use crate::raft::NodeId;
 use crate::range::Command;
-use crate::store::{DRAINING_KEY, NODE_PREFIX, REPLICATION, ReadConsistency, node_key};
+use crate::store::{
+    DRAINING_KEY, NODE_PREFIX, REMOVED_KEY, REPLICATION, ReadConsistency, node_key,
+};
 
 /// How often a node reads the registry again.
 pub const REGISTRY_REFRESH: Duration = Duration::from_secs(10);
@@ -117,9 +119,25 @@ impl Db {
         known: &mut BTreeMap<NodeId, SocketAddr>,
     ) -> Result<Vec<NodeId>, DbError> {
         let me = self.node().id();
+        // Stale, as the registry: a removal learned a moment late only
+        // keeps a peer that is gone a moment longer.
+        let removed = self
+            .meta_scan(REMOVED_KEY, ReadConsistency::Stale)
+            .await?
+            .into_iter()
+            .filter(|(k, _)| k.as_ref() == REMOVED_KEY)
+            .map(|(_, v)| decode_node_set(&v).map_err(DbError::Protocol))
+            .next()
+            .transpose()?
+            .unwrap_or_default();
+        if !removed.is_empty() {
+            self.node()
+                .handle()
+                .remove_peers(removed.iter().copied().collect());
+        }
         let mut changed = Vec::new();
         for (id, addr) in self.registered_nodes().await? {
-            if id == me || known.get(&id) == Some(&addr) {
+            if id == me || removed.contains(&id) || known.get(&id) == Some(&addr) {
                 continue;
             }
             if let Err(e) = self.node().learn_peer_address(id, addr) {
@@ -161,11 +179,14 @@ impl Db {
         nodes
     }
 
-    /// The nodes being drained, and the meta value they were read from (a
-    /// linearizable read: a driver acting on it must not miss a mark, nor
-    /// undo a drain stopped a moment ago).
-    async fn draining_entry(&self) -> Result<(BTreeSet<NodeId>, Option<Bytes>), DbError> {
-        let current = self.meta_get(&Bytes::from_static(DRAINING_KEY)).await?;
+    /// A set of nodes the meta range holds under `key`, and the value it
+    /// was read from (a linearizable read: a driver acting on the draining
+    /// set must not miss a mark, nor undo a drain stopped a moment ago).
+    async fn node_set_entry(
+        &self,
+        key: &'static [u8],
+    ) -> Result<(BTreeSet<NodeId>, Option<Bytes>), DbError> {
+        let current = self.meta_get(&Bytes::from_static(key)).await?;
         let set = match &current {
             None => BTreeSet::new(),
             Some(v) => decode_node_set(v).map_err(DbError::Protocol)?,
@@ -173,9 +194,73 @@ impl Db {
         Ok((set, current))
     }
 
+    async fn draining_entry(&self) -> Result<(BTreeSet<NodeId>, Option<Bytes>), DbError> {
+        self.node_set_entry(DRAINING_KEY).await
+    }
+
     /// The nodes being drained.
     pub async fn draining_nodes(&self) -> Result<BTreeSet<NodeId>, DbError> {
         Ok(self.draining_entry().await?.0)
+    }
+
+    /// The nodes removed from the cluster ([`Db::remove_node`]).
+    pub async fn removed_nodes(&self) -> Result<BTreeSet<NodeId>, DbError> {
+        Ok(self.node_set_entry(REMOVED_KEY).await?.0)
+    }
+
+    /// Removes `node` from the cluster for good: drained of every replica
+    /// and stopped, it is taken out of every node's peers (here at once,
+    /// elsewhere at their next registry read), out of the node registry and
+    /// the draining set, and its batches are refused from then on; its id
+    /// is never a peer again. Safe to repeat. Refused ([`DbError::Invalid`])
+    /// for a node that is not draining, that a range descriptor still names,
+    /// or that this node still hears from (stop it first). Its certificate
+    /// still opens connections, as a client's would: a removed node can
+    /// still forward requests, not take part in any range.
+    pub async fn remove_node(&self, node: NodeId) -> Result<(), DbError> {
+        let key = Bytes::from_static(REMOVED_KEY);
+        loop {
+            let (mut removed, current) = self.node_set_entry(REMOVED_KEY).await?;
+            if removed.contains(&node) {
+                break;
+            }
+            if node == self.node().id() || !self.known_nodes().await.contains(&node) {
+                return Err(DbError::Invalid(format!(
+                    "node {node} is not in the cluster"
+                )));
+            }
+            if !self.draining_nodes().await?.contains(&node) {
+                return Err(DbError::Invalid(format!(
+                    "node {node} is not draining: drain it first"
+                )));
+            }
+            self.refresh_routes().await?;
+            let mut descs = self.ranges();
+            descs.push(self.meta_descriptor());
+            let held = descs.iter().filter(|d| d.replicas.contains(&node)).count();
+            if held > 0 {
+                return Err(DbError::Invalid(format!(
+                    "node {node} still holds {held} replica(s): wait for the drain"
+                )));
+            }
+            if self.up_nodes().await.contains(&node) {
+                return Err(DbError::Invalid(format!(
+                    "node {node} is up: stop it first"
+                )));
+            }
+            removed.insert(node);
+            if self
+                .meta_cas(&key, current, encode_node_set(&removed))
+                .await?
+            {
+                break;
+            }
+        }
+        self.node().handle().remove_peers(vec![node]);
+        self.undrain_node(node).await?;
+        self.meta_remove(&node_key(node), |_| true).await?;
+        tracing::info!(node, "node removed from the cluster");
+        Ok(())
     }
 
     /// Marks `node` draining: the placement driver hands its leaderships
@@ -186,7 +271,8 @@ impl Db {
     /// (the placement driver's `replicas` on this node, else 3): there would
     /// be nowhere to move them.
     pub async fn drain_node(&self, node: NodeId) -> Result<(), DbError> {
-        if !self.known_nodes().await.contains(&node) {
+        if !self.known_nodes().await.contains(&node) || self.removed_nodes().await?.contains(&node)
+        {
             return Err(DbError::Invalid(format!(
                 "node {node} is not in the cluster"
             )));

@@ -54,8 +54,12 @@ pub(crate) enum Event {
     SnapshotsStored(FileJob),
     StorageFailed(String),
     Inspect(Box<dyn FnOnce(&Store) + Send>),
-    /// Nodes that joined the cluster (`Store::add_peer`).
-    AddPeers(Vec<NodeId>),
+    /// Nodes that joined the cluster (`Store::add_peer`), and nodes removed
+    /// from it (`Store::remove_peer`).
+    Peers {
+        add: Vec<NodeId>,
+        remove: Vec<NodeId>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -103,7 +107,7 @@ impl std::fmt::Debug for Event {
             Event::SnapshotsStored(_) => "SnapshotsStored",
             Event::StorageFailed(_) => "StorageFailed",
             Event::Inspect(_) => "Inspect",
-            Event::AddPeers(_) => "AddPeers",
+            Event::Peers { .. } => "Peers",
             Event::Shutdown(_) => "Shutdown",
         })
     }
@@ -138,7 +142,19 @@ impl StoreHandle {
     /// Counts `nodes` as peers from now on (see `Store::add_peer`); known
     /// ones are left as they are.
     pub fn add_peers(&self, nodes: Vec<NodeId>) {
-        let _ = self.tx.send(Event::AddPeers(nodes));
+        let _ = self.tx.send(Event::Peers {
+            add: nodes,
+            remove: Vec::new(),
+        });
+    }
+
+    /// Takes `nodes` out of the cluster for this store (see
+    /// `Store::remove_peer`).
+    pub fn remove_peers(&self, nodes: Vec<NodeId>) {
+        let _ = self.tx.send(Event::Peers {
+            add: Vec::new(),
+            remove: nodes,
+        });
     }
 
     /// Whether the store considers `peer` down (silent for a liveness timeout).
@@ -320,10 +336,15 @@ impl Looper {
                 self.failed = Some(why);
             }
             Event::Inspect(f) => f(store),
-            Event::AddPeers(nodes) => {
-                for n in nodes {
+            Event::Peers { add, remove } => {
+                for n in add {
                     if store.add_peer(n) {
                         tracing::info!(node = n, "a node joined the cluster");
+                    }
+                }
+                for n in remove {
+                    if store.remove_peer(n) {
+                        tracing::info!(node = n, "a node was removed from the cluster");
                     }
                 }
             }

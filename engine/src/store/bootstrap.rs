@@ -47,6 +47,10 @@ fn prefixed_id(prefix: &[u8], id: u64) -> Bytes {
 /// [`NODE_PREFIX`].
 pub const DRAINING_KEY: &[u8] = b"draining-nodes";
 
+/// The meta range's key holding the nodes removed from the cluster (the
+/// same encoding as [`DRAINING_KEY`]): never peers again.
+pub const REMOVED_KEY: &[u8] = b"removed-nodes";
+
 /// The descriptors of a new cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {

@@ -147,6 +147,9 @@ pub struct Store {
     dirty: BTreeSet<RangeId>,
     ticks: u64,
     peers: BTreeMap<NodeId, Peer>,
+    /// Nodes removed from the cluster ([`Store::remove_peer`]): never a
+    /// peer again, their batches refused.
+    removed: BTreeSet<NodeId>,
     wake_queue: VecDeque<RangeId>,
     /// The ranges in `wake_queue`: each is queued once however often its
     /// leader's node is seen to die (a flapping link would queue every
@@ -246,6 +249,7 @@ impl Store {
             dirty: BTreeSet::new(),
             ticks: 0,
             peers,
+            removed: BTreeSet::new(),
             wake_queue: VecDeque::new(),
             wake_queued: BTreeSet::new(),
             outbox: BTreeMap::new(),
@@ -379,7 +383,11 @@ impl Store {
     /// and gone since) must not look live, or placement would move
     /// replicas onto it. False if it was known already (or is this node).
     pub fn add_peer(&mut self, node: NodeId) -> bool {
-        if node == self.cfg.node_id || node == 0 || self.peers.contains_key(&node) {
+        if node == self.cfg.node_id
+            || node == 0
+            || self.peers.contains_key(&node)
+            || self.removed.contains(&node)
+        {
             return false;
         }
         self.peers.insert(
@@ -2230,6 +2238,20 @@ impl Store {
         }
     }
 
+    /// Takes `node` out of the cluster for this store: it is no peer any
+    /// more (no liveness, not shown, not offered to placement), and its
+    /// batches are refused from now on, as a wiped node's are. For a node
+    /// drained of every replica and stopped (`Db::remove_node`); what its
+    /// replicas' configurations still say is Raft's, untouched. False if it
+    /// was removed already.
+    pub fn remove_peer(&mut self, node: NodeId) -> bool {
+        if node == self.cfg.node_id || !self.removed.insert(node) {
+            return false;
+        }
+        self.peers.remove(&node);
+        true
+    }
+
     /// Records a batch from `from`; false if it must be refused (a peer that
     /// came back with a new incarnation lost its data: its votes and
     /// acknowledgements would break Raft's promises). A node not known yet
@@ -2237,7 +2259,7 @@ impl Store {
     /// the cluster CA's) and becomes a peer.
     fn heard_from(&mut self, from: NodeId, incarnation: u64) -> bool {
         let now = self.ticks;
-        if from == self.cfg.node_id || from == 0 {
+        if from == self.cfg.node_id || from == 0 || self.removed.contains(&from) {
             return false;
         }
         self.add_peer(from);

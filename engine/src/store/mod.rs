@@ -27,7 +27,7 @@ mod request;
 
 pub use bootstrap::{
     DRAINING_KEY, FIRST_USER_RANGE, Layout, META_PREFIX, META_RANGE, NEXT_RANGE_ID_KEY,
-    NODE_PREFIX, REPLICATION, cluster_layout, initial_replica, meta_key, node_key,
+    NODE_PREFIX, REMOVED_KEY, REPLICATION, cluster_layout, initial_replica, meta_key, node_key,
 };
 pub use codec::{Control, PeerBatch};
 pub use config::{MERGE_BYTES_MAX, PROPOSAL_BYTES_MAX, StoreConfig};
