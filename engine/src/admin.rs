@@ -635,7 +635,7 @@ pub async fn node_rows(db: &Db) -> Result<Vec<NodeRow>, crate::db::DbError> {
     let registry = db.registered_nodes().await?;
     // The rest of the page is worth having without it.
     let draining = db.draining_nodes().await.ok();
-    let removed = db.removed_nodes().await?;
+    let removed = db.removed_nodes_stale().await.unwrap_or_default();
     let mut descs = db.ranges();
     descs.push(db.meta_descriptor());
     let mut replicas: std::collections::BTreeMap<NodeId, usize> = Default::default();

@@ -608,6 +608,16 @@ impl Db {
                 known(self).ok_or_else(|| DbError::Invalid(format!("no range {range}")))?
             }
         };
+        // A leader that has not read the registry since a node was removed
+        // still counts it as a peer.
+        if !add.is_empty() {
+            let removed = self.removed_nodes().await?;
+            if let Some(n) = add.iter().find(|n| removed.contains(n)) {
+                return Err(DbError::Invalid(format!(
+                    "node {n} is not in the cluster (it was removed)"
+                )));
+            }
+        }
         // The leader answers a change it already made with the descriptor,
         // so a retry after an unclear answer is safe: sent like a read.
         let reply = self

@@ -82,8 +82,9 @@ pub struct DriverState {
     /// Ranges of a merge that failed, and the round until which they are
     /// not merged again.
     merge_held: BTreeMap<u64, u64>,
-    /// The draining nodes as last read.
+    /// The draining and removed nodes as last read.
     draining: Option<BTreeSet<NodeId>>,
+    removed: Option<BTreeSet<NodeId>>,
 }
 
 /// Rounds a range is left alone after a replica change of it failed (a
@@ -283,19 +284,12 @@ pub async fn placement_round(
     // Read every round. Unread, the last set read stands in (a draining
     // node taken for an ordinary one would be given replicas back); with
     // none read yet, the round does nothing.
-    let draining = match db.draining_nodes().await {
-        Ok(set) => {
-            state.draining = Some(set.clone());
-            set
-        }
-        Err(e) => match &state.draining {
-            Some(last) => {
-                tracing::warn!(error = %e, "placement: draining nodes unread; using the last set read");
-                last.clone()
-            }
-            None => return Err(e),
-        },
-    };
+    let draining = read_or_last(db.draining_nodes().await, &mut state.draining, "draining")?;
+    // Removed nodes are lost for the planner: a replica put on one just
+    // before its removal (a change planned or asked before the drain) is
+    // replaced, not left to run a voter short.
+    let removed = read_or_last(db.removed_nodes().await, &mut state.removed, "removed")?;
+    let lost: BTreeSet<NodeId> = lost.union(&removed).copied().collect();
     let mut view = gather(db, policy, &peers, &lost, &draining).await;
     state.begin_round(&mut view, now, cfg.merge_after);
     let ops = plan(&view, policy);
@@ -361,6 +355,28 @@ pub async fn placement_round(
         }
     }
     Ok(ops)
+}
+
+/// A set of nodes just read, kept as `last`; or, unread, `last` as it was
+/// (with none read yet, the error).
+fn read_or_last(
+    read: Result<BTreeSet<NodeId>, DbError>,
+    last: &mut Option<BTreeSet<NodeId>>,
+    what: &str,
+) -> Result<BTreeSet<NodeId>, DbError> {
+    match read {
+        Ok(set) => {
+            *last = Some(set.clone());
+            Ok(set)
+        }
+        Err(e) => match last {
+            Some(set) => {
+                tracing::warn!(error = %e, "placement: {what} nodes unread; using the last set read");
+                Ok(set.clone())
+            }
+            None => Err(e),
+        },
+    }
 }
 
 /// The cluster as the planner sees it: every node (this one, `peers`, and

@@ -53,14 +53,14 @@ fn encode_node_set(set: &BTreeSet<NodeId>) -> Bytes {
 }
 
 fn decode_node_set(value: &[u8]) -> Result<BTreeSet<NodeId>, String> {
-    let text = std::str::from_utf8(value).map_err(|_| "draining nodes: not text".to_string())?;
+    let text = std::str::from_utf8(value).map_err(|_| "node set: not text".to_string())?;
     text.split(',')
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<NodeId>()
                 .ok()
                 .filter(|&n| n != 0)
-                .ok_or_else(|| format!("draining nodes: {s:?} is not a node id"))
+                .ok_or_else(|| format!("node set: {s:?} is not a node id"))
         })
         .collect()
 }
@@ -80,6 +80,18 @@ impl Db {
         let Some(addr) = self.advertised_addr() else {
             return Ok(());
         };
+        // A removed node started again stays out of the registry.
+        if self
+            .removed_nodes_stale()
+            .await?
+            .contains(&self.node().id())
+        {
+            tracing::warn!(
+                node = self.node().id(),
+                "this node was removed from the cluster: not registering"
+            );
+            return Ok(());
+        }
         let key = node_key(self.node().id());
         let value = Bytes::from(addr.to_string());
         loop {
@@ -119,17 +131,12 @@ impl Db {
         known: &mut BTreeMap<NodeId, SocketAddr>,
     ) -> Result<Vec<NodeId>, DbError> {
         let me = self.node().id();
-        // Stale, as the registry: a removal learned a moment late only
-        // keeps a peer that is gone a moment longer.
-        let removed = self
-            .meta_scan(REMOVED_KEY, ReadConsistency::Stale)
-            .await?
-            .into_iter()
-            .filter(|(k, _)| k.as_ref() == REMOVED_KEY)
-            .map(|(_, v)| decode_node_set(&v).map_err(DbError::Protocol))
-            .next()
-            .transpose()?
-            .unwrap_or_default();
+        // Unread, new nodes are still learned (a removed one is skipped by
+        // the store, which refuses it once told).
+        let removed = self.removed_nodes_stale().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "node registry: removed nodes unread");
+            BTreeSet::new()
+        });
         if !removed.is_empty() {
             self.node()
                 .handle()
@@ -208,6 +215,16 @@ impl Db {
         Ok(self.node_set_entry(REMOVED_KEY).await?.0)
     }
 
+    /// [`Db::removed_nodes`] by a stale read, as the registry's: a removal
+    /// learned a moment late only keeps a node that is gone a moment longer.
+    pub async fn removed_nodes_stale(&self) -> Result<BTreeSet<NodeId>, DbError> {
+        let pairs = self.meta_scan(REMOVED_KEY, ReadConsistency::Stale).await?;
+        match pairs.iter().find(|(k, _)| k.as_ref() == REMOVED_KEY) {
+            Some((_, v)) => decode_node_set(v).map_err(DbError::Protocol),
+            None => Ok(BTreeSet::new()),
+        }
+    }
+
     /// Removes `node` from the cluster for good: drained of every replica
     /// and stopped, it is taken out of every node's peers (here at once,
     /// elsewhere at their next registry read), out of the node registry and
@@ -271,8 +288,7 @@ impl Db {
     /// (the placement driver's `replicas` on this node, else 3): there would
     /// be nowhere to move them.
     pub async fn drain_node(&self, node: NodeId) -> Result<(), DbError> {
-        if !self.known_nodes().await.contains(&node) || self.removed_nodes().await?.contains(&node)
-        {
+        if !self.known_nodes().await.contains(&node) {
             return Err(DbError::Invalid(format!(
                 "node {node} is not in the cluster"
             )));
@@ -286,6 +302,13 @@ impl Db {
             n => n as usize,
         };
         loop {
+            // In the loop: a removal landing between two tries would
+            // otherwise be drained back into the set.
+            if self.removed_nodes().await?.contains(&node) {
+                return Err(DbError::Invalid(format!(
+                    "node {node} is not in the cluster (it was removed)"
+                )));
+            }
             let (mut set, current) = self.draining_entry().await?;
             if !set.insert(node) {
                 return Ok(());
