@@ -3,6 +3,8 @@
 //!     tessera init --nodes 3 --dir cluster
 //!     tessera serve --config cluster/node1.toml
 //!     tessera ctl --admin 127.0.0.1:8101 status
+//!     tessera add-node --dir cluster        # node 4 joins the running cluster
+//!     tessera ctl --admin 127.0.0.1:8101 drain 4
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
