@@ -575,6 +575,11 @@ async fn a_drained_and_stopped_node_is_removed_for_good() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // A surviving node restarted, whose config names node 4: not a peer
+    // again (it recorded the removal).
+    cluster.restart(1).await.expect("node 2 restarts");
+    let db2 = cluster.db(1).expect("node 2").clone();
+    assert!(!peers_of(&db2).await.contains(&4));
     // Back: refused as a peer, and nothing is placed on it.
     let rejected = db
         .node()

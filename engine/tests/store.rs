@@ -1063,8 +1063,14 @@ fn a_node_that_joins_becomes_a_peer_and_takes_a_replica() {
     assert_eq!(states.len(), 1, "replicas differ: {states:?}");
 
     // A restart of the leader's node, whose config lists 2 and 3 only.
-    let restarted = Store::new(store_config(leader, &|_| {}), &sim.persisted_peers[&leader]);
+    let mut restarted = Store::new(store_config(leader, &|_| {}), &sim.persisted_peers[&leader]);
     assert!(restarted.peer_ids().any(|p| p == 4));
+    // Removed (the node's start does this for the nodes it recorded as
+    // removed): no peer any more, and the ready asks to record it.
+    assert!(restarted.remove_peer(4) && !restarted.remove_peer(4));
+    assert!(!restarted.peer_ids().any(|p| p == 4));
+    assert!(restarted.has_ready());
+    assert_eq!(restarted.ready().removed_peers, vec![4]);
 
     // Node 4's data directory is wiped: it comes back with a new
     // incarnation, and the leader refuses it.

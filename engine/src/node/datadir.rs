@@ -6,7 +6,7 @@
 //! ```text
 //! DIR/IDENTITY             node id and incarnation (TOML)
 //! DIR/BOOTSTRAPPED         written once the first replicas are durable
-//! DIR/PEERS                incarnation of every peer met (TOML)
+//! DIR/PEERS                incarnation of every peer met, and nodes removed (TOML)
 //! DIR/wal/                 the shared WAL (tessera-wal)
 //! DIR/snapshots/<id>.snap  latest snapshot of each replica on this node
 //! ```
@@ -77,6 +77,9 @@ pub struct Identity {
 #[derive(Serialize, Deserialize, Debug, Default)]
 struct PeersFile {
     incarnations: BTreeMap<String, u64>,
+    /// Nodes removed from the cluster: never peers again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<NodeId>,
 }
 
 /// An opened data directory.
@@ -179,17 +182,45 @@ impl DataDir {
         self.root.join("snapshots").join(format!("{range}.snap"))
     }
 
-    /// Peers' incarnations recorded so far.
-    pub fn peers(&self) -> Result<BTreeMap<NodeId, u64>, DataDirError> {
+    fn peers_file(&self) -> Result<PeersFile, DataDirError> {
         let path = self.root.join("PEERS");
         if !path.exists() {
-            return Ok(BTreeMap::new());
+            return Ok(PeersFile::default());
         }
         let text = fs::read_to_string(&path).map_err(io(&path))?;
-        let file: PeersFile = toml::from_str(&text).map_err(|e| DataDirError::Invalid {
+        toml::from_str(&text).map_err(|e| DataDirError::Invalid {
+            path: path.clone(),
+            why: e.to_string(),
+        })
+    }
+
+    fn write_peers_file(&self, file: &PeersFile) -> Result<(), DataDirError> {
+        let path = self.root.join("PEERS");
+        let text = toml::to_string(file).map_err(|e| DataDirError::Invalid {
             path: path.clone(),
             why: e.to_string(),
         })?;
+        write_durably(&path, text.as_bytes())
+    }
+
+    /// Nodes recorded as removed from the cluster.
+    pub fn removed_peers(&self) -> Result<Vec<NodeId>, DataDirError> {
+        Ok(self.peers_file()?.removed)
+    }
+
+    /// Records nodes removed from the cluster (merged with those already).
+    pub fn add_removed_peers(&self, nodes: &[NodeId]) -> Result<(), DataDirError> {
+        let mut file = self.peers_file()?;
+        file.removed.extend(nodes);
+        file.removed.sort_unstable();
+        file.removed.dedup();
+        self.write_peers_file(&file)
+    }
+
+    /// Peers' incarnations recorded so far.
+    pub fn peers(&self) -> Result<BTreeMap<NodeId, u64>, DataDirError> {
+        let path = self.root.join("PEERS");
+        let file = self.peers_file()?;
         file.incarnations
             .into_iter()
             .map(|(k, v)| {
@@ -211,13 +242,9 @@ impl DataDir {
         }
         let file = PeersFile {
             incarnations: all.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            removed: self.removed_peers()?,
         };
-        let path = self.root.join("PEERS");
-        let text = toml::to_string(&file).map_err(|e| DataDirError::Invalid {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
-        write_durably(&path, text.as_bytes())
+        self.write_peers_file(&file)
     }
 
     /// Test hook: while held, snapshot files wait before they are written
@@ -524,6 +551,17 @@ mod tests {
         assert_eq!(
             again.peers().expect("read peers"),
             BTreeMap::from([(1, 77), (3, 99)])
+        );
+        // Removed nodes are kept beside the incarnations, across both
+        // kinds of write and a reopen.
+        again.add_removed_peers(&[3]).expect("removed");
+        again.add_peers(&[(4, 8)]).expect("peers after");
+        again.add_removed_peers(&[3, 1]).expect("removed again");
+        let reopened = DataDir::open(dir.path(), 2).expect("reopen");
+        assert_eq!(reopened.removed_peers().expect("read removed"), vec![1, 3]);
+        assert_eq!(
+            reopened.peers().expect("read peers"),
+            BTreeMap::from([(1, 77), (3, 99), (4, 8)])
         );
     }
 

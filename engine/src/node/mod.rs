@@ -422,6 +422,11 @@ impl Node {
             .map_err(|e| NodeError::Config(format!("raft: {e}")))?;
         sc.proposal_bytes_max = sc.proposal_bytes_max.min(proposal_room(&cfg));
         let mut store = Store::new(sc, &datadir.peers()?);
+        // Removed for good: not peers again, whatever the config and the
+        // incarnations recorded say (`Db::remove_node`).
+        for n in datadir.removed_peers()? {
+            store.remove_peer(n);
+        }
 
         if datadir.fresh && cfg.join {
             // Nothing to create: replicas come by membership changes. The

@@ -491,6 +491,13 @@ async fn run(
             {
                 lp.failed = Some(format!("recording peer incarnations: {e}"));
             }
+            // Not recorded, a removed node would be a peer again after a
+            // restart until the registry is read: logged, not fatal.
+            if !rd.removed_peers.is_empty()
+                && let Err(e) = io.datadir.add_removed_peers(&rd.removed_peers)
+            {
+                tracing::warn!(error = %e, "recording removed peers");
+            }
             for f in rd.failures {
                 tracing::error!(failure = %f, "replica failed");
             }

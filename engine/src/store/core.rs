@@ -76,6 +76,10 @@ pub struct StoreReady {
     /// Peers seen for the first time with this incarnation: persist them, so a
     /// wiped peer is still recognised after this node restarts.
     pub new_peer_incarnations: Vec<(NodeId, u64)>,
+    /// Peers removed from the cluster since the last ready: persist them,
+    /// so that a restart (whose config and persisted incarnations still
+    /// name them) does not count them as peers again.
+    pub removed_peers: Vec<NodeId>,
     /// Replicas that failed and were taken out (e.g. a leader's snapshot that
     /// does not decode), for the host's log.
     pub failures: Vec<String>,
@@ -150,6 +154,8 @@ pub struct Store {
     /// Nodes removed from the cluster ([`Store::remove_peer`]): never a
     /// peer again, their batches refused.
     removed: BTreeSet<NodeId>,
+    /// See [`StoreReady::removed_peers`].
+    newly_removed: Vec<NodeId>,
     wake_queue: VecDeque<RangeId>,
     /// The ranges in `wake_queue`: each is queued once however often its
     /// leader's node is seen to die (a flapping link would queue every
@@ -250,6 +256,7 @@ impl Store {
             ticks: 0,
             peers,
             removed: BTreeSet::new(),
+            newly_removed: Vec::new(),
             wake_queue: VecDeque::new(),
             wake_queued: BTreeSet::new(),
             outbox: BTreeMap::new(),
@@ -1215,6 +1222,7 @@ impl Store {
             || !self.publish.is_empty()
             || !self.removing.is_empty()
             || !self.delete_snapshots.is_empty()
+            || !self.newly_removed.is_empty()
     }
 
     /// Everything to do now, for all groups. See [`StoreReady`].
@@ -1298,6 +1306,7 @@ impl Store {
                 .collect(),
             replies,
             new_peer_incarnations: std::mem::take(&mut self.new_incarnations),
+            removed_peers: std::mem::take(&mut self.newly_removed),
             failures: std::mem::take(&mut self.failures),
             publish: std::mem::take(&mut self.publish),
             delete_snapshots: std::mem::take(&mut self.delete_snapshots),
@@ -2249,6 +2258,7 @@ impl Store {
             return false;
         }
         self.peers.remove(&node);
+        self.newly_removed.push(node);
         true
     }
 
