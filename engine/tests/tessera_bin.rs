@@ -105,15 +105,45 @@ fn reachable(s: &serde_json::Value, peer: u64) -> bool {
         .any(|p| p["id"] == peer && p["reachable"] == true)
 }
 
+/// `tessera init --nodes 3 --initial-ranges RANGES --dir DIR`.
+fn init(dir: &Path, ranges: u32) -> std::process::Output {
+    Command::new(BIN)
+        .args([
+            "init",
+            "--nodes",
+            "3",
+            "--initial-ranges",
+            &ranges.to_string(),
+            "--dir",
+        ])
+        .arg(dir)
+        .output()
+        .expect("init runs")
+}
+
+/// `tessera add-node --dir DIR`.
+fn add_node(dir: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["add-node", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("add-node runs")
+}
+
+/// Waits until nodes 1-3 each reach the other two.
+fn wait_for_all_three(dir: &Path) {
+    wait_for(dir, "all nodes to see each other", || {
+        (1..=3).all(|n| {
+            status(dir, n).is_some_and(|s| (1..=3).filter(|&p| p != n).all(|p| reachable(&s, p)))
+        })
+    });
+}
+
 #[test]
 fn init_serve_ctl_and_a_node_killed_and_restarted() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let init = Command::new(BIN)
-        .args(["init", "--nodes", "3", "--initial-ranges", "8", "--dir"])
-        .arg(dir)
-        .output()
-        .expect("init runs");
+    let init = init(dir, 8);
     assert!(
         init.status.success(),
         "{}",
@@ -131,11 +161,7 @@ fn init_serve_ctl_and_a_node_killed_and_restarted() {
     assert!(!again.status.success());
 
     let mut nodes: Vec<Option<Proc>> = (1..=3).map(|n| Some(serve(dir, n))).collect();
-    wait_for(dir, "all nodes to see each other", || {
-        (1..=3).all(|n| {
-            status(dir, n).is_some_and(|s| (1..=3).filter(|&p| p != n).all(|p| reachable(&s, p)))
-        })
-    });
+    wait_for_all_three(dir);
     let total_leaders: u64 = (1..=3)
         .map(|n| {
             status(dir, n).expect("status")["leaders"]
@@ -393,11 +419,7 @@ fn a_bad_config_is_refused_with_the_field_named() {
 fn add_node_joins_a_running_cluster() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let init = Command::new(BIN)
-        .args(["init", "--nodes", "3", "--initial-ranges", "4", "--dir"])
-        .arg(dir)
-        .output()
-        .expect("init runs");
+    let init = init(dir, 4);
     assert!(init.status.success());
     #[cfg(unix)]
     {
@@ -409,11 +431,7 @@ fn add_node_joins_a_running_cluster() {
         assert_eq!(mode & 0o077, 0, "ca.key is readable by others: {mode:o}");
     }
     let mut nodes: Vec<Proc> = (1..=3).map(|n| serve(dir, n)).collect();
-    wait_for(dir, "all nodes to see each other", || {
-        (1..=3).all(|n| {
-            status(dir, n).is_some_and(|s| (1..=3).filter(|&p| p != n).all(|p| reachable(&s, p)))
-        })
-    });
+    wait_for_all_three(dir);
     let mut c1 = redis_conn(dir, 1);
     for i in 0..30 {
         let _: () = redis::cmd("SET")
@@ -423,11 +441,7 @@ fn add_node_joins_a_running_cluster() {
             .expect("SET");
     }
 
-    let add = Command::new(BIN)
-        .args(["add-node", "--dir"])
-        .arg(dir)
-        .output()
-        .expect("add-node runs");
+    let add = add_node(dir);
     assert!(
         add.status.success(),
         "{}",
@@ -498,22 +512,14 @@ fn add_node_joins_a_running_cluster() {
     for f in ["node4.toml", "node4.pem", "node4.key"] {
         std::fs::remove_file(dir.join(f)).expect("rm");
     }
-    let again = Command::new(BIN)
-        .args(["add-node", "--dir"])
-        .arg(dir)
-        .output()
-        .expect("add-node runs");
+    let again = add_node(dir);
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("node 5"));
     assert!(dir.join("node5.toml").is_file() && !dir.join("node4.toml").exists());
 
     // Without the CA's key there is no certificate to give.
     std::fs::remove_file(dir.join("ca.key")).expect("rm ca.key");
-    let refused = Command::new(BIN)
-        .args(["add-node", "--dir"])
-        .arg(dir)
-        .output()
-        .expect("add-node runs");
+    let refused = add_node(dir);
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("ca.key"), "{why}");
